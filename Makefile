@@ -1,0 +1,31 @@
+# The README's two commands are `make run` and `make test`; everything else is a helper.
+.PHONY: setup run test lint pytest bench bench-quick package install uninstall clean
+
+PROFILE ?= default
+PY := .venv/bin/python
+
+setup:
+	@scripts/bootstrap.sh
+
+run: setup
+	$(PY) scripts/run_local.py --profile $(PROFILE)
+
+test: setup lint pytest
+
+lint:
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+	.venv/bin/lint-imports
+
+pytest:
+	$(PY) -m pytest
+
+bench: setup
+	$(PY) -m bench
+
+bench-quick: setup
+	$(PY) -m bench --quick
+
+clean:
+	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache build dist *.egg-info

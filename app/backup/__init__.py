@@ -1,0 +1,1 @@
+"""End-to-end encrypted backups: stream format, keys, jobs."""

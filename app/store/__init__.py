@@ -1,0 +1,1 @@
+"""The encrypted local store (SQLCipher) and its repositories."""

@@ -1,0 +1,47 @@
+"""Run blocking work off the UI thread and hear back by signal."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal
+
+
+class _WorkerSignals(QObject):
+    finished = Signal(object)
+    failed = Signal(object)
+
+
+class FunctionWorker(QRunnable):
+    """Calls `function()` on a pool thread; emits `finished(result)` or `failed(error)`.
+
+    The signals object lives on the thread that created the worker (the UI thread),
+    so connected slots run there.
+    """
+
+    def __init__(self, function: Callable[[], Any]) -> None:
+        super().__init__()
+        self._function = function
+        self.signals = _WorkerSignals()
+
+    def run(self) -> None:
+        try:
+            result = self._function()
+        except Exception as error:  # noqa: BLE001 - handed to the UI, which shows it
+            self.signals.failed.emit(error)
+        else:
+            self.signals.finished.emit(result)
+
+
+def run_in_pool(
+    function: Callable[[], Any],
+    on_finished: Callable[[Any], None],
+    on_failed: Callable[[BaseException], None],
+    pool: QThreadPool | None = None,
+) -> FunctionWorker:
+    worker = FunctionWorker(function)
+    worker.signals.finished.connect(on_finished)
+    worker.signals.failed.connect(on_failed)
+    (pool or QThreadPool.globalInstance()).start(worker)
+    return worker

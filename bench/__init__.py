@@ -1,0 +1,1 @@
+"""Benchmarks: each compares Cipherline with a limit measured in the same run."""

@@ -1,0 +1,196 @@
+#!/usr/bin/env python3
+"""Run Cipherline against a local relay and vault node on loopback.
+
+The first launcher starts the relay (SQLite) and one vault node (SoftHSM2 when
+installed, otherwise the software backend, loudly labelled insecure) and records
+them in the dev stack's state file. Further launchers (another --profile, so two
+people can chat on one machine) reuse them. When the last app closes, the
+services it started are stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from app.config import ServerConfig, data_root  # noqa: E402
+from tests.support.components import (  # noqa: E402
+    RelayProcess,
+    SoftHSMToken,
+    VaultProcess,
+    softhsm_library,
+)
+from tests.support.processes import ComponentError, free_port, python_env  # noqa: E402
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class DevStack:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.state_path = root / "state.json"
+
+    @contextlib.contextmanager
+    def locked(self) -> Any:
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with (self.root / ".lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    def load(self) -> dict[str, Any]:
+        try:
+            state: dict[str, Any] = json.loads(self.state_path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+        return state
+
+    def save(self, state: dict[str, Any]) -> None:
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        os.replace(tmp, self.state_path)
+
+    # ----------------------------------------------------------------- services
+
+    def ensure_relay(self, state: dict[str, Any], vault_url: str) -> RelayProcess:
+        info = state.get("relay", {})
+        relay = RelayProcess(
+            self.root / "relay",
+            port=info.get("port") or free_port(),
+            extra_args=["--vault", vault_url],
+        )
+        if _alive(info.get("pid")):
+            with contextlib.suppress(Exception):
+                if relay.healthy():
+                    return relay
+        relay.start()
+        assert relay.process is not None
+        state["relay"] = {"pid": relay.process.pid, "port": relay.port}
+        return relay
+
+    def ensure_vault(self, state: dict[str, Any]) -> VaultProcess:
+        info = state.get("vault", {})
+        data_dir = self.root / "vault"
+        if shutil.which("softhsm2-util"):
+            token_dir = self.root / "softhsm"
+            pin_file = self.root / "softhsm-pin"
+            if pin_file.exists():
+                token = SoftHSMToken(token_dir, pin=pin_file.read_text().strip())
+            else:
+                token = SoftHSMToken(token_dir, pin=secrets.token_hex(8)).create()
+                fd = os.open(pin_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "w") as handle:
+                    handle.write(token.pin)
+            softhsm_library()
+            node = VaultProcess(
+                data_dir, backend="softhsm", token=token, port=info.get("port") or free_port()
+            )
+        else:
+            print(
+                "run: softhsm2 is not installed; the vault uses the INSECURE software backend.",
+                file=sys.stderr,
+            )
+            node = VaultProcess(data_dir, backend="soft", port=info.get("port") or free_port())
+        if _alive(info.get("pid")):
+            with contextlib.suppress(Exception):
+                if node.healthy():
+                    return node
+        if not (data_dir / "vault.json").exists():
+            node.provision()
+        node.start()
+        assert node.process is not None
+        state["vault"] = {"pid": node.process.pid, "port": node.port, "backend": node.backend}
+        return node
+
+    def stop_services(self, state: dict[str, Any]) -> None:
+        for name in ("relay", "vault"):
+            pid = state.get(name, {}).get("pid")
+            if _alive(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGTERM)
+                for _ in range(100):
+                    if not _alive(pid):
+                        break
+                    time.sleep(0.05)
+            state.pop(name, None)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--profile", default="default")
+    args = parser.parse_args()
+
+    stack = DevStack(data_root() / "devstack")
+    with stack.locked():
+        state = stack.load()
+        try:
+            vault = stack.ensure_vault(state)
+            relay = stack.ensure_relay(state, vault.url)
+        except ComponentError as error:
+            print(f"run: {error}", file=sys.stderr)
+            return 1
+        config = ServerConfig(relay_url=relay.url, relay_ca_pem=relay.ca_file.read_text())
+        config_path = stack.root / "server.json"
+        config.save(config_path)
+        app = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "app",
+                "--profile",
+                args.profile,
+                "--server-config",
+                str(config_path),
+            ],
+            env=python_env(),
+        )
+        state.setdefault("clients", [])
+        state["clients"] = [pid for pid in state["clients"] if _alive(pid)] + [app.pid]
+        stack.save(state)
+        print(
+            f"run: relay {relay.url}, vault {vault.url} ({vault.backend}); profile {args.profile!r}"
+        )
+
+    try:
+        returncode = app.wait()
+    except KeyboardInterrupt:
+        app.send_signal(signal.SIGINT)
+        returncode = app.wait()
+
+    with stack.locked():
+        state = stack.load()
+        state["clients"] = [
+            pid for pid in state.get("clients", []) if pid != app.pid and _alive(pid)
+        ]
+        if not state["clients"]:
+            stack.stop_services(state)
+            print("run: last app closed; stopped the local relay and vault")
+        stack.save(state)
+    return returncode
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,3 @@
+from vault_emulator.cli import main
+
+raise SystemExit(main())
