@@ -41,6 +41,12 @@ def _alive(pid: int | None) -> bool:
     if not pid:
         return False
     try:
+        # Reap it if it is our own exited child, or it would linger as a zombie.
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
@@ -88,6 +94,7 @@ class DevStack:
                     return relay
         relay.start()
         assert relay.process is not None
+        relay.process.detach()
         state["relay"] = {"pid": relay.process.pid, "port": relay.port}
         return relay
 
@@ -122,6 +129,7 @@ class DevStack:
             node.provision()
         node.start()
         assert node.process is not None
+        node.process.detach()
         state["vault"] = {"pid": node.process.pid, "port": node.port, "backend": node.backend}
         return node
 

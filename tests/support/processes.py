@@ -164,6 +164,10 @@ class ManagedProcess:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.popen.pid, signum)
 
+    def detach(self) -> None:
+        """Let the process outlive us (the local dev stack is shared between launchers)."""
+        _running.discard(self)
+
     def kill(self) -> None:
         """SIGKILL, as a crash would: no cleanup runs in the child."""
         self.signal(signal.SIGKILL)
