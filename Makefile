@@ -27,5 +27,15 @@ bench: setup
 bench-quick: setup
 	$(PY) -m bench --quick
 
+package: setup
+	$(PY) -m PyInstaller --noconfirm --log-level WARN --distpath packaging/dist \
+		--workpath packaging/build packaging/cipherline.spec
+
+install: package
+	packaging/install.sh
+
+uninstall:
+	packaging/uninstall.sh
+
 clean:
-	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache build dist *.egg-info
+	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache build dist *.egg-info packaging/build packaging/dist
