@@ -1,0 +1,1027 @@
+"""The encrypted local store: one SQLCipher database per profile.
+
+The database is opened with a raw 256-bit key (`x'…'`), so opening costs no
+PBKDF; the key itself is random and lives only wrapped in `store.key` (see
+`keyfile`). Every write that must stay consistent with another (a ratchet state
+and the message it produced or consumed) goes through `transaction()`.
+WAL with `synchronous=FULL`: a committed transaction survives an application
+crash and a power cut, which matters because the relay deletes an envelope once
+we acknowledge it — it must already be durable here by then.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlcipher3.dbapi2 as sqlcipher
+
+from app.crypto import Rng, SystemRng
+from app.store.errors import StoreCorrupt, StoreError
+from app.store.keyfile import (
+    KEY_FILE_NAME,
+    KeyFile,
+    Protector,
+    new_db_key,
+    write_atomically,
+)
+from app.store.schema import MIGRATIONS
+
+DB_FILE_NAME = "store.db"
+SCHEMA_VERSION = len(MIGRATIONS)
+BACKUP_TABLES = (
+    "settings",
+    "account",
+    "contacts",
+    "identity_changes",
+    "sessions",
+    "conversations",
+    "messages",
+    "groups",
+    "group_members",
+    "attachments",
+    "backup_state",
+)
+
+
+def _split_statements(script: str) -> list[str]:
+    statements: list[str] = []
+    current = ""
+    for line in script.splitlines(keepends=True):
+        current += line
+        if sqlcipher.complete_statement(current):
+            if current.strip():
+                statements.append(current.strip())
+            current = ""
+    if current.strip():
+        statements.append(current.strip())
+    return statements
+
+
+@dataclass(frozen=True)
+class Account:
+    username: str
+    device_id: int
+    device_name: str
+    relay_token: str
+    identity: bytes
+    prekeys: bytes
+
+
+@dataclass(frozen=True)
+class Contact:
+    username: str
+    display_name: str
+    identity_key: bytes | None
+    verified: bool
+    identity_changed: bool
+
+
+@dataclass(frozen=True)
+class Conversation:
+    id: int
+    kind: str
+    peer: str | None
+    group_id: bytes | None
+    title: str
+    last_activity: int
+    unread: int
+    timer_seconds: int
+
+
+@dataclass(frozen=True)
+class Message:
+    id: int
+    conversation_id: int
+    uuid: str
+    sender: str
+    outgoing: bool
+    kind: str
+    body: str
+    sent_at: int
+    received_at: int | None
+    status: str
+    expires_at: int | None
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    conversation_id: int
+    message_id: int
+    snippet: str
+    position: int
+    sent_at: int
+
+
+@dataclass(frozen=True)
+class Attachment:
+    id: int
+    message_id: int
+    filename: str
+    mime: str
+    size: int
+    blob_id: str | None
+    key: bytes
+    digest: bytes
+    local_path: str | None
+    state: str
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    id: int
+    client_id: str
+    message_id: int | None
+    recipient: str
+    device_id: int
+    body: bytes
+    attempts: int
+
+
+@dataclass(frozen=True)
+class Group:
+    group_id: bytes
+    conversation_id: int
+    title: str
+    own_sender_key: bytes | None
+    epoch: int
+
+
+@dataclass(frozen=True)
+class BackupState:
+    method: str | None
+    folder: str | None
+    schedule: str
+    keep: int
+    last_success: int | None
+    last_size: int | None
+    vault_record_id: str | None
+
+
+_MESSAGE_COLUMNS = (
+    "id, conversation_id, uuid, sender, outgoing, kind, body, sent_at, received_at,"
+    " status, expires_at"
+)
+
+
+def _message(row: tuple[Any, ...]) -> Message:
+    return Message(
+        id=row[0],
+        conversation_id=row[1],
+        uuid=row[2],
+        sender=row[3],
+        outgoing=bool(row[4]),
+        kind=row[5],
+        body=row[6],
+        sent_at=row[7],
+        received_at=row[8],
+        status=row[9],
+        expires_at=row[10],
+    )
+
+
+class _Repository:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> sqlcipher.Cursor:
+        return self._store.execute(sql, params)
+
+
+class AccountRepository(_Repository):
+    def get(self) -> Account | None:
+        row = self._execute(
+            "SELECT username, device_id, device_name, relay_token, identity, prekeys"
+            " FROM account WHERE id = 1"
+        ).fetchone()
+        return Account(*row) if row else None
+
+    def save(self, account: Account, *, now: int) -> None:
+        self._execute(
+            "INSERT INTO account (id, username, device_id, device_name, relay_token, identity,"
+            " prekeys, created_at) VALUES (1, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (id) DO UPDATE SET username = excluded.username,"
+            " device_id = excluded.device_id, device_name = excluded.device_name,"
+            " relay_token = excluded.relay_token, identity = excluded.identity,"
+            " prekeys = excluded.prekeys",
+            (
+                account.username,
+                account.device_id,
+                account.device_name,
+                account.relay_token,
+                account.identity,
+                account.prekeys,
+                now,
+            ),
+        )
+
+    def set_prekeys(self, prekeys: bytes) -> None:
+        self._execute("UPDATE account SET prekeys = ? WHERE id = 1", (prekeys,))
+
+
+class ContactRepository(_Repository):
+    def get(self, username: str) -> Contact | None:
+        row = self._execute(
+            "SELECT username, display_name, identity_key, verified, identity_changed"
+            " FROM contacts WHERE username = ?",
+            (username,),
+        ).fetchone()
+        if row is None:
+            return None
+        return Contact(row[0], row[1], row[2], bool(row[3]), bool(row[4]))
+
+    def all(self) -> list[Contact]:
+        rows = self._execute(
+            "SELECT username, display_name, identity_key, verified, identity_changed"
+            " FROM contacts ORDER BY username"
+        ).fetchall()
+        return [Contact(r[0], r[1], r[2], bool(r[3]), bool(r[4])) for r in rows]
+
+    def observe_identity(self, username: str, identity_key: bytes, *, now: int) -> bool:
+        """Record the key seen for a contact; True when it differs from the one we had.
+
+        A change clears verification and is kept in the history, so the UI can warn.
+        """
+        existing = self.get(username)
+        if existing is None:
+            self._execute(
+                "INSERT INTO contacts (username, identity_key, added_at) VALUES (?, ?, ?)",
+                (username, identity_key, now),
+            )
+            return False
+        if existing.identity_key is None:
+            self._execute(
+                "UPDATE contacts SET identity_key = ? WHERE username = ?", (identity_key, username)
+            )
+            return False
+        if existing.identity_key == identity_key:
+            return False
+        self._execute(
+            "INSERT INTO identity_changes (username, old_key, new_key, changed_at)"
+            " VALUES (?, ?, ?, ?)",
+            (username, existing.identity_key, identity_key, now),
+        )
+        self._execute(
+            "UPDATE contacts SET identity_key = ?, verified = 0, verified_at = NULL,"
+            " identity_changed = 1 WHERE username = ?",
+            (identity_key, username),
+        )
+        return True
+
+    def set_verified(self, username: str, verified: bool, *, now: int) -> None:
+        self._execute(
+            "UPDATE contacts SET verified = ?, verified_at = ?, identity_changed ="
+            " CASE WHEN ? THEN 0 ELSE identity_changed END WHERE username = ?",
+            (int(verified), now if verified else None, int(verified), username),
+        )
+
+    def acknowledge_change(self, username: str) -> None:
+        self._execute("UPDATE contacts SET identity_changed = 0 WHERE username = ?", (username,))
+
+    def identity_history(self, username: str) -> list[tuple[bytes | None, bytes, int]]:
+        rows = self._execute(
+            "SELECT old_key, new_key, changed_at FROM identity_changes WHERE username = ?"
+            " ORDER BY id",
+            (username,),
+        ).fetchall()
+        return [(r[0], r[1], r[2]) for r in rows]
+
+
+class SessionRepository(_Repository):
+    def get(self, username: str, device_id: int) -> bytes | None:
+        row = self._execute(
+            "SELECT state FROM sessions WHERE username = ? AND device_id = ?",
+            (username, device_id),
+        ).fetchone()
+        return bytes(row[0]) if row else None
+
+    def devices(self, username: str) -> list[int]:
+        rows = self._execute(
+            "SELECT device_id FROM sessions WHERE username = ? ORDER BY device_id", (username,)
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    def save(self, username: str, device_id: int, state: bytes, *, now: int) -> None:
+        self._execute(
+            "INSERT INTO sessions (username, device_id, state, updated_at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (username, device_id) DO UPDATE SET state = excluded.state,"
+            " updated_at = excluded.updated_at",
+            (username, device_id, state, now),
+        )
+
+    def delete(self, username: str, device_id: int | None = None) -> None:
+        if device_id is None:
+            self._execute("DELETE FROM sessions WHERE username = ?", (username,))
+        else:
+            self._execute(
+                "DELETE FROM sessions WHERE username = ? AND device_id = ?", (username, device_id)
+            )
+
+
+_CONVERSATION_COLUMNS = "id, kind, peer, group_id, title, last_activity, unread, timer_seconds"
+
+
+class ConversationRepository(_Repository):
+    def _one(self, where: str, params: tuple[Any, ...]) -> Conversation | None:
+        row = self._execute(
+            f"SELECT {_CONVERSATION_COLUMNS} FROM conversations WHERE {where}",  # noqa: S608
+            params,
+        ).fetchone()
+        return Conversation(*row) if row else None
+
+    def get(self, conversation_id: int) -> Conversation | None:
+        return self._one("id = ?", (conversation_id,))
+
+    def by_peer(self, peer: str) -> Conversation | None:
+        return self._one("peer = ?", (peer,))
+
+    def by_group(self, group_id: bytes) -> Conversation | None:
+        return self._one("group_id = ?", (group_id,))
+
+    def direct(self, peer: str, *, now: int) -> Conversation:
+        existing = self.by_peer(peer)
+        if existing is not None:
+            return existing
+        self._execute(
+            "INSERT INTO conversations (kind, peer, title, last_activity)"
+            " VALUES ('direct', ?, ?, ?)",
+            (peer, peer, now),
+        )
+        created = self.by_peer(peer)
+        assert created is not None
+        return created
+
+    def create_group(self, group_id: bytes, title: str, *, now: int) -> Conversation:
+        self._execute(
+            "INSERT INTO conversations (kind, group_id, title, last_activity)"
+            " VALUES ('group', ?, ?, ?)",
+            (group_id, title, now),
+        )
+        created = self.by_group(group_id)
+        assert created is not None
+        return created
+
+    def all(self) -> list[Conversation]:
+        rows = self._execute(
+            f"SELECT {_CONVERSATION_COLUMNS} FROM conversations WHERE archived = 0"  # noqa: S608
+            " ORDER BY last_activity DESC, id DESC"
+        ).fetchall()
+        return [Conversation(*row) for row in rows]
+
+    def touch(self, conversation_id: int, at: int, *, unread_delta: int = 0) -> None:
+        self._execute(
+            "UPDATE conversations SET last_activity = MAX(last_activity, ?),"
+            " unread = unread + ? WHERE id = ?",
+            (at, unread_delta, conversation_id),
+        )
+
+    def mark_read(self, conversation_id: int) -> None:
+        self._execute("UPDATE conversations SET unread = 0 WHERE id = ?", (conversation_id,))
+
+    def set_timer(self, conversation_id: int, seconds: int) -> None:
+        self._execute(
+            "UPDATE conversations SET timer_seconds = ? WHERE id = ?", (seconds, conversation_id)
+        )
+
+    def rename(self, conversation_id: int, title: str) -> None:
+        self._execute("UPDATE conversations SET title = ? WHERE id = ?", (title, conversation_id))
+
+
+class MessageRepository(_Repository):
+    def add(
+        self,
+        *,
+        conversation_id: int,
+        uuid: str,
+        sender: str,
+        outgoing: bool,
+        body: str,
+        sent_at: int,
+        status: str,
+        kind: str = "text",
+        received_at: int | None = None,
+        expires_at: int | None = None,
+    ) -> Message:
+        cursor = self._execute(
+            "INSERT INTO messages (conversation_id, uuid, sender, outgoing, kind, body, sent_at,"
+            " received_at, status, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                conversation_id,
+                uuid,
+                sender,
+                int(outgoing),
+                kind,
+                body,
+                sent_at,
+                received_at,
+                status,
+                expires_at,
+            ),
+        )
+        message_id = cursor.lastrowid
+        assert message_id is not None
+        return Message(
+            message_id,
+            conversation_id,
+            uuid,
+            sender,
+            outgoing,
+            kind,
+            body,
+            sent_at,
+            received_at,
+            status,
+            expires_at,
+        )
+
+    def add_many(self, rows: Iterable[tuple[int, str, str, bool, str, int, str]]) -> None:
+        """Bulk insert (conversation, uuid, sender, outgoing, body, sent_at, status)."""
+        self._store.executemany(
+            "INSERT INTO messages (conversation_id, uuid, sender, outgoing, body, sent_at, status)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            ((c, u, s, int(o), b, t, st) for c, u, s, o, b, t, st in rows),
+        )
+
+    def get(self, message_id: int) -> Message | None:
+        row = self._execute(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ?",  # noqa: S608
+            (message_id,),
+        ).fetchone()
+        return _message(row) if row else None
+
+    def by_uuid(self, uuid: str) -> Message | None:
+        row = self._execute(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE uuid = ?",  # noqa: S608
+            (uuid,),
+        ).fetchone()
+        return _message(row) if row else None
+
+    def newest(self, conversation_id: int, limit: int = 50) -> list[Message]:
+        rows = self._execute(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ?"  # noqa: S608
+            " ORDER BY sent_at DESC, id DESC LIMIT ?",
+            (conversation_id, limit),
+        ).fetchall()
+        return [_message(row) for row in reversed(rows)]
+
+    def before(self, conversation_id: int, message_id: int, limit: int = 50) -> list[Message]:
+        anchor = self.get(message_id)
+        if anchor is None:
+            return []
+        rows = self._execute(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ?"  # noqa: S608
+            " AND (sent_at, id) < (?, ?) ORDER BY sent_at DESC, id DESC LIMIT ?",
+            (conversation_id, anchor.sent_at, anchor.id, limit),
+        ).fetchall()
+        return [_message(row) for row in reversed(rows)]
+
+    def after(self, conversation_id: int, message_id: int, limit: int = 50) -> list[Message]:
+        anchor = self.get(message_id)
+        if anchor is None:
+            return []
+        rows = self._execute(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ?"  # noqa: S608
+            " AND (sent_at, id) > (?, ?) ORDER BY sent_at, id LIMIT ?",
+            (conversation_id, anchor.sent_at, anchor.id, limit),
+        ).fetchall()
+        return [_message(row) for row in rows]
+
+    def around(self, conversation_id: int, message_id: int, limit: int = 50) -> list[Message]:
+        anchor = self.get(message_id)
+        if anchor is None or anchor.conversation_id != conversation_id:
+            return self.newest(conversation_id, limit)
+        half = limit // 2
+        older = self.before(conversation_id, message_id, half)
+        newer = self.after(conversation_id, message_id, limit - half - 1)
+        return [*older, anchor, *newer]
+
+    def count(self, conversation_id: int) -> int:
+        row = self._execute(
+            "SELECT COUNT(*) FROM messages WHERE conversation_id = ?", (conversation_id,)
+        ).fetchone()
+        return int(row[0])
+
+    def position(self, message_id: int) -> int:
+        """0-based index of the message in its conversation, oldest first."""
+        anchor = self.get(message_id)
+        if anchor is None:
+            return -1
+        row = self._execute(
+            "SELECT COUNT(*) FROM messages WHERE conversation_id = ? AND (sent_at, id) < (?, ?)",
+            (anchor.conversation_id, anchor.sent_at, anchor.id),
+        ).fetchone()
+        return int(row[0])
+
+    def last(self, conversation_id: int) -> Message | None:
+        newest = self.newest(conversation_id, 1)
+        return newest[0] if newest else None
+
+    def set_status(self, message_id: int, status: str) -> None:
+        self._execute("UPDATE messages SET status = ? WHERE id = ?", (status, message_id))
+
+    def advance_status(self, uuid: str, status: str) -> Message | None:
+        """Move an outgoing message forward (sent → delivered → read), never back."""
+        order = ["sending", "failed", "sent", "delivered", "read"]
+        message = self.by_uuid(uuid)
+        if message is None or not message.outgoing:
+            return None
+        if status in order and order.index(status) > order.index(message.status):
+            self.set_status(message.id, status)
+            return self.get(message.id)
+        return None
+
+    def search(self, query: str, limit: int = 50) -> list[SearchHit]:
+        tokens = [token for token in query.replace('"', " ").split() if token]
+        if not tokens:
+            return []
+        # Each word becomes a quoted prefix term: user text can never be FTS syntax.
+        match = " ".join(f'"{token}"*' for token in tokens)
+        rows = self._execute(
+            "SELECT m.conversation_id, m.id, snippet(messages_fts, 0, '[', ']', '…', 10),"
+            " m.sent_at FROM messages_fts JOIN messages m ON m.id = messages_fts.rowid"
+            " WHERE messages_fts MATCH ? ORDER BY rank LIMIT ?",
+            (match, limit),
+        ).fetchall()
+        return [SearchHit(r[0], r[1], r[2], self.position(r[1]), r[3]) for r in rows]
+
+    def delete_expired(self, now: int) -> list[tuple[int, int]]:
+        rows = self._execute(
+            "SELECT id, conversation_id FROM messages WHERE expires_at IS NOT NULL"
+            " AND expires_at <= ?",
+            (now,),
+        ).fetchall()
+        self._execute(
+            "DELETE FROM messages WHERE expires_at IS NOT NULL AND expires_at <= ?", (now,)
+        )
+        return [(r[0], r[1]) for r in rows]
+
+    def set_expiry(self, message_id: int, expires_at: int) -> None:
+        self._execute("UPDATE messages SET expires_at = ? WHERE id = ?", (expires_at, message_id))
+
+
+class AttachmentRepository(_Repository):
+    _COLUMNS = "id, message_id, filename, mime, size, blob_id, key, digest, local_path, state"
+
+    def add(
+        self,
+        *,
+        message_id: int,
+        filename: str,
+        mime: str,
+        size: int,
+        key: bytes,
+        digest: bytes,
+        blob_id: str | None,
+        local_path: str | None,
+        state: str,
+    ) -> Attachment:
+        cursor = self._execute(
+            "INSERT INTO attachments (message_id, filename, mime, size, blob_id, key, digest,"
+            " local_path, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (message_id, filename, mime, size, blob_id, key, digest, local_path, state),
+        )
+        attachment_id = cursor.lastrowid
+        assert attachment_id is not None
+        return Attachment(
+            attachment_id, message_id, filename, mime, size, blob_id, key, digest, local_path, state
+        )
+
+    def get(self, attachment_id: int) -> Attachment | None:
+        row = self._execute(
+            f"SELECT {self._COLUMNS} FROM attachments WHERE id = ?",  # noqa: S608
+            (attachment_id,),
+        ).fetchone()
+        return Attachment(*row) if row else None
+
+    def for_message(self, message_id: int) -> Attachment | None:
+        row = self._execute(
+            f"SELECT {self._COLUMNS} FROM attachments WHERE message_id = ?",  # noqa: S608
+            (message_id,),
+        ).fetchone()
+        return Attachment(*row) if row else None
+
+    def update(
+        self,
+        attachment_id: int,
+        *,
+        state: str,
+        blob_id: str | None = None,
+        local_path: str | None = None,
+    ) -> None:
+        self._execute(
+            "UPDATE attachments SET state = ?, blob_id = COALESCE(?, blob_id),"
+            " local_path = COALESCE(?, local_path) WHERE id = ?",
+            (state, blob_id, local_path, attachment_id),
+        )
+
+    def pending_downloads(self) -> list[Attachment]:
+        rows = self._execute(
+            f"SELECT {self._COLUMNS} FROM attachments WHERE state = 'pending'"  # noqa: S608
+        ).fetchall()
+        return [Attachment(*row) for row in rows]
+
+
+class OutboxRepository(_Repository):
+    def add(
+        self,
+        client_id: str,
+        message_id: int | None,
+        recipient: str,
+        device_id: int,
+        body: bytes,
+        *,
+        now: int,
+    ) -> None:
+        self._execute(
+            "INSERT INTO outbox (client_id, message_id, recipient, device_id, body, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (client_id, message_id, recipient, device_id, body, now),
+        )
+
+    def pending(self, limit: int = 100) -> list[OutboxItem]:
+        rows = self._execute(
+            "SELECT id, client_id, message_id, recipient, device_id, body, attempts FROM outbox"
+            " ORDER BY id LIMIT ?",
+            (limit,),
+        ).fetchall()
+        return [OutboxItem(r[0], r[1], r[2], r[3], r[4], bytes(r[5]), r[6]) for r in rows]
+
+    def remove(self, client_ids: Iterable[str]) -> None:
+        self._store.executemany(
+            "DELETE FROM outbox WHERE client_id = ?", ((cid,) for cid in client_ids)
+        )
+
+    def count_for_message(self, message_id: int) -> int:
+        row = self._execute(
+            "SELECT COUNT(*) FROM outbox WHERE message_id = ?", (message_id,)
+        ).fetchone()
+        return int(row[0])
+
+    def bump_attempts(self, client_ids: Iterable[str]) -> None:
+        self._store.executemany(
+            "UPDATE outbox SET attempts = attempts + 1 WHERE client_id = ?",
+            ((cid,) for cid in client_ids),
+        )
+
+
+class GroupRepository(_Repository):
+    def get(self, group_id: bytes) -> Group | None:
+        row = self._execute(
+            "SELECT group_id, conversation_id, title, own_sender_key, epoch FROM groups"
+            " WHERE group_id = ?",
+            (group_id,),
+        ).fetchone()
+        return Group(bytes(row[0]), row[1], row[2], row[3], row[4]) if row else None
+
+    def by_conversation(self, conversation_id: int) -> Group | None:
+        row = self._execute(
+            "SELECT group_id FROM groups WHERE conversation_id = ?", (conversation_id,)
+        ).fetchone()
+        return self.get(bytes(row[0])) if row else None
+
+    def create(self, group_id: bytes, conversation_id: int, title: str) -> None:
+        self._execute(
+            "INSERT INTO groups (group_id, conversation_id, title) VALUES (?, ?, ?)",
+            (group_id, conversation_id, title),
+        )
+
+    def set_own_sender_key(self, group_id: bytes, state: bytes | None, epoch: int) -> None:
+        self._execute(
+            "UPDATE groups SET own_sender_key = ?, epoch = ? WHERE group_id = ?",
+            (state, epoch, group_id),
+        )
+
+    def members(self, group_id: bytes) -> list[str]:
+        rows = self._execute(
+            "SELECT username FROM group_members WHERE group_id = ? ORDER BY username", (group_id,)
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    def set_members(self, group_id: bytes, members: Iterable[str]) -> None:
+        wanted = set(members)
+        current = set(self.members(group_id))
+        for gone in current - wanted:
+            self._execute(
+                "DELETE FROM group_members WHERE group_id = ? AND username = ?", (group_id, gone)
+            )
+        for new in wanted - current:
+            self._execute(
+                "INSERT INTO group_members (group_id, username) VALUES (?, ?)", (group_id, new)
+            )
+
+    def member_sender_key(self, group_id: bytes, username: str) -> bytes | None:
+        row = self._execute(
+            "SELECT sender_key FROM group_members WHERE group_id = ? AND username = ?",
+            (group_id, username),
+        ).fetchone()
+        return bytes(row[0]) if row and row[0] is not None else None
+
+    def set_member_sender_key(self, group_id: bytes, username: str, state: bytes | None) -> None:
+        self._execute(
+            "UPDATE group_members SET sender_key = ? WHERE group_id = ? AND username = ?",
+            (state, group_id, username),
+        )
+
+
+class SettingsRepository(_Repository):
+    def get(self, key: str, default: Any = None) -> Any:
+        row = self._execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else default
+
+    def set(self, key: str, value: Any) -> None:
+        self._execute(
+            "INSERT INTO settings (key, value) VALUES (?, ?)"
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, json.dumps(value)),
+        )
+
+
+class BackupStateRepository(_Repository):
+    def get(self) -> BackupState:
+        row = self._execute(
+            "SELECT method, folder, schedule, keep, last_success, last_size, vault_record_id"
+            " FROM backup_state WHERE id = 1"
+        ).fetchone()
+        return BackupState(*row)
+
+    def update(self, **fields: Any) -> None:
+        allowed = set(BackupState.__dataclass_fields__)
+        unknown = set(fields) - allowed
+        if unknown:
+            raise StoreError(f"unknown backup setting {sorted(unknown)[0]!r}")
+        assignments = ", ".join(f"{name} = ?" for name in fields)
+        self._execute(
+            f"UPDATE backup_state SET {assignments} WHERE id = 1",  # noqa: S608
+            tuple(fields.values()),
+        )
+
+
+def _encode_value(value: Any) -> Any:
+    if isinstance(value, bytes | memoryview):
+        return {"$b": base64.b64encode(bytes(value)).decode("ascii")}
+    return value
+
+
+def _decode_value(value: Any) -> Any:
+    if isinstance(value, dict):
+        encoded = value.get("$b")
+        if not isinstance(encoded, str) or len(value) != 1:
+            raise StoreError("a backup record holds a malformed value")
+        return base64.b64decode(encoded)
+    if value is None or isinstance(value, str | int | float):
+        return value
+    raise StoreError("a backup record holds a value of an unknown type")
+
+
+class Store:
+    """One profile's encrypted database. Thread-safe by one lock; the services use it
+    from a single worker thread, the lock only guards against mistakes."""
+
+    def __init__(self, path: Path, connection: sqlcipher.Connection) -> None:
+        self.path = path
+        self._connection = connection
+        self._lock = threading.RLock()
+        self._depth = 0
+        self.account = AccountRepository(self)
+        self.contacts = ContactRepository(self)
+        self.sessions = SessionRepository(self)
+        self.conversations = ConversationRepository(self)
+        self.messages = MessageRepository(self)
+        self.attachments = AttachmentRepository(self)
+        self.outbox = OutboxRepository(self)
+        self.groups = GroupRepository(self)
+        self.settings = SettingsRepository(self)
+        self.backup_state = BackupStateRepository(self)
+
+    # ---- opening --------------------------------------------------------------
+    @staticmethod
+    def exists(profile: Path) -> bool:
+        return (profile / KEY_FILE_NAME).exists() and (profile / DB_FILE_NAME).exists()
+
+    @classmethod
+    def create(cls, profile: Path, protector: Protector, rng: Rng | None = None) -> Store:
+        rng = rng or SystemRng()
+        if (profile / KEY_FILE_NAME).exists() or (profile / DB_FILE_NAME).exists():
+            raise StoreError(f"a store already exists in {profile}")
+        profile.mkdir(parents=True, exist_ok=True, mode=0o700)
+        db_key = new_db_key(rng)
+        key_file = protector.wrap(db_key, rng)
+        store = cls._open_with_key(profile / DB_FILE_NAME, db_key)
+        # The key file is written last: a crash before this leaves no half-made
+        # profile that looks openable.
+        write_atomically(profile / KEY_FILE_NAME, key_file.to_json().encode())
+        return store
+
+    @classmethod
+    def open(cls, profile: Path, protector: Protector) -> Store:
+        key_path = profile / KEY_FILE_NAME
+        try:
+            key_file = KeyFile.from_json(key_path.read_text())
+        except FileNotFoundError:
+            raise StoreError(f"no store in {profile}") from None
+        db_key = protector.unwrap(key_file)
+        return cls._open_with_key(profile / DB_FILE_NAME, db_key)
+
+    @staticmethod
+    def key_method(profile: Path) -> str:
+        try:
+            return KeyFile.from_json((profile / KEY_FILE_NAME).read_text()).method
+        except FileNotFoundError:
+            raise StoreError(f"no store in {profile}") from None
+
+    @classmethod
+    def change_protection(
+        cls, profile: Path, old: Protector, new: Protector, rng: Rng | None = None
+    ) -> None:
+        """Re-wrap the database key; the database itself is not touched."""
+        key_path = profile / KEY_FILE_NAME
+        db_key = old.unwrap(KeyFile.from_json(key_path.read_text()))
+        write_atomically(key_path, new.wrap(db_key, rng or SystemRng()).to_json().encode())
+
+    @classmethod
+    def _open_with_key(cls, path: Path, db_key: bytes) -> Store:
+        connection = sqlcipher.connect(
+            str(path), isolation_level=None, check_same_thread=False, timeout=10
+        )
+        try:
+            connection.execute(f"PRAGMA key = \"x'{db_key.hex()}'\"")
+            connection.execute("PRAGMA cipher_memory_security = OFF")
+            try:
+                connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            except sqlcipher.DatabaseError:
+                raise StoreCorrupt(
+                    "the database does not open with this key (damaged or not ours)"
+                ) from None
+            connection.execute("PRAGMA journal_mode = WAL")
+            connection.execute("PRAGMA synchronous = FULL")
+            connection.execute("PRAGMA foreign_keys = ON")
+            connection.execute("PRAGMA secure_delete = ON")
+            store = cls(path, connection)
+            store._migrate()
+        except BaseException:
+            connection.close()
+            raise
+        if path.exists():
+            os.chmod(path, 0o600)
+        return store
+
+    def _migrate(self, migrations: list[str] | None = None) -> None:
+        migrations = MIGRATIONS if migrations is None else migrations
+        version = int(self._connection.execute("PRAGMA user_version").fetchone()[0])
+        if version > len(migrations):
+            raise StoreError(
+                f"this profile was written by a newer Cipherline (schema {version});"
+                " update the app to open it"
+            )
+        for number in range(version + 1, len(migrations) + 1):
+            self._connection.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in _split_statements(migrations[number - 1]):
+                    self._connection.execute(statement)
+                self._connection.execute(f"PRAGMA user_version = {number}")
+            except BaseException:
+                self._connection.execute("ROLLBACK")
+                raise
+            self._connection.execute("COMMIT")
+
+    @property
+    def schema_version(self) -> int:
+        return int(self.execute("PRAGMA user_version").fetchone()[0])
+
+    def close(self) -> None:
+        with self._lock:
+            self._connection.close()
+
+    # ---- statements -----------------------------------------------------------
+    def execute(self, sql: str, params: tuple[Any, ...] = ()) -> sqlcipher.Cursor:
+        with self._lock:
+            return self._connection.execute(sql, params)
+
+    def executemany(self, sql: str, rows: Iterable[tuple[Any, ...]]) -> None:
+        with self._lock:
+            self._connection.executemany(sql, rows)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Store]:
+        """All writes inside commit together or not at all; nesting joins the outer one."""
+        with self._lock:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield self
+                finally:
+                    self._depth -= 1
+                return
+            self._connection.execute("BEGIN IMMEDIATE")
+            self._depth = 1
+            try:
+                yield self
+            except BaseException:
+                self._connection.execute("ROLLBACK")
+                raise
+            else:
+                self._connection.execute("COMMIT")
+            finally:
+                self._depth = 0
+
+    # ---- backup ---------------------------------------------------------------
+    def export_records(self) -> Iterator[tuple[str, bytes]]:
+        """Every row worth backing up as (table, canonical JSON), from one snapshot.
+
+        Rows are read with a cursor, never all at once; the outbox (ciphertexts
+        waiting to be sent) is left out because it is bound to this moment.
+        """
+        with self._lock:
+            self._connection.execute("BEGIN")
+            try:
+                counts = {
+                    table: int(
+                        self._connection.execute(
+                            f"SELECT COUNT(*) FROM {table}"  # noqa: S608
+                        ).fetchone()[0]
+                    )
+                    for table in BACKUP_TABLES
+                }
+                meta = {"schema": SCHEMA_VERSION, "counts": counts}
+                yield "meta", json.dumps(meta, sort_keys=True).encode()
+                for table in BACKUP_TABLES:
+                    cursor = self._connection.execute(f"SELECT * FROM {table}")  # noqa: S608
+                    names = [column[0] for column in cursor.description]
+                    while True:
+                        rows = cursor.fetchmany(500)
+                        if not rows:
+                            break
+                        for row in rows:
+                            record = {
+                                name: _encode_value(value)
+                                for name, value in zip(names, row, strict=True)
+                            }
+                            yield table, json.dumps(record, separators=(",", ":")).encode()
+            finally:
+                self._connection.execute("COMMIT")
+
+    def import_records(self, records: Iterable[tuple[str, bytes]]) -> dict[str, int]:
+        """Load a backup into this (empty) store in one transaction; all or nothing."""
+        if self.account.get() is not None or self.conversations.all():
+            raise StoreError("restoring needs an empty profile; nothing was changed")
+        columns = {
+            table: [row[1] for row in self.execute(f"PRAGMA table_info({table})").fetchall()]
+            for table in BACKUP_TABLES
+        }
+        imported = dict.fromkeys(BACKUP_TABLES, 0)
+        expected: dict[str, int] | None = None
+        with self.transaction():
+            self.execute("DELETE FROM backup_state")
+            for kind, payload in records:
+                if kind == "meta":
+                    meta = self._decode_record(payload)
+                    schema = meta.get("schema")
+                    if not isinstance(schema, int) or schema > SCHEMA_VERSION:
+                        raise StoreError("the backup was made by a newer Cipherline")
+                    counts = meta.get("counts")
+                    if not isinstance(counts, dict):
+                        raise StoreError("the backup's table of contents is malformed")
+                    expected = {str(k): int(v) for k, v in counts.items()}
+                    continue
+                if kind not in columns:
+                    raise StoreError(f"the backup holds an unknown kind of record {kind[:40]!r}")
+                record = self._decode_record(payload)
+                names = [name for name in record if name in columns[kind]]
+                if len(names) != len(record):
+                    raise StoreError(f"a {kind} record has unknown fields")
+                placeholders = ", ".join("?" for _ in names)
+                try:
+                    self.execute(
+                        f"INSERT INTO {kind} ({', '.join(names)}) VALUES ({placeholders})",  # noqa: S608
+                        tuple(_decode_value(record[name]) for name in names),
+                    )
+                except sqlcipher.Error as error:
+                    raise StoreError(f"a {kind} record does not fit: {error}") from None
+                imported[kind] += 1
+            if expected is None:
+                raise StoreError("the backup has no table of contents")
+            for table, count in expected.items():
+                if imported.get(table, 0) != count:
+                    raise StoreError(
+                        f"the backup lists {count} {table} rows but holds {imported.get(table, 0)}"
+                    )
+            if not self.execute("SELECT 1 FROM backup_state").fetchone():
+                self.execute("INSERT INTO backup_state (id) VALUES (1)")
+        return imported
+
+    @staticmethod
+    def _decode_record(payload: bytes) -> dict[str, Any]:
+        try:
+            record = json.loads(payload)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise StoreError("a backup record is not valid JSON") from None
+        if not isinstance(record, dict):
+            raise StoreError("a backup record is not an object")
+        return record

@@ -1,0 +1,138 @@
+"""The store's schema as numbered migrations.
+
+Each migration runs in one transaction together with the `user_version` bump, so
+an interrupted migration leaves the database at the previous version.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: list[str] = [
+    # 1: the first schema.
+    """
+    CREATE TABLE settings (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    CREATE TABLE account (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        username TEXT NOT NULL,
+        device_id INTEGER NOT NULL,
+        device_name TEXT NOT NULL,
+        relay_token TEXT NOT NULL,
+        identity BLOB NOT NULL,
+        prekeys BLOB NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE contacts (
+        username TEXT PRIMARY KEY,
+        display_name TEXT NOT NULL DEFAULT '',
+        identity_key BLOB,
+        verified INTEGER NOT NULL DEFAULT 0,
+        verified_at INTEGER,
+        identity_changed INTEGER NOT NULL DEFAULT 0,
+        added_at INTEGER NOT NULL
+    );
+    CREATE TABLE identity_changes (
+        id INTEGER PRIMARY KEY,
+        username TEXT NOT NULL,
+        old_key BLOB,
+        new_key BLOB NOT NULL,
+        changed_at INTEGER NOT NULL
+    );
+    CREATE TABLE sessions (
+        username TEXT NOT NULL,
+        device_id INTEGER NOT NULL,
+        state BLOB NOT NULL,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (username, device_id)
+    );
+    CREATE TABLE conversations (
+        id INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL CHECK (kind IN ('direct', 'group')),
+        peer TEXT UNIQUE,
+        group_id BLOB UNIQUE,
+        title TEXT NOT NULL,
+        last_activity INTEGER NOT NULL,
+        unread INTEGER NOT NULL DEFAULT 0,
+        timer_seconds INTEGER NOT NULL DEFAULT 0,
+        muted INTEGER NOT NULL DEFAULT 0,
+        archived INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE messages (
+        id INTEGER PRIMARY KEY,
+        conversation_id INTEGER NOT NULL REFERENCES conversations (id) ON DELETE CASCADE,
+        uuid TEXT NOT NULL UNIQUE,
+        sender TEXT NOT NULL,
+        outgoing INTEGER NOT NULL,
+        kind TEXT NOT NULL DEFAULT 'text',
+        body TEXT NOT NULL,
+        sent_at INTEGER NOT NULL,
+        received_at INTEGER,
+        status TEXT NOT NULL,
+        expires_at INTEGER
+    );
+    CREATE INDEX messages_by_conversation ON messages (conversation_id, sent_at, id);
+    CREATE INDEX messages_expiring ON messages (expires_at) WHERE expires_at IS NOT NULL;
+    CREATE VIRTUAL TABLE messages_fts USING fts5 (
+        body, content = 'messages', content_rowid = 'id',
+        tokenize = 'unicode61 remove_diacritics 2'
+    );
+    CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages BEGIN
+        INSERT INTO messages_fts (rowid, body) VALUES (new.id, new.body);
+    END;
+    CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages BEGIN
+        INSERT INTO messages_fts (messages_fts, rowid, body) VALUES ('delete', old.id, old.body);
+    END;
+    CREATE TRIGGER messages_fts_update AFTER UPDATE OF body ON messages BEGIN
+        INSERT INTO messages_fts (messages_fts, rowid, body) VALUES ('delete', old.id, old.body);
+        INSERT INTO messages_fts (rowid, body) VALUES (new.id, new.body);
+    END;
+    CREATE TABLE groups (
+        group_id BLOB PRIMARY KEY,
+        conversation_id INTEGER NOT NULL UNIQUE REFERENCES conversations (id) ON DELETE CASCADE,
+        title TEXT NOT NULL,
+        own_sender_key BLOB,
+        epoch INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE group_members (
+        group_id BLOB NOT NULL REFERENCES groups (group_id) ON DELETE CASCADE,
+        username TEXT NOT NULL,
+        sender_key BLOB,
+        PRIMARY KEY (group_id, username)
+    );
+    CREATE TABLE attachments (
+        id INTEGER PRIMARY KEY,
+        message_id INTEGER NOT NULL REFERENCES messages (id) ON DELETE CASCADE,
+        filename TEXT NOT NULL,
+        mime TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        blob_id TEXT,
+        key BLOB NOT NULL,
+        digest BLOB NOT NULL,
+        local_path TEXT,
+        state TEXT NOT NULL
+    );
+    CREATE INDEX attachments_by_message ON attachments (message_id);
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY,
+        client_id TEXT NOT NULL UNIQUE,
+        message_id INTEGER REFERENCES messages (id) ON DELETE SET NULL,
+        recipient TEXT NOT NULL,
+        device_id INTEGER NOT NULL,
+        body BLOB NOT NULL,
+        created_at INTEGER NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE backup_state (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        method TEXT,
+        folder TEXT,
+        schedule TEXT NOT NULL DEFAULT 'off',
+        keep INTEGER NOT NULL DEFAULT 2,
+        last_success INTEGER,
+        last_size INTEGER,
+        vault_record_id TEXT
+    );
+    INSERT INTO backup_state (id) VALUES (1);
+    """,
+]
