@@ -1,1 +1,20 @@
-"""Sans-I/O protocol core: bytes in, bytes and events out. No sockets, threads, Qt or DB."""
+"""The sans-I/O protocol core: identities, PQXDH, Double Ratchet, Sender Keys,
+safety numbers, attachments and content encodings. Bytes in, bytes out."""
+
+from app.protocol.errors import (
+    AuthenticationError,
+    BundleError,
+    MalformedMessage,
+    NoSession,
+    ProtocolError,
+    ReplayError,
+)
+
+__all__ = [
+    "AuthenticationError",
+    "BundleError",
+    "MalformedMessage",
+    "NoSession",
+    "ProtocolError",
+    "ReplayError",
+]

@@ -1,0 +1,27 @@
+"""The protocol core's error tree. Hostile input raises these and nothing else."""
+
+from __future__ import annotations
+
+
+class ProtocolError(Exception):
+    """Base of every error the protocol core raises on input it cannot accept."""
+
+
+class MalformedMessage(ProtocolError):
+    """Bytes that are not a well-formed message of the expected kind and version."""
+
+
+class AuthenticationError(ProtocolError):
+    """A message, signature or key failed authentication: altered, forged or misrouted."""
+
+
+class ReplayError(ProtocolError):
+    """A message that was already decrypted, or whose key was deleted."""
+
+
+class BundleError(ProtocolError):
+    """A prekey bundle that is malformed or whose signatures do not verify."""
+
+
+class NoSession(ProtocolError):
+    """A normal message arrived for which no session exists."""

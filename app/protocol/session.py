@@ -1,0 +1,275 @@
+"""Sessions: PQXDH session start and the Double Ratchet behind one object.
+
+Wire envelope (version 1):
+
+    u8 version = 1
+    u8 type        1 = prekey message (starts a session), 2 = normal message
+    prekey:  u16 len + initiator identity, 32 ephemeral key, 1088 KEM ciphertext,
+             u32 signed prekey id, u32 KEM prekey id, u8 has-one-time, [u32 one-time id],
+             then the normal-message body below
+    normal:  40-byte ratchet header, u32 len + AES-256-GCM ciphertext
+
+PQXDH (Signal's specification, revision 3) with our identity keys:
+DH1 = DH(IK_A, SPK_B), DH2 = DH(EK_A, IK_B), DH3 = DH(EK_A, SPK_B), DH4 = DH(EK_A, OPK_B)
+SK  = HKDF-SHA256(salt = 32 zero bytes, ikm = 32 x 0xFF || DH1 || DH2 || DH3 [|| DH4] || SS,
+                  info = PQXDH_INFO, 32)
+AD  = identity encoding of the initiator || identity encoding of the responder.
+Until the initiator has received a reply, each of its messages is a prekey message
+(so whichever arrives first can start the session at the responder).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from app.crypto import (
+    MLKEM768_CIPHERTEXT_LENGTH,
+    CryptoError,
+    DhPrivateKey,
+    DhPublicKey,
+    Rng,
+    SystemRng,
+    hkdf_sha256,
+)
+from app.protocol.encoding import Reader, Writer
+from app.protocol.errors import (
+    AuthenticationError,
+    MalformedMessage,
+    NoSession,
+    ProtocolError,
+)
+from app.protocol.identity import DeviceIdentity, LocalPrekeys, PublicIdentity, RemoteBundle
+from app.protocol.ratchet import HEADER_LENGTH, RatchetState
+
+ENVELOPE_VERSION = 1
+PREKEY_MESSAGE = 1
+NORMAL_MESSAGE = 2
+PQXDH_INFO = b"Cipherline_PQXDH_X25519_SHA-256_ML-KEM-768"
+SESSION_VERSION = 1
+MAX_ENVELOPE = 256 * 1024
+
+
+@dataclass(frozen=True)
+class PrekeyInfo:
+    identity: bytes
+    ephemeral: bytes
+    kem_ciphertext: bytes
+    signed_prekey_id: int
+    kem_prekey_id: int
+    one_time_prekey_id: int | None
+
+    def write(self, writer: Writer) -> None:
+        writer.bytes16(self.identity).raw(self.ephemeral).raw(self.kem_ciphertext)
+        writer.u32(self.signed_prekey_id).u32(self.kem_prekey_id)
+        if self.one_time_prekey_id is None:
+            writer.u8(0)
+        else:
+            writer.u8(1).u32(self.one_time_prekey_id)
+
+    @staticmethod
+    def read(reader: Reader) -> PrekeyInfo:
+        identity = reader.bytes16()
+        ephemeral = reader.raw(32)
+        kem_ciphertext = reader.raw(MLKEM768_CIPHERTEXT_LENGTH)
+        spk_id, kem_id = reader.u32(), reader.u32()
+        flag = reader.u8()
+        if flag not in (0, 1):
+            raise MalformedMessage("bad one-time prekey flag")
+        otk_id = reader.u32() if flag else None
+        return PrekeyInfo(identity, ephemeral, kem_ciphertext, spk_id, kem_id, otk_id)
+
+
+@dataclass(frozen=True)
+class Envelope:
+    kind: int
+    prekey: PrekeyInfo | None
+    header: bytes
+    ciphertext: bytes
+
+    def to_bytes(self) -> bytes:
+        writer = Writer().u8(ENVELOPE_VERSION).u8(self.kind)
+        if self.prekey is not None:
+            self.prekey.write(writer)
+        return writer.raw(self.header).bytes32(self.ciphertext).getvalue()
+
+    @staticmethod
+    def from_bytes(data: bytes) -> Envelope:
+        if len(data) > MAX_ENVELOPE:
+            raise MalformedMessage("the envelope is too large")
+        reader = Reader(data, "envelope")
+        reader.version(ENVELOPE_VERSION)
+        kind = reader.u8()
+        if kind not in (PREKEY_MESSAGE, NORMAL_MESSAGE):
+            raise MalformedMessage("unknown envelope type")
+        prekey = PrekeyInfo.read(reader) if kind == PREKEY_MESSAGE else None
+        header = reader.raw(HEADER_LENGTH)
+        ciphertext = reader.bytes32(MAX_ENVELOPE)
+        reader.end()
+        return Envelope(kind, prekey, header, ciphertext)
+
+
+def is_prekey_message(data: bytes) -> bool:
+    return len(data) >= 2 and data[0] == ENVELOPE_VERSION and data[1] == PREKEY_MESSAGE
+
+
+def _derive(parts: list[bytes], shared_kem: bytes) -> bytes:
+    ikm = b"\xff" * 32 + b"".join(parts) + shared_kem
+    return hkdf_sha256(ikm, salt=bytes(32), info=PQXDH_INFO, length=32)
+
+
+class Session:
+    """A pairwise session with one remote device. Serialises to bytes for the store."""
+
+    def __init__(
+        self,
+        ratchet: RatchetState,
+        associated_data: bytes,
+        remote_identity: bytes,
+        pending_prekey: PrekeyInfo | None,
+    ) -> None:
+        self.ratchet = ratchet
+        self.associated_data = associated_data
+        self.remote_identity = remote_identity
+        self.pending_prekey = pending_prekey
+
+    @property
+    def remote_public_identity(self) -> PublicIdentity:
+        return PublicIdentity.from_bytes(self.remote_identity)
+
+    # ---- starting --------------------------------------------------------------
+    @staticmethod
+    def initiate(own: DeviceIdentity, bundle: RemoteBundle, rng: Rng | None = None) -> Session:
+        rng = rng or SystemRng()
+        ephemeral = DhPrivateKey.generate(rng)
+        try:
+            kem_ciphertext, shared_kem = bundle.kem_prekey.encapsulate()
+            parts = [
+                own.dh_key.exchange(bundle.signed_prekey),
+                ephemeral.exchange(bundle.identity.dh_key),
+                ephemeral.exchange(bundle.signed_prekey),
+            ]
+            if bundle.one_time_prekey is not None:
+                parts.append(ephemeral.exchange(bundle.one_time_prekey))
+        except CryptoError:
+            raise AuthenticationError("the bundle holds an unusable key") from None
+        secret = _derive(parts, shared_kem)
+        own_identity = own.public.to_bytes()
+        remote_identity = bundle.identity.to_bytes()
+        prekey = PrekeyInfo(
+            identity=own_identity,
+            ephemeral=ephemeral.public_key().to_bytes(),
+            kem_ciphertext=kem_ciphertext,
+            signed_prekey_id=bundle.signed_prekey_id,
+            kem_prekey_id=bundle.kem_prekey_id,
+            one_time_prekey_id=bundle.one_time_prekey_id,
+        )
+        ratchet = RatchetState.init_sender(secret, bundle.signed_prekey, rng)
+        return Session(ratchet, own_identity + remote_identity, remote_identity, prekey)
+
+    @staticmethod
+    def respond(
+        own: DeviceIdentity,
+        prekeys: LocalPrekeys,
+        envelope_bytes: bytes,
+        rng: Rng | None = None,
+    ) -> tuple[Session, bytes, PublicIdentity]:
+        """Starts a session from a prekey message. Consumes the used one-time prekeys
+        from `prekeys` only on success (the caller then stores both)."""
+        envelope = Envelope.from_bytes(envelope_bytes)
+        info = envelope.prekey
+        if info is None:
+            raise NoSession("a normal message arrived for a session we do not have")
+        remote = PublicIdentity.from_bytes(info.identity)
+        if info.signed_prekey_id != prekeys.signed_prekey_id:
+            raise AuthenticationError("the message uses a signed prekey we no longer have")
+        if info.kem_prekey_id == prekeys.last_resort_id:
+            kem_key = prekeys.last_resort_kem
+        elif info.kem_prekey_id in prekeys.one_time_kem:
+            kem_key = prekeys.one_time_kem[info.kem_prekey_id]
+        else:
+            raise AuthenticationError("the message uses a KEM prekey we no longer have")
+        one_time: DhPrivateKey | None = None
+        if info.one_time_prekey_id is not None:
+            one_time = prekeys.one_time.get(info.one_time_prekey_id)
+            if one_time is None:
+                raise AuthenticationError("the message uses a one-time prekey already used")
+        try:
+            ephemeral = DhPublicKey(info.ephemeral)
+            shared_kem = kem_key.decapsulate(info.kem_ciphertext)
+            parts = [
+                prekeys.signed_prekey.exchange(remote.dh_key),
+                own.dh_key.exchange(ephemeral),
+                prekeys.signed_prekey.exchange(ephemeral),
+            ]
+            if one_time is not None:
+                parts.append(one_time.exchange(ephemeral))
+        except CryptoError:
+            raise AuthenticationError("the prekey message holds an unusable key") from None
+        secret = _derive(parts, shared_kem)
+        own_identity = own.public.to_bytes()
+        session = Session(
+            RatchetState.init_receiver(secret, prekeys.signed_prekey),
+            info.identity + own_identity,
+            info.identity,
+            None,
+        )
+        plaintext = session.ratchet.decrypt(
+            envelope.header, envelope.ciphertext, session.associated_data, rng
+        )
+        if info.one_time_prekey_id is not None:
+            prekeys.one_time.pop(info.one_time_prekey_id, None)
+        if info.kem_prekey_id != prekeys.last_resort_id:
+            prekeys.one_time_kem.pop(info.kem_prekey_id, None)
+        return session, plaintext, remote
+
+    # ---- messages --------------------------------------------------------------
+    def encrypt(self, plaintext: bytes, rng: Rng | None = None) -> bytes:
+        header, ciphertext = self.ratchet.encrypt(plaintext, self.associated_data, rng)
+        kind = PREKEY_MESSAGE if self.pending_prekey is not None else NORMAL_MESSAGE
+        return Envelope(kind, self.pending_prekey, header, ciphertext).to_bytes()
+
+    def decrypt(self, envelope_bytes: bytes, rng: Rng | None = None) -> bytes:
+        envelope = Envelope.from_bytes(envelope_bytes)
+        if envelope.prekey is not None and envelope.prekey.identity != self.remote_identity:
+            raise AuthenticationError("the message comes from a different identity")
+        plaintext = self.ratchet.decrypt(
+            envelope.header, envelope.ciphertext, self.associated_data, rng
+        )
+        # The peer has our session: stop attaching the session-start data.
+        self.pending_prekey = None
+        return plaintext
+
+    def matches_prekey_message(self, envelope_bytes: bytes) -> bool:
+        """True when a prekey message belongs to this (already started) session."""
+        try:
+            envelope = Envelope.from_bytes(envelope_bytes)
+        except ProtocolError:
+            return False
+        return envelope.prekey is not None and envelope.prekey.identity == self.remote_identity
+
+    # ---- persistence -----------------------------------------------------------
+    def to_bytes(self) -> bytes:
+        writer = (
+            Writer()
+            .u8(SESSION_VERSION)
+            .bytes16(self.associated_data)
+            .bytes16(self.remote_identity)
+            .bytes32(self.ratchet.to_bytes())
+        )
+        if self.pending_prekey is None:
+            writer.u8(0)
+        else:
+            writer.u8(1)
+            self.pending_prekey.write(writer)
+        return writer.getvalue()
+
+    @staticmethod
+    def from_bytes(data: bytes) -> Session:
+        reader = Reader(data, "session state")
+        reader.version(SESSION_VERSION)
+        associated_data = reader.bytes16()
+        remote_identity = reader.bytes16()
+        ratchet = RatchetState.from_bytes(reader.bytes32())
+        pending = PrekeyInfo.read(reader) if reader.u8() else None
+        reader.end()
+        return Session(ratchet, associated_data, remote_identity, pending)
