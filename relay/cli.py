@@ -38,6 +38,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="URL of a Backup Key Vault node to pass vault requests to (repeat for a fleet)",
     )
+    serve.add_argument(
+        "--max-attachment-bytes",
+        type=int,
+        default=100 * 1024 * 1024,
+        help="largest attachment accepted (default: 100 MB)",
+    )
+    serve.add_argument(
+        "--rate",
+        type=float,
+        default=50.0,
+        help="requests per second allowed per account and per address (burst: 4x)",
+    )
     return parser
 
 
@@ -54,7 +66,12 @@ def main(argv: list[str] | None = None) -> int:
         tls = ensure_tls_files(args.data, args.hostname)
         application = create_app(
             RelaySettings(
-                data_dir=args.data, database_url=args.database, vault_urls=tuple(args.vault)
+                data_dir=args.data,
+                database_url=args.database,
+                vault_urls=tuple(args.vault),
+                max_attachment_bytes=args.max_attachment_bytes,
+                rate_per_second=args.rate,
+                rate_burst=args.rate * 4,
             )
         )
         uvicorn.run(
@@ -65,5 +82,6 @@ def main(argv: list[str] | None = None) -> int:
             ssl_keyfile=str(tls.server_key),
             log_level="warning",
             access_log=False,
+            timeout_graceful_shutdown=2,
         )
     return 0

@@ -1,5 +1,25 @@
-"""Network layer: the client's only route to the relay (and, through it, the vault)."""
+"""Network layer: the relay client (requests) and the push listener (WebSocket). No Qt."""
 
-from app.net.relay_client import RelayClient, RelayError, RelayUnavailable
+from app.net.relay_client import (
+    AuthError,
+    Conflict,
+    Envelope,
+    NotFound,
+    OutgoingEnvelope,
+    RateLimited,
+    RelayClient,
+    RelayError,
+    RelayUnavailable,
+)
 
-__all__ = ["RelayClient", "RelayError", "RelayUnavailable"]
+__all__ = [
+    "AuthError",
+    "Conflict",
+    "Envelope",
+    "NotFound",
+    "OutgoingEnvelope",
+    "RateLimited",
+    "RelayClient",
+    "RelayError",
+    "RelayUnavailable",
+]

@@ -1,9 +1,18 @@
-"""HTTPS client for the relay, on `requests`, trusting only the pinned relay CA."""
+"""HTTPS client for the relay, on `requests`, trusting only the pinned relay CA.
+
+Idempotent calls (and message sends, which carry client-chosen ids) are retried
+with exponential backoff and jitter; the rest fail fast with a typed error.
+"""
 
 from __future__ import annotations
 
+import base64
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import requests
 
@@ -16,35 +25,278 @@ class RelayError(Exception):
         self.status = status
 
 
-class RelayUnavailable(Exception):
+class RelayUnavailable(RelayError):
     """The relay could not be reached (refused, timed out, TLS failure)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(0, message)
+
+
+class AuthError(RelayError):
+    pass
+
+
+class NotFound(RelayError):
+    pass
+
+
+class Conflict(RelayError):
+    pass
+
+
+class RateLimited(RelayError):
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(429, message)
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class Envelope:
+    seq: int
+    client_id: str
+    sender: str
+    sender_device: int
+    body: bytes
+    server_time: int
+
+    @staticmethod
+    def from_json(raw: dict[str, Any]) -> Envelope:
+        return Envelope(
+            seq=int(raw["seq"]),
+            client_id=str(raw["id"]),
+            sender=str(raw["sender"]),
+            sender_device=int(raw["sender_device"]),
+            body=base64.b64decode(raw["body"]),
+            server_time=int(raw["server_time"]),
+        )
+
+
+@dataclass(frozen=True)
+class OutgoingEnvelope:
+    client_id: str
+    recipient: str
+    device_id: int
+    body: bytes
 
 
 class RelayClient:
-    def __init__(self, base_url: str, ca_file: Path, *, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        ca_file: Path,
+        *,
+        token: str | None = None,
+        timeout: float = 10.0,
+        retries: int = 3,
+    ) -> None:
         self._base_url = base_url.rstrip("/")
         self._timeout = timeout
+        self._retries = retries
         # Only the relay's own CA: a certificate from any public CA is refused. It is
         # passed on every request because requests lets REQUESTS_CA_BUNDLE in the
         # environment override a Session's `verify`.
         self._ca_file = str(ca_file)
         self._session = requests.Session()
+        self.token = token
 
     @property
     def base_url(self) -> str:
         return self._base_url
 
+    @property
+    def ca_file(self) -> str:
+        return self._ca_file
+
     def close(self) -> None:
         self._session.close()
 
-    def health(self) -> dict[str, Any]:
+    # ---- plumbing -------------------------------------------------------------
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        data: bytes | IO[bytes] | Iterator[bytes] | None = None,
+        params: dict[str, Any] | None = None,
+        retry: bool = False,
+        stream: bool = False,
+        auth: bool = True,
+        headers: dict[str, str] | None = None,
+    ) -> requests.Response:
+        attempts = self._retries + 1 if retry else 1
+        all_headers = dict(headers or {})
+        if auth and self.token:
+            all_headers["Authorization"] = f"Bearer {self.token}"
+        delay = 0.2
+        for attempt in range(attempts):
+            try:
+                response = self._session.request(
+                    method,
+                    f"{self._base_url}{path}",
+                    json=json_body,
+                    data=data,
+                    params=params,
+                    headers=all_headers,
+                    timeout=self._timeout,
+                    verify=self._ca_file,
+                    stream=stream,
+                )
+            except requests.RequestException as error:
+                if attempt + 1 < attempts:
+                    time.sleep(delay * (1 + random.random()))  # noqa: S311 - jitter only
+                    delay *= 2
+                    continue
+                raise RelayUnavailable(
+                    f"cannot reach the relay at {self._base_url}: {type(error).__name__}"
+                ) from None
+            if response.status_code >= 500 and attempt + 1 < attempts:
+                time.sleep(delay * (1 + random.random()))  # noqa: S311
+                delay *= 2
+                continue
+            if response.status_code >= 400:
+                raise self._error(response)
+            return response
+        raise RelayUnavailable("the relay kept failing")  # pragma: no cover
+
+    @staticmethod
+    def _error(response: requests.Response) -> RelayError:
         try:
-            response = self._session.get(
-                f"{self._base_url}/health", timeout=self._timeout, verify=self._ca_file
+            message = str(response.json().get("error", response.reason))
+        except ValueError:
+            message = response.reason or f"HTTP {response.status_code}"
+        status = response.status_code
+        if status == 401:
+            return AuthError(status, message)
+        if status == 404:
+            return NotFound(status, message)
+        if status == 409:
+            return Conflict(status, message)
+        if status == 429:
+            try:
+                retry_after = float(response.headers.get("Retry-After", "1"))
+            except ValueError:
+                retry_after = 1.0
+            return RateLimited(message, retry_after)
+        if status >= 500:
+            return RelayUnavailable(f"the relay failed ({status}): {message}")
+        return RelayError(status, message)
+
+    # ---- service ----------------------------------------------------------------
+    def health(self) -> dict[str, Any]:
+        body: dict[str, Any] = self._request("GET", "/health", auth=False).json()
+        return body
+
+    # ---- accounts ---------------------------------------------------------------
+    def register(self, username: str, device_name: str) -> dict[str, Any]:
+        body: dict[str, Any] = self._request(
+            "POST",
+            "/v1/accounts",
+            json_body={"username": username, "device_name": device_name},
+            auth=False,
+        ).json()
+        self.token = str(body["token"])
+        return body
+
+    def add_device(self, device_name: str) -> dict[str, Any]:
+        body: dict[str, Any] = self._request(
+            "POST", "/v1/devices", json_body={"device_name": device_name}
+        ).json()
+        return body
+
+    def devices(self) -> list[dict[str, Any]]:
+        devices: list[dict[str, Any]] = self._request("GET", "/v1/devices", retry=True).json()[
+            "devices"
+        ]
+        return devices
+
+    def remove_device(self, device_id: int) -> None:
+        self._request("DELETE", f"/v1/devices/{device_id}")
+
+    def revoke_token(self) -> None:
+        self._request("POST", "/v1/tokens/revoke")
+
+    # ---- prekeys ----------------------------------------------------------------
+    def upload_keys(self, body: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self._request("PUT", "/v1/keys", json_body=body, retry=True).json()
+        return result
+
+    def key_status(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._request("GET", "/v1/keys/status", retry=True).json()
+        return result
+
+    def fetch_keys(self, username: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._request("GET", f"/v1/users/{username}/keys").json()
+        return result
+
+    # ---- mailbox ----------------------------------------------------------------
+    def send(self, envelopes: list[OutgoingEnvelope]) -> dict[str, str]:
+        """Sends a batch; returns client id -> status. Safe to retry: ids dedupe."""
+        body = {
+            "messages": [
+                {
+                    "id": e.client_id,
+                    "recipient": e.recipient,
+                    "device_id": e.device_id,
+                    "body": base64.b64encode(e.body).decode("ascii"),
+                }
+                for e in envelopes
+            ]
+        }
+        results = self._request("POST", "/v1/messages", json_body=body, retry=True).json()
+        return {str(r["id"]): str(r["status"]) for r in results["results"]}
+
+    def fetch(self, after: int = 0, limit: int = 500) -> list[Envelope]:
+        raw = self._request(
+            "GET", "/v1/messages", params={"after": after, "limit": limit}, retry=True
+        ).json()
+        return [Envelope.from_json(item) for item in raw["envelopes"]]
+
+    def ack(self, seqs: list[int]) -> None:
+        if seqs:
+            self._request("POST", "/v1/messages/ack", json_body={"seqs": seqs}, retry=True)
+
+    # ---- attachments ------------------------------------------------------------
+    def upload_attachment(self, source: IO[bytes]) -> str:
+        response = self._request(
+            "POST",
+            "/v1/attachments",
+            data=source,
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        return str(response.json()["id"])
+
+    def download_attachment(self, blob_id: str, target: IO[bytes]) -> int:
+        response = self._request("GET", f"/v1/attachments/{blob_id}", stream=True, retry=True)
+        size = 0
+        for chunk in response.iter_content(64 * 1024):
+            target.write(chunk)
+            size += len(chunk)
+        return size
+
+    # ---- vault pass-through -----------------------------------------------------
+    def vault_call(self, op: str, body: bytes) -> tuple[int, bytes]:
+        """Forwards an opaque, end-to-end encrypted vault message; (status, body)."""
+        try:
+            response = self._session.post(
+                f"{self._base_url}/v1/vault/{op}",
+                data=body,
+                headers={"Content-Type": "application/octet-stream"},
+                timeout=self._timeout,
+                verify=self._ca_file,
             )
         except requests.RequestException as error:
-            raise RelayUnavailable(f"cannot reach the relay at {self._base_url}: {error}") from None
-        if response.status_code != 200:
-            raise RelayError(response.status_code, response.text[:200])
-        body: dict[str, Any] = response.json()
-        return body
+            raise RelayUnavailable(f"cannot reach the relay: {type(error).__name__}") from None
+        return response.status_code, response.content
+
+    def vault_fleet(self) -> tuple[int, bytes]:
+        try:
+            response = self._session.get(
+                f"{self._base_url}/v1/vault/fleet", timeout=self._timeout, verify=self._ca_file
+            )
+        except requests.RequestException as error:
+            raise RelayUnavailable(f"cannot reach the relay: {type(error).__name__}") from None
+        return response.status_code, response.content
+
+    def push_url(self) -> str:
+        return self._base_url.replace("https://", "wss://", 1) + "/v1/push"

@@ -1,0 +1,115 @@
+"""The push listener: a WebSocket to the relay that reconnects and resumes.
+
+On every (re)connection the relay first sends everything still pending, so a
+client that was offline catches up without a separate fetch. Duplicates across
+reconnects are possible (an envelope pushed but not yet acknowledged); the client
+drops them by (sender, client id).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import ssl
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.sync.client import ClientConnection, connect
+
+from app.net.relay_client import Envelope
+
+
+class PushListener:
+    def __init__(
+        self,
+        url: str,
+        ca_file: str,
+        token: str,
+        *,
+        on_envelope: Callable[[Envelope], None],
+        on_state: Callable[[bool], None],
+        on_keys_low: Callable[[], None] | None = None,
+        max_backoff: float = 15.0,
+    ) -> None:
+        self._url = url
+        self._token = token
+        self._ssl = ssl.create_default_context(cafile=ca_file)
+        self._on_envelope = on_envelope
+        self._on_state = on_state
+        self._on_keys_low = on_keys_low
+        self._max_backoff = max_backoff
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._connection: ClientConnection | None = None
+        self.connected = False
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="push-listener", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        connection = self._connection
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                connection.close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def reconnect_now(self) -> None:
+        """Skip the current backoff wait (e.g. the user pressed "retry")."""
+        self._wake.set()
+
+    def _set_state(self, connected: bool) -> None:
+        if connected != self.connected:
+            self.connected = connected
+            self._on_state(connected)
+
+    def _run(self) -> None:
+        backoff = 0.5
+        while not self._stop.is_set():
+            try:
+                with connect(
+                    f"{self._url}?token={self._token}",
+                    ssl=self._ssl,
+                    open_timeout=10,
+                    close_timeout=2,
+                    max_size=2**20,
+                ) as connection:
+                    self._connection = connection
+                    self._set_state(True)
+                    backoff = 0.5
+                    for frame in connection:
+                        self._handle(frame)
+            except InvalidStatus:
+                self._set_state(False)
+            except (OSError, ConnectionClosed, InvalidHandshake, TimeoutError):
+                self._set_state(False)
+            finally:
+                self._connection = None
+            if self._stop.is_set():
+                break
+            self._wake.wait(backoff * (0.5 + random.random()))  # noqa: S311 - jitter
+            self._wake.clear()
+            backoff = min(backoff * 2, self._max_backoff)
+        self._set_state(False)
+
+    def _handle(self, frame: str | bytes) -> None:
+        try:
+            message: dict[str, Any] = json.loads(frame)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return
+        kind = message.get("type")
+        if kind == "envelope":
+            try:
+                envelope = Envelope.from_json(message)
+            except (KeyError, TypeError, ValueError):
+                return
+            self._on_envelope(envelope)
+        elif kind == "keys_low" and self._on_keys_low is not None:
+            self._on_keys_low()
