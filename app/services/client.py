@@ -1,0 +1,439 @@
+"""The client runtime: the messenger core on one thread, the network on others.
+
+- `core`: one thread owns the store and every protocol state change.
+- `actions`: one thread runs user actions that may need the network first
+  (fetching a contact's keys before the first message), in the order given.
+- `net`: sending the outbox, acknowledging, attachments, key refills.
+- the push listener's thread receives envelopes and hands them to `core`.
+
+Results reach the UI as events through one listener callback; nothing here
+imports Qt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from app.net import (
+    Envelope,
+    NotFound,
+    OutgoingEnvelope,
+    RelayClient,
+    RelayError,
+    RelayUnavailable,
+)
+from app.net.push import PushListener
+from app.protocol import ProtocolError
+from app.protocol.attachments import decrypt_attachment
+from app.services.events import (
+    ConnectionChanged,
+    ConversationsChanged,
+    Event,
+    IdentityChanged,
+    IncomingMessage,
+    MessagesChanged,
+)
+from app.services.events import (
+    ServiceError as ServiceErrorEvent,
+)
+from app.services.messenger import Messenger, ServiceError
+from app.services.views import ConversationView, MessageView, SafetyNumberView, SearchResultView
+from app.store import StoreError
+
+log = logging.getLogger("cipherline.client")
+T = TypeVar("T")
+
+
+class Client:
+    def __init__(
+        self, messenger: Messenger, relay: RelayClient, *, tick_seconds: float = 2.0
+    ) -> None:
+        self.messenger = messenger
+        self.relay = relay
+        relay.token = messenger.relay_token
+        self._core = ThreadPoolExecutor(1, thread_name_prefix="cipherline-core")
+        self._actions = ThreadPoolExecutor(1, thread_name_prefix="cipherline-actions")
+        self._net = ThreadPoolExecutor(2, thread_name_prefix="cipherline-net")
+        self._listener: Callable[[Event], None] = lambda _event: None
+        self._flush_lock = threading.Lock()
+        self._flush_wanted = threading.Event()
+        self._stop = threading.Event()
+        self._tick_seconds = tick_seconds
+        self._ticker: threading.Thread | None = None
+        self.push: PushListener | None = None
+        self.connected = False
+        self.undecryptable = 0
+
+    # ---- life cycle -----------------------------------------------------------
+    def set_listener(self, listener: Callable[[Event], None]) -> None:
+        self._listener = listener
+
+    def _emit(self, event: Event) -> None:
+        try:
+            self._listener(event)
+        except Exception:
+            log.exception("event listener failed")
+
+    def start(self) -> None:
+        self.push = PushListener(
+            self.relay.push_url(),
+            self.relay.ca_file,
+            self.messenger.relay_token,
+            on_envelope=self._envelope_arrived,
+            on_state=self._connection_changed,
+            on_keys_low=self._keys_low,
+        )
+        self.push.start()
+        self._ticker = threading.Thread(target=self._tick, name="cipherline-ticker", daemon=True)
+        self._ticker.start()
+
+    def _envelope_arrived(self, envelope: Envelope) -> None:
+        with contextlib.suppress(RuntimeError):
+            self._core.submit(self._process, envelope)
+
+    def _keys_low(self) -> None:
+        with contextlib.suppress(RuntimeError):
+            self._net.submit(self._refill_keys)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._flush_wanted.set()
+        if self.push is not None:
+            self.push.stop()
+        if self._ticker is not None:
+            self._ticker.join(timeout=5)
+        self._actions.shutdown(wait=True, cancel_futures=True)
+        self._net.shutdown(wait=True, cancel_futures=True)
+        self._core.submit(self.messenger.store.close).result()
+        self._core.shutdown(wait=True)
+        self.relay.close()
+
+    def _connection_changed(self, connected: bool) -> None:
+        self.connected = connected
+        self._emit(ConnectionChanged(connected))
+        if connected:
+            self.request_flush()
+
+    def _tick(self) -> None:
+        expire_every = max(1, int(5 / self._tick_seconds))
+        count = 0
+        while not self._stop.is_set():
+            self._flush_wanted.wait(self._tick_seconds)
+            if self._stop.is_set():
+                return
+            self._flush_wanted.clear()
+            self._flush()
+            count += 1
+            if count % expire_every == 0:
+                with contextlib.suppress(Exception):
+                    self._core.submit(self._expire).result()
+
+    # ---- plumbing -------------------------------------------------------------
+    def core(self, function: Callable[..., T], *args: Any) -> Future[T]:
+        return self._core.submit(function, *args)
+
+    def action(self, function: Callable[..., T], *args: Any) -> Future[T]:
+        return self._actions.submit(function, *args)
+
+    def request_flush(self) -> None:
+        self._flush_wanted.set()
+
+    @staticmethod
+    def describe_error(error: BaseException) -> str:
+        if isinstance(error, ServiceError | StoreError | RelayError):
+            return str(error)
+        if isinstance(error, ProtocolError):
+            return f"the message could not be processed: {error}"
+        return f"something went wrong ({type(error).__name__})"
+
+    def _messages_event(self, conversation_id: int, messages: list[MessageView]) -> None:
+        self._emit(MessagesChanged(conversation_id, messages))
+
+    def _conversations_event(self) -> None:
+        self._emit(ConversationsChanged(self.messenger.conversations()))
+
+    # ---- network: outbox, keys, attachments -----------------------------------
+    def _flush(self) -> None:
+        if not self._flush_lock.acquire(blocking=False):
+            return
+        try:
+            while not self._stop.is_set():
+                items = self.core(self.messenger.store.outbox.pending, 200).result()
+                if not items:
+                    return
+                batch = [
+                    OutgoingEnvelope(i.client_id, i.recipient, i.device_id, i.body) for i in items
+                ]
+                try:
+                    statuses = self.relay.send(batch)
+                except RelayUnavailable:
+                    return
+                except RelayError as error:
+                    log.warning("relay refused a batch: %s", error.status)
+                    statuses = {i.client_id: "unknown_recipient" for i in items}
+                accepted = [cid for cid, s in statuses.items() if s in ("queued", "duplicate")]
+                refused = [cid for cid, s in statuses.items() if s not in ("queued", "duplicate")]
+                self.core(self._after_send, accepted, refused).result()
+        except RuntimeError:
+            return  # shutting down
+        finally:
+            self._flush_lock.release()
+
+    def _after_send(self, accepted: list[str], refused: list[str]) -> None:
+        changed = self.messenger.sent(accepted) + self.messenger.undeliverable(refused)
+        by_conversation: dict[int, list[MessageView]] = {}
+        for message in changed:
+            by_conversation.setdefault(message.conversation_id, []).append(
+                self.messenger.message_view(message)
+            )
+        for conversation_id, views in by_conversation.items():
+            self._messages_event(conversation_id, views)
+
+    def _refill_keys(self) -> None:
+        try:
+            body = self.core(self.messenger.refill_prekeys).result()
+            self.relay.upload_keys(body)
+            self.core(self.messenger.mark_prekeys_published).result()
+        except (RelayError, RuntimeError):
+            return
+
+    def _ensure_sessions(self, usernames: list[str]) -> None:
+        for name in usernames:
+            try:
+                fetched = self.relay.fetch_keys(name)
+            except NotFound:
+                raise ServiceError(f"there is no Cipherline user called “{name}”") from None
+            except RelayUnavailable:
+                raise ServiceError(
+                    f"cannot reach the relay to start a chat with {name}; try again when online"
+                ) from None
+            warnings = self.core(self.messenger.install_bundles, name, fetched).result()
+            for peer in warnings:
+                self._emit(IdentityChanged(peer))
+
+    def _download(self, attachment_id: int) -> None:
+        try:
+            blob_id, secret, target = self.core(
+                self.messenger.attachment_secret, attachment_id
+            ).result()
+            tmp = target.with_suffix(".part")
+            with tmp.open("wb") as out:
+                self.relay.download_attachment(blob_id, out)
+            # Check the digest before calling it ready; the file stays encrypted.
+            with tmp.open("rb") as source, open(os.devnull, "wb") as sink:
+                decrypt_attachment(source, sink, secret)
+            tmp.replace(target)
+            message = self.core(self.messenger.attachment_stored, attachment_id, target).result()
+            if message is not None:
+                view = self.core(self.messenger.message_view, message).result()
+                self._messages_event(message.conversation_id, [view])
+        except (RelayError, ProtocolError, ServiceError, OSError) as error:
+            log.warning("attachment download failed: %s", type(error).__name__)
+            with contextlib.suppress(Exception):
+                tmp.unlink(missing_ok=True)
+
+    # ---- receiving ------------------------------------------------------------
+    def _process(self, envelope: Envelope) -> None:
+        try:
+            result = self.messenger.receive(
+                envelope.sender, envelope.sender_device, envelope.body, envelope.server_time
+            )
+        except ProtocolError as error:
+            # Undecryptable (replayed, forged, or from a lost session): drop it,
+            # or it would block the mailbox forever. Counted, never logged in full.
+            self.undecryptable += 1
+            log.info("dropped an envelope: %s", type(error).__name__)
+            self._net.submit(self._ack, [envelope.seq])
+            return
+        self._net.submit(self._ack, [envelope.seq])
+        for peer in result.identity_changed:
+            self._emit(IdentityChanged(peer))
+        by_conversation: dict[int, list[MessageView]] = {}
+        for conversation_id, message in result.new_messages:
+            view = self.messenger.message_view(message)
+            by_conversation.setdefault(conversation_id, []).append(view)
+            if not message.outgoing and message.kind != "system":
+                conversation = self.messenger.store.conversations.get(conversation_id)
+                self._emit(
+                    IncomingMessage(
+                        conversation_id,
+                        conversation.title if conversation else message.sender,
+                        message.sender,
+                        view.body or (view.attachment.filename if view.attachment else ""),
+                    )
+                )
+        for conversation_id, views in by_conversation.items():
+            self._messages_event(conversation_id, views)
+        if result.changed_conversations or result.identity_changed:
+            self._conversations_event()
+        for attachment_id in result.attachments_to_fetch:
+            self._net.submit(self._download, attachment_id)
+        if result.needs_sessions:
+            self.action(self._ensure_sessions, sorted(result.needs_sessions))
+        self.request_flush()
+
+    def _ack(self, seqs: list[int]) -> None:
+        with contextlib.suppress(RelayError):
+            self.relay.ack(seqs)
+
+    def _expire(self) -> None:
+        expired = self.messenger.expire()
+        if expired:
+            self._conversations_event()
+            for conversation_id in expired:
+                self._emit(MessagesChanged(conversation_id, []))
+
+    # ---- what the UI asks for -------------------------------------------------
+    def conversations(self) -> Future[list[ConversationView]]:
+        return self.core(self.messenger.conversations)
+
+    def open_conversation(
+        self, conversation_id: int, focus: int = -1
+    ) -> Future[tuple[ConversationView, list[MessageView]]]:
+        return self.core(self.messenger.open_conversation, conversation_id, focus)
+
+    def older_messages(self, conversation_id: int, before: int) -> Future[list[MessageView]]:
+        return self.core(self.messenger.older_messages, conversation_id, before)
+
+    def search(self, query: str) -> Future[list[SearchResultView]]:
+        return self.core(self.messenger.search, query)
+
+    def _after_local_send(self, view: MessageView) -> MessageView:
+        self._messages_event(view.conversation_id, [view])
+        self._conversations_event()
+        self.request_flush()
+        return view
+
+    def send_text(self, conversation_id: int, text: str) -> Future[MessageView]:
+        def run() -> MessageView:
+            missing = self.core(self.messenger.missing_sessions, conversation_id).result()
+            if missing:
+                with contextlib.suppress(ServiceError):
+                    self._ensure_sessions(missing)
+            return self.core(
+                lambda: self._after_local_send(self.messenger.send_text(conversation_id, text))
+            ).result()
+
+        return self.action(run)
+
+    def send_file(self, conversation_id: int, path: Path) -> Future[MessageView]:
+        def run() -> MessageView:
+            missing = self.core(self.messenger.missing_sessions, conversation_id).result()
+            if missing:
+                self._ensure_sessions(missing)
+            local, secret = self.core(self.messenger.encrypt_attachment_file, path).result()
+            try:
+                with local.open("rb") as source:
+                    blob_id = self.relay.upload_attachment(source)
+            except RelayError as error:
+                local.unlink(missing_ok=True)
+                raise ServiceError(f"the file was not sent: {error}") from None
+            return self.core(
+                lambda: self._after_local_send(
+                    self.messenger.send_attachment(
+                        conversation_id, path, blob_id, secret, local.name
+                    )
+                )
+            ).result()
+
+        return self.action(run)
+
+    def save_attachment(self, attachment_id: int, target: Path) -> Future[None]:
+        return self.core(self.messenger.save_attachment, attachment_id, target)
+
+    def retry(self, message_id: int) -> Future[MessageView]:
+        return self.core(lambda: self._after_local_send(self.messenger.retry(message_id)))
+
+    def mark_read(self, conversation_id: int) -> Future[None]:
+        def run() -> None:
+            self.messenger.mark_read(conversation_id)
+            self._conversations_event()
+            self.request_flush()
+
+        return self.core(run)
+
+    def start_direct(self, username: str) -> Future[ConversationView]:
+        def run() -> ConversationView:
+            name = username.strip().lower()
+            if name == self.messenger.username:
+                raise ServiceError("you cannot start a chat with yourself")
+            self._ensure_sessions([name])
+            view = self.core(self.messenger.direct_conversation, name).result()
+            self.core(self._conversations_event).result()
+            return view
+
+        return self.action(run)
+
+    def create_group(self, title: str, members: list[str]) -> Future[ConversationView]:
+        def run() -> ConversationView:
+            names = sorted(
+                {m.strip().lower() for m in members if m.strip()} - {self.messenger.username}
+            )
+            missing = [n for n in names if not self.core(self.messenger.has_sessions, n).result()]
+            self._ensure_sessions(missing)
+            view = self.core(self.messenger.create_group, title, names).result()
+            self.core(self._conversations_event).result()
+            self.request_flush()
+            return view
+
+        return self.action(run)
+
+    def add_member(self, conversation_id: int, username: str) -> Future[ConversationView]:
+        def run() -> ConversationView:
+            name = username.strip().lower()
+            if not self.core(self.messenger.has_sessions, name).result():
+                self._ensure_sessions([name])
+            view = self.core(self.messenger.change_members, conversation_id, [name], []).result()
+            self.core(self._conversations_event).result()
+            self.request_flush()
+            return view
+
+        return self.action(run)
+
+    def remove_member(self, conversation_id: int, username: str) -> Future[ConversationView]:
+        def run() -> ConversationView:
+            view = self.core(
+                self.messenger.change_members, conversation_id, [], [username.strip().lower()]
+            ).result()
+            self.core(self._conversations_event).result()
+            self.request_flush()
+            return view
+
+        return self.action(run)
+
+    def safety_number(self, peer: str) -> Future[SafetyNumberView]:
+        return self.core(self.messenger.safety_number, peer)
+
+    def set_verified(self, peer: str, verified: bool) -> Future[None]:
+        def run() -> None:
+            self.messenger.set_verified(peer, verified)
+            self._conversations_event()
+
+        return self.core(run)
+
+    def acknowledge_identity(self, peer: str) -> Future[None]:
+        def run() -> None:
+            self.messenger.acknowledge_identity(peer)
+            self._conversations_event()
+
+        return self.core(run)
+
+    def set_timer(self, conversation_id: int, seconds: int) -> Future[None]:
+        def run() -> None:
+            self.messenger.set_timer(conversation_id, seconds)
+            _view, messages = self.messenger.open_conversation(conversation_id)
+            self._messages_event(conversation_id, messages[-1:])
+            self._conversations_event()
+            self.request_flush()
+
+        return self.core(run)
+
+    def emit_error(self, text: str) -> None:
+        self._emit(ServiceErrorEvent(text))

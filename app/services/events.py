@@ -1,0 +1,56 @@
+"""What the services tell the UI, as plain values delivered to a callback."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from app.services.views import ConversationView, MessageView
+
+
+@dataclass(frozen=True)
+class ConversationsChanged:
+    conversations: list[ConversationView]
+
+
+@dataclass(frozen=True)
+class MessagesChanged:
+    conversation_id: int
+    messages: list[MessageView]
+
+
+@dataclass(frozen=True)
+class IncomingMessage:
+    """A new message worth a notification (the UI decides whether to show text)."""
+
+    conversation_id: int
+    conversation_title: str
+    sender: str
+    body: str
+
+
+@dataclass(frozen=True)
+class ConnectionChanged:
+    connected: bool
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class IdentityChanged:
+    peer: str
+
+
+@dataclass(frozen=True)
+class ServiceError:
+    """An operation failed; `text` is a sentence for the user."""
+
+    text: str
+
+
+Event = (
+    ConversationsChanged
+    | MessagesChanged
+    | IncomingMessage
+    | ConnectionChanged
+    | IdentityChanged
+    | ServiceError
+)

@@ -1,0 +1,755 @@
+"""The messenger core: store + protocol, no network and no threads.
+
+Every method runs on the client's single core thread. Whatever a method changes
+(ratchet state, prekeys, messages, outbox) it changes in one store transaction, so
+a crash leaves either all of it or none of it.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from app.protocol import AuthenticationError, NoSession, ProtocolError, ReplayError
+from app.protocol.attachments import AttachmentSecret, decrypt_attachment, encrypt_attachment
+from app.protocol.content import (
+    FRAME_GROUP,
+    FRAME_PAIRWISE,
+    RECEIPT_DELIVERED,
+    RECEIPT_READ,
+    AttachmentPointer,
+    Content,
+    GroupUpdate,
+    Receipt,
+    SenderKey,
+    Text,
+    TimerUpdate,
+    decode_content,
+    decode_frame,
+    encode_content,
+    encode_frame,
+)
+from app.protocol.identity import DeviceIdentity, LocalPrekeys, RemoteBundle
+from app.protocol.safety import qr_payload, safety_number
+from app.protocol.sender_keys import SenderKeyDistribution, SenderKeyState, group_message_chain
+from app.protocol.session import Session, is_prekey_message
+from app.services.views import (
+    AttachmentView,
+    ConversationKind,
+    ConversationView,
+    MessageStatus,
+    MessageView,
+    SafetyNumberView,
+    SearchResultView,
+)
+from app.store import Conversation, Message, Store
+
+
+class ServiceError(Exception):
+    """Something the user asked for cannot be done; the message says why."""
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class IncomingResult:
+    """What processing one envelope produced, for the UI and the network layer."""
+
+    changed_conversations: set[int] = field(default_factory=set)
+    new_messages: list[tuple[int, Message]] = field(default_factory=list)
+    identity_changed: list[str] = field(default_factory=list)
+    attachments_to_fetch: list[int] = field(default_factory=list)
+    needs_sessions: set[str] = field(default_factory=set)
+
+
+class Messenger:
+    def __init__(self, store: Store, profile: Path, clock: Callable[[], int] = now_ms) -> None:
+        account = store.account.get()
+        if account is None:
+            raise ServiceError("this profile has no account yet")
+        self.store = store
+        self.profile = profile
+        self.clock = clock
+        self.username = account.username
+        self.device_id = account.device_id
+        self.relay_token = account.relay_token
+        self.identity = DeviceIdentity.from_bytes(account.identity)
+        self.attachments_dir = profile / "attachments"
+        self.attachments_dir.mkdir(exist_ok=True, mode=0o700)
+
+    # ---- account --------------------------------------------------------------
+    @staticmethod
+    def prepare_account() -> tuple[DeviceIdentity, LocalPrekeys]:
+        return DeviceIdentity.generate(), LocalPrekeys.generate()
+
+    def prekeys(self) -> LocalPrekeys:
+        account = self.store.account.get()
+        assert account is not None
+        return LocalPrekeys.from_bytes(account.prekeys)
+
+    def refill_prekeys(self) -> dict[str, Any]:
+        with self.store.transaction():
+            prekeys = self.prekeys()
+            prekeys.refill()
+            self.store.account.set_prekeys(prekeys.to_bytes())
+        return prekeys.upload_json(self.identity, full=False)
+
+    def mark_prekeys_published(self) -> None:
+        with self.store.transaction():
+            prekeys = self.prekeys()
+            prekeys.mark_published()
+            self.store.account.set_prekeys(prekeys.to_bytes())
+
+    # ---- views ----------------------------------------------------------------
+    def conversation_view(self, conversation: Conversation) -> ConversationView:
+        last = self.store.messages.last(conversation.id)
+        contact = self.store.contacts.get(conversation.peer) if conversation.peer else None
+        members: tuple[str, ...] = ()
+        if conversation.group_id is not None:
+            members = tuple(self.store.groups.members(conversation.group_id))
+        preview = ""
+        if last is not None:
+            preview = last.body if last.kind != "attachment" else f"Attachment: {last.body}"
+            if conversation.kind == "group" and not last.outgoing and last.kind != "system":
+                preview = f"{last.sender}: {preview}"
+        return ConversationView(
+            conversation_id=conversation.id,
+            kind=ConversationKind(conversation.kind),
+            title=conversation.title,
+            last_text=preview,
+            last_time_ms=last.sent_at if last else conversation.last_activity,
+            unread=conversation.unread,
+            timer_seconds=conversation.timer_seconds,
+            peer=conversation.peer,
+            identity_changed=bool(contact and contact.identity_changed),
+            verified=bool(contact and contact.verified),
+            members=members,
+        )
+
+    def conversations(self) -> list[ConversationView]:
+        return [self.conversation_view(c) for c in self.store.conversations.all()]
+
+    def message_view(self, message: Message) -> MessageView:
+        attachment = None
+        if message.kind == "attachment":
+            row = self.store.attachments.for_message(message.id)
+            if row is not None:
+                attachment = AttachmentView(
+                    row.id, row.filename, row.size, row.mime, row.state == "ready"
+                )
+        return MessageView(
+            message_id=message.id,
+            conversation_id=message.conversation_id,
+            outgoing=message.outgoing,
+            sender=message.sender,
+            body=message.body if message.kind != "attachment" else "",
+            sent_at_ms=message.sent_at,
+            status=MessageStatus(message.status),
+            attachment=attachment,
+            system=message.kind == "system",
+        )
+
+    def open_conversation(
+        self, conversation_id: int, focus: int = -1
+    ) -> tuple[ConversationView, list[MessageView]]:
+        conversation = self._conversation(conversation_id)
+        if focus >= 0:
+            messages = self.store.messages.around(conversation_id, focus, 50)
+        else:
+            messages = self.store.messages.newest(conversation_id, 50)
+        return self.conversation_view(conversation), [self.message_view(m) for m in messages]
+
+    def older_messages(self, conversation_id: int, before: int) -> list[MessageView]:
+        return [
+            self.message_view(m) for m in self.store.messages.before(conversation_id, before, 50)
+        ]
+
+    def search(self, query: str) -> list[SearchResultView]:
+        results = []
+        titles: dict[int, str] = {}
+        for hit in self.store.messages.search(query, 50):
+            if hit.conversation_id not in titles:
+                titles[hit.conversation_id] = self._conversation(hit.conversation_id).title
+            results.append(
+                SearchResultView(
+                    hit.conversation_id,
+                    titles[hit.conversation_id],
+                    hit.message_id,
+                    hit.snippet,
+                    hit.position,
+                    hit.sent_at,
+                )
+            )
+        return results
+
+    def _conversation(self, conversation_id: int) -> Conversation:
+        conversation = self.store.conversations.get(conversation_id)
+        if conversation is None:
+            raise ServiceError("that conversation no longer exists")
+        return conversation
+
+    # ---- sessions -------------------------------------------------------------
+    def has_sessions(self, username: str) -> bool:
+        return bool(self.store.sessions.devices(username))
+
+    def install_bundles(self, username: str, fetched: dict[str, Any]) -> list[str]:
+        """Starts sessions with every device in a fetched bundle; returns identity warnings."""
+        warnings = []
+        with self.store.transaction():
+            for entry in fetched.get("devices", []):
+                try:
+                    bundle = RemoteBundle.from_fetched_device(entry)
+                except ProtocolError as error:
+                    raise ServiceError(f"{username}'s keys are invalid: {error}") from None
+                identity = bundle.identity.to_bytes()
+                if self.store.contacts.observe_identity(username, identity, now=self.clock()):
+                    warnings.append(username)
+                session = Session.initiate(self.identity, bundle)
+                self.store.sessions.save(
+                    username, bundle.device_id, session.to_bytes(), now=self.clock()
+                )
+        return warnings
+
+    def _encrypt_for(self, username: str, plaintext: bytes, message_id: int | None) -> int:
+        """Queues `plaintext` to every device of `username` we have a session with."""
+        count = 0
+        for device_id in self.store.sessions.devices(username):
+            state = self.store.sessions.get(username, device_id)
+            assert state is not None
+            session = Session.from_bytes(state)
+            envelope = encode_frame(FRAME_PAIRWISE, session.encrypt(plaintext))
+            self.store.sessions.save(username, device_id, session.to_bytes(), now=self.clock())
+            self.store.outbox.add(
+                uuid.uuid4().hex, message_id, username, device_id, envelope, now=self.clock()
+            )
+            count += 1
+        return count
+
+    # ---- sending --------------------------------------------------------------
+    def direct_conversation(self, username: str) -> ConversationView:
+        username = username.strip().lower()
+        if username == self.username:
+            raise ServiceError("you cannot start a chat with yourself")
+        with self.store.transaction():
+            conversation = self.store.conversations.direct(username, now=self.clock())
+        return self.conversation_view(conversation)
+
+    def recipients(self, conversation_id: int) -> list[str]:
+        conversation = self._conversation(conversation_id)
+        if conversation.kind == "direct":
+            assert conversation.peer is not None
+            return [conversation.peer]
+        assert conversation.group_id is not None
+        return [m for m in self.store.groups.members(conversation.group_id) if m != self.username]
+
+    def missing_sessions(self, conversation_id: int) -> list[str]:
+        return [name for name in self.recipients(conversation_id) if not self.has_sessions(name)]
+
+    def send_text(self, conversation_id: int, text: str) -> MessageView:
+        if not text.strip():
+            raise ServiceError("an empty message is not sent")
+        conversation = self._conversation(conversation_id)
+        message_uuid = str(uuid.uuid4())
+        sent_at = self.clock()
+        content = Text(message_uuid, sent_at, text, conversation.timer_seconds)
+        return self._send_content(conversation, content, text, "text")
+
+    def send_attachment(
+        self,
+        conversation_id: int,
+        path: Path,
+        blob_id: str,
+        secret: AttachmentSecret,
+        local_name: str,
+    ) -> MessageView:
+        conversation = self._conversation(conversation_id)
+        message_uuid = str(uuid.uuid4())
+        mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        pointer = AttachmentPointer(
+            message_uuid,
+            self.clock(),
+            "",
+            blob_id,
+            secret.key,
+            secret.digest,
+            secret.size,
+            path.name,
+            mime,
+            conversation.timer_seconds,
+        )
+        view = self._send_content(conversation, pointer, path.name, "attachment")
+        with self.store.transaction():
+            self.store.attachments.add(
+                message_id=view.message_id,
+                filename=path.name,
+                mime=mime,
+                size=secret.size,
+                key=secret.key,
+                digest=secret.digest,
+                blob_id=blob_id,
+                local_path=local_name,
+                state="ready",
+            )
+        message = self.store.messages.get(view.message_id)
+        assert message is not None
+        return self.message_view(message)
+
+    def encrypt_attachment_file(self, path: Path) -> tuple[Path, AttachmentSecret]:
+        """Encrypts a file into the profile; the same ciphertext is uploaded and kept."""
+        local = self.attachments_dir / f"{uuid.uuid4().hex}.enc"
+        tmp = local.with_suffix(".part")
+        try:
+            with path.open("rb") as source, tmp.open("wb") as target:
+                secret = encrypt_attachment(source, target)
+            tmp.replace(local)
+        except OSError as error:
+            tmp.unlink(missing_ok=True)
+            raise ServiceError(f"cannot read {path.name}: {error.strerror}") from None
+        return local, secret
+
+    def _send_content(
+        self, conversation: Conversation, content: Content, body: str, kind: str
+    ) -> MessageView:
+        sent_at = getattr(content, "sent_at", self.clock())
+        message_uuid = getattr(content, "message_id", str(uuid.uuid4()))
+        expires = (
+            sent_at + conversation.timer_seconds * 1000 if conversation.timer_seconds else None
+        )
+        with self.store.transaction():
+            message = self.store.messages.add(
+                conversation_id=conversation.id,
+                uuid=message_uuid,
+                sender=self.username,
+                outgoing=True,
+                body=body,
+                sent_at=sent_at,
+                status=MessageStatus.SENDING,
+                kind=kind,
+                expires_at=expires,
+            )
+            self.store.conversations.touch(conversation.id, sent_at)
+            self._deliver(conversation, encode_content(content), message.id)
+        return self.message_view(message)
+
+    def _deliver(
+        self, conversation: Conversation, plaintext: bytes, message_id: int | None
+    ) -> None:
+        if conversation.kind == "direct":
+            assert conversation.peer is not None
+            if not self._encrypt_for(conversation.peer, plaintext, message_id) and message_id:
+                self.store.messages.set_status(message_id, MessageStatus.FAILED)
+            return
+        assert conversation.group_id is not None
+        state = self._own_sender_key(conversation.group_id)
+        frame = encode_frame(FRAME_GROUP, state.encrypt(plaintext))
+        self.store.groups.set_own_sender_key(conversation.group_id, state.to_bytes(), 0)
+        queued = 0
+        for member in self.recipients(conversation.id):
+            for device_id in self.store.sessions.devices(member):
+                self.store.outbox.add(
+                    uuid.uuid4().hex, message_id, member, device_id, frame, now=self.clock()
+                )
+                queued += 1
+        if not queued and message_id:
+            self.store.messages.set_status(message_id, MessageStatus.FAILED)
+
+    def _own_sender_key(self, group_id: bytes) -> SenderKeyState:
+        group = self.store.groups.get(group_id)
+        assert group is not None
+        if group.own_sender_key is not None:
+            return SenderKeyState.from_bytes(group.own_sender_key)
+        return self._rotate_sender_key(group_id)
+
+    def _rotate_sender_key(self, group_id: bytes) -> SenderKeyState:
+        """A fresh chain and signing key, sent to the current members only."""
+        state = SenderKeyState.create(group_id)
+        self.store.groups.set_own_sender_key(group_id, state.to_bytes(), 0)
+        distribution = encode_content(SenderKey(state.distribution().to_bytes()))
+        for member in self.store.groups.members(group_id):
+            if member != self.username:
+                self._encrypt_for(member, distribution, None)
+        return state
+
+    def sent(self, client_ids: list[str]) -> list[Message]:
+        """Outbox entries the relay accepted; returns messages whose status changed."""
+        changed = []
+        with self.store.transaction():
+            message_ids = {
+                item.message_id
+                for item in self.store.outbox.pending(10_000)
+                if item.client_id in client_ids and item.message_id is not None
+            }
+            self.store.outbox.remove(client_ids)
+            for message_id in message_ids:
+                if self.store.outbox.count_for_message(message_id) == 0:
+                    message = self.store.messages.get(message_id)
+                    if message is not None and message.status == MessageStatus.SENDING:
+                        self.store.messages.set_status(message_id, MessageStatus.SENT)
+                        changed.append(message_id)
+        return [m for m in (self.store.messages.get(i) for i in changed) if m is not None]
+
+    def undeliverable(self, client_ids: list[str]) -> list[Message]:
+        changed = []
+        with self.store.transaction():
+            items = [i for i in self.store.outbox.pending(10_000) if i.client_id in client_ids]
+            self.store.outbox.remove(client_ids)
+            for item in items:
+                if item.message_id is not None:
+                    self.store.messages.set_status(item.message_id, MessageStatus.FAILED)
+                    changed.append(item.message_id)
+        return [m for m in (self.store.messages.get(i) for i in changed) if m is not None]
+
+    def retry(self, message_id: int) -> MessageView:
+        message = self.store.messages.get(message_id)
+        if message is None or not message.outgoing:
+            raise ServiceError("only your own messages can be sent again")
+        conversation = self._conversation(message.conversation_id)
+        if message.kind == "attachment":
+            raise ServiceError("send the file again to retry it")
+        content = Text(message.uuid, message.sent_at, message.body, conversation.timer_seconds)
+        with self.store.transaction():
+            self.store.messages.set_status(message_id, MessageStatus.SENDING)
+            self._deliver(conversation, encode_content(content), message_id)
+        updated = self.store.messages.get(message_id)
+        assert updated is not None
+        return self.message_view(updated)
+
+    # ---- groups ---------------------------------------------------------------
+    def create_group(self, title: str, members: list[str]) -> ConversationView:
+        group_id = uuid.uuid4().bytes
+        names = sorted({m.strip().lower() for m in members if m.strip()} | {self.username})
+        with self.store.transaction():
+            conversation = self.store.conversations.create_group(group_id, title, now=self.clock())
+            self.store.groups.create(group_id, conversation.id, title)
+            self.store.groups.set_members(group_id, names)
+            self._announce_group(conversation, f"You created the group “{title}”")
+            self._rotate_sender_key(group_id)
+        return self.conversation_view(self._conversation(conversation.id))
+
+    def _announce_group(
+        self, conversation: Conversation, system_text: str, extra: list[str] | None = None
+    ) -> None:
+        assert conversation.group_id is not None
+        members = self.store.groups.members(conversation.group_id)
+        update = GroupUpdate(
+            str(uuid.uuid4()),
+            self.clock(),
+            conversation.group_id,
+            conversation.title,
+            tuple(members),
+        )
+        payload = encode_content(update)
+        for member in sorted(set(members) | set(extra or [])):
+            if member != self.username:
+                self._encrypt_for(member, payload, None)
+        self._system_message(conversation.id, system_text)
+
+    def change_members(
+        self, conversation_id: int, add: list[str], remove: list[str]
+    ) -> ConversationView:
+        conversation = self._conversation(conversation_id)
+        if conversation.group_id is None:
+            raise ServiceError("members can be changed only in groups")
+        with self.store.transaction():
+            current = set(self.store.groups.members(conversation.group_id))
+            updated = (current | {a.lower() for a in add}) - {r.lower() for r in remove}
+            self.store.groups.set_members(conversation.group_id, sorted(updated))
+            text = ", ".join([f"You added {a}" for a in add] + [f"You removed {r}" for r in remove])
+            self._announce_group(conversation, text, extra=[r.lower() for r in remove])
+            # A departed member must not read what follows: new keys for everyone left.
+            self._rotate_sender_key(conversation.group_id)
+        return self.conversation_view(self._conversation(conversation_id))
+
+    def _system_message(self, conversation_id: int, text: str) -> Message:
+        return self.store.messages.add(
+            conversation_id=conversation_id,
+            uuid=str(uuid.uuid4()),
+            sender="",
+            outgoing=False,
+            body=text,
+            sent_at=self.clock(),
+            status=MessageStatus.RECEIVED,
+            kind="system",
+        )
+
+    # ---- receiving ------------------------------------------------------------
+    def receive(
+        self, sender: str, sender_device: int, body: bytes, server_time: int
+    ) -> IncomingResult:
+        """Decrypts one envelope and stores what it carries, atomically.
+
+        Raises ProtocolError for envelopes that cannot be opened (the caller logs
+        a count and acknowledges them: keeping them would block the mailbox).
+        """
+        result = IncomingResult()
+        kind, payload = decode_frame(body)
+        with self.store.transaction():
+            if kind == FRAME_PAIRWISE:
+                plaintext = self._open_pairwise(sender, sender_device, payload, result)
+                self._handle(sender, decode_content(plaintext), None, result, server_time)
+            else:
+                group_id, _chain = group_message_chain(payload)
+                state_bytes = self.store.groups.member_sender_key(group_id, sender)
+                if state_bytes is None:
+                    raise NoSession("no sender key from that member for that group")
+                state = SenderKeyState.from_bytes(state_bytes)
+                plaintext = state.decrypt(payload)
+                self.store.groups.set_member_sender_key(group_id, sender, state.to_bytes())
+                self._handle(sender, decode_content(plaintext), group_id, result, server_time)
+        return result
+
+    def _open_pairwise(
+        self, sender: str, device: int, payload: bytes, result: IncomingResult
+    ) -> bytes:
+        existing = self.store.sessions.get(sender, device)
+        if existing is not None:
+            session = Session.from_bytes(existing)
+            try:
+                plaintext = session.decrypt(payload)
+            except (AuthenticationError, NoSession):
+                if not is_prekey_message(payload):
+                    raise
+            except ReplayError:
+                raise
+            else:
+                self.store.sessions.save(sender, device, session.to_bytes(), now=self.clock())
+                return plaintext
+        if not is_prekey_message(payload):
+            raise NoSession("a message arrived from a device we have no session with")
+        prekeys = self.prekeys()
+        session, plaintext, remote = Session.respond(self.identity, prekeys, payload)
+        self.store.account.set_prekeys(prekeys.to_bytes())
+        self.store.sessions.save(sender, device, session.to_bytes(), now=self.clock())
+        if self.store.contacts.observe_identity(sender, remote.to_bytes(), now=self.clock()):
+            result.identity_changed.append(sender)
+        return plaintext
+
+    def _handle(
+        self,
+        sender: str,
+        content: Content,
+        group_id: bytes | None,
+        result: IncomingResult,
+        server_time: int,
+    ) -> None:
+        if isinstance(content, Text | AttachmentPointer):
+            if group_id is not None:
+                conversation = self.store.conversations.by_group(group_id)
+                if conversation is None:
+                    return
+            else:
+                conversation = self.store.conversations.direct(sender, now=self.clock())
+            if self.store.messages.by_uuid(content.message_id) is not None:
+                return
+            timer = content.timer_seconds
+            expires = self.clock() + timer * 1000 if timer else None
+            is_text = isinstance(content, Text)
+            message = self.store.messages.add(
+                conversation_id=conversation.id,
+                uuid=content.message_id,
+                sender=sender,
+                outgoing=False,
+                body=content.body if isinstance(content, Text) else content.filename,
+                sent_at=min(content.sent_at, server_time + 60_000),
+                status=MessageStatus.RECEIVED,
+                kind="text" if is_text else "attachment",
+                received_at=self.clock(),
+                expires_at=expires,
+            )
+            if isinstance(content, AttachmentPointer):
+                row = self.store.attachments.add(
+                    message_id=message.id,
+                    filename=content.filename,
+                    mime=content.mime,
+                    size=content.size,
+                    key=content.key,
+                    digest=content.digest,
+                    blob_id=content.blob_id,
+                    local_path=None,
+                    state="pending",
+                )
+                result.attachments_to_fetch.append(row.id)
+            self.store.conversations.touch(conversation.id, message.sent_at, unread_delta=1)
+            if conversation.timer_seconds != timer and group_id is None:
+                self.store.conversations.set_timer(conversation.id, timer)
+            result.new_messages.append((conversation.id, message))
+            result.changed_conversations.add(conversation.id)
+            # Delivery receipts go back over the pairwise session, encrypted.
+            if self.store.sessions.devices(sender):
+                receipt = encode_content(Receipt(RECEIPT_DELIVERED, (content.message_id,)))
+                self._encrypt_for(sender, receipt, None)
+        elif isinstance(content, Receipt):
+            status = (
+                MessageStatus.DELIVERED if content.kind == RECEIPT_DELIVERED else MessageStatus.READ
+            )
+            for message_id in content.message_ids:
+                updated = self.store.messages.advance_status(message_id, status)
+                if updated is not None:
+                    result.new_messages.append((updated.conversation_id, updated))
+                    result.changed_conversations.add(updated.conversation_id)
+        elif isinstance(content, GroupUpdate):
+            self._apply_group_update(sender, content, result)
+        elif isinstance(content, SenderKey):
+            distribution = SenderKeyDistribution.from_bytes(content.distribution)
+            if self.store.groups.get(distribution.group_id) is None:
+                return
+            if sender not in self.store.groups.members(distribution.group_id):
+                return
+            state = SenderKeyState.from_distribution(distribution)
+            self.store.groups.set_member_sender_key(distribution.group_id, sender, state.to_bytes())
+        elif isinstance(content, TimerUpdate):
+            conversation = self.store.conversations.direct(sender, now=self.clock())
+            self.store.conversations.set_timer(conversation.id, content.seconds)
+            self._system_message(
+                conversation.id,
+                f"{sender} set disappearing messages to {_timer_text(content.seconds)}",
+            )
+            result.changed_conversations.add(conversation.id)
+
+    def _apply_group_update(self, sender: str, update: GroupUpdate, result: IncomingResult) -> None:
+        conversation = self.store.conversations.by_group(update.group_id)
+        members = sorted(set(update.members))
+        if conversation is None:
+            if self.username not in members:
+                return
+            conversation = self.store.conversations.create_group(
+                update.group_id, update.title, now=self.clock()
+            )
+            self.store.groups.create(update.group_id, conversation.id, update.title)
+            self.store.groups.set_members(update.group_id, members)
+            self._system_message(conversation.id, f"{sender} added you to “{update.title}”")
+            result.needs_sessions.update(
+                m for m in members if m != self.username and not self.has_sessions(m)
+            )
+        else:
+            current = set(self.store.groups.members(update.group_id))
+            if sender not in current:
+                return
+            added = sorted(set(members) - current)
+            removed = sorted(current - set(members))
+            self.store.groups.set_members(update.group_id, members)
+            for name in added:
+                self._system_message(conversation.id, f"{sender} added {name}")
+            for name in removed:
+                self._system_message(conversation.id, f"{sender} removed {name}")
+                self.store.groups.set_member_sender_key(update.group_id, name, None)
+            if self.username not in members:
+                self.store.groups.set_own_sender_key(update.group_id, None, 0)
+            elif removed:
+                self._rotate_sender_key(update.group_id)
+            elif added:
+                state = self._own_sender_key(update.group_id)
+                distribution = encode_content(SenderKey(state.distribution().to_bytes()))
+                for name in added:
+                    if name != self.username:
+                        self._encrypt_for(name, distribution, None)
+            result.needs_sessions.update(
+                m for m in added if m != self.username and not self.has_sessions(m)
+            )
+        result.changed_conversations.add(conversation.id)
+
+    def attachment_secret(self, attachment_id: int) -> tuple[str, AttachmentSecret, Path]:
+        row = self.store.attachments.get(attachment_id)
+        if row is None or row.blob_id is None:
+            raise ServiceError("that attachment is not available")
+        target = self.attachments_dir / f"{uuid.uuid4().hex}.enc"
+        return row.blob_id, AttachmentSecret(row.key, row.digest, row.size), target
+
+    def attachment_stored(self, attachment_id: int, local: Path) -> Message | None:
+        with self.store.transaction():
+            self.store.attachments.update(attachment_id, state="ready", local_path=local.name)
+            row = self.store.attachments.get(attachment_id)
+            return self.store.messages.get(row.message_id) if row else None
+
+    def save_attachment(self, attachment_id: int, target: Path) -> None:
+        row = self.store.attachments.get(attachment_id)
+        if row is None or row.local_path is None:
+            raise ServiceError("that attachment has not been downloaded yet")
+        tmp = target.with_name(f".{target.name}.part")
+        try:
+            with (
+                (self.attachments_dir / row.local_path).open("rb") as source,
+                tmp.open("wb") as out,
+            ):
+                decrypt_attachment(source, out, AttachmentSecret(row.key, row.digest, row.size))
+            tmp.replace(target)
+        except ProtocolError:
+            tmp.unlink(missing_ok=True)
+            raise ServiceError("the attachment is damaged and was not saved") from None
+
+    # ---- reading, verification, timers ----------------------------------------
+    def mark_read(self, conversation_id: int) -> list[Message]:
+        conversation = self._conversation(conversation_id)
+        changed: list[Message] = []
+        with self.store.transaction():
+            self.store.conversations.mark_read(conversation_id)
+            unread = [
+                m
+                for m in self.store.messages.newest(conversation_id, 200)
+                if not m.outgoing and m.status == MessageStatus.RECEIVED and m.kind != "system"
+            ]
+            by_sender: dict[str, list[str]] = {}
+            for message in unread:
+                self.store.messages.set_status(message.id, MessageStatus.READ)
+                by_sender.setdefault(message.sender, []).append(message.uuid)
+            for sender, ids in by_sender.items():
+                if conversation.kind == "direct" or self.has_sessions(sender):
+                    self._encrypt_for(
+                        sender, encode_content(Receipt(RECEIPT_READ, tuple(ids))), None
+                    )
+        return changed
+
+    def safety_number(self, peer: str) -> SafetyNumberView:
+        contact = self.store.contacts.get(peer)
+        if contact is None or contact.identity_key is None:
+            raise ServiceError(f"no safety number yet: exchange a message with {peer} first")
+        own = self.identity.public.to_bytes()
+        return SafetyNumberView(
+            peer=peer,
+            digits=safety_number(own, self.username, contact.identity_key, peer),
+            qr_payload=qr_payload(own, self.username, contact.identity_key, peer),
+            verified=contact.verified,
+        )
+
+    def set_verified(self, peer: str, verified: bool) -> None:
+        with self.store.transaction():
+            self.store.contacts.set_verified(peer, verified, now=self.clock())
+
+    def acknowledge_identity(self, peer: str) -> None:
+        with self.store.transaction():
+            self.store.contacts.acknowledge_change(peer)
+
+    def set_timer(self, conversation_id: int, seconds: int) -> None:
+        conversation = self._conversation(conversation_id)
+        with self.store.transaction():
+            self.store.conversations.set_timer(conversation_id, seconds)
+            self._system_message(
+                conversation_id, f"You set disappearing messages to {_timer_text(seconds)}"
+            )
+            if conversation.kind == "direct" and conversation.peer:
+                update = TimerUpdate(str(uuid.uuid4()), self.clock(), seconds)
+                self._encrypt_for(conversation.peer, encode_content(update), None)
+
+    def expire(self) -> set[int]:
+        with self.store.transaction():
+            return {
+                conversation
+                for _id, conversation in self.store.messages.delete_expired(self.clock())
+            }
+
+
+def _timer_text(seconds: int) -> str:
+    if seconds == 0:
+        return "off"
+    for unit, size in (("week", 604800), ("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds % size == 0:
+            count = seconds // size
+            return f"{count} {unit}{'s' if count != 1 else ''}"
+    return f"{seconds} seconds"

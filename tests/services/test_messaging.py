@@ -1,0 +1,128 @@
+"""Two and three people exchange messages through a real relay, no UI involved."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from app.services.events import IdentityChanged
+from app.services.views import MessageStatus
+from tests.services.helpers import Person, wait_for
+from tests.support.components import RelayProcess
+
+
+@pytest.fixture
+def people(tmp_path: Path, relay: RelayProcess) -> Iterator[dict[str, Person]]:
+    created: dict[str, Person] = {}
+
+    def person(name: str) -> Person:
+        created[name] = Person(tmp_path, name, relay)
+        return created[name]
+
+    yield {name: person(name) for name in ("alice", "bob", "carol")}
+    for someone in created.values():
+        someone.stop()
+
+
+def _messages(person: Person, peer_or_title: str) -> list[str]:
+    conversations = person.client.conversations().result()
+    match = [c for c in conversations if c.title == peer_or_title]
+    if not match:
+        return []
+    _view, messages = person.client.open_conversation(match[0].conversation_id).result()
+    return [m.body for m in messages if not m.system]
+
+
+def test_direct_messages_receipts_and_search(people: dict[str, Person]) -> None:
+    alice, bob = people["alice"], people["bob"]
+    conversation = alice.client.start_direct("bob").result(timeout=20)
+    sent = alice.client.send_text(conversation.conversation_id, "hello bob, it's alice").result(20)
+    assert sent.status == MessageStatus.SENDING
+    wait_for(lambda: _messages(bob, "alice") == ["hello bob, it's alice"], what="bob receives")
+    bob_conversation = bob.client.conversations().result()[0]
+    assert bob_conversation.unread == 1
+    bob.client.send_text(bob_conversation.conversation_id, "hi alice").result(20)
+    wait_for(lambda: "hi alice" in _messages(alice, "bob"), what="alice receives")
+
+    def status_of_first() -> MessageStatus:
+        _view, messages = alice.client.open_conversation(conversation.conversation_id).result()
+        return messages[0].status
+
+    wait_for(lambda: status_of_first() == MessageStatus.DELIVERED, what="delivered receipt")
+    bob.client.mark_read(bob_conversation.conversation_id).result()
+    wait_for(lambda: status_of_first() == MessageStatus.READ, what="read receipt")
+    hits = bob.client.search("alice").result()
+    assert {hit.conversation_title for hit in hits} == {"alice"}
+    assert len(hits) == 2
+    number = alice.client.safety_number("bob").result()
+    assert number.digits == bob.client.safety_number("alice").result().digits
+    assert len(number.groups) == 12
+
+
+def test_group_messages_and_membership(people: dict[str, Person], tmp_path: Path) -> None:
+    alice, bob, carol = people["alice"], people["bob"], people["carol"]
+    group = alice.client.create_group("Trip", ["bob", "carol"]).result(20)
+    alice.client.send_text(group.conversation_id, "who brings the map?").result(20)
+    for member in (bob, carol):
+        wait_for(
+            lambda member=member: _messages(member, "Trip") == ["who brings the map?"],
+            what=f"{member.name} receives the group message",
+        )
+    bob_group = next(c for c in bob.client.conversations().result() if c.title == "Trip")
+    bob.client.send_text(bob_group.conversation_id, "I do").result(20)
+    for member in (alice, carol):
+        wait_for(lambda member=member: "I do" in _messages(member, "Trip"), what="bob's reply")
+    alice.client.remove_member(group.conversation_id, "carol").result(20)
+    wait_for(
+        lambda: (
+            "carol"
+            not in next(c for c in bob.client.conversations().result() if c.title == "Trip").members
+        ),
+        what="bob sees carol removed",
+    )
+    alice.client.send_text(group.conversation_id, "carol is gone").result(20)
+    wait_for(lambda: "carol is gone" in _messages(bob, "Trip"), what="bob gets the new message")
+    assert "carol is gone" not in _messages(carol, "Trip")
+
+
+def test_attachment_and_identity_change(people: dict[str, Person], tmp_path: Path) -> None:
+    alice, bob = people["alice"], people["bob"]
+    conversation = alice.client.start_direct("bob").result(20)
+    document = tmp_path / "plan.txt"
+    document.write_bytes(b"the secret plan " * 10_000)
+    alice.client.send_file(conversation.conversation_id, document).result(30)
+
+    def bob_attachment() -> object:
+        conversations = bob.client.conversations().result()
+        if not conversations:
+            return None
+        _view, messages = bob.client.open_conversation(conversations[0].conversation_id).result()
+        ready = [m.attachment for m in messages if m.attachment and m.attachment.ready]
+        return ready[0] if ready else None
+
+    wait_for(bob_attachment, timeout=30, what="bob downloads the attachment")
+    attachment = bob_attachment()
+    saved = tmp_path / "saved.txt"
+    bob.client.save_attachment(attachment.attachment_id, saved).result()  # type: ignore[attr-defined]
+    assert saved.read_bytes() == document.read_bytes()
+    assert b"the secret plan" not in b"".join(
+        p.read_bytes() for p in (bob.profile.path / "attachments").iterdir()
+    )
+    # Bob's identity changes (a reinstall gets a new key): Alice is warned.
+    from app.protocol.identity import DeviceIdentity, LocalPrekeys
+
+    bob_relay = bob.profile.relay(token=bob.client.messenger.relay_token)
+    new_device = bob_relay.add_device("new laptop")
+    fresh = bob.profile.relay(token=new_device["token"])
+    fresh.upload_keys(LocalPrekeys.generate(batch=2).upload_json(DeviceIdentity.generate()))
+    bob_relay.remove_device(1)
+    alice.client.start_direct("bob").result(20)
+    wait_for(
+        lambda: any(isinstance(e, IdentityChanged) and e.peer == "bob" for e in alice.events),
+        what="identity change warning",
+    )
+    view = next(c for c in alice.client.conversations().result() if c.title == "bob")
+    assert view.identity_changed
+    assert not view.verified
