@@ -45,9 +45,15 @@ from app.services.events import (
 )
 from app.services.messenger import Messenger, ServiceError
 from app.services.views import ConversationView, MessageView, SafetyNumberView, SearchResultView
-from app.store import StoreError
+from app.store import PassphraseProtector, Store, StoreError, WrongPassphrase
 
 log = logging.getLogger("cipherline.client")
+
+
+class Closing(ServiceError):
+    """The client is shutting down; late calls from the UI are dropped."""
+
+
 T = TypeVar("T")
 
 
@@ -136,11 +142,23 @@ class Client:
                     self._core.submit(self._expire).result()
 
     # ---- plumbing -------------------------------------------------------------
+    @staticmethod
+    def _submit(pool: ThreadPoolExecutor, function: Callable[..., T], *args: Any) -> Future[T]:
+        try:
+            return pool.submit(function, *args)
+        except RuntimeError:
+            closed: Future[T] = Future()
+            closed.set_exception(Closing("Cipherline is closing"))
+            return closed
+
     def core(self, function: Callable[..., T], *args: Any) -> Future[T]:
-        return self._core.submit(function, *args)
+        return self._submit(self._core, function, *args)
 
     def action(self, function: Callable[..., T], *args: Any) -> Future[T]:
-        return self._actions.submit(function, *args)
+        return self._submit(self._actions, function, *args)
+
+    def net(self, function: Callable[..., T], *args: Any) -> Future[T]:
+        return self._submit(self._net, function, *args)
 
     def request_flush(self) -> None:
         self._flush_wanted.set()
@@ -250,9 +268,9 @@ class Client:
             # or it would block the mailbox forever. Counted, never logged in full.
             self.undecryptable += 1
             log.info("dropped an envelope: %s", type(error).__name__)
-            self._net.submit(self._ack, [envelope.seq])
+            self.net(self._ack, [envelope.seq])
             return
-        self._net.submit(self._ack, [envelope.seq])
+        self.net(self._ack, [envelope.seq])
         for peer in result.identity_changed:
             self._emit(IdentityChanged(peer))
         by_conversation: dict[int, list[MessageView]] = {}
@@ -274,7 +292,7 @@ class Client:
         if result.changed_conversations or result.identity_changed:
             self._conversations_event()
         for attachment_id in result.attachments_to_fetch:
-            self._net.submit(self._download, attachment_id)
+            self.net(self._download, attachment_id)
         if result.needs_sessions:
             self.action(self._ensure_sessions, sorted(result.needs_sessions))
         self.request_flush()
@@ -434,6 +452,30 @@ class Client:
             self.request_flush()
 
         return self.core(run)
+
+    def devices(self) -> Future[list[dict[str, Any]]]:
+        return self.net(self.relay.devices)
+
+    def remove_device(self, device_id: int) -> Future[None]:
+        def run() -> None:
+            if device_id == self.messenger.device_id:
+                raise ServiceError("this device cannot remove itself here")
+            self.relay.remove_device(device_id)
+
+        return self.net(run)
+
+    def lock_available(self) -> bool:
+        return Store.key_method(self.messenger.profile) == "passphrase"
+
+    def check_passphrase(self, passphrase: str) -> Future[bool]:
+        def run() -> bool:
+            try:
+                Store.verify_protector(self.messenger.profile, PassphraseProtector(passphrase))
+            except WrongPassphrase:
+                return False
+            return True
+
+        return self.net(run)
 
     def emit_error(self, text: str) -> None:
         self._emit(ServiceErrorEvent(text))

@@ -79,6 +79,7 @@ class Messenger:
         self.clock = clock
         self.username = account.username
         self.device_id = account.device_id
+        self.device_name = account.device_name
         self.relay_token = account.relay_token
         self.identity = DeviceIdentity.from_bytes(account.identity)
         self.attachments_dir = profile / "attachments"

@@ -830,6 +830,11 @@ class Store:
         return cls._open_with_key(profile / DB_FILE_NAME, db_key)
 
     @staticmethod
+    def verify_protector(profile: Path, protector: Protector) -> None:
+        """Raises (e.g. WrongPassphrase) unless `protector` unwraps this profile's key."""
+        protector.unwrap(KeyFile.from_json((profile / KEY_FILE_NAME).read_text()))
+
+    @staticmethod
     def key_method(profile: Path) -> str:
         try:
             return KeyFile.from_json((profile / KEY_FILE_NAME).read_text()).method

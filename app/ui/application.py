@@ -1,15 +1,143 @@
-"""Start the Qt application for one profile."""
+"""Start the Qt application for one profile: unlock or onboard, then the main window."""
 
 from __future__ import annotations
 
+import socket
 import sys
 from pathlib import Path
 
-from PySide6.QtWidgets import QApplication
+from PySide6.QtCore import QObject, QTimer, Signal
+from PySide6.QtGui import QIcon
+from PySide6.QtWidgets import QApplication, QMessageBox, QWidget
 
-from app.config import SERVER_CONFIG_NAME, ServerConfig, write_ca_file
-from app.net import RelayClient
+from app.config import SERVER_CONFIG_NAME, ConfigError
+from app.services.account import Profile, create_account, open_messenger
+from app.services.client import Client
+from app.services.messenger import Messenger
+from app.store import Store, StoreError, WrongPassphrase, keyring_usable
+from app.ui.bridge import ClientBridge
+from app.ui.dialogs import AccountRequest, OnboardingDialog, UnlockDialog
 from app.ui.main_window import MainWindow
+from app.ui.tray import TrayController
+from app.ui.workers import run_in_pool
+
+RESOURCES = Path(__file__).resolve().parent / "resources"
+
+
+def app_icon() -> QIcon:
+    icon = QIcon(str(RESOURCES / "cipherline.svg"))
+    for size in (48, 64, 128, 256):
+        icon.addFile(str(RESOURCES / f"cipherline-{size}.png"))
+    return icon
+
+
+class Launcher(QObject):
+    """Walks a profile from "nothing" or "locked" to an open main window."""
+
+    ready = Signal(object)  # MainWindow
+
+    def __init__(self, profile_path: Path, *, kdf: object = None) -> None:
+        super().__init__()
+        self.profile_path = profile_path
+        self.window: MainWindow | None = None
+        self.client: Client | None = None
+        self.dialog: QWidget | None = None
+        self.tray: TrayController | None = None
+        self._kdf = kdf
+
+    def start(self) -> None:
+        try:
+            self.profile = Profile.load(self.profile_path)
+        except ConfigError as error:
+            QMessageBox.critical(
+                None,
+                "Cipherline",
+                f"{error}.\n\nStart Cipherline with `make run`, or pass --server-config.",
+            )
+            QApplication.quit()
+            return
+        if not Store.exists(self.profile_path):
+            self._onboard()
+        elif Store.key_method(self.profile_path) == "passphrase":
+            self._ask_passphrase()
+        else:
+            self._open(None)
+
+    # ---- first run --------------------------------------------------------------
+    def _onboard(self) -> None:
+        dialog = OnboardingDialog(
+            self.profile.config.relay_url,
+            socket.gethostname(),
+            keyring_available=keyring_usable(),
+        )
+        dialog.relay_edit.setReadOnly(True)
+        dialog.relay_edit.setToolTip("The relay comes from this profile's server config.")
+        # Restoring needs the backup wizard, which ships with the backup feature.
+        dialog.restore_button.hide()
+        dialog.create_requested.connect(self._create)
+        self.dialog = dialog
+        dialog.show()
+
+    def _create(self, request: AccountRequest) -> None:
+        assert isinstance(self.dialog, OnboardingDialog)
+        dialog = self.dialog
+        kdf = self._kdf
+
+        def work() -> Messenger:
+            if kdf is not None:
+                return create_account(
+                    self.profile,
+                    request.username,
+                    request.device_name,
+                    request.passphrase,
+                    kdf=kdf,  # type: ignore[arg-type]
+                )
+            return create_account(
+                self.profile, request.username, request.device_name, request.passphrase
+            )
+
+        run_in_pool(work, self._opened, lambda error: dialog.show_error(str(error)))
+
+    # ---- unlock -----------------------------------------------------------------
+    def _ask_passphrase(self) -> None:
+        dialog = UnlockDialog(self.profile_path.name)
+        dialog.unlock_requested.connect(self._open)
+        self.dialog = dialog
+        dialog.show()
+
+    def _open(self, passphrase: str | None) -> None:
+        def failed(error: BaseException) -> None:
+            if isinstance(self.dialog, UnlockDialog):
+                text = (
+                    str(error) if isinstance(error, WrongPassphrase | StoreError) else repr(error)
+                )
+                self.dialog.show_error(text)
+            else:
+                QMessageBox.critical(None, "Cipherline", f"Cannot open this profile: {error}")
+                QApplication.quit()
+
+        run_in_pool(lambda: open_messenger(self.profile, passphrase), self._opened, failed)
+
+    # ---- running ----------------------------------------------------------------
+    def _opened(self, messenger: Messenger) -> None:
+        if self.dialog is not None:
+            self.dialog.close()
+            self.dialog = None
+        self.client = Client(messenger, self.profile.relay(timeout=5))
+        bridge = ClientBridge(self.client)
+        window = MainWindow(bridge, profile_name=f"{messenger.username}")
+        window.setWindowIcon(app_icon())
+        self.window = window
+        self.tray = TrayController(window, bridge, app_icon())
+        window.tray = self.tray
+        self.client.start()
+        window.show()
+        self.ready.emit(window)
+
+    def shutdown(self) -> None:
+        if self.client is not None:
+            self.client.stop()
+            self.client = None
 
 
 def run_gui(profile: Path) -> int:
@@ -17,12 +145,13 @@ def run_gui(profile: Path) -> int:
     assert isinstance(application, QApplication)
     application.setApplicationName("Cipherline")
     application.setDesktopFileName("cipherline")
-    relay: RelayClient | None = None
-    config_path = profile / SERVER_CONFIG_NAME
-    if config_path.exists():
-        config = ServerConfig.load(config_path)
-        relay = RelayClient(config.relay_url, write_ca_file(profile, config))
-    window = MainWindow(relay)
-    window.show()
-    window.check_connection()
+    application.setWindowIcon(app_icon())
+    if not (profile / SERVER_CONFIG_NAME).exists():
+        QMessageBox.critical(
+            None, "Cipherline", "This profile has no server config; start it with `make run`."
+        )
+        return 2
+    launcher = Launcher(profile)
+    QTimer.singleShot(0, launcher.start)
+    application.aboutToQuit.connect(launcher.shutdown)
     return application.exec()

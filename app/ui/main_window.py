@@ -1,47 +1,453 @@
-"""The main window."""
+"""The main window: conversations on the left, the open chat on the right."""
 
 from __future__ import annotations
 
-from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import QLabel, QMainWindow, QStatusBar, QVBoxLayout, QWidget
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QModelIndex, Qt, QTimer, Signal
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QComboBox,
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListView,
+    QMainWindow,
+    QMessageBox,
+    QPushButton,
+    QSplitter,
+    QStackedWidget,
+    QStatusBar,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
 
 from app import __version__
-from app.net import RelayClient
-from app.ui.workers import run_in_pool
+from app.services.views import (
+    ConversationKind,
+    ConversationView,
+    MessageStatus,
+    MessageView,
+    SafetyNumberView,
+    SearchResultView,
+)
+from app.ui.bridge import ClientBridge
+from app.ui.delegates import ConversationDelegate, MessageDelegate
+from app.ui.dialogs import GroupMembersDialog, NewChatDialog, NewGroupDialog, SafetyNumberDialog
+from app.ui.models import ConversationListModel, MessageListModel, SearchResultModel
+from app.ui.settings import SettingsDialog
+from app.ui.widgets import Banner, Composer, LockScreen
+
+TIMER_CHOICES = [
+    ("Off", 0),
+    ("30 seconds", 30),
+    ("5 minutes", 300),
+    ("1 hour", 3600),
+    ("1 day", 86400),
+    ("1 week", 604800),
+]
 
 
 class MainWindow(QMainWindow):
     connection_state_changed = Signal(str)
 
-    def __init__(self, relay: RelayClient | None) -> None:
+    def __init__(self, bridge: ClientBridge, *, profile_name: str = "") -> None:
         super().__init__()
-        self.setWindowTitle("Cipherline")
-        self.resize(1000, 680)
-        self._relay = relay
-        central = QWidget()
-        layout = QVBoxLayout(central)
-        self.welcome = QLabel(f"Cipherline {__version__}")
-        self.welcome.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        layout.addWidget(self.welcome)
-        self.setCentralWidget(central)
+        self.bridge = bridge
+        self.setWindowTitle("Cipherline" + (f" — {profile_name}" if profile_name else ""))
+        self.resize(1100, 720)
+        self._current: ConversationView | None = None
+        self._pending_jump: int | None = None
+
+        self.conversations = ConversationListModel()
+        self.messages = MessageListModel()
+        self.search_results = SearchResultModel()
+
+        splitter = QSplitter()
+        splitter.addWidget(self._build_sidebar())
+        splitter.addWidget(self._build_chat_area())
+        splitter.setStretchFactor(1, 1)
+        splitter.setSizes([320, 780])
+        self.setCentralWidget(splitter)
+
         self.connection_label = QLabel("Connecting…")
         status = QStatusBar()
         status.addPermanentWidget(self.connection_label)
         self.setStatusBar(status)
 
-    def check_connection(self) -> None:
-        if self._relay is None:
-            self.connection_label.setText("No relay configured")
+        self.lock_screen = LockScreen()
+        self.lock_screen.unlock_requested.connect(self._try_unlock)
+        self.locked = False
+        self._unlocked_widget: QWidget | None = None
+        # The tray controller (app.ui.tray) attaches itself here; it imports this module.
+        self.tray: Any = None
+
+        self._wire_bridge()
+        self.bridge.refresh_conversations()
+
+    # ---- layout -------------------------------------------------------------
+    def _build_sidebar(self) -> QWidget:
+        sidebar = QWidget()
+        layout = QVBoxLayout(sidebar)
+        layout.setContentsMargins(6, 6, 0, 6)
+        top = QHBoxLayout()
+        self.search_edit = QLineEdit()
+        self.search_edit.setPlaceholderText("Search")
+        self.search_edit.setClearButtonEnabled(True)
+        self.new_chat_button = QToolButton()
+        self.new_chat_button.setText("✎")
+        self.new_chat_button.setToolTip("New chat")
+        self.new_group_button = QToolButton()
+        self.new_group_button.setText("+#")
+        self.new_group_button.setToolTip("New group")
+        self.settings_button = QToolButton()
+        self.settings_button.setText("⚙")
+        self.settings_button.setToolTip("Settings")
+        top.addWidget(self.search_edit, 1)
+        top.addWidget(self.new_chat_button)
+        top.addWidget(self.new_group_button)
+        top.addWidget(self.settings_button)
+        layout.addLayout(top)
+        self.sidebar_stack = QStackedWidget()
+        self.conversation_view = QListView()
+        self.conversation_view.setModel(self.conversations)
+        self.conversation_view.setItemDelegate(ConversationDelegate())
+        self.conversation_view.setUniformItemSizes(True)
+        self.conversation_view.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.search_view = QListView()
+        self.search_view.setModel(self.search_results)
+        self.search_view.setWordWrap(True)
+        self.search_view.setSpacing(4)
+        self.sidebar_stack.addWidget(self.conversation_view)
+        self.sidebar_stack.addWidget(self.search_view)
+        layout.addWidget(self.sidebar_stack)
+
+        self._search_timer = QTimer(self)
+        self._search_timer.setSingleShot(True)
+        self._search_timer.setInterval(200)
+        self._search_timer.timeout.connect(self._run_search)
+        self.search_edit.textChanged.connect(lambda _text: self._search_timer.start())
+        self.conversation_view.clicked.connect(self._conversation_clicked)
+        self.search_view.clicked.connect(self._search_result_clicked)
+        self.new_chat_button.clicked.connect(self.ask_new_chat)
+        self.new_group_button.clicked.connect(self.ask_new_group)
+        self.settings_button.clicked.connect(self.show_settings)
+        return sidebar
+
+    def _build_chat_area(self) -> QWidget:
+        self.chat_stack = QStackedWidget()
+        empty = QLabel(f"Cipherline {__version__}\n\nSelect a chat, or start a new one with ✎.")
+        empty.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        empty.setStyleSheet("color: palette(placeholder-text);")
+        self.empty_label = empty
+        self.chat_stack.addWidget(empty)
+
+        chat = QWidget()
+        layout = QVBoxLayout(chat)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(0)
+        header = QWidget()
+        header_layout = QHBoxLayout(header)
+        header_layout.setContentsMargins(12, 8, 12, 8)
+        titles = QVBoxLayout()
+        self.chat_title = QLabel()
+        self.chat_title.setStyleSheet("font-weight: bold; font-size: 15px;")
+        self.chat_subtitle = QLabel()
+        self.chat_subtitle.setStyleSheet("color: palette(placeholder-text);")
+        titles.addWidget(self.chat_title)
+        titles.addWidget(self.chat_subtitle)
+        header_layout.addLayout(titles, 1)
+        self.timer_combo = QComboBox()
+        self.timer_combo.setToolTip("Disappearing messages")
+        for label, _seconds in TIMER_CHOICES:
+            self.timer_combo.addItem(f"⏲ {label}")
+        header_layout.addWidget(self.timer_combo)
+        self.details_button = QPushButton("Details")
+        header_layout.addWidget(self.details_button)
+        layout.addWidget(header)
+
+        self.banner = Banner()
+        layout.addWidget(self.banner)
+
+        self.message_view = QListView()
+        self.message_view.setModel(self.messages)
+        self.message_delegate = MessageDelegate(self.messages)
+        self.message_view.setItemDelegate(self.message_delegate)
+        self.message_view.setVerticalScrollMode(QAbstractItemView.ScrollMode.ScrollPerPixel)
+        self.message_view.setSelectionMode(QAbstractItemView.SelectionMode.NoSelection)
+        self.message_view.setResizeMode(QListView.ResizeMode.Adjust)
+        self.message_view.setFrameShape(QListView.Shape.NoFrame)
+        layout.addWidget(self.message_view, 1)
+
+        composer_row = QHBoxLayout()
+        composer_row.setContentsMargins(8, 8, 8, 8)
+        self.attach_button = QToolButton()
+        self.attach_button.setText("+")
+        self.attach_button.setToolTip("Attach a file")
+        self.composer = Composer()
+        self.send_button = QPushButton("Send")
+        composer_row.addWidget(self.attach_button)
+        composer_row.addWidget(self.composer, 1)
+        composer_row.addWidget(self.send_button)
+        layout.addLayout(composer_row)
+        self.chat_stack.addWidget(chat)
+
+        self.composer.send_requested.connect(self._send_text)
+        self.composer.files_attached.connect(self._send_files)
+        self.send_button.clicked.connect(self.composer.submit)
+        self.attach_button.clicked.connect(self._choose_files)
+        self.details_button.clicked.connect(self.show_details)
+        self.timer_combo.activated.connect(self._timer_chosen)
+        self.banner.primary_clicked.connect(self.show_details)
+        self.banner.dismissed.connect(self._dismiss_banner)
+        self.message_view.verticalScrollBar().valueChanged.connect(self._scrolled)
+        self.message_view.clicked.connect(self._message_clicked)
+        self.messages.older_requested.connect(self.bridge.load_older)
+        return self.chat_stack
+
+    def _wire_bridge(self) -> None:
+        bridge = self.bridge
+        bridge.conversations_changed.connect(self._conversations_changed)
+        bridge.conversation_opened.connect(self._conversation_opened)
+        bridge.older_loaded.connect(self._older_loaded)
+        bridge.messages_changed.connect(self._messages_changed)
+        bridge.search_finished.connect(self._search_finished)
+        bridge.safety_number_ready.connect(self._safety_number_ready)
+        bridge.connection_changed.connect(self._connection_changed)
+        bridge.error.connect(self.show_error)
+
+    # ---- bridge events ------------------------------------------------------
+    def _conversations_changed(self, rows: list[ConversationView]) -> None:
+        selected = self._current.conversation_id if self._current else None
+        self.conversations.set_conversations(rows)
+        if selected is not None:
+            row = self.conversations.row_of(selected)
+            if row >= 0:
+                self.conversation_view.setCurrentIndex(self.conversations.index(row))
+                current = self.conversations.conversation_at(row)
+                if current is not None:
+                    self._current = current
+                    self._update_header(current)
+
+    def _conversation_opened(
+        self, conversation: ConversationView, messages: list[MessageView], focus: int
+    ) -> None:
+        self._current = conversation
+        self.chat_stack.setCurrentIndex(1)
+        self.message_delegate.group = conversation.kind == ConversationKind.GROUP
+        self.messages.show_conversation(conversation.conversation_id, messages)
+        self._update_header(conversation)
+        row = self.conversations.row_of(conversation.conversation_id)
+        if row >= 0:
+            self.conversation_view.setCurrentIndex(self.conversations.index(row))
+        if focus >= 0:
+            target = self.messages.row_of(focus)
+            if target >= 0:
+                self.message_view.scrollTo(
+                    self.messages.index(target), QAbstractItemView.ScrollHint.PositionAtCenter
+                )
+        else:
+            self.message_view.scrollToBottom()
+        self.composer.setFocus()
+        self.bridge.mark_read(conversation.conversation_id)
+
+    def _older_loaded(self, conversation_id: int, older: list[MessageView]) -> None:
+        bar = self.message_view.verticalScrollBar()
+        distance_from_bottom = bar.maximum() - bar.value()
+        self.messages.prepend_older(conversation_id, older)
+        # Keep the message under the reader's eyes where it was.
+        self.message_view.doItemsLayout()
+        bar.setValue(bar.maximum() - distance_from_bottom)
+
+    def _messages_changed(self, conversation_id: int, messages: list[MessageView]) -> None:
+        if self._current is None or conversation_id != self._current.conversation_id:
             return
-        relay = self._relay
-        run_in_pool(relay.health, self._on_connected, self._on_connection_failed)
+        bar = self.message_view.verticalScrollBar()
+        at_bottom = bar.value() >= bar.maximum() - 40
+        self.messages.add_or_update(messages)
+        if at_bottom or any(message.outgoing for message in messages):
+            self.message_view.scrollToBottom()
+        if self.isActiveWindow() and any(not message.outgoing for message in messages):
+            self.bridge.mark_read(conversation_id)
 
-    def _on_connected(self, _health: object) -> None:
-        self._set_connection_state("Connected")
+    def _search_finished(self, query: str, results: list[SearchResultView]) -> None:
+        if query != self.search_edit.text().strip():
+            return
+        self.search_results.set_results(results)
 
-    def _on_connection_failed(self, _error: BaseException) -> None:
-        self._set_connection_state("Connecting…")
+    def _safety_number_ready(self, view: SafetyNumberView) -> None:
+        dialog = SafetyNumberDialog(view, self)
+        dialog.verified_toggled.connect(self.bridge.set_verified)
+        self.safety_dialog = dialog
+        dialog.show()
 
-    def _set_connection_state(self, text: str) -> None:
-        self.connection_label.setText(text)
+    def _connection_changed(self, connected: bool) -> None:
+        text = "Connected" if connected else "Connecting…"
+        if self.connection_label.text() != text:
+            self.connection_label.setText(text)
         self.connection_state_changed.emit(text)
+
+    def show_error(self, text: str) -> None:
+        self.statusBar().showMessage(text, 8000)
+        self.last_error = text
+
+    # ---- user actions -------------------------------------------------------
+    def _update_header(self, conversation: ConversationView) -> None:
+        self.chat_title.setText(conversation.title)
+        if conversation.kind == ConversationKind.GROUP:
+            self.chat_subtitle.setText(f"{len(conversation.members)} members")
+        elif conversation.verified:
+            self.chat_subtitle.setText("✔ Verified")
+        else:
+            self.chat_subtitle.setText("End-to-end encrypted")
+        seconds = [value for _label, value in TIMER_CHOICES]
+        index = (
+            seconds.index(conversation.timer_seconds)
+            if conversation.timer_seconds in seconds
+            else 0
+        )
+        self.timer_combo.setCurrentIndex(index)
+        if conversation.identity_changed and conversation.peer:
+            self.banner.show_message(
+                f"Your safety number with {conversation.peer} has changed. This can mean "
+                "they reinstalled Cipherline, or that someone is intercepting your chat. "
+                "Verify it before you share anything sensitive.",
+                "Verify",
+            )
+        else:
+            self.banner.hide()
+
+    def _conversation_clicked(self, index: QModelIndex) -> None:
+        conversation = self.conversations.conversation_at(index.row())
+        if conversation is not None:
+            self.bridge.open_conversation(conversation.conversation_id)
+
+    def open_conversation(self, conversation_id: int) -> None:
+        self.bridge.open_conversation(conversation_id)
+
+    def _search_result_clicked(self, index: QModelIndex) -> None:
+        result = self.search_results.result_at(index.row())
+        if result is not None:
+            self.bridge.open_conversation(result.conversation_id, result.message_id)
+
+    def _run_search(self) -> None:
+        query = self.search_edit.text().strip()
+        if not query:
+            self.sidebar_stack.setCurrentIndex(0)
+            self.search_results.set_results([])
+            return
+        self.sidebar_stack.setCurrentIndex(1)
+        self.bridge.search(query)
+
+    def _send_text(self, text: str) -> None:
+        if self._current is not None:
+            self.bridge.send_text(self._current.conversation_id, text)
+
+    def _send_files(self, paths: list[Path]) -> None:
+        if self._current is not None:
+            for path in paths:
+                self.bridge.send_file(self._current.conversation_id, path)
+
+    def _choose_files(self) -> None:
+        names, _filter = QFileDialog.getOpenFileNames(self, "Attach files")
+        self._send_files([Path(name) for name in names])
+
+    def _message_clicked(self, index: QModelIndex) -> None:
+        message = self.messages.message_at(index.row())
+        if message is None:
+            return
+        if message.outgoing and message.status == MessageStatus.FAILED:
+            self.bridge.retry(message.message_id)
+        elif message.attachment is not None and message.attachment.ready:
+            target, _filter = QFileDialog.getSaveFileName(
+                self, "Save attachment", message.attachment.filename
+            )
+            if target:
+                self.bridge.save_attachment(message.attachment.attachment_id, Path(target))
+
+    def _scrolled(self, value: int) -> None:
+        if value <= 20:
+            self.messages.request_older()
+
+    def _timer_chosen(self, index: int) -> None:
+        if self._current is not None:
+            self.bridge.set_timer(self._current.conversation_id, TIMER_CHOICES[index][1])
+
+    def _dismiss_banner(self) -> None:
+        self.banner.hide()
+        if self._current is not None and self._current.peer:
+            self.bridge.acknowledge_identity(self._current.peer)
+
+    def show_details(self) -> None:
+        current = self._current
+        if current is None:
+            return
+        if current.kind == ConversationKind.GROUP:
+            dialog = GroupMembersDialog(current.title, list(current.members), self)
+            conversation_id = current.conversation_id
+            dialog.add_requested.connect(lambda name: self.bridge.add_member(conversation_id, name))
+            dialog.remove_requested.connect(
+                lambda name: self.bridge.remove_member(conversation_id, name)
+            )
+            self.members_dialog = dialog
+            dialog.show()
+        elif current.peer:
+            self.bridge.request_safety_number(current.peer)
+
+    # ---- settings and app lock -----------------------------------------------------
+    def show_settings(self) -> None:
+        tray = self.tray
+        dialog = SettingsDialog(
+            self.bridge.client.messenger.username,
+            self.bridge.client.messenger.device_name,
+            previews=bool(tray and tray.show_previews),
+            lock_minutes=(tray.lock_after_ms // 60_000) if tray else 0,
+            lock_available=self.bridge.lock_available(),
+            parent=self,
+        )
+        if tray is not None:
+            dialog.previews_changed.connect(lambda on: setattr(tray, "show_previews", on))
+            dialog.lock_changed.connect(tray.set_lock_after)
+        dialog.remove_device.connect(self.bridge.remove_device)
+        self.bridge.devices_listed.connect(dialog.set_devices)
+        self.bridge.list_devices()
+        self.settings_dialog = dialog
+        dialog.show()
+
+    def lock(self) -> None:
+        if self.locked or not self.bridge.lock_available():
+            return
+        self.locked = True
+        self._unlocked_widget = self.takeCentralWidget()
+        self.setCentralWidget(self.lock_screen)
+        self.lock_screen = self.centralWidget()  # type: ignore[assignment]
+        self.lock_screen.reset()
+
+    def _try_unlock(self, passphrase: str) -> None:
+        self.bridge.check_passphrase(passphrase, self._unlock_result)
+
+    def _unlock_result(self, ok: bool) -> None:
+        if not ok:
+            self.lock_screen.show_error("That passphrase is not correct.")
+            return
+        self.locked = False
+        screen = self.takeCentralWidget()
+        assert self._unlocked_widget is not None
+        self.setCentralWidget(self._unlocked_widget)
+        self.lock_screen = screen  # type: ignore[assignment]
+
+    def ask_new_chat(self) -> None:
+        dialog = NewChatDialog(self)
+        if dialog.exec() and dialog.username():
+            self.bridge.start_direct(dialog.username())
+
+    def ask_new_group(self) -> None:
+        dialog = NewGroupDialog(self)
+        if dialog.exec() and dialog.title():
+            if not dialog.members():
+                QMessageBox.information(self, "New group", "Add at least one member.")
+                return
+            self.bridge.create_group(dialog.title(), dialog.members())

@@ -52,10 +52,10 @@ def test_real_qt_window_on_xvfb_can_be_screenshotted(xvfb: Xvfb, tmp_path: Path)
     program = textwrap.dedent(
         f"""
         from PySide6.QtCore import QTimer
-        from PySide6.QtWidgets import QApplication
-        from app.ui.main_window import MainWindow
+        from PySide6.QtWidgets import QApplication, QLabel
         app = QApplication([])
-        window = MainWindow(None)
+        window = QLabel("Cipherline on Xvfb")
+        window.resize(640, 400)
         window.show()
         def grab():
             window.grab().save({str(shot)!r})

@@ -1,0 +1,169 @@
+"""The Qt face of the client services.
+
+Every call is handed to the services, which run it on their own threads and
+answer through futures or events; answers come back here as signals on the UI
+thread. Nothing in this class blocks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QObject, Signal, Slot
+
+from app.services.client import Client, Closing
+from app.services.events import (
+    ConnectionChanged,
+    ConversationsChanged,
+    Event,
+    IdentityChanged,
+    IncomingMessage,
+    MessagesChanged,
+    ServiceError,
+)
+from app.services.views import ConversationView, MessageView
+
+
+class ClientBridge(QObject):
+    conversations_changed = Signal(list)
+    conversation_opened = Signal(object, list, int)  # view, messages, message to focus or -1
+    older_loaded = Signal(int, list)
+    messages_changed = Signal(int, list)
+    search_finished = Signal(str, list)
+    safety_number_ready = Signal(object)
+    connection_changed = Signal(bool)
+    incoming_message = Signal(object)  # IncomingMessage
+    identity_changed = Signal(str)
+    error = Signal(str)
+    devices_listed = Signal(list)
+
+    _event_arrived = Signal(object)
+    _call_finished = Signal(object, object)  # callback, result
+
+    def __init__(self, client: Client) -> None:
+        super().__init__()
+        self.client = client
+        self._event_arrived.connect(self._dispatch_event)
+        self._call_finished.connect(self._deliver)
+        client.set_listener(self._event_arrived.emit)
+
+    # ---- plumbing -----------------------------------------------------------
+    def _when_done(self, future: Future[Any], callback: Callable[[Any], None]) -> None:
+        def done(finished: Future[Any]) -> None:
+            error = finished.exception()
+            if isinstance(error, Closing):
+                return
+            if error is not None:
+                self.error.emit(self.client.describe_error(error))
+            else:
+                self._call_finished.emit(callback, finished.result())
+
+        future.add_done_callback(done)
+
+    @Slot(object, object)
+    def _deliver(self, callback: Callable[[Any], None], result: Any) -> None:
+        callback(result)
+
+    @Slot(object)
+    def _dispatch_event(self, event: Event) -> None:
+        match event:
+            case ConversationsChanged(conversations):
+                self.conversations_changed.emit(conversations)
+            case MessagesChanged(conversation_id, messages):
+                self.messages_changed.emit(conversation_id, messages)
+            case IncomingMessage():
+                self.incoming_message.emit(event)
+            case ConnectionChanged(connected):
+                self.connection_changed.emit(connected)
+            case IdentityChanged(peer):
+                self.identity_changed.emit(peer)
+            case ServiceError(text):
+                self.error.emit(text)
+
+    def _ignore(self, _result: object) -> None:
+        pass
+
+    # ---- calls from widgets -------------------------------------------------
+    def refresh_conversations(self) -> None:
+        self._when_done(self.client.conversations(), self.conversations_changed.emit)
+
+    def open_conversation(self, conversation_id: int, focus_message_id: int = -1) -> None:
+        def opened(result: tuple[ConversationView, list[MessageView]]) -> None:
+            view, messages = result
+            self.conversation_opened.emit(view, messages, focus_message_id)
+
+        self._when_done(self.client.open_conversation(conversation_id, focus_message_id), opened)
+
+    @Slot(int, int)
+    def load_older(self, conversation_id: int, before_message_id: int) -> None:
+        self._when_done(
+            self.client.older_messages(conversation_id, before_message_id),
+            lambda older: self.older_loaded.emit(conversation_id, older),
+        )
+
+    def send_text(self, conversation_id: int, text: str) -> None:
+        self._when_done(self.client.send_text(conversation_id, text), self._ignore)
+
+    def send_file(self, conversation_id: int, path: Path) -> None:
+        self._when_done(self.client.send_file(conversation_id, path), self._ignore)
+
+    def save_attachment(self, attachment_id: int, target: Path) -> None:
+        self._when_done(self.client.save_attachment(attachment_id, target), self._ignore)
+
+    def retry(self, message_id: int) -> None:
+        self._when_done(self.client.retry(message_id), self._ignore)
+
+    def mark_read(self, conversation_id: int) -> None:
+        self._when_done(self.client.mark_read(conversation_id), self._ignore)
+
+    def start_direct(self, username: str) -> None:
+        self._when_done(
+            self.client.start_direct(username),
+            lambda view: self.open_conversation(view.conversation_id),
+        )
+
+    def create_group(self, title: str, members: list[str]) -> None:
+        self._when_done(
+            self.client.create_group(title, members),
+            lambda view: self.open_conversation(view.conversation_id),
+        )
+
+    def add_member(self, conversation_id: int, username: str) -> None:
+        self._when_done(self.client.add_member(conversation_id, username), self._ignore)
+
+    def remove_member(self, conversation_id: int, username: str) -> None:
+        self._when_done(self.client.remove_member(conversation_id, username), self._ignore)
+
+    def search(self, query: str) -> None:
+        self._when_done(
+            self.client.search(query), lambda results: self.search_finished.emit(query, results)
+        )
+
+    def request_safety_number(self, peer: str) -> None:
+        self._when_done(self.client.safety_number(peer), self.safety_number_ready.emit)
+
+    @Slot(str, bool)
+    def set_verified(self, peer: str, verified: bool) -> None:
+        self._when_done(self.client.set_verified(peer, verified), self._ignore)
+
+    def acknowledge_identity(self, peer: str) -> None:
+        self._when_done(self.client.acknowledge_identity(peer), self._ignore)
+
+    def set_timer(self, conversation_id: int, seconds: int) -> None:
+        self._when_done(self.client.set_timer(conversation_id, seconds), self._ignore)
+
+    # ---- devices and the app lock -------------------------------------------------
+    def list_devices(self) -> None:
+        self._when_done(self.client.devices(), self.devices_listed.emit)
+
+    def remove_device(self, device_id: int) -> None:
+        self._when_done(self.client.remove_device(device_id), self._ignore)
+
+    def lock_available(self) -> bool:
+        return self.client.lock_available()
+
+    def check_passphrase(self, passphrase: str, callback: Callable[[bool], None]) -> None:
+        self._when_done(self.client.check_passphrase(passphrase), callback)

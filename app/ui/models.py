@@ -1,0 +1,211 @@
+"""List models over the services' views.
+
+The message model holds a window of a conversation, newest at the bottom. It never
+reads the store itself: it asks for older pages by signal when the view nears the
+top, and the answer arrives on the UI thread from a worker. A 100,000-message
+conversation therefore opens with one 50-row page.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from PySide6.QtCore import (
+    QAbstractListModel,
+    QModelIndex,
+    QPersistentModelIndex,
+    Qt,
+    Signal,
+)
+
+from app.services.views import ConversationView, MessageView, SearchResultView
+
+ModelIndex = QModelIndex | QPersistentModelIndex
+VIEW_ROLE = int(Qt.ItemDataRole.UserRole) + 1
+
+
+def format_time(ms: int | None, *, now: dt.datetime | None = None) -> str:
+    if ms is None:
+        return ""
+    moment = dt.datetime.fromtimestamp(ms / 1000).astimezone()
+    today = (now or dt.datetime.now().astimezone()).date()
+    if moment.date() == today:
+        return moment.strftime("%H:%M")
+    if (today - moment.date()).days < 7:
+        return moment.strftime("%a")
+    return moment.strftime("%d %b %Y") if moment.year != today.year else moment.strftime("%d %b")
+
+
+def format_day(ms: int, *, now: dt.datetime | None = None) -> str:
+    day = dt.datetime.fromtimestamp(ms / 1000).astimezone().date()
+    today = (now or dt.datetime.now().astimezone()).date()
+    if day == today:
+        return "Today"
+    if (today - day).days == 1:
+        return "Yesterday"
+    return day.strftime("%A, %d %B %Y")
+
+
+class ConversationListModel(QAbstractListModel):
+    def __init__(self) -> None:
+        super().__init__()
+        self._rows: list[ConversationView] = []
+
+    def rowCount(self, parent: ModelIndex = QModelIndex()) -> int:  # noqa: B008
+        return 0 if parent.isValid() else len(self._rows)
+
+    def data(self, index: ModelIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if not index.isValid() or not 0 <= index.row() < len(self._rows):
+            return None
+        row = self._rows[index.row()]
+        if role == Qt.ItemDataRole.DisplayRole:
+            return row.title
+        if role == Qt.ItemDataRole.ToolTipRole:
+            return row.last_text
+        if role == VIEW_ROLE:
+            return row
+        return None
+
+    def set_conversations(self, rows: list[ConversationView]) -> None:
+        self.beginResetModel()
+        self._rows = list(rows)
+        self.endResetModel()
+
+    def conversation_at(self, row: int) -> ConversationView | None:
+        return self._rows[row] if 0 <= row < len(self._rows) else None
+
+    def row_of(self, conversation_id: int) -> int:
+        for row, view in enumerate(self._rows):
+            if view.conversation_id == conversation_id:
+                return row
+        return -1
+
+
+class MessageListModel(QAbstractListModel):
+    """A window onto one conversation; rows are oldest first."""
+
+    older_requested = Signal(int, int)  # conversation id, oldest loaded message id
+
+    PAGE = 50
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._rows: list[MessageView] = []
+        self._conversation_id: int | None = None
+        self._has_older = False
+        self._loading_older = False
+
+    @property
+    def conversation_id(self) -> int | None:
+        return self._conversation_id
+
+    def rowCount(self, parent: ModelIndex = QModelIndex()) -> int:  # noqa: B008
+        return 0 if parent.isValid() else len(self._rows)
+
+    def data(self, index: ModelIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if not index.isValid() or not 0 <= index.row() < len(self._rows):
+            return None
+        row = self._rows[index.row()]
+        if role == Qt.ItemDataRole.DisplayRole:
+            return row.body
+        if role == VIEW_ROLE:
+            return row
+        return None
+
+    def message_at(self, row: int) -> MessageView | None:
+        return self._rows[row] if 0 <= row < len(self._rows) else None
+
+    def previous_of(self, row: int) -> MessageView | None:
+        return self._rows[row - 1] if 0 < row <= len(self._rows) else None
+
+    def show_conversation(self, conversation_id: int, newest: list[MessageView]) -> None:
+        self.beginResetModel()
+        self._conversation_id = conversation_id
+        self._rows = list(newest)
+        self._has_older = len(newest) >= self.PAGE
+        self._loading_older = False
+        self.endResetModel()
+
+    def clear(self) -> None:
+        self.beginResetModel()
+        self._conversation_id = None
+        self._rows = []
+        self._has_older = False
+        self.endResetModel()
+
+    def request_older(self) -> None:
+        if self._conversation_id is None or not self._has_older or self._loading_older:
+            return
+        if not self._rows:
+            return
+        self._loading_older = True
+        self.older_requested.emit(self._conversation_id, self._rows[0].message_id)
+
+    def prepend_older(self, conversation_id: int, older: list[MessageView]) -> None:
+        if conversation_id != self._conversation_id:
+            return
+        self._loading_older = False
+        self._has_older = len(older) >= self.PAGE
+        if not older:
+            return
+        self.beginInsertRows(QModelIndex(), 0, len(older) - 1)
+        self._rows[0:0] = older
+        self.endInsertRows()
+
+    def add_or_update(self, messages: list[MessageView]) -> None:
+        """New messages go to the bottom; known ones (status changes) update in place."""
+        if self._conversation_id is None:
+            return
+        positions = {view.message_id: row for row, view in enumerate(self._rows)}
+        fresh: list[MessageView] = []
+        for message in messages:
+            if message.conversation_id != self._conversation_id:
+                continue
+            row = positions.get(message.message_id)
+            if row is None:
+                fresh.append(message)
+            else:
+                self._rows[row] = message
+                index = self.index(row)
+                self.dataChanged.emit(index, index)
+        if fresh:
+            fresh.sort(key=lambda view: (view.sent_at_ms, view.message_id))
+            start = len(self._rows)
+            self.beginInsertRows(QModelIndex(), start, start + len(fresh) - 1)
+            self._rows.extend(fresh)
+            self.endInsertRows()
+
+    def row_of(self, message_id: int) -> int:
+        for row, view in enumerate(self._rows):
+            if view.message_id == message_id:
+                return row
+        return -1
+
+
+class SearchResultModel(QAbstractListModel):
+    def __init__(self) -> None:
+        super().__init__()
+        self._rows: list[SearchResultView] = []
+
+    def rowCount(self, parent: ModelIndex = QModelIndex()) -> int:  # noqa: B008
+        return 0 if parent.isValid() else len(self._rows)
+
+    def data(self, index: ModelIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if not index.isValid() or not 0 <= index.row() < len(self._rows):
+            return None
+        row = self._rows[index.row()]
+        if role == Qt.ItemDataRole.DisplayRole:
+            snippet = row.snippet.replace("[", "").replace("]", "")
+            return f"{row.conversation_title} · {format_time(row.sent_at_ms)}\n{snippet}"
+        if role == VIEW_ROLE:
+            return row
+        return None
+
+    def set_results(self, rows: list[SearchResultView]) -> None:
+        self.beginResetModel()
+        self._rows = list(rows)
+        self.endResetModel()
+
+    def result_at(self, row: int) -> SearchResultView | None:
+        return self._rows[row] if 0 <= row < len(self._rows) else None

@@ -1,0 +1,116 @@
+"""Settings: profile, devices, notifications, app lock, appearance."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Signal
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDialog,
+    QDialogButtonBox,
+    QFormLayout,
+    QLabel,
+    QListWidget,
+    QPushButton,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+LOCK_CHOICES = [("Never", 0), ("1 minute", 1), ("5 minutes", 5), ("15 minutes", 15), ("1 hour", 60)]
+
+
+class SettingsDialog(QDialog):
+    previews_changed = Signal(bool)
+    lock_changed = Signal(int)
+    remove_device = Signal(int)
+
+    def __init__(
+        self,
+        username: str,
+        device_name: str,
+        *,
+        previews: bool,
+        lock_minutes: int,
+        lock_available: bool,
+        parent: QWidget | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Settings")
+        self.setMinimumWidth(460)
+        tabs = QTabWidget()
+        layout = QVBoxLayout(self)
+        layout.addWidget(tabs)
+
+        profile = QWidget()
+        form = QFormLayout(profile)
+        form.addRow("Username", QLabel(username))
+        form.addRow("This device", QLabel(device_name))
+        tabs.addTab(profile, "Profile")
+
+        devices = QWidget()
+        devices_layout = QVBoxLayout(devices)
+        self.devices = QListWidget()
+        devices_layout.addWidget(self.devices)
+        self.remove_button = QPushButton("Remove selected device")
+        devices_layout.addWidget(self.remove_button)
+        self.remove_button.clicked.connect(self._remove)
+        tabs.addTab(devices, "Devices")
+
+        notifications = QWidget()
+        notification_form = QFormLayout(notifications)
+        self.previews = QCheckBox("Show the sender and message text in notifications")
+        self.previews.setChecked(previews)
+        self.previews.toggled.connect(self.previews_changed)
+        notification_form.addRow(self.previews)
+        tabs.addTab(notifications, "Notifications")
+
+        privacy = QWidget()
+        privacy_form = QFormLayout(privacy)
+        self.lock_combo = QComboBox()
+        for label, _minutes in LOCK_CHOICES:
+            self.lock_combo.addItem(label)
+        minutes = [m for _label, m in LOCK_CHOICES]
+        self.lock_combo.setCurrentIndex(
+            minutes.index(lock_minutes) if lock_minutes in minutes else 0
+        )
+        self.lock_combo.setEnabled(lock_available)
+        self.lock_combo.activated.connect(
+            lambda index: self.lock_changed.emit(LOCK_CHOICES[index][1])
+        )
+        privacy_form.addRow("Lock after being idle", self.lock_combo)
+        if not lock_available:
+            note = QLabel(
+                "The app lock asks for your passphrase, so it needs a profile "
+                "protected by a passphrase rather than the system keyring."
+            )
+            note.setWordWrap(True)
+            privacy_form.addRow(note)
+        tabs.addTab(privacy, "Privacy")
+
+        appearance = QWidget()
+        appearance_form = QFormLayout(appearance)
+        appearance_form.addRow(QLabel("Cipherline follows your system's light or dark theme."))
+        tabs.addTab(appearance, "Appearance")
+
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
+        buttons.rejected.connect(self.reject)
+        layout.addWidget(buttons)
+        self.tabs = tabs
+
+    def set_devices(self, devices: list[dict[str, object]]) -> None:
+        self.devices.clear()
+        self._device_ids = []
+        for device in devices:
+            label = f"{device['name']} (#{device['device_id']})"
+            if device.get("current"):
+                label += " — this device"
+            self.devices.addItem(label)
+            self._device_ids.append(int(str(device["device_id"])))
+
+    def _remove(self) -> None:
+        row = self.devices.currentRow()
+        if 0 <= row < len(getattr(self, "_device_ids", [])):
+            self.remove_device.emit(self._device_ids[row])
+            self.devices.takeItem(row)
+            del self._device_ids[row]

@@ -1,0 +1,167 @@
+"""Small reusable widgets: the composer, the identity banner, the QR label."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import segno
+from PySide6.QtCore import QMimeData, Qt, Signal
+from PySide6.QtGui import QDragEnterEvent, QDropEvent, QImage, QKeyEvent, QPixmap
+from PySide6.QtWidgets import (
+    QFrame,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPlainTextEdit,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+
+class Composer(QPlainTextEdit):
+    """Enter sends, Shift+Enter breaks the line; pasted or dropped files attach."""
+
+    send_requested = Signal(str)
+    files_attached = Signal(list)  # list[Path]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setPlaceholderText("Message")
+        self.setAcceptDrops(True)
+        self.setTabChangesFocus(True)
+        self.setMaximumHeight(120)
+        self.setMinimumHeight(44)
+
+    def keyPressEvent(self, event: QKeyEvent) -> None:
+        is_enter = event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter)
+        if is_enter and not event.modifiers() & Qt.KeyboardModifier.ShiftModifier:
+            self.submit()
+            return
+        super().keyPressEvent(event)
+
+    def submit(self) -> None:
+        text = self.toPlainText().strip()
+        if text:
+            self.send_requested.emit(text)
+            self.clear()
+
+    def _files_of(self, mime: QMimeData) -> list[Path]:
+        return [Path(url.toLocalFile()) for url in mime.urls() if url.isLocalFile()]
+
+    def canInsertFromMimeData(self, source: QMimeData) -> bool:
+        return bool(self._files_of(source)) or super().canInsertFromMimeData(source)
+
+    def insertFromMimeData(self, source: QMimeData) -> None:
+        files = self._files_of(source)
+        if files:
+            self.files_attached.emit(files)
+            return
+        super().insertFromMimeData(source)
+
+    def dragEnterEvent(self, event: QDragEnterEvent) -> None:
+        if self._files_of(event.mimeData()):
+            event.acceptProposedAction()
+            return
+        super().dragEnterEvent(event)
+
+    def dropEvent(self, event: QDropEvent) -> None:
+        files = self._files_of(event.mimeData())
+        if files:
+            self.files_attached.emit(files)
+            event.acceptProposedAction()
+            return
+        super().dropEvent(event)
+
+
+class Banner(QFrame):
+    """A warning strip with up to two actions, e.g. a changed safety number."""
+
+    primary_clicked = Signal()
+    dismissed = Signal()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setObjectName("banner")
+        self.setStyleSheet(
+            "#banner { background: #fff4ce; border-bottom: 1px solid #e0c060; }"
+            "#banner QLabel { color: #4a3b00; }"
+        )
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(12, 6, 12, 6)
+        self.text = QLabel()
+        self.text.setWordWrap(True)
+        layout.addWidget(self.text, 1)
+        self.primary = QPushButton()
+        self.primary.clicked.connect(self.primary_clicked)
+        layout.addWidget(self.primary)
+        self.dismiss = QPushButton("Dismiss")
+        self.dismiss.clicked.connect(self.dismissed)
+        layout.addWidget(self.dismiss)
+        self.hide()
+
+    def show_message(self, text: str, action: str) -> None:
+        self.text.setText(text)
+        self.primary.setText(action)
+        self.show()
+
+
+def qr_pixmap(payload: bytes, *, scale: int = 5) -> QPixmap:
+    """The QR code of a safety-number payload, drawn by segno (a maintained encoder)."""
+    buffer = io.BytesIO()
+    segno.make(payload, error="m", micro=False).save(buffer, kind="png", scale=scale, border=2)
+    image = QImage()
+    image.loadFromData(buffer.getvalue())
+    return QPixmap.fromImage(image)
+
+
+class QrLabel(QLabel):
+    def __init__(self, payload: bytes, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.payload = payload
+        self.setPixmap(qr_pixmap(payload))
+        self.setAlignment(Qt.AlignmentFlag.AlignCenter)
+
+
+class LockScreen(QWidget):
+    """Covers the window while the app is locked; only the passphrase opens it."""
+
+    unlock_requested = Signal(str)
+
+    def __init__(self) -> None:
+        super().__init__()
+        layout = QVBoxLayout(self)
+        layout.addStretch(1)
+        title = QLabel("<h2>Cipherline is locked</h2>")
+        title.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        layout.addWidget(title)
+        self.passphrase = QLineEdit()
+        self.passphrase.setEchoMode(QLineEdit.EchoMode.Password)
+        self.passphrase.setPlaceholderText("Passphrase")
+        self.passphrase.setMaximumWidth(320)
+        layout.addWidget(self.passphrase, 0, Qt.AlignmentFlag.AlignHCenter)
+        self.error = QLabel()
+        self.error.setStyleSheet("color: #b3261e;")
+        self.error.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        layout.addWidget(self.error)
+        self.unlock_button = QPushButton("Unlock")
+        layout.addWidget(self.unlock_button, 0, Qt.AlignmentFlag.AlignHCenter)
+        layout.addStretch(1)
+        self.unlock_button.clicked.connect(self._submit)
+        self.passphrase.returnPressed.connect(self._submit)
+
+    def reset(self) -> None:
+        self.passphrase.clear()
+        self.error.clear()
+        self.unlock_button.setEnabled(True)
+        self.passphrase.setFocus()
+
+    def _submit(self) -> None:
+        self.unlock_button.setEnabled(False)
+        self.unlock_requested.emit(self.passphrase.text())
+
+    def show_error(self, text: str) -> None:
+        self.unlock_button.setEnabled(True)
+        self.passphrase.selectAll()
+        self.error.setText(text)
