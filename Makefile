@@ -1,5 +1,5 @@
 # The README's two commands are `make run` and `make test`; everything else is a helper.
-.PHONY: setup run test lint pytest bench bench-quick package install uninstall clean
+.PHONY: setup run test lint pytest bench bench-quick screenshots package install uninstall clean
 
 PROFILE ?= default
 PY := .venv/bin/python
@@ -26,6 +26,9 @@ bench: setup
 
 bench-quick: setup
 	$(PY) -m bench --quick
+
+screenshots: setup
+	$(PY) -m scripts.screenshots --out build/screenshots
 
 package: setup
 	$(PY) -m PyInstaller --noconfirm --log-level WARN --distpath packaging/dist \

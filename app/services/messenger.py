@@ -468,14 +468,14 @@ class Messenger:
             self._rotate_sender_key(conversation.group_id)
         return self.conversation_view(self._conversation(conversation_id))
 
-    def _system_message(self, conversation_id: int, text: str) -> Message:
+    def _system_message(self, conversation_id: int, text: str, at: int | None = None) -> Message:
         return self.store.messages.add(
             conversation_id=conversation_id,
             uuid=str(uuid.uuid4()),
             sender="",
             outgoing=False,
             body=text,
-            sent_at=self.clock(),
+            sent_at=at if at is not None else self.clock(),
             status=MessageStatus.RECEIVED,
             kind="system",
         )
@@ -596,7 +596,7 @@ class Messenger:
                     result.new_messages.append((updated.conversation_id, updated))
                     result.changed_conversations.add(updated.conversation_id)
         elif isinstance(content, GroupUpdate):
-            self._apply_group_update(sender, content, result)
+            self._apply_group_update(sender, content, result, min(content.sent_at, server_time))
         elif isinstance(content, SenderKey):
             distribution = SenderKeyDistribution.from_bytes(content.distribution)
             if self.store.groups.get(distribution.group_id) is None:
@@ -614,7 +614,9 @@ class Messenger:
             )
             result.changed_conversations.add(conversation.id)
 
-    def _apply_group_update(self, sender: str, update: GroupUpdate, result: IncomingResult) -> None:
+    def _apply_group_update(
+        self, sender: str, update: GroupUpdate, result: IncomingResult, at: int
+    ) -> None:
         conversation = self.store.conversations.by_group(update.group_id)
         members = sorted(set(update.members))
         if conversation is None:
@@ -625,7 +627,7 @@ class Messenger:
             )
             self.store.groups.create(update.group_id, conversation.id, update.title)
             self.store.groups.set_members(update.group_id, members)
-            self._system_message(conversation.id, f"{sender} added you to “{update.title}”")
+            self._system_message(conversation.id, f"{sender} added you to “{update.title}”", at)
             result.needs_sessions.update(
                 m for m in members if m != self.username and not self.has_sessions(m)
             )
@@ -637,9 +639,9 @@ class Messenger:
             removed = sorted(current - set(members))
             self.store.groups.set_members(update.group_id, members)
             for name in added:
-                self._system_message(conversation.id, f"{sender} added {name}")
+                self._system_message(conversation.id, f"{sender} added {name}", at)
             for name in removed:
-                self._system_message(conversation.id, f"{sender} removed {name}")
+                self._system_message(conversation.id, f"{sender} removed {name}", at)
                 self.store.groups.set_member_sender_key(update.group_id, name, None)
             if self.username not in members:
                 self.store.groups.set_own_sender_key(update.group_id, None, 0)

@@ -163,7 +163,7 @@ class MainWindow(QMainWindow):
         self.timer_combo = QComboBox()
         self.timer_combo.setToolTip("Disappearing messages")
         for label, _seconds in TIMER_CHOICES:
-            self.timer_combo.addItem(f"⏲ {label}")
+            self.timer_combo.addItem(f"Disappearing: {label}")
         header_layout.addWidget(self.timer_combo)
         self.details_button = QPushButton("Details")
         header_layout.addWidget(self.details_button)

@@ -31,8 +31,8 @@ class Composer(QPlainTextEdit):
         self.setPlaceholderText("Message")
         self.setAcceptDrops(True)
         self.setTabChangesFocus(True)
-        self.setMaximumHeight(120)
-        self.setMinimumHeight(44)
+        self.setMaximumHeight(72)
+        self.setMinimumHeight(40)
 
     def keyPressEvent(self, event: QKeyEvent) -> None:
         is_enter = event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter)
@@ -139,7 +139,7 @@ class LockScreen(QWidget):
         self.passphrase = QLineEdit()
         self.passphrase.setEchoMode(QLineEdit.EchoMode.Password)
         self.passphrase.setPlaceholderText("Passphrase")
-        self.passphrase.setMaximumWidth(320)
+        self.passphrase.setFixedWidth(300)
         layout.addWidget(self.passphrase, 0, Qt.AlignmentFlag.AlignHCenter)
         self.error = QLabel()
         self.error.setStyleSheet("color: #b3261e;")

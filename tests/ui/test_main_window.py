@@ -184,3 +184,24 @@ def test_identity_change_shows_a_banner(
     qtbot.waitUntil(window.banner.isVisible, timeout=15_000)
     assert "safety number with bob has changed" in window.banner.text.text()
     launcher.shutdown()
+
+
+def test_app_lock_needs_the_passphrase(qtbot: QtBot, tmp_path: Path, relay: RelayProcess) -> None:
+    launcher = _onboard(qtbot, tmp_path, relay)
+    window = launcher.window
+    assert window is not None
+    main = window.centralWidget()
+    window.lock()
+    assert window.locked
+    assert window.centralWidget() is not main
+    screen = window.lock_screen
+    qtbot.keyClicks(screen.passphrase, "not it at all")
+    qtbot.mouseClick(screen.unlock_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: "not correct" in screen.error.text(), timeout=10_000)
+    assert window.locked
+    screen.passphrase.clear()
+    qtbot.keyClicks(screen.passphrase, PASSPHRASE)
+    qtbot.mouseClick(screen.unlock_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not window.locked, timeout=10_000)
+    assert window.centralWidget() is main
+    launcher.shutdown()

@@ -1,0 +1,156 @@
+"""Runs the real app on a virtual X display (Xvfb) and saves screenshots of its
+main screens: onboarding, a 1:1 chat, a group, the safety number, search,
+settings and the lock screen.
+
+    .venv/bin/python -m scripts.screenshots [--out build/screenshots]
+
+A relay is started on loopback and two other people (bob, carol) talk to "alice"
+through it, so every screen shows real, end-to-end encrypted traffic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.support.components import RelayProcess, Xvfb
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=Path, default=Path("build/screenshots"))
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="cipherline-shots-"))
+    os.environ["CIPHERLINE_HOME"] = str(work / "home")
+    xvfb = Xvfb(work / "xvfb", size="1280x800x24").start()
+    os.environ.update(xvfb.env())
+    relay = RelayProcess(work / "relay").start()
+    try:
+        return _shoot(args.out, work, relay)
+    finally:
+        relay.stop()
+        xvfb.stop()
+
+
+def _shoot(out: Path, work: Path, relay: RelayProcess) -> int:
+    from PySide6.QtWidgets import QApplication, QWidget
+
+    from app.ui.application import Launcher
+    from app.ui.dialogs import OnboardingDialog
+    from tests.services.helpers import FAST_KDF, Person, make_profile
+
+    app = QApplication(sys.argv[:1])
+    app.setApplicationName("Cipherline")
+
+    def pump(seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            app.processEvents()
+            time.sleep(0.02)
+
+    def until(condition: Callable[[], object], timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            app.processEvents()
+            if condition():
+                return
+            time.sleep(0.02)
+        raise RuntimeError("the app did not reach the expected state")
+
+    def shot(widget: QWidget, name: str) -> None:
+        pump(0.4)
+        widget.grab().save(str(out / f"{name}.png"))
+        print(f"saved {out / name}.png")
+
+    bob = Person(work, "bob", relay)
+    carol = Person(work, "carol", relay)
+    make_profile(work, "alice", relay)
+    launcher = Launcher(work / "profiles" / "alice", kdf=FAST_KDF)
+    launcher.start()
+    dialog = launcher.dialog
+    assert isinstance(dialog, OnboardingDialog)
+    shot(dialog, "01-welcome")
+    dialog.pages.setCurrentIndex(1)
+    dialog.username_edit.setText("alice")
+    dialog.device_edit.setText("Alice's laptop")
+    dialog.passphrase_choice.setChecked(True)
+    dialog.passphrase_edit.setText("a long passphrase")
+    dialog.passphrase_repeat.setText("a long passphrase")
+    shot(dialog, "02-create-account")
+    dialog.submit_button.click()
+    until(lambda: launcher.window is not None)
+    window = launcher.window
+    assert window is not None
+    until(lambda: window.connection_label.text() == "Connected")
+
+    window.bridge.start_direct("bob")
+    until(lambda: window.chat_title.text() == "bob")
+    lines = [
+        "Hi Bob! Did you get the slides for Thursday?",
+        "Also: lunch after the meeting?",
+    ]
+    for line in lines:
+        window.composer.setPlainText(line)
+        window.composer.submit()
+        pump(0.3)
+    until(lambda: any(c.title == "alice" for c in bob.client.conversations().result()))
+    bob_view = next(c for c in bob.client.conversations().result() if c.title == "alice")
+    bob.client.mark_read(bob_view.conversation_id).result()
+    for reply in ("Yes, got them — they look great.", "Lunch sounds good. The usual place at 1?"):
+        bob.client.send_text(bob_view.conversation_id, reply).result(20)
+    until(lambda: window.messages.rowCount() >= 4)
+    group = carol.client.create_group("Book club", ["alice", "bob"]).result(30)
+    carol.client.send_text(group.conversation_id, "Next book: The Left Hand of Darkness").result(20)
+    until(lambda: window.conversations.rowCount() >= 2)
+    pump(1.5)
+
+    def open_titled(title: str) -> None:
+        for row in range(window.conversations.rowCount()):
+            view = window.conversations.conversation_at(row)
+            if view is not None and view.title == title:
+                window.open_conversation(view.conversation_id)
+        until(lambda: window.chat_title.text() == title)
+
+    window.resize(1100, 720)
+    window.show()
+    open_titled("bob")
+    shot(window, "03-chat")
+    open_titled("Book club")
+    until(lambda: window.messages.rowCount() >= 2)
+    shot(window, "04-group")
+    open_titled("bob")
+    window.show_details()
+    until(lambda: getattr(window, "safety_dialog", None) is not None)
+    shot(window.safety_dialog, "05-safety-number")
+    window.safety_dialog.close()
+
+    window.search_edit.setText("lunch")
+    until(lambda: window.search_results.rowCount() >= 1)
+    shot(window, "06-search")
+    window.search_edit.clear()
+
+    window.show_settings()
+    until(lambda: getattr(window, "settings_dialog", None) is not None)
+    pump(1.0)
+    shot(window.settings_dialog, "07-settings")
+    window.settings_dialog.tabs.setCurrentIndex(1)
+    pump(1.0)
+    shot(window.settings_dialog, "08-settings-devices")
+    window.settings_dialog.close()
+
+    window.lock()
+    shot(window, "09-locked")
+    launcher.shutdown()
+    bob.stop()
+    carol.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
