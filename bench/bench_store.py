@@ -20,7 +20,44 @@ from app.store.database import _split_statements
 from app.store.schema import MIGRATIONS
 from bench.harness import BenchReport, Comparison, Figure
 
-WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet", "kilo", "lima", "mike", "november", "oscar", "papa", "quebec", "romeo", "sierra", "tango", "uniform", "victor", "whiskey", "xray", "yankee", "zulu", "meeting", "lunch", "slides", "budget", "report", "holiday", "train", "ticket", "garden", "recipe"]
+WORDS = [
+    "alpha",
+    "bravo",
+    "charlie",
+    "delta",
+    "echo",
+    "foxtrot",
+    "golf",
+    "hotel",
+    "india",
+    "juliet",
+    "kilo",
+    "lima",
+    "mike",
+    "november",
+    "oscar",
+    "papa",
+    "quebec",
+    "romeo",
+    "sierra",
+    "tango",
+    "uniform",
+    "victor",
+    "whiskey",
+    "xray",
+    "yankee",
+    "zulu",
+    "meeting",
+    "lunch",
+    "slides",
+    "budget",
+    "report",
+    "holiday",
+    "train",
+    "ticket",
+    "garden",
+    "recipe",
+]
 FAST = Argon2Params(time_cost=1, memory_cost_kib=8 * 1024, parallelism=1)
 
 
