@@ -27,7 +27,7 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from app.config import ServerConfig, data_root  # noqa: E402
+from app.config import ServerConfig, VaultNodeKey, data_root  # noqa: E402
 from tests.support.components import (  # noqa: E402
     RelayProcess,
     SoftHSMToken,
@@ -160,7 +160,18 @@ def main() -> int:
         except ComponentError as error:
             print(f"run: {error}", file=sys.stderr)
             return 1
-        config = ServerConfig(relay_url=relay.url, relay_ca_pem=relay.ca_file.read_text())
+        keys = vault.public_keys()
+        config = ServerConfig(
+            relay_url=relay.url,
+            relay_ca_pem=relay.ca_file.read_text(),
+            vault_nodes=(
+                VaultNodeKey(
+                    node=keys["node"],
+                    hpke_public_key=keys["hpke_public_key"],
+                    signing_public_key=keys["signing_public_key"],
+                ),
+            ),
+        )
         config_path = stack.root / "server.json"
         config.save(config_path)
         app = subprocess.Popen(

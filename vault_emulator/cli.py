@@ -3,12 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import sys
 from pathlib import Path
 
 from app import __version__
-from vault_emulator.config import BACKENDS, ConfigError, NodeConfig
+from app.crypto import (
+    RFC9106_SECOND_RECOMMENDED,
+    DecryptionError,
+    aead_open,
+    aead_seal,
+    argon2id,
+    random_bytes,
+)
+from vault_emulator.backends import Backend, BackendError, open_backend
+from vault_emulator.config import BACKENDS, ConfigError, NodeConfig, read_pin
+from vault_emulator.node import AuditLog, FleetSecrets, VaultNode
+from vault_emulator.records import EtcdRecords, RecordStore, SqliteRecords
+
+FLEET_FILE = "fleet.sealed"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,7 +33,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"cipherline-vault {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-
     init = commands.add_parser("init", help="provision a node on a backend")
     init.add_argument("--backend", choices=BACKENDS, required=True)
     init.add_argument("--data", type=Path, required=True)
@@ -28,13 +42,34 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--pin-file", type=Path, default=None)
     init.add_argument("--tcti", default=None, help="TPM TCTI, e.g. swtpm:host=127.0.0.1,port=2321")
     init.add_argument("--insecure-dev", action="store_true", help="allow the software backend")
-
+    init.add_argument(
+        "--join", type=Path, default=None, help="fleet file from `export-fleet` (joins that fleet)"
+    )
+    init.add_argument("--join-passphrase-file", type=Path, default=None)
+    init.add_argument(
+        "--cluster", action="append", default=[], help="etcd endpoint (repeat for a cluster)"
+    )
+    export = commands.add_parser(
+        "export-fleet", help="write the fleet secrets, encrypted, for a new node to join"
+    )
+    export.add_argument("--data", type=Path, required=True)
+    export.add_argument("--out", type=Path, required=True)
+    export.add_argument("--passphrase-file", type=Path, required=True)
+    export.add_argument("--pin-file", type=Path, default=None)
+    export.add_argument("--insecure-dev", action="store_true")
+    keys = commands.add_parser("public-keys", help="print the keys clients pin, as JSON")
+    keys.add_argument("--data", type=Path, required=True)
+    keys.add_argument("--pin-file", type=Path, default=None)
+    keys.add_argument("--insecure-dev", action="store_true")
     serve = commands.add_parser("serve", help="serve the node")
     serve.add_argument("--data", type=Path, required=True)
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8600)
     serve.add_argument("--pin-file", type=Path, default=None)
     serve.add_argument("--insecure-dev", action="store_true", help="allow the software backend")
+    serve.add_argument(
+        "--bench-echo", action="store_true", help="also serve /v1/echo (the benchmark's baseline)"
+    )
     return parser
 
 
@@ -44,6 +79,32 @@ def _refuse_soft_without_flag(backend: str, insecure_dev: bool) -> None:
             "the 'soft' backend keeps keys in software and is for development only; "
             "pass --insecure-dev to use it anyway"
         )
+
+
+def _pin(config: NodeConfig, pin_file: Path | None) -> str | None:
+    return read_pin(pin_file) if config.backend == "softhsm" else None
+
+
+def _open(
+    data: Path, pin_file: Path | None, insecure_dev: bool
+) -> tuple[NodeConfig, Backend, FleetSecrets]:
+    config = NodeConfig.load(data)
+    _refuse_soft_without_flag(config.backend, insecure_dev)
+    backend = open_backend(config, data, _pin(config, pin_file), create=False)
+    try:
+        secrets = FleetSecrets.from_bytes(backend.unseal((data / FLEET_FILE).read_bytes()))
+    except FileNotFoundError:
+        raise ConfigError(f"{data} has no fleet secrets; run init") from None
+    return config, backend, secrets
+
+
+def _records(config: NodeConfig, data: Path) -> RecordStore:
+    cluster = [e for e in config.extra.get("cluster", "").split(",") if e]
+    return EtcdRecords(cluster) if cluster else SqliteRecords(data / "records.sqlite3")
+
+
+def _export_key(passphrase: bytes, salt: bytes) -> bytes:
+    return argon2id(passphrase, salt, RFC9106_SECOND_RECOMMENDED)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,26 +119,80 @@ def main(argv: list[str] | None = None) -> int:
                 pkcs11_library=args.pkcs11_lib if args.backend == "softhsm" else None,
                 token_label=args.token_label if args.backend == "softhsm" else None,
                 tpm_tcti=args.tcti if args.backend == "tpm" else None,
+                extra={"cluster": ",".join(args.cluster)} if args.cluster else {},
             )
+            args.data.mkdir(parents=True, exist_ok=True, mode=0o700)
+            backend = open_backend(config, args.data, _pin(config, args.pin_file), create=True)
+            if args.join is not None:
+                if args.join_passphrase_file is None:
+                    raise ConfigError("--join needs --join-passphrase-file")
+                blob = args.join.read_bytes()
+                key = _export_key(args.join_passphrase_file.read_bytes().strip(), blob[:16])
+                try:
+                    secrets = FleetSecrets.from_bytes(
+                        aead_open(key, blob[16:28], blob[28:], b"cipherline fleet export")
+                    )
+                except DecryptionError:
+                    raise ConfigError("the fleet file or its passphrase is wrong") from None
+            else:
+                secrets = FleetSecrets.generate()
+            sealed = backend.seal(secrets.to_bytes())
+            path = args.data / FLEET_FILE
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(sealed)
+                handle.flush()
+                os.fsync(handle.fileno())
             config.save(args.data)
+            backend.close()
             print(f"provisioned {config.node_name} on backend {config.backend} in {args.data}")
+            return 0
+        if args.command == "export-fleet":
+            _config, backend, secrets = _open(args.data, args.pin_file, args.insecure_dev)
+            salt, nonce = random_bytes(16), random_bytes(12)
+            key = _export_key(args.passphrase_file.read_bytes().strip(), salt)
+            sealed = aead_seal(key, nonce, secrets.to_bytes(), b"cipherline fleet export")
+            args.out.write_bytes(salt + nonce + sealed)
+            os.chmod(args.out, 0o600)
+            backend.close()
+            print(f"wrote the encrypted fleet secrets to {args.out}")
+            return 0
+        if args.command == "public-keys":
+            config, backend, secrets = _open(args.data, args.pin_file, args.insecure_dev)
+            print(
+                json.dumps(
+                    {
+                        "node": config.node_name,
+                        "hpke_public_key": secrets.hpke_private.public_key().to_bytes().hex(),
+                        "signing_public_key": backend.signing_public_key().hex(),
+                    }
+                )
+            )
+            backend.close()
             return 0
         if args.command == "serve":
             import uvicorn
 
             from vault_emulator.server import create_app
 
-            config = NodeConfig.load(args.data)
-            _refuse_soft_without_flag(config.backend, args.insecure_dev)
+            config, backend, secrets = _open(args.data, args.pin_file, args.insecure_dev)
+            node = VaultNode(
+                config.node_name,
+                backend,
+                secrets,
+                _records(config, args.data),
+                AuditLog(args.data / "audit.log", config.node_name),
+            )
             uvicorn.run(
-                create_app(config, insecure=config.backend == "soft"),
+                create_app(config, node, insecure=config.backend == "soft", echo=args.bench_echo),
                 host=args.host,
                 port=args.port,
                 log_level="warning",
                 access_log=False,
+                timeout_graceful_shutdown=2,
             )
             return 0
-    except ConfigError as error:
+    except (ConfigError, BackendError) as error:
         print(f"cipherline-vault: {error}", file=sys.stderr)
         return 2
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import glob
 import json
 import os
@@ -240,7 +241,10 @@ class EtcdCluster:
             ).start()
         for member in self.members:
             wait_until(
-                lambda m=member: self.member_healthy(m), 30, f"etcd {member.name}", member.process
+                functools.partial(self.member_healthy, member),
+                30,
+                f"etcd {member.name}",
+                member.process,
             )
         return self
 
@@ -615,6 +619,26 @@ class VaultProcess:
 
     def healthy(self) -> bool:
         return requests.get(f"{self.url}/health", timeout=2).ok
+
+    def _cli(self, *args: str) -> str:
+        argv = [sys.executable, "-m", "vault_emulator", *args, "--data", str(self.data_dir)]
+        if self.backend == "soft":
+            argv.append("--insecure-dev")
+        result = subprocess.run(
+            argv, env=self._env(), capture_output=True, text=True, timeout=120, check=False
+        )
+        if result.returncode != 0:
+            raise ComponentError(f"cipherline-vault {args[0]} failed:\n{result.stderr}")
+        return result.stdout
+
+    def public_keys(self) -> dict[str, str]:
+        """What a client pins for this node (ServerConfig.vault_nodes entry)."""
+        keys: dict[str, str] = json.loads(self._cli("public-keys"))
+        return keys
+
+    def export_fleet(self, out: Path, passphrase_file: Path) -> Path:
+        self._cli("export-fleet", "--out", str(out), "--passphrase-file", str(passphrase_file))
+        return out
 
     def health(self) -> dict[str, object]:
         body: dict[str, object] = requests.get(f"{self.url}/health", timeout=5).json()

@@ -1,0 +1,289 @@
+"""Vault logins and registrations per second against the same server's echo.
+
+A complete login is two round trips (login_start, which persists the attempt
+counter durably before the OPAQUE step, then login_finish). Many clients run at
+once, so the node is the bottleneck; the client's own OPAQUE work (Argon2 in the
+KSF, ~35 ms) happens between the two timed phases, so what is timed is the node
+serving both round trips. The limit, measured in the same run, is the same server
+answering `/v1/echo` with the same bodies, the same concurrency and the same number
+of round trips. Beside it: the raw opaque-ke server operations per second
+in-process, and the p50/p99 latency of a complete login as a user feels it
+(client work included). Then the same with three nodes over a three-member etcd
+cluster, round-robin. Target: at least 50% of the echo.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Generator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from app.crypto import (
+    OpaqueServerSetup,
+    client_login_finish,
+    client_login_start,
+    client_registration_finish,
+    client_registration_start,
+    random_bytes,
+    server_login_finish,
+    server_login_start,
+    server_registration_finish,
+    server_registration_start,
+)
+from app.net.vault_transport import DirectTransport, fleet_key, run_flow
+from app.protocol import vault as protocol
+from bench.harness import BenchReport, Comparison, Figure, percentile
+from tests.support.components import EtcdCluster, SoftHSMToken, VaultProcess
+from vault_emulator.records import EtcdRecords
+
+CONCURRENCY = 8
+PASSWORD = "bench password"
+Flow = Generator[protocol.VaultRequest, tuple[int, bytes], Any]
+
+
+class Poster:
+    """Posts bodies to the nodes round-robin from a pool of clients, one session each."""
+
+    def __init__(self, urls: list[str]) -> None:
+        self.urls = urls
+        self._local = threading.local()
+        self.pool = ThreadPoolExecutor(max_workers=CONCURRENCY)
+
+    def _session(self) -> requests.Session:
+        if not hasattr(self._local, "session"):
+            self._local.session = requests.Session()
+        session: requests.Session = self._local.session
+        return session
+
+    def post_all(
+        self, path: str, requests_: list[protocol.VaultRequest]
+    ) -> tuple[float, list[Any]]:
+        def post(item: tuple[int, protocol.VaultRequest]) -> tuple[int, bytes]:
+            index, request = item
+            url = f"{self.urls[index % len(self.urls)]}{path}/{request.op}"
+            response = self._session().post(url, data=request.body, timeout=60)
+            return response.status_code, response.content
+
+        started = time.perf_counter()
+        replies = list(self.pool.map(post, enumerate(requests_)))
+        return time.perf_counter() - started, replies
+
+
+def _two_phases(poster: Poster, flows: list[Flow]) -> tuple[float, list[Any]]:
+    """Runs both round trips of every flow; returns (timed seconds, results)."""
+    first = [next(flow) for flow in flows]
+    elapsed_a, replies = poster.post_all("/v1/vault", first)
+    # The client's OPAQUE step (Argon2) runs here, outside the timed phases.
+    second = [flow.send(reply) for flow, reply in zip(flows, replies, strict=True)]
+    elapsed_b, replies = poster.post_all("/v1/vault", second)
+    results = []
+    for flow, reply in zip(flows, replies, strict=True):
+        try:
+            flow.send(reply)
+        except StopIteration as done:
+            results.append(done.value)
+        else:
+            raise RuntimeError("a vault flow did not finish in two round trips")
+    return elapsed_a + elapsed_b, results
+
+
+def _recorded(flows: list[Flow], poster: Poster) -> list[list[protocol.VaultRequest]]:
+    """Both requests of real flows (for the echo to replay), running them for real."""
+    first = [next(flow) for flow in flows]
+    _elapsed, replies = poster.post_all("/v1/vault", first)
+    second = [flow.send(reply) for flow, reply in zip(flows, replies, strict=True)]
+    poster.post_all("/v1/vault", second)
+    return [first, second]
+
+
+def _echo_rate(poster: Poster, phases: list[list[protocol.VaultRequest]]) -> float:
+    elapsed = sum(poster.post_all("/v1/echo", phase)[0] for phase in phases)
+    return len(phases[0]) / elapsed
+
+
+def _raw_opaque(count: int) -> tuple[float, float]:
+    """opaque-ke server logins/s and registrations/s in-process (server side only)."""
+    setup = OpaqueServerSetup.generate()
+    secret = PASSWORD.encode()
+    started = client_registration_start(secret)
+    response = server_registration_start(setup, started.message, b"record")
+    upload, _ = client_registration_finish(secret, started.state, response)
+    password_file = server_registration_finish(upload)
+    login_seconds = register_seconds = 0.0
+    for _ in range(count):
+        login = client_login_start(secret)
+        t0 = time.perf_counter()
+        credential_response, state = server_login_start(
+            setup, password_file, login.message, b"record"
+        )
+        login_seconds += time.perf_counter() - t0
+        finalization, _key = client_login_finish(secret, login.state, credential_response)
+        t0 = time.perf_counter()
+        server_login_finish(state, finalization)
+        login_seconds += time.perf_counter() - t0
+        registration = client_registration_start(secret)
+        t0 = time.perf_counter()
+        answer = server_registration_start(setup, registration.message, b"record")
+        register_seconds += time.perf_counter() - t0
+        upload, _ = client_registration_finish(secret, registration.state, answer)
+        t0 = time.perf_counter()
+        server_registration_finish(upload)
+        register_seconds += time.perf_counter() - t0
+    return count / login_seconds, count / register_seconds
+
+
+def _measure(report: BenchReport, label: str, nodes: list[VaultProcess], count: int) -> float:
+    """Adds the figures for this fleet; returns its logins/s."""
+    urls = [node.url for node in nodes]
+    pins = []
+    for node in nodes:
+        keys = node.public_keys()
+        pins.append(
+            protocol.PinnedNode(
+                keys["node"],
+                bytes.fromhex(keys["hpke_public_key"]),
+                bytes.fromhex(keys["signing_public_key"]),
+            )
+        )
+    key = fleet_key(DirectTransport(urls), pins)
+    poster = Poster(urls)
+    backup_key = bytes(32)
+    try:
+        register_seconds, record_ids = _two_phases(
+            poster, [protocol.register(PASSWORD, backup_key, key) for _ in range(count)]
+        )
+        login_seconds, keys_back = _two_phases(
+            poster, [protocol.retrieve(rid, PASSWORD, key) for rid in record_ids]
+        )
+        if any(k != backup_key for k in keys_back):
+            raise RuntimeError("a benchmark login returned the wrong key")
+        login_phases = _recorded(
+            [protocol.retrieve(rid, PASSWORD, key) for rid in record_ids], poster
+        )
+        register_phases = _recorded(
+            [protocol.register(PASSWORD, backup_key, key) for _ in range(count)], poster
+        )
+        echo_login = _echo_rate(poster, login_phases)
+        echo_register = _echo_rate(poster, register_phases)
+        latencies = []
+        for record_id in record_ids[: max(5, count // 4)]:
+            t0 = time.perf_counter()
+            run_flow(protocol.retrieve(record_id, PASSWORD, key), DirectTransport(urls))
+            latencies.append((time.perf_counter() - t0) * 1000)
+    finally:
+        poster.pool.shutdown()
+    logins = count / login_seconds
+    registrations = count / register_seconds
+    report.comparisons.append(
+        Comparison(f"{label}: logins/s", logins, echo_login, "1/s", "echo", 0.5)
+    )
+    report.comparisons.append(
+        Comparison(f"{label}: registrations/s", registrations, echo_register, "1/s", "echo", 0.5)
+    )
+    for name, fraction in (("p50", 0.5), ("p99", 0.99)):
+        report.figures.append(
+            Figure(f"{label}: login {name}, client included", percentile(latencies, fraction), "ms")
+        )
+    report.figures.append(Figure(f"{label}: logins/s per node", logins / len(nodes), "1/s"))
+    return logins
+
+
+def _etcd_counter_rate(cluster: EtcdCluster, count: int) -> float:
+    """Logins/s etcd alone could carry: both counter writes of a login, no vault."""
+    records = EtcdRecords(cluster.endpoints)
+    ids = [random_bytes(16) for _ in range(count)]
+    for record_id in ids:
+        records.create(record_id, bytes(300), 10, replace=False)
+
+    def login(record_id: bytes) -> None:
+        records.count_attempt(record_id)
+        records.finish_login(record_id)
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=CONCURRENCY) as pool:
+        list(pool.map(login, ids))
+    return count / (time.perf_counter() - started)
+
+
+def _nodes(
+    base: Path, name: str, count: int, cluster: EtcdCluster | None, started: list[VaultProcess]
+) -> list[VaultProcess]:
+    root = base / name
+    root.mkdir()
+    use_hsm = shutil.which("softhsm2-util") is not None
+    passphrase = root / "fleet-passphrase"
+    passphrase.write_text("bench fleet passphrase")
+    nodes: list[VaultProcess] = []
+    for index in range(count):
+        extra: list[str] = []
+        if cluster is not None:
+            for endpoint in cluster.endpoints:
+                extra += ["--cluster", endpoint]
+        if index:
+            exported = nodes[0].export_fleet(root / "fleet.export", passphrase)
+            extra += ["--join", str(exported), "--join-passphrase-file", str(passphrase)]
+        node = VaultProcess(
+            root / f"node-{index}",
+            backend="softhsm" if use_hsm else "soft",
+            token=SoftHSMToken(root / f"token-{index}").create() if use_hsm else None,
+            node_name=f"node-{index + 1}",
+            extra_init=extra,
+            extra_serve=["--bench-echo"],
+        ).provision()
+        started.append(node)
+        nodes.append(node.start())
+    return nodes
+
+
+def run(quick: bool) -> BenchReport:
+    report = BenchReport("vault", quick)
+    count = 16 if quick else 160
+    raw_logins, raw_registrations = _raw_opaque(5 if quick else 50)
+    started: list[VaultProcess] = []
+    with tempfile.TemporaryDirectory(prefix="cipherline-bench-vault-") as tmp:
+        root = Path(tmp)
+        cluster: EtcdCluster | None = None
+        try:
+            backend = "softhsm" if shutil.which("softhsm2-util") else "soft"
+            one_node_logins = _measure(
+                report, f"1 node ({backend}, SQLite)", _nodes(root, "one", 1, None, started), count
+            )
+            if shutil.which("etcd"):
+                cluster = EtcdCluster(root / "etcd").start()
+                fleet = _nodes(root, "three", 3, cluster, started)
+                fleet_logins = _measure(report, "3 nodes on etcd", fleet, count)
+                report.comparisons.append(
+                    Comparison(
+                        "3 nodes logins/s vs bare etcd counter updates",
+                        fleet_logins,
+                        _etcd_counter_rate(cluster, count),
+                        "1/s",
+                        "etcd CAS pairs",
+                        notes="limit = count_attempt + finish_login straight on etcd, same "
+                        "concurrency: the two durable writes a login needs",
+                    )
+                )
+        finally:
+            for node in started:
+                node.stop()
+            if cluster is not None:
+                cluster.stop()
+    report.comparisons.append(
+        Comparison(
+            "1 node logins/s vs raw opaque-ke server",
+            one_node_logins,
+            raw_logins,
+            "1/s",
+            "opaque-ke",
+            notes="raw = server_login_start + server_login_finish in-process",
+        )
+    )
+    report.figures.append(Figure("raw opaque-ke server registrations/s", raw_registrations, "1/s"))
+    return report

@@ -1,0 +1,55 @@
+"""The vault reached the way clients reach it: through the relay's pass-through."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from app.net.vault_transport import RelayTransport, fleet_key, run_flow
+from app.protocol import vault as protocol
+from app.protocol.vault import WrongPassword
+from tests.relay.helpers import account
+from tests.support.components import RelayProcess
+from tests.vault.conftest import Fleet
+
+BACKUP_KEY = bytes.fromhex("5a" * 16 + "c3" * 16)
+PASSWORD = "a password the relay must never see"
+
+
+class RecordingTransport(RelayTransport):
+    """Keeps every byte that crossed the relay, as the relay operator could."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)  # type: ignore[arg-type]
+        self.seen: list[bytes] = []
+
+    def __call__(self, op: str, body: bytes) -> tuple[int, bytes]:
+        status, reply = super().__call__(op, body)
+        self.seen += [body, reply]
+        return status, reply
+
+
+def test_relay_carries_only_opaque_bytes_and_keeps_nothing(
+    fleet_factory: Callable[..., Fleet], relay_factory: Callable[..., RelayProcess]
+) -> None:
+    fleet = fleet_factory()
+    relay = relay_factory(extra_args=["--vault", fleet.nodes[0].url])
+    transport = RecordingTransport(account(relay))
+    key = fleet_key(transport, fleet.pinned)
+    record_id = run_flow(protocol.register(PASSWORD, BACKUP_KEY, key), transport)
+    assert run_flow(protocol.retrieve(record_id, PASSWORD, key), transport) == BACKUP_KEY
+    with pytest.raises(WrongPassword) as wrong:
+        run_flow(protocol.retrieve(record_id, "a wrong guess", key), transport)
+    assert wrong.value.attempts_left == 9
+
+    secrets = [BACKUP_KEY, PASSWORD.encode(), record_id, record_id.hex().encode()]
+    # On the wire: neither the key, the password nor even which record is asked for.
+    wire = b"".join(transport.seen)
+    for secret in secrets:
+        assert secret not in wire
+    # At rest on the relay: its database, WAL and logs.
+    stored = b"".join(p.read_bytes() for p in relay.data_dir.rglob("*") if p.is_file())
+    for secret in secrets:
+        assert secret not in stored
+    assert b"a wrong guess" not in stored
