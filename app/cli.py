@@ -33,11 +33,28 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="JSON file naming the relay, its CA and the vault keys; copied into the profile",
     )
+    parser.add_argument(
+        "--self-test",
+        action="store_true",
+        help="check the store, encryption, backups and Qt in a temporary directory, then exit",
+    )
+    commands = parser.add_subparsers(dest="command")
+    from app.backup.cli import add_parser
+
+    add_parser(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.self_test:
+        from app.selftest import run_self_test
+
+        return run_self_test()
+    if args.command == "backup":
+        from app.backup.cli import run
+
+        return run(args)
     try:
         profile = profile_dir(args.profile)
         if args.server_config is not None:

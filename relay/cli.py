@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=50.0,
         help="requests per second allowed per account and per address (burst: 4x)",
     )
+    serve.add_argument(
+        "--bench-echo", action="store_true", help="also serve /v1/bench/echo (benchmark baseline)"
+    )
     return parser
 
 
@@ -72,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
                 max_attachment_bytes=args.max_attachment_bytes,
                 rate_per_second=args.rate,
                 rate_burst=args.rate * 4,
+                bench_echo=args.bench_echo,
             )
         )
         uvicorn.run(

@@ -55,6 +55,7 @@ class RelaySettings:
     rate_burst: float = 200.0
     vault_rate_per_second: float = 5.0
     vault_rate_burst: float = 20.0
+    bench_echo: bool = False
     clock: Callable[[], int] = field(default=lambda: int(time.time() * 1000))
 
 
@@ -296,6 +297,13 @@ def create_app(settings: RelaySettings) -> FastAPI:
     Auth = Annotated[DeviceRow, Depends(authenticated)]
 
     # ---- service -----------------------------------------------------------------
+    if settings.bench_echo:
+        # The benchmark's limit: same framework, server, TLS and thread pool as a
+        # send, with no authentication, storage or push.
+        @api.post("/v1/bench/echo")
+        def bench_echo(body: dict[str, Any]) -> dict[str, Any]:
+            return body
+
     @api.get("/health")
     def health() -> dict[str, str]:
         return {"status": "ok", "service": "relay", "version": __version__}

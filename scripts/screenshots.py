@@ -17,6 +17,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from tests.support.components import RelayProcess, Xvfb
 
@@ -144,12 +145,72 @@ def _shoot(out: Path, work: Path, relay: RelayProcess) -> int:
     shot(window.settings_dialog, "08-settings-devices")
     window.settings_dialog.close()
 
+    _backup_screens(window, work, shot, until, pump)
+
     window.lock()
     shot(window, "09-locked")
     launcher.shutdown()
     bob.stop()
     carol.stop()
     return 0
+
+
+def _backup_screens(window: object, work: Path, shot: Any, until: Any, pump: Any) -> None:
+    """Both backup wizards and the Backups settings tab."""
+    from PySide6.QtWidgets import QWizard
+
+    from app.backup.keys import format_key
+    from app.ui.backup_wizards import BackupsTab, RestoreWizard, SetupWizard
+    from tests.store.conftest import protector
+
+    messenger = window.bridge.client.messenger  # type: ignore[attr-defined]
+    home = work / "fake-home"
+    (home / "Dropbox").mkdir(parents=True, exist_ok=True)
+    (home / "Nextcloud").mkdir(parents=True, exist_ok=True)
+    wizard = SetupWizard(messenger.store, messenger.profile, None, home=home)
+    wizard.show()
+    shot(wizard, "10-backup-method")
+    wizard.next()
+    shot(wizard, "11-backup-key")
+    key = wizard.choices.key
+    wizard.next()
+    wizard.confirm_page.edit.setText(format_key(key)[:30])
+    shot(wizard, "12-backup-confirm")
+    wizard.confirm_page.edit.setText(format_key(key))
+    wizard.next()
+    shot(wizard, "13-backup-folder")
+    wizard.next()
+    until(lambda: wizard.run_page.done, 60)
+    shot(wizard, "14-backup-done")
+    wizard.close()
+    password = SetupWizard(messenger.store, messenger.profile, None, home=home)
+    password.setStartId(SetupWizard.PASSWORD)
+    password.show()
+    password.restart()
+    password.password_page.password.setText("Correct-Horse-42")
+    password.password_page.confirm.setText("Correct-Horse-4")
+    shot(password, "15-backup-password")
+    password.close()
+    tab = BackupsTab(messenger.store, messenger.profile, None)
+    tab.resize(520, 320)
+    tab.show()
+    shot(tab, "16-settings-backups")
+    tab.close()
+    target = work / "profiles" / "alice-restored"
+    restore = RestoreWizard(target, None, protector, home=home)
+    restore.show()
+    restore.choose_page.folder.set_path(home / "Dropbox")
+    shot(restore, "17-restore-choose")
+    restore.next()
+    restore.secret_page.key_edit.setText("1234 5678 abcd")
+    restore.button(QWizard.WizardButton.NextButton).click()
+    shot(restore, "18-restore-invalid-key")
+    restore.secret_page.key_edit.setText(format_key(key))
+    restore.button(QWizard.WizardButton.NextButton).click()
+    until(lambda: restore.run_page.done, 60)
+    pump(0.5)
+    shot(restore, "19-restore-done")
+    restore.close()
 
 
 if __name__ == "__main__":

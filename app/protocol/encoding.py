@@ -105,6 +105,10 @@ class Reader:
         return self._take(len(self._data) - self._offset)
 
     @property
+    def offset(self) -> int:
+        return self._offset
+
+    @property
     def remaining(self) -> int:
         return len(self._data) - self._offset
 

@@ -36,6 +36,7 @@ from app.store.schema import MIGRATIONS
 
 DB_FILE_NAME = "store.db"
 SCHEMA_VERSION = len(MIGRATIONS)
+IMPORT_BATCH = 2000
 BACKUP_TABLES = (
     "settings",
     "account",
@@ -163,6 +164,10 @@ class BackupState:
     last_success: int | None
     last_size: int | None
     vault_record_id: str | None
+    backup_key: bytes | None = None
+
+    def __repr__(self) -> str:
+        return f"BackupState(method={self.method!r}, folder={self.folder!r}, <key hidden>)"
 
 
 _MESSAGE_COLUMNS = (
@@ -746,10 +751,19 @@ class SettingsRepository(_Repository):
 class BackupStateRepository(_Repository):
     def get(self) -> BackupState:
         row = self._execute(
-            "SELECT method, folder, schedule, keep, last_success, last_size, vault_record_id"
-            " FROM backup_state WHERE id = 1"
+            "SELECT method, folder, schedule, keep, last_success, last_size, vault_record_id,"
+            " backup_key FROM backup_state WHERE id = 1"
         ).fetchone()
-        return BackupState(*row)
+        return BackupState(
+            method=row[0],
+            folder=row[1],
+            schedule=row[2],
+            keep=row[3],
+            last_success=row[4],
+            last_size=row[5],
+            vault_record_id=row[6],
+            backup_key=bytes(row[7]) if row[7] is not None else None,
+        )
 
     def update(self, **fields: Any) -> None:
         allowed = set(BackupState.__dataclass_fields__)
@@ -982,6 +996,25 @@ class Store:
         }
         imported = dict.fromkeys(BACKUP_TABLES, 0)
         expected: dict[str, int] | None = None
+        # Consecutive rows of one table share one executemany: restoring a million
+        # messages is then bound by SQLite and the FTS triggers, not by Python.
+        batch: list[tuple[Any, ...]] = []
+        batch_shape: tuple[str, tuple[str, ...]] | None = None
+
+        def flush() -> None:
+            if not batch or batch_shape is None:
+                return
+            kind, names = batch_shape
+            placeholders = ", ".join("?" for _ in names)
+            try:
+                self.executemany(
+                    f"INSERT INTO {kind} ({', '.join(names)}) VALUES ({placeholders})",  # noqa: S608
+                    batch,
+                )
+            except sqlcipher.Error as error:
+                raise StoreError(f"a {kind} record does not fit: {error}") from None
+            batch.clear()
+
         with self.transaction():
             self.execute("DELETE FROM backup_state")
             for kind, payload in records:
@@ -1001,15 +1034,13 @@ class Store:
                 names = [name for name in record if name in columns[kind]]
                 if len(names) != len(record):
                     raise StoreError(f"a {kind} record has unknown fields")
-                placeholders = ", ".join("?" for _ in names)
-                try:
-                    self.execute(
-                        f"INSERT INTO {kind} ({', '.join(names)}) VALUES ({placeholders})",  # noqa: S608
-                        tuple(_decode_value(record[name]) for name in names),
-                    )
-                except sqlcipher.Error as error:
-                    raise StoreError(f"a {kind} record does not fit: {error}") from None
+                shape = (kind, tuple(names))
+                if shape != batch_shape or len(batch) >= IMPORT_BATCH:
+                    flush()
+                    batch_shape = shape
+                batch.append(tuple(_decode_value(record[name]) for name in names))
                 imported[kind] += 1
+            flush()
             if expected is None:
                 raise StoreError("the backup has no table of contents")
             for table, count in expected.items():

@@ -135,4 +135,8 @@ MIGRATIONS: list[str] = [
     );
     INSERT INTO backup_state (id) VALUES (1);
     """,
+    # 2: the backup key, kept in the encrypted store so scheduled backups can run.
+    """
+    ALTER TABLE backup_state ADD COLUMN backup_key BLOB;
+    """,
 ]

@@ -72,9 +72,8 @@ class Launcher(QObject):
         )
         dialog.relay_edit.setReadOnly(True)
         dialog.relay_edit.setToolTip("The relay comes from this profile's server config.")
-        # Restoring needs the backup wizard, which ships with the backup feature.
-        dialog.restore_button.hide()
         dialog.create_requested.connect(self._create)
+        dialog.restore_requested.connect(self._restore)
         self.dialog = dialog
         dialog.show()
 
@@ -97,6 +96,31 @@ class Launcher(QObject):
             )
 
         run_in_pool(work, self._opened, lambda error: dialog.show_error(str(error)))
+
+    def _restore(self) -> None:
+        from app.store import KeyringProtector
+        from app.ui.backup_wizards import RestoreWizard, vault_access_for
+
+        use_keyring = keyring_usable()
+        profile = self.profile_path
+        wizard = RestoreWizard(
+            profile,
+            vault_access_for(profile),
+            (lambda: KeyringProtector(account=str(profile))) if use_keyring else None,
+        )
+
+        def finished(result: int) -> None:
+            if not Store.exists(profile):
+                return
+            if self.dialog is not None:
+                self.dialog.close()
+            passphrase = None if use_keyring else wizard.secret_page.passphrase_edit.text()
+            self.dialog = None
+            self._open(passphrase)
+
+        wizard.finished.connect(finished)
+        self.restore_wizard = wizard
+        wizard.show()
 
     # ---- unlock -----------------------------------------------------------------
     def _ask_passphrase(self) -> None:
@@ -129,6 +153,9 @@ class Launcher(QObject):
         window.setWindowIcon(app_icon())
         self.window = window
         self.tray = TrayController(window, bridge, app_icon())
+        from app.ui.backup_wizards import BackupScheduler
+
+        self.scheduler = BackupScheduler(messenger.store, messenger.profile)
         window.tray = self.tray
         self.client.start()
         window.show()

@@ -406,6 +406,7 @@ class MainWindow(QMainWindow):
             previews=bool(tray and tray.show_previews),
             lock_minutes=(tray.lock_after_ms // 60_000) if tray else 0,
             lock_available=self.bridge.lock_available(),
+            backups=self._backups_tab(),
             parent=self,
         )
         if tray is not None:
@@ -416,6 +417,12 @@ class MainWindow(QMainWindow):
         self.bridge.list_devices()
         self.settings_dialog = dialog
         dialog.show()
+
+    def _backups_tab(self) -> QWidget:
+        from app.ui.backup_wizards import BackupsTab, vault_access_for
+
+        messenger = self.bridge.client.messenger
+        return BackupsTab(messenger.store, messenger.profile, vault_access_for(messenger.profile))
 
     def lock(self) -> None:
         if self.locked or not self.bridge.lock_available():

@@ -33,6 +33,7 @@ class SettingsDialog(QDialog):
         previews: bool,
         lock_minutes: int,
         lock_available: bool,
+        backups: QWidget | None = None,
         parent: QWidget | None = None,
     ) -> None:
         super().__init__(parent)
@@ -87,6 +88,9 @@ class SettingsDialog(QDialog):
             note.setWordWrap(True)
             privacy_form.addRow(note)
         tabs.addTab(privacy, "Privacy")
+
+        if backups is not None:
+            tabs.addTab(backups, "Backups")
 
         appearance = QWidget()
         appearance_form = QFormLayout(appearance)

@@ -1,0 +1,222 @@
+"""`cipherline backup now|verify|restore|status`: backups for scripts.
+
+Exit codes: 0 success; 2 bad usage or an invalid key; 3 wrong key or password;
+4 not a backup; 5 damaged backup; 6 cancelled; 7 not enough space; 8 the target
+profile is not empty; 9 backups not set up; 10 the vault refused (locked out,
+unreachable); 1 anything else. Secrets come from stdin, never from arguments,
+except `--key` which also accepts `-` for stdin.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import TextIO
+
+from app.backup import engine, service
+from app.backup.errors import BackupError, NotABackup
+from app.backup.keys import parse_key
+from app.config import SERVER_CONFIG_NAME, ConfigError, ServerConfig, profile_dir
+from app.protocol.vault import LockedOut, VaultError, WrongPassword
+from app.store import Store, StoreError, keyring_usable
+from app.store.keyfile import KeyringProtector, PassphraseProtector, Protector
+
+VAULT_EXIT = 10
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    backup = commands.add_parser("backup", help="make, check and restore encrypted backups")
+    actions = backup.add_subparsers(dest="action", required=True)
+    for name, text in (
+        ("now", "back up this profile now, with its configured method and folder"),
+        ("verify", "decrypt and check every chunk of a backup; writes nothing"),
+        ("restore", "restore a backup into a new, empty profile"),
+        ("status", "show the backup settings and the backups found"),
+    ):
+        action = actions.add_parser(name, help=text, description=text)
+        action.add_argument(
+            "--profile", dest="backup_profile", default=None, help="profile name (default: default)"
+        )
+        action.add_argument("--folder", type=Path, default=None, help="the backup folder")
+        action.add_argument("--file", type=Path, default=None, help="one backup file")
+        action.add_argument("--key", default=None, help="the 64-digit key, or - for stdin")
+        action.add_argument(
+            "--password-stdin", action="store_true", help="read the backup password from stdin"
+        )
+        action.add_argument(
+            "--passphrase-stdin",
+            action="store_true",
+            help="read the profile's local passphrase from stdin (first line)",
+        )
+
+
+class _Input:
+    """Lines of stdin, read once, in the documented order."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def line(self, what: str) -> str:
+        text = self._stream.readline()
+        if not text:
+            raise BackupError(f"expected {what} on stdin")
+        return text.rstrip("\r\n")
+
+
+def _protector(profile: Path, args: argparse.Namespace, stdin: _Input) -> Protector:
+    if args.passphrase_stdin:
+        return PassphraseProtector(stdin.line("the profile passphrase"))
+    return KeyringProtector(account=str(profile))
+
+
+def _open_store(profile: Path, args: argparse.Namespace, stdin: _Input) -> Store:
+    if not Store.exists(profile):
+        raise BackupError(f"there is no profile in {profile}")
+    try:
+        return Store.open(profile, _protector(profile, args, stdin))
+    except StoreError as error:
+        raise BackupError(str(error)) from None
+
+
+def _access(profile: Path, args: argparse.Namespace) -> service.VaultAccess:
+    explicit = getattr(args, "server_config", None)
+    try:
+        config = ServerConfig.load(explicit or profile / SERVER_CONFIG_NAME)
+        profile.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return service.VaultAccess(config, profile)
+    except (ConfigError, FileNotFoundError):
+        raise BackupError(
+            "this profile has no server config; pass --server-config to reach the vault"
+        ) from None
+
+
+def _pick(args: argparse.Namespace, store_folder: str | None = None) -> engine.BackupInfo:
+    if args.file is not None:
+        return engine.describe(args.file)
+    folder = args.folder or (Path(store_folder) if store_folder else None)
+    if folder is None:
+        raise BackupError("say which backup: --folder DIR (newest is used) or --file FILE")
+    return engine.newest_backup(folder)
+
+
+def _key(info: engine.BackupInfo, profile: Path, args: argparse.Namespace, stdin: _Input) -> bytes:
+    if args.key is not None:
+        text = stdin.line("the 64-digit key") if args.key == "-" else args.key
+        return service.key_for(info, key=parse_key(text))
+    if args.password_stdin:
+        password = stdin.line("the backup password")
+        return service.key_for(info, password=password, access=_access(profile, args))
+    raise BackupError(
+        f"this backup is protected by its {info.method}; pass --key or --password-stdin"
+    )
+
+
+def _progress(out: TextIO) -> engine.Progress:
+    started = time.monotonic()
+    last = [0.0]
+
+    def report(done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - last[0] < 1 and done < total:
+            return
+        last[0] = now
+        speed = done / max(now - started, 1e-6) / 2**20
+        out.write(f"\r{done / 2**20:,.1f} / {total / 2**20:,.1f} MB, {speed:,.1f} MB/s")
+        out.flush()
+
+    return report
+
+
+def run(args: argparse.Namespace, stdin: TextIO | None = None, out: TextIO | None = None) -> int:
+    lines = _Input(stdin or sys.stdin)
+    out = out or sys.stdout
+    profile = profile_dir(args.backup_profile or getattr(args, "profile", None) or "default")
+    err = sys.stderr
+    try:
+        if args.action == "status":
+            return _status(profile, args, lines, out)
+        if args.action == "now":
+            store = _open_store(profile, args, lines)
+            try:
+                info = service.back_up_now(store, profile, progress=_progress(err))
+            finally:
+                store.close()
+            err.write("\n")
+            out.write(f"backup written: {info.path} ({info.size:,} bytes)\n")
+            return 0
+        if args.action == "verify":
+            info = _pick(args)
+            key = _key(info, profile, args, lines)
+            report = engine.verify_backup(info.path, key, progress=_progress(err))
+            err.write("\n")
+            out.write(
+                f"OK: {info.path} — {report.records:,} records, {report.files:,} files, "
+                f"{report.size:,} bytes, every chunk authentic\n"
+            )
+            return 0
+        if args.action == "restore":
+            info = _pick(args)
+            if Store.exists(profile):
+                raise BackupError(
+                    f"the profile {profile.name!r} already holds an account; "
+                    "restore into a new one with --profile NAME"
+                )
+            if not args.passphrase_stdin and not keyring_usable():
+                raise BackupError(
+                    "no usable keyring here; pass --passphrase-stdin to protect the profile"
+                )
+            protector = _protector(profile, args, lines)
+            key = _key(info, profile, args, lines)
+            result = engine.restore_backup(
+                info.path, key, profile, protector, progress=_progress(err)
+            )
+            store = Store.open(profile, protector)
+            try:
+                service.store_key_after_restore(store, key)
+            finally:
+                store.close()
+            err.write("\n")
+            out.write(
+                f"restored {result.counts.get('messages', 0):,} messages and "
+                f"{result.files:,} attachments into profile {profile.name!r}\n"
+            )
+            return 0
+    except WrongPassword as error:
+        err.write(f"cipherline backup: {error}\n")
+        return 3
+    except (LockedOut, VaultError) as error:
+        err.write(f"cipherline backup: {error}\n")
+        return VAULT_EXIT
+    except BackupError as error:
+        err.write(f"cipherline backup: {error}\n")
+        return error.exit_code
+    except OSError as error:
+        err.write(f"cipherline backup: {error.strerror or error}: {error.filename or ''}\n")
+        return 1
+    return 2
+
+
+def _status(profile: Path, args: argparse.Namespace, lines: _Input, out: TextIO) -> int:
+    folder = args.folder
+    if Store.exists(profile) and folder is None:
+        store = _open_store(profile, args, lines)
+        try:
+            state = store.backup_state.get()
+        finally:
+            store.close()
+        out.write(f"method: {state.method or 'off'}\nschedule: {state.schedule}\n")
+        out.write(f"folder: {state.folder or '-'}\n")
+        if state.last_success:
+            stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(state.last_success))
+            out.write(f"last backup: {stamp} ({state.last_size or 0:,} bytes)\n")
+        folder = Path(state.folder) if state.folder else None
+    if folder is None:
+        raise NotABackup("no backup folder is set; pass --folder")
+    backups = engine.list_backups(folder)
+    out.write(f"{len(backups)} backup(s) in {folder}\n")
+    for info in backups:
+        stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(info.created))
+        out.write(f"  {stamp}  {info.size:>14,} bytes  {info.method}  {info.path.name}\n")
+    return 0

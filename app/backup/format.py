@@ -1,0 +1,292 @@
+"""The backup file format, version 1 (docs/backup-format.md), sans-I/O.
+
+A header in the clear (magic, version, method, vault record id, salt, key
+commitment, chunk size), then the STREAM construction over AES-256-GCM: chunks of
+`chunk_size` plaintext bytes, each sealed with a nonce made of a per-file prefix,
+the chunk counter and a final-chunk flag, and the whole header as associated
+data. Truncation, reordering, splicing between backups and any altered byte fail
+authentication at a known offset. Inside the stream, typed frames carry the
+store's records and, optionally, the attachment files.
+
+`BackupEncoder` turns frames into file bytes; `BackupDecoder` turns file bytes
+back into frames. Neither touches a file, a clock or the network.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from app.backup.errors import CorruptBackup, NotABackup, WrongKey
+from app.crypto import (
+    NONCE_PREFIX_LENGTH,
+    SEGMENT_OVERHEAD,
+    AeadKey,
+    Rng,
+    StreamError,
+    StreamOpener,
+    StreamSealer,
+    SystemRng,
+    constant_time_equal,
+    hkdf_sha256,
+)
+from app.protocol.encoding import Reader, Writer
+from app.protocol.errors import ProtocolError
+
+MAGIC = b"CLBK"
+VERSION = 1
+METHOD_KEY = 1
+METHOD_PASSWORD = 2
+METHOD_NAMES = {METHOD_KEY: "64-digit key", METHOD_PASSWORD: "password"}
+FLAG_ATTACHMENTS = 0x01
+SALT_LENGTH = 32
+COMMITMENT_LENGTH = 32
+DEFAULT_CHUNK_SIZE = 1 << 20
+MIN_CHUNK_SIZE = 1 << 12
+MAX_CHUNK_SIZE = 1 << 24
+MAX_HEADER_LENGTH = 4 + 1 + 1 + 1 + 4 + 8 + SALT_LENGTH + NONCE_PREFIX_LENGTH + 1 + 255 + 32
+
+STREAM_INFO = b"Cipherline backup v1 stream key"
+COMMITMENT_INFO = b"Cipherline backup v1 key commitment"
+
+FRAME_RECORD = 1
+FRAME_FILE_START = 2
+FRAME_FILE_DATA = 3
+FRAME_FILE_END = 4
+FRAME_END = 0xFF
+FRAME_HEADER_LENGTH = 5
+MAX_FRAME_LENGTH = MAX_CHUNK_SIZE
+
+
+@dataclass(frozen=True)
+class BackupHeader:
+    method: int
+    flags: int
+    chunk_size: int
+    created: int
+    salt: bytes
+    nonce_prefix: bytes
+    record_id: bytes
+    commitment: bytes
+
+    @property
+    def method_name(self) -> str:
+        return METHOD_NAMES.get(self.method, "unknown")
+
+    @property
+    def has_attachments(self) -> bool:
+        return bool(self.flags & FLAG_ATTACHMENTS)
+
+    def to_bytes(self) -> bytes:
+        return (
+            Writer()
+            .raw(MAGIC)
+            .u8(VERSION)
+            .u8(self.method)
+            .u8(self.flags)
+            .u32(self.chunk_size)
+            .u64(self.created)
+            .raw(self.salt)
+            .raw(self.nonce_prefix)
+            .bytes8(self.record_id)
+            .raw(self.commitment)
+            .getvalue()
+        )
+
+    @staticmethod
+    def parse(data: bytes) -> tuple[BackupHeader, int]:
+        """The header at the start of `data` and its length in bytes."""
+        if len(data) < len(MAGIC) or data[: len(MAGIC)] != MAGIC:
+            raise NotABackup("this file is not a Cipherline backup")
+        reader = Reader(data, "backup header")
+        try:
+            reader.raw(len(MAGIC))
+            version = reader.u8()
+            if version != VERSION:
+                raise NotABackup(
+                    f"this backup has format version {version}; this Cipherline reads "
+                    f"version {VERSION} — update Cipherline to open it"
+                )
+            header = BackupHeader(
+                method=reader.u8(),
+                flags=reader.u8(),
+                chunk_size=reader.u32(),
+                created=reader.u64(),
+                salt=reader.raw(SALT_LENGTH),
+                nonce_prefix=reader.raw(NONCE_PREFIX_LENGTH),
+                record_id=reader.bytes8(),
+                commitment=reader.raw(COMMITMENT_LENGTH),
+            )
+        except ProtocolError:
+            raise CorruptBackup(0, "the header is cut short") from None
+        if header.method not in METHOD_NAMES:
+            raise CorruptBackup(5, "unknown protection method")
+        if not MIN_CHUNK_SIZE <= header.chunk_size <= MAX_CHUNK_SIZE:
+            raise CorruptBackup(7, "impossible chunk size")
+        if (header.method == METHOD_PASSWORD) != (len(header.record_id) == 16):
+            raise CorruptBackup(51, "the vault record id does not match the method")
+        return header, reader.offset
+
+
+def derive_commitment(key: bytes, salt: bytes) -> bytes:
+    """A value only the right key produces; it reveals nothing about the key."""
+    return hkdf_sha256(key, salt=salt, info=COMMITMENT_INFO, length=COMMITMENT_LENGTH)
+
+
+def _stream_key(key: bytes, salt: bytes) -> AeadKey:
+    return AeadKey(hkdf_sha256(key, salt=salt, info=STREAM_INFO, length=32))
+
+
+def new_header(
+    key: bytes,
+    method: int,
+    *,
+    record_id: bytes = b"",
+    attachments: bool = False,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    created: int | None = None,
+    rng: Rng | None = None,
+) -> BackupHeader:
+    rng = rng or SystemRng()
+    salt = rng.random_bytes(SALT_LENGTH)
+    return BackupHeader(
+        method=method,
+        flags=FLAG_ATTACHMENTS if attachments else 0,
+        chunk_size=chunk_size,
+        created=int(time.time()) if created is None else created,
+        salt=salt,
+        nonce_prefix=rng.random_bytes(NONCE_PREFIX_LENGTH),
+        record_id=record_id,
+        commitment=derive_commitment(key, salt),
+    )
+
+
+def check_key(header: BackupHeader, key: bytes) -> None:
+    """Raises WrongKey at once for a well-formed but wrong key."""
+    if not constant_time_equal(derive_commitment(key, header.salt), header.commitment):
+        raise WrongKey
+
+
+def frame(kind: int, payload: bytes) -> bytes:
+    return kind.to_bytes(1, "big") + len(payload).to_bytes(4, "big") + payload
+
+
+def record_frame(table: str, payload: bytes) -> bytes:
+    return frame(FRAME_RECORD, Writer().text16(table).getvalue() + payload)
+
+
+class BackupEncoder:
+    """Frames in, file bytes out: `start()`, then `write(frame)`…, then `finish()`."""
+
+    def __init__(self, key: bytes, header: BackupHeader) -> None:
+        self.header = header
+        self._header_bytes = header.to_bytes()
+        self._sealer = StreamSealer(
+            _stream_key(key, header.salt), header.nonce_prefix, self._header_bytes
+        )
+        self._pending = bytearray()
+
+    def start(self) -> bytes:
+        return self._header_bytes
+
+    def write(self, data: bytes) -> Iterator[bytes]:
+        """Sealed chunks that are complete, keeping at least one byte back so the
+        final chunk is never empty unless the whole stream is."""
+        self._pending += data
+        size = self.header.chunk_size
+        while len(self._pending) > size:
+            chunk = bytes(self._pending[:size])
+            del self._pending[:size]
+            yield self._sealer.seal(chunk, last=False)
+
+    def finish(self) -> bytes:
+        sealed = self._sealer.seal(bytes(self._pending) + frame(FRAME_END, b""), last=True)
+        self._pending.clear()
+        return sealed
+
+
+@dataclass(frozen=True)
+class Frame:
+    kind: int
+    payload: bytes
+    offset: int  # file offset of the chunk where the frame ends, for errors
+
+
+class BackupDecoder:
+    """File bytes in (after the header), frames out; every chunk authenticated.
+
+    A chunk is only opened once the byte after it is known, so the decoder knows
+    whether it must be the final one. `finish()` must be called at end of file.
+    """
+
+    def __init__(self, key: bytes, header: BackupHeader, header_length: int) -> None:
+        check_key(header, key)
+        self.header = header
+        self._opener = StreamOpener(
+            _stream_key(key, header.salt), header.nonce_prefix, header.to_bytes()
+        )
+        self._sealed_size = header.chunk_size + SEGMENT_OVERHEAD
+        self._buffer = bytearray()
+        self._chunk_offset = header_length
+        self._plain = bytearray()
+        self._ended = False
+
+    @property
+    def offset(self) -> int:
+        return self._chunk_offset
+
+    def feed(self, data: bytes) -> Iterator[Frame]:
+        self._buffer += data
+        while len(self._buffer) > self._sealed_size:
+            chunk = bytes(self._buffer[: self._sealed_size])
+            del self._buffer[: self._sealed_size]
+            yield from self._open(chunk, last=False)
+
+    def finish(self) -> Iterator[Frame]:
+        if not self._opener.finished:
+            chunk = bytes(self._buffer)
+            self._buffer.clear()
+            yield from self._open(chunk, last=True)
+        if not self._ended:
+            raise CorruptBackup(self._chunk_offset, "the end marker is missing")
+
+    def _open(self, chunk: bytes, *, last: bool) -> Iterator[Frame]:
+        if self._ended:
+            raise CorruptBackup(self._chunk_offset, "data after the end marker")
+        try:
+            plain = self._opener.open(chunk, last=last)
+        except StreamError:
+            detail = "it ends early" if last and len(chunk) < self._sealed_size else ""
+            raise CorruptBackup(self._chunk_offset, detail) from None
+        self._chunk_offset += len(chunk)
+        self._plain += plain
+        yield from self._frames(last)
+
+    def _frames(self, last: bool) -> Iterator[Frame]:
+        position = 0
+        plain = self._plain
+        while len(plain) - position >= FRAME_HEADER_LENGTH:
+            kind = plain[position]
+            length = int.from_bytes(plain[position + 1 : position + 5], "big")
+            if length > MAX_FRAME_LENGTH:
+                raise CorruptBackup(self._chunk_offset, "a frame is impossibly long")
+            end = position + FRAME_HEADER_LENGTH + length
+            if end > len(plain):
+                break
+            payload = bytes(plain[position + FRAME_HEADER_LENGTH : end])
+            position = end
+            if kind == FRAME_END:
+                if length or position != len(plain) or not last:
+                    raise CorruptBackup(self._chunk_offset, "data after the end marker")
+                self._ended = True
+                break
+            yield Frame(kind, payload, self._chunk_offset)
+        del plain[:position]
+        if last and not self._ended:
+            raise CorruptBackup(self._chunk_offset, "the end marker is missing")
+
+
+def parse_record(payload: bytes) -> tuple[str, bytes]:
+    reader = Reader(payload, "backup record")
+    return reader.text16(), reader.rest()

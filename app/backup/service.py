@@ -1,0 +1,217 @@
+"""Backup settings and jobs for a profile: method, vault, schedule, run.
+
+Everything here is synchronous; the UI runs it in workers and the CLI directly.
+The vault is reached through `app.net.vault_transport` (the relay's pass-through).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from app.backup import engine
+from app.backup import format as fmt
+from app.backup.errors import BackupError, BackupNotConfigured, NotABackup
+from app.backup.keys import generate_backup_key
+from app.config import ServerConfig, write_ca_file
+from app.net import RelayClient
+from app.net.vault_transport import RelayTransport, fleet_key, pinned_nodes, run_flow
+from app.protocol import vault
+from app.store import Store
+
+METHOD_KEY = "key"
+METHOD_PASSWORD = "password"  # noqa: S105 - a method name, not a password
+SCHEDULES = {"off": None, "daily": 86_400, "weekly": 7 * 86_400, "monthly": 30 * 86_400}
+MIN_PASSWORD_LENGTH = 8
+
+
+@dataclass(frozen=True)
+class VaultAccess:
+    """How to reach the vault: the relay's pass-through and the pinned node keys."""
+
+    config: ServerConfig
+    profile: Path
+
+    def _call(self, flow: object) -> object:
+        relay = RelayClient(self.config.relay_url, write_ca_file(self.profile, self.config))
+        try:
+            transport = RelayTransport(relay)
+            key = fleet_key(transport, pinned_nodes(self.config.vault_nodes))
+            return run_flow(flow(key), transport)  # type: ignore[operator]
+        finally:
+            relay.close()
+
+    def register(self, password: str, backup_key: bytes) -> bytes:
+        result = self._call(lambda key: vault.register(password, backup_key, key))
+        assert isinstance(result, bytes)
+        return result
+
+    def retrieve(self, record_id: bytes, password: str) -> bytes:
+        result = self._call(lambda key: vault.retrieve(record_id, password, key))
+        assert isinstance(result, bytes)
+        return result
+
+    def change_password(self, record_id: bytes, old: str, new: str) -> None:
+        self._call(lambda key: vault.change_password(record_id, old, new, key))
+
+    def delete(self, record_id: bytes, password: str) -> None:
+        self._call(lambda key: vault.delete(record_id, password, key))
+
+
+def password_problem(password: str) -> str | None:
+    if len(password) < MIN_PASSWORD_LENGTH:
+        return f"use at least {MIN_PASSWORD_LENGTH} characters"
+    return None
+
+
+def password_strength(password: str) -> int:
+    """0-4, from length and variety; a guide for the meter, not a guarantee."""
+    if len(password) < MIN_PASSWORD_LENGTH:
+        return 0
+    classes = sum(
+        any(test(c) for c in password)
+        for test in (str.islower, str.isupper, str.isdigit, lambda c: not c.isalnum())
+    )
+    score = 1 + (len(password) >= 12) + (len(password) >= 16) + (classes >= 3)
+    if len(set(password)) <= 3:
+        score = 1
+    return min(score, 4)
+
+
+def set_up_with_key(
+    store: Store,
+    folder: Path,
+    *,
+    schedule: str = "weekly",
+    keep: int = 2,
+    key: bytes | None = None,
+) -> bytes:
+    """Backups under a random key the user keeps as 64 digits; returns the key.
+
+    The wizard passes the key it already showed and had typed back."""
+    key = key or generate_backup_key()
+    with store.transaction():
+        store.backup_state.update(
+            method=METHOD_KEY,
+            folder=str(folder),
+            schedule=schedule,
+            keep=keep,
+            vault_record_id=None,
+            backup_key=key,
+        )
+    return key
+
+
+def set_up_with_password(
+    store: Store,
+    access: VaultAccess,
+    password: str,
+    folder: Path,
+    *,
+    schedule: str = "weekly",
+    keep: int = 2,
+) -> None:
+    problem = password_problem(password)
+    if problem:
+        raise BackupError(f"that password is too weak: {problem}")
+    key = generate_backup_key()
+    record_id = access.register(password, key)
+    with store.transaction():
+        store.backup_state.update(
+            method=METHOD_PASSWORD,
+            folder=str(folder),
+            schedule=schedule,
+            keep=keep,
+            vault_record_id=record_id.hex(),
+            backup_key=key,
+        )
+
+
+def change_password(store: Store, access: VaultAccess, old: str, new: str) -> None:
+    """The same key and record under a new password: existing backups stay readable."""
+    state = store.backup_state.get()
+    if state.method != METHOD_PASSWORD or not state.vault_record_id:
+        raise BackupNotConfigured("backups are not protected by a password")
+    problem = password_problem(new)
+    if problem:
+        raise BackupError(f"that password is too weak: {problem}")
+    access.change_password(bytes.fromhex(state.vault_record_id), old, new)
+
+
+def turn_off(store: Store, access: VaultAccess | None, password: str | None) -> None:
+    """Stops backups. With a password the vault forgets the key, so existing
+    backups become unreadable unless the 64-digit key was kept."""
+    state = store.backup_state.get()
+    if state.method == METHOD_PASSWORD and state.vault_record_id:
+        if access is None or password is None:
+            raise BackupError("turning off password backups needs the backup password")
+        access.delete(bytes.fromhex(state.vault_record_id), password)
+    with store.transaction():
+        store.backup_state.update(
+            method=None, schedule="off", vault_record_id=None, backup_key=None
+        )
+
+
+def is_due(store: Store, now: float | None = None) -> bool:
+    state = store.backup_state.get()
+    interval = SCHEDULES.get(state.schedule)
+    if not state.method or not state.folder or interval is None:
+        return False
+    now = time.time() if now is None else now
+    return state.last_success is None or now - state.last_success >= interval
+
+
+def back_up_now(
+    store: Store,
+    profile: Path,
+    *,
+    include_attachments: bool = True,
+    progress: engine.Progress | None = None,
+    cancelled: Callable[[], bool] | None = None,
+) -> engine.BackupInfo:
+    state = store.backup_state.get()
+    if not state.method or not state.backup_key or not state.folder:
+        raise BackupNotConfigured("backups are not set up for this profile")
+    method = fmt.METHOD_PASSWORD if state.method == METHOD_PASSWORD else fmt.METHOD_KEY
+    record_id = bytes.fromhex(state.vault_record_id) if state.vault_record_id else b""
+    info = engine.write_backup(
+        store,
+        Path(state.folder),
+        state.backup_key,
+        method=method,
+        record_id=record_id,
+        attachments_dir=(profile / "attachments") if include_attachments else None,
+        keep=state.keep,
+        progress=progress or engine._no_progress,
+        cancelled=cancelled or engine._never,
+    )
+    with store.transaction():
+        store.backup_state.update(last_success=int(time.time()), last_size=info.size)
+    return info
+
+
+def key_for(
+    info: engine.BackupInfo,
+    *,
+    key: bytes | None = None,
+    password: str | None = None,
+    access: VaultAccess | None = None,
+) -> bytes:
+    """The backup key for `info`: given directly, or fetched from the vault."""
+    if info.method == fmt.METHOD_NAMES[fmt.METHOD_KEY]:
+        if key is None:
+            raise BackupError("this backup is opened with its 64-digit key")
+        return key
+    if info.method != fmt.METHOD_NAMES[fmt.METHOD_PASSWORD]:
+        raise NotABackup("this backup uses a protection method this Cipherline does not know")
+    if password is None or access is None:
+        raise BackupError("this backup is opened with its password")
+    return access.retrieve(info.record_id, password)
+
+
+def store_key_after_restore(store: Store, key: bytes) -> None:
+    """Scheduled backups go on with the same key after a restore."""
+    with store.transaction():
+        store.backup_state.update(backup_key=key)

@@ -1,0 +1,158 @@
+"""Back up and restore a large profile; compare with raw AES-256-GCM and the disk.
+
+The profile holds N messages (1,000,000 in the full run) and attachment files
+(1 GiB in the full run, already-encrypted random bytes as in a real profile).
+Limits measured in the same run, in the same folder: AES-256-GCM sealing of 1 MiB
+chunks, and a sequential write of the same number of bytes with a final fsync.
+Target: backup and restore MB/s at least 70% of the smaller limit, with the peak
+memory of the process doing the backup and restore under 300 MB.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import resource
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from app.backup import engine
+from app.backup import format as fmt
+from app.crypto import AeadKey, ReusableAead, random_bytes
+from app.store import PassphraseProtector, Store
+from bench.bench_store import FAST, INSERT, _conversations, _rows
+from bench.harness import BenchReport, Comparison, Figure
+
+KEY = bytes(range(32))
+MiB = 1 << 20
+
+
+def _make_profile(root: Path, messages: int, attachment_bytes: int) -> Path:
+    profile = root / "profile"
+    store = Store.create(profile, PassphraseProtector("bench", FAST))
+    with store.transaction():
+        _conversations(store.execute)
+        batch = []
+        for row in _rows(messages, messages // 10):
+            batch.append(row)
+            if len(batch) == 10_000:
+                store.executemany(INSERT, batch)
+                batch.clear()
+        if batch:
+            store.executemany(INSERT, batch)
+    store.close()
+    attachments = profile / "attachments"
+    attachments.mkdir(exist_ok=True)
+    block = os.urandom(4 * MiB)
+    written, number = 0, 0
+    while written < attachment_bytes:
+        size = min(16 * MiB, attachment_bytes - written)
+        with (attachments / f"file-{number:05d}.bin").open("wb") as handle:
+            left = size
+            while left:
+                piece = block[: min(left, len(block))]
+                handle.write(piece)
+                left -= len(piece)
+        written += size
+        number += 1
+    return profile
+
+
+def _child(profile: str, folder: str, target: str, queue: Any) -> None:
+    """Backup then restore in a fresh process, so its peak RSS is theirs alone."""
+    store = Store.open(Path(profile), PassphraseProtector("bench", FAST))
+    started = time.perf_counter()
+    info = engine.write_backup(
+        store,
+        Path(folder),
+        KEY,
+        method=fmt.METHOD_KEY,
+        attachments_dir=Path(profile) / "attachments",
+    )
+    backup_seconds = time.perf_counter() - started
+    store.close()
+    started = time.perf_counter()
+    engine.restore_backup(info.path, KEY, Path(target), PassphraseProtector("bench", FAST))
+    restore_seconds = time.perf_counter() - started
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    queue.put((info.size, backup_seconds, restore_seconds, peak_kib))
+
+
+def _aes_rate(total: int) -> float:
+    aead = ReusableAead(AeadKey(random_bytes(32)))
+    chunk = os.urandom(MiB)
+    nonce = bytes(12)
+    count = max(64, total // MiB // 4)
+    started = time.perf_counter()
+    for _ in range(count):
+        aead.seal(nonce, chunk, b"header")
+    return count * MiB / (time.perf_counter() - started)
+
+
+def _disk_rate(folder: Path, total: int) -> float:
+    chunk = os.urandom(MiB)
+    path = folder / "disk-probe.bin"
+    started = time.perf_counter()
+    with path.open("wb", buffering=0) as handle:
+        for _ in range(max(1, total // MiB)):
+            handle.write(chunk)
+        os.fsync(handle.fileno())
+    rate = (total // MiB) * MiB / (time.perf_counter() - started)
+    path.unlink()
+    return rate
+
+
+def run(quick: bool) -> BenchReport:
+    report = BenchReport("backup", quick)
+    messages = 20_000 if quick else 1_000_000
+    attachment_bytes = 32 * MiB if quick else 1024 * MiB
+    with tempfile.TemporaryDirectory(prefix="cipherline-bench-backup-", dir=Path.home()) as tmp:
+        root = Path(tmp)
+        started = time.perf_counter()
+        profile = _make_profile(root, messages, attachment_bytes)
+        build_seconds = time.perf_counter() - started
+        folder = root / "cloud"
+        folder.mkdir()
+        context = multiprocessing.get_context("spawn")
+        queue = context.Queue()
+        child = context.Process(
+            target=_child, args=(str(profile), str(folder), str(root / "restored"), queue)
+        )
+        child.start()
+        size, backup_seconds, restore_seconds, peak_kib = queue.get(timeout=3600)
+        child.join()
+        disk = _disk_rate(root, size)
+        shutil.rmtree(root / "restored", ignore_errors=True)
+    aes = _aes_rate(size)
+    limit = min(aes, disk)
+    limit_name = "AES-GCM" if aes <= disk else "disk write"
+    backup_rate = size / backup_seconds
+    restore_rate = size / restore_seconds
+    note = (
+        f"{messages:,} messages + {attachment_bytes // MiB:,} MiB attachments, "
+        f"{size / MiB:,.0f} MiB file"
+    )
+    report.comparisons += [
+        Comparison(
+            "backup MB/s", backup_rate / MiB, limit / MiB, "MB/s", limit_name, 0.7, notes=note
+        ),
+        Comparison(
+            "restore MB/s", restore_rate / MiB, limit / MiB, "MB/s", limit_name, 0.7, notes=note
+        ),
+        Comparison(
+            "backup MB/s vs raw AES-256-GCM", backup_rate / MiB, aes / MiB, "MB/s", "AES-GCM"
+        ),
+        Comparison(
+            "backup MB/s vs disk write", backup_rate / MiB, disk / MiB, "MB/s", "disk write"
+        ),
+    ]
+    report.figures += [
+        Figure("peak memory, backup + restore process", peak_kib / 1024, "MB", 300),
+        Figure("backup time", backup_seconds, "s"),
+        Figure("restore time", restore_seconds, "s"),
+        Figure("building the test profile (not timed above)", build_seconds, "s"),
+    ]
+    return report
