@@ -47,21 +47,29 @@ class Fleet:
             name = f"b{uuid.uuid4().hex[:12]}"
             client.register(name, "bench")
             self.names.append(name)
+            self.clients.append(client)
+            self.listeners.append(self._listen(client))
+
+    def _listen(self, client: RelayClient) -> PushListener:
+        """One push connection, started alone and awaited (see the note on retries)."""
+        for _attempt in range(3):
             listener = PushListener(
                 client.push_url(),
-                str(relay.ca_file),
+                str(self.relay.ca_file),
                 str(client.token),
                 on_envelope=self._arrived,
                 on_state=lambda _connected: None,
             )
             listener.start()
-            self.clients.append(client)
-            self.listeners.append(listener)
-        deadline = time.monotonic() + 60
-        while not all(listener.connected for listener in self.listeners):
-            if time.monotonic() > deadline:
-                raise RuntimeError("push connections did not come up")
-            time.sleep(0.05)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                if listener.connected:
+                    return listener
+                time.sleep(0.01)
+            # websockets' sync client can hang in a failed TLS handshake; leave that
+            # daemon thread behind and try a fresh connection.
+            listener.stop()
+        raise RuntimeError("a push connection did not come up")
 
     def _arrived(self, envelope: Envelope) -> None:
         now = time.perf_counter()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import random
 import ssl
 import threading
@@ -20,6 +21,8 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from websockets.sync.client import ClientConnection, connect
 
 from app.net.relay_client import Envelope
+
+log = logging.getLogger(__name__)
 
 
 class PushListener:
@@ -89,6 +92,9 @@ class PushListener:
             except InvalidStatus:
                 self._set_state(False)
             except (OSError, ConnectionClosed, InvalidHandshake, TimeoutError):
+                self._set_state(False)
+            except Exception:
+                log.warning("push connection failed unexpectedly; retrying", exc_info=True)
                 self._set_state(False)
             finally:
                 self._connection = None
