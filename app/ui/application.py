@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 from pathlib import Path
@@ -167,6 +168,23 @@ class Launcher(QObject):
             self.client = None
 
 
+def _exit_after_first_paint(application: QApplication, launcher: Launcher) -> None:
+    """For the cold-start benchmark: report once the first window has painted, then quit."""
+    timer = QTimer(application)
+    timer.setInterval(2)
+
+    def check() -> None:
+        shown = launcher.window or launcher.dialog
+        if shown is not None and shown.isVisible():
+            shown.repaint()
+            print("first-paint", flush=True)
+            timer.stop()
+            application.quit()
+
+    timer.timeout.connect(check)
+    timer.start()
+
+
 def run_gui(profile: Path) -> int:
     application = QApplication.instance() or QApplication(sys.argv[:1])
     assert isinstance(application, QApplication)
@@ -180,5 +198,7 @@ def run_gui(profile: Path) -> int:
         return 2
     launcher = Launcher(profile)
     QTimer.singleShot(0, launcher.start)
+    if os.environ.get("CIPHERLINE_EXIT_AFTER_FIRST_PAINT") == "1":
+        _exit_after_first_paint(application, launcher)
     application.aboutToQuit.connect(launcher.shutdown)
     return application.exec()
