@@ -1,0 +1,56 @@
+"""The Qt binding itself: signal emission must not corrupt reference counts.
+
+PySide6 6.12.0 released a reference to True/False on every emission, which
+aborted the app ("bool_dealloc") after a few thousand signals. Run in a child
+process so a regression fails this test instead of killing the suite.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.support.processes import python_env
+
+PROGRAM = """
+import sys
+from PySide6.QtCore import QCoreApplication, QObject, Signal, Slot
+
+app = QCoreApplication([])
+
+class Sender(QObject):
+    value = Signal(object)
+    flag = Signal(bool)
+
+class Receiver(QObject):
+    count = 0
+
+    @Slot(object)
+    def on_value(self, _value):
+        Receiver.count += 1
+
+sender, receiver = Sender(), Receiver()
+sender.value.connect(receiver.on_value)
+sender.flag.connect(lambda _flag: None)
+before = sys.getrefcount(True), sys.getrefcount(False)
+for _ in range(20_000):
+    sender.value.emit(object())
+    sender.flag.emit(True)
+    sender.flag.emit(False)
+after = sys.getrefcount(True), sys.getrefcount(False)
+assert Receiver.count == 20_000
+print(before, after)
+sys.exit(0 if after[0] >= before[0] - 50 and after[1] >= before[1] - 50 else 3)
+"""
+
+
+def test_signal_emission_keeps_reference_counts() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", PROGRAM],
+        env=python_env({"QT_QPA_PLATFORM": "offscreen"}),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr[-2000:]
