@@ -395,7 +395,9 @@ class RunPage(QWizardPage):
                 service.set_up_with_key(
                     wizard.store, folder, schedule=schedule, keep=keep, key=choices.key
                 )
-            elif wizard.store.backup_state.get().method != service.METHOD_PASSWORD:
+            elif not wizard.registered:
+                # Once per wizard run: "Try again" after a failed first backup must
+                # not leave a second record in the vault.
                 if wizard.access is None:
                     raise BackupError("this profile has no vault configured")
                 service.set_up_with_password(
@@ -406,6 +408,7 @@ class RunPage(QWizardPage):
                     schedule=schedule,
                     keep=keep,
                 )
+                wizard.registered = True
             return service.back_up_now(
                 wizard.store,
                 wizard.profile,
@@ -457,6 +460,7 @@ class SetupWizard(QWizard):
         self.profile = profile
         self.access = access
         self.choices = SetupChoices()
+        self.registered = False
         self.method_page = MethodPage(self.choices)
         self.show_key_page = ShowKeyPage(self.choices)
         self.confirm_page = ConfirmKeyPage(self.choices)
