@@ -265,3 +265,21 @@ def test_two_relays_on_one_postgres_share_users_and_push(
             if frame["type"] == "envelope":
                 received.append(frame["id"])
     assert received == ["cross"]
+
+
+def test_one_account_cannot_touch_another_accounts_devices_or_keys(relay: RelayProcess) -> None:
+    alice = _register(relay, "alice", keys=3)
+    mallory = _register(relay, "mallory", keys=3)
+    bob_phone = alice.add_device("phone")
+    # Device ids are per account: mallory's "device 2" is not alice's phone.
+    with pytest.raises(NotFound):
+        mallory.remove_device(2)
+    assert [d["device_id"] for d in client(relay, token=bob_phone["token"]).devices()] == [1, 2]
+    # Uploads only ever touch the caller's own bundle, whose identity is fixed.
+    before = mallory.fetch_keys("alice")
+    from app.protocol.identity import DeviceIdentity, LocalPrekeys
+
+    with pytest.raises(Conflict):
+        mallory.upload_keys(LocalPrekeys.generate(batch=2).upload_json(DeviceIdentity.generate()))
+    after = mallory.fetch_keys("alice")
+    assert before["devices"][0]["identity"] == after["devices"][0]["identity"]
