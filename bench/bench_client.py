@@ -97,7 +97,9 @@ def run(quick: bool) -> BenchReport:
 
     with tempfile.TemporaryDirectory(prefix="cipherline-bench-client-") as tmp:
         root = Path(tmp)
-        relay = RelayProcess(root / "relay", extra_args=["--rate", "1000000"]).start()
+        relay = RelayProcess(
+            root / "relay", extra_args=["--rate", "1000000", "--address-rate", "1000000"]
+        ).start()
         try:
             cold, bare = _cold_start(root, relay, 2 if quick else 5)
             report.comparisons.append(

@@ -41,6 +41,7 @@ class Fleet:
         self.names: list[str] = []
         self.listeners: list[PushListener] = []
         self.arrived: dict[str, float] = {}
+        self.deliveries: dict[str, int] = {}
         self.lock = threading.Lock()
         for _ in range(count):
             client = RelayClient(relay.url, relay.ca_file)
@@ -75,6 +76,7 @@ class Fleet:
         now = time.perf_counter()
         with self.lock:
             self.arrived.setdefault(envelope.client_id, now)
+            self.deliveries[envelope.client_id] = self.deliveries.get(envelope.client_id, 0) + 1
 
     def username(self, index: int) -> str:
         return self.names[index]
@@ -171,7 +173,8 @@ def run(quick: bool) -> BenchReport:
     total = 100 if quick else 2000
     with tempfile.TemporaryDirectory(prefix="cipherline-bench-relay-") as tmp:
         relay = RelayProcess(
-            Path(tmp) / "relay", extra_args=["--bench-echo", "--rate", "1000000"]
+            Path(tmp) / "relay",
+            extra_args=["--bench-echo", "--rate", "1000000", "--address-rate", "1000000"],
         ).start()
         try:
             for size in sizes:

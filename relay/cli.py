@@ -48,7 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--rate",
         type=float,
         default=50.0,
-        help="requests per second allowed per account and per address (burst: 4x)",
+        help="requests per second allowed per account (burst: 4x)",
+    )
+    serve.add_argument(
+        "--address-rate",
+        type=float,
+        default=1000.0,
+        help="requests per second allowed per client address, all accounts together (burst: 4x)",
     )
     serve.add_argument(
         "--bench-echo", action="store_true", help="also serve /v1/bench/echo (benchmark baseline)"
@@ -75,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
                 max_attachment_bytes=args.max_attachment_bytes,
                 rate_per_second=args.rate,
                 rate_burst=args.rate * 4,
+                address_rate_per_second=args.address_rate,
+                address_rate_burst=args.address_rate * 4,
                 bench_echo=args.bench_echo,
             )
         )

@@ -53,6 +53,10 @@ class RelaySettings:
     mailbox_quota: int = 10_000
     rate_per_second: float = 50.0
     rate_burst: float = 200.0
+    # Many people can share one address (NAT, an office); the address bucket only
+    # stops floods, the account bucket keeps one client from crowding out others.
+    address_rate_per_second: float = 1000.0
+    address_rate_burst: float = 4000.0
     vault_rate_per_second: float = 5.0
     vault_rate_burst: float = 20.0
     bench_echo: bool = False
@@ -189,6 +193,7 @@ def create_app(settings: RelaySettings) -> FastAPI:
     hub = PushHub()
     metrics = Metrics()
     limiter = TokenBucket(settings.rate_per_second, settings.rate_burst)
+    address_limiter = TokenBucket(settings.address_rate_per_second, settings.address_rate_burst)
     vault_limiter = TokenBucket(settings.vault_rate_per_second, settings.vault_rate_burst)
     stop = threading.Event()
 
@@ -273,7 +278,7 @@ def create_app(settings: RelaySettings) -> FastAPI:
         return request.client.host if request.client else "unknown"
 
     def limit(key: str) -> None:
-        wait = limiter.take(key)
+        wait = (address_limiter if key.startswith("ip:") else limiter).take(key)
         if wait:
             metrics.count("rate_limited_total")
             raise fail(

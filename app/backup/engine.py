@@ -383,6 +383,9 @@ def restore_backup(
     header, _length = read_header(path)
     fmt.check_key(header, key)
     profile.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for stale in profile.parent.glob(f".{profile.name}.restoring-*"):
+        # Left by a restore that was killed; it never became the profile.
+        shutil.rmtree(stale, ignore_errors=True)
     staging = profile.parent / f".{profile.name}.restoring-{os.getpid()}-{time.time_ns()}"
     staging.mkdir(mode=0o700)
     sink = _FileSink(staging / "attachments")

@@ -59,6 +59,21 @@ def test_rate_limit_answers_429_with_retry_after_and_spares_others(tmp_path: Pat
         )
         assert int(limited.headers["Retry-After"]) >= 1
         assert "slow down" in limited.json()["error"]
+        # Others behind the same address are not held back by the noisy one.
+        quiet = _register(http, "quiet")
+        assert [http.get("/v1/devices", headers=quiet).status_code for _ in range(15)] == [200] * 15
+
+
+def test_a_thousand_request_burst_is_limited_and_others_keep_working(tmp_path: Path) -> None:
+    with TestClient(create_app(RelaySettings(tmp_path))) as http:
+        noisy, quiet = _register(http, "noisy"), _register(http, "quiet")
+        statuses = []
+        for number in range(1000):
+            statuses.append(http.get("/v1/devices", headers=noisy).status_code)
+            if number % 50 == 0:
+                assert http.get("/v1/devices", headers=quiet).status_code == 200
+        assert statuses[:200] == [200] * 200
+        assert statuses.count(429) >= 500
 
 
 def test_mailbox_quota_is_a_429(tmp_path: Path) -> None:

@@ -1,0 +1,124 @@
+"""SIGKILL in the middle of a backup and of a restore: the last good state stays.
+
+The headless CLI runs in a child process and is killed at random moments; after
+each kill the folder still holds the previous backups, every one of which
+verifies, no half-written file passes for a backup, and a killed restore leaves
+the target profile without a store, so the next attempt succeeds.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from app.backup import engine, service
+from app.backup.keys import format_key
+from app.config import profile_dir
+from app.store import Store
+from tests.backup.conftest import populate
+from tests.store.conftest import PASSPHRASE, protector
+from tests.support.processes import python_env
+
+
+def _cli(*argv: str, stdin: str) -> subprocess.Popen[str]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app", "backup", *argv],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=python_env(),
+        start_new_session=True,
+    )
+    assert process.stdin is not None
+    process.stdin.write(stdin)
+    process.stdin.close()
+    return process
+
+
+def _kill_when(process: subprocess.Popen[str], ready: Callable[[], bool]) -> bool:
+    """SIGKILL as soon as `ready()`; True if killed, False if it finished first."""
+    while not ready():
+        if process.poll() is not None:
+            return False
+        time.sleep(0.001)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    return True
+
+
+def _partial_at_least(folder: Path, size: int) -> Callable[[], bool]:
+    def ready() -> bool:
+        return any(p.stat().st_size >= size for p in folder.glob(".*.partial"))
+
+    return ready
+
+
+def _staging_then(parent: Path, name: str, delay: float) -> Callable[[], bool]:
+    seen: list[float] = []
+
+    def ready() -> bool:
+        if not seen and list(parent.glob(f".{name}.restoring-*")):
+            seen.append(time.monotonic())
+        return bool(seen) and time.monotonic() - seen[0] >= delay
+
+    return ready
+
+
+@pytest.mark.slow
+def test_killed_backups_and_restores_leave_the_last_good_state(tmp_path: Path) -> None:
+    rng = random.Random(20261124)
+    profile = profile_dir("alice")
+    store = Store.create(profile, protector())
+    populate(store, profile, messages=20_000, attachment_bytes=96 << 20)
+    folder = tmp_path / "cloud"
+    key = service.set_up_with_key(store, folder, keep=3)
+    first = service.back_up_now(store, profile)
+    store.close()
+
+    kills = 0
+    for _ in range(6):
+        process = _cli("now", "--profile", "alice", "--passphrase-stdin", stdin=PASSPHRASE + "\n")
+        kills += _kill_when(process, _partial_at_least(folder, rng.randint(1, 90 << 20)))
+        backups = engine.list_backups(folder)
+        assert first.path in [b.path for b in backups] or len(backups) == 3
+        for info in backups:
+            engine.verify_backup(info.path, key)
+    assert kills >= 4, "the kills all came too late to test anything"
+
+    newest = engine.list_backups(folder)[0]
+    target = profile_dir("alice-restored")
+    killed_restores = 0
+    for _ in range(4):
+        process = _cli(
+            "restore",
+            "--profile",
+            "alice-restored",
+            "--file",
+            str(newest.path),
+            "--key",
+            "-",
+            "--passphrase-stdin",
+            stdin=f"restored passphrase\n{format_key(key)}\n",
+        )
+        if _kill_when(process, _staging_then(target.parent, target.name, rng.uniform(0, 0.4))):
+            killed_restores += 1
+            assert not Store.exists(target)
+        else:
+            assert process.returncode == 0
+            break
+    assert killed_restores >= 1
+    if not Store.exists(target):
+        engine.restore_backup(newest.path, key, target, protector("restored passphrase"))
+    restored = Store.open(target, protector("restored passphrase"))
+    assert len(restored.messages.search("eagle")) == 50
+    restored.close()
+    assert not list(target.parent.glob(".alice-restored.restoring-*"))
