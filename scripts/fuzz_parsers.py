@@ -57,12 +57,19 @@ def _fuzz_one(name: str, seconds: int) -> None:
             (FINDINGS / f"{name.replace(' ', '-')}-{runs}.bin").write_bytes(data)
             raise
 
+    FINDINGS.mkdir(parents=True, exist_ok=True)
     corpus = Path("build/fuzz-corpus") / name.replace(" ", "-")
     corpus.mkdir(parents=True, exist_ok=True)
     if target.sample:
         (corpus / "sample").write_bytes(target.sample)
     atheris.Setup(
-        [sys.argv[0], f"-max_total_time={seconds}", "-max_len=8192", str(corpus)],
+        [
+            sys.argv[0],
+            f"-max_total_time={seconds}",
+            "-max_len=8192",
+            f"-artifact_prefix={FINDINGS}/",
+            str(corpus),
+        ],
         one_input,
     )
     atheris.Fuzz()  # exits the process when the time is up

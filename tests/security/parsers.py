@@ -35,7 +35,7 @@ _BACKUP_KEY = bytes(range(32))
 _BACKUP_HEADER = backup_format.new_header(
     _BACKUP_KEY, backup_format.METHOD_KEY, chunk_size=backup_format.MIN_CHUNK_SIZE, rng=_RNG
 )
-_ATTACHMENT = AttachmentSecret(key=bytes(64), digest=bytes(32), size=100)
+_ATTACHMENT = AttachmentSecret(key=bytes(32), digest=bytes(32), size=100)
 
 
 def _backup(data: bytes) -> None:
