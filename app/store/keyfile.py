@@ -99,14 +99,14 @@ class KeyFile:
             spec = raw.get("kdf")
             if not isinstance(spec, dict) or spec.get("name") != "argon2id":
                 raise StoreCorrupt("the key file's KDF is missing or unknown")
-            try:
-                kdf = Argon2Params(
-                    time_cost=int(spec["time_cost"]),
-                    memory_cost_kib=int(spec["memory_cost_kib"]),
-                    parallelism=int(spec["parallelism"]),
-                )
-            except (KeyError, TypeError, ValueError):
-                raise StoreCorrupt("the key file's KDF parameters are damaged") from None
+            costs: list[int] = []
+            for name in ("time_cost", "memory_cost_kib", "parallelism"):
+                cost = spec.get(name)
+                # Whole numbers only: JSON also allows 1.5, 6e385 (infinity) and true.
+                if type(cost) is not int or not 0 < cost < 2**32:
+                    raise StoreCorrupt("the key file's KDF parameters are damaged")
+                costs.append(cost)
+            kdf = Argon2Params(time_cost=costs[0], memory_cost_kib=costs[1], parallelism=costs[2])
             salt = _unb64(spec.get("salt"))
         account = raw.get("keyring_account", "")
         if not isinstance(account, str):

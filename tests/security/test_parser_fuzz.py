@@ -54,3 +54,17 @@ def test_the_atheris_script_fuzzes_every_target() -> None:
     from scripts.fuzz_parsers import TARGET_NAMES
 
     assert [t.name for t in TARGETS] == TARGET_NAMES
+
+
+def test_atheris_finding_key_file_with_infinite_costs_is_refused_cleanly() -> None:
+    from app.store.errors import StoreCorrupt
+    from app.store.keyfile import KeyFile
+
+    for cost in ("6e385", "1.5", "true", "-1", "0"):
+        text = (
+            '{"version": 1, "method": "passphrase", "nonce": "", "wrapped_key": "",'
+            f' "kdf": {{"name": "argon2id", "time_cost": 3, "memory_cost_kib": {cost},'
+            ' "parallelism": 1, "salt": ""}}'
+        )
+        with pytest.raises(StoreCorrupt, match="KDF parameters are damaged"):
+            KeyFile.from_json(text)
