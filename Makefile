@@ -1,5 +1,5 @@
 # The README's two commands are `make run` and `make test`; everything else is a helper.
-.PHONY: setup run test lint pytest bench bench-quick screenshots package install uninstall clean
+.PHONY: setup run test lint pytest bench bench-quick security screenshots package install uninstall clean
 
 PROFILE ?= default
 PY := .venv/bin/python
@@ -26,6 +26,13 @@ bench: setup
 
 bench-quick: setup
 	$(PY) -m bench --quick
+
+# The hardening suite at full length (docs/security-tests.md): the security
+# tests, a 60-second 100-client load run and 60 s of atheris per parser.
+security: setup
+	$(PY) -m pytest tests/security tests/relay/test_relay_more.py tests/vault/test_vault.py -q
+	$(PY) -m scripts.load_relay --clients 100 --seconds 60
+	$(PY) -m scripts.fuzz_parsers --seconds-per-target 60
 
 screenshots: setup
 	$(PY) -m scripts.screenshots --out build/screenshots
