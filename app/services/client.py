@@ -12,6 +12,7 @@ imports Qt.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
@@ -43,7 +44,7 @@ from app.services.events import (
 from app.services.events import (
     ServiceError as ServiceErrorEvent,
 )
-from app.services.messenger import Messenger, ServiceError
+from app.services.messenger import IncomingResult, Messenger, ServiceError
 from app.services.views import ConversationView, MessageView, SafetyNumberView, SearchResultView
 from app.store import PassphraseProtector, Store, StoreError, WrongPassphrase
 
@@ -76,6 +77,15 @@ class Client:
         self.push: PushListener | None = None
         self.connected = False
         self.undecryptable = 0
+        # A burst of arrivals refreshes the conversation list once and acknowledges
+        # in batches, instead of once per message.
+        self._conversations_pending = False
+        self._ack_lock = threading.Lock()
+        self._acks: list[int] = []
+        self._ack_pending = False
+        self._inbox_lock = threading.Lock()
+        self._inbox: collections.deque[Envelope] = collections.deque()
+        self._drain_pending = False
 
     # ---- life cycle -----------------------------------------------------------
     def set_listener(self, listener: Callable[[Event], None]) -> None:
@@ -101,8 +111,58 @@ class Client:
         self._ticker.start()
 
     def _envelope_arrived(self, envelope: Envelope) -> None:
+        with self._inbox_lock:
+            self._inbox.append(envelope)
+            if self._drain_pending:
+                return
+            self._drain_pending = True
         with contextlib.suppress(RuntimeError):
-            self._core.submit(self._process, envelope)
+            self._core.submit(self._drain)
+
+    def _drain(self) -> None:
+        """Receives what has queued up, up to a batch, in one transaction.
+
+        Each envelope is its own savepoint (a bad one is dropped alone); the batch
+        commits once, so a burst costs one fsync rather than one per message, and
+        every message still commits together with the ratchet state it used.
+        Acknowledgements go out only after the commit."""
+        with self._inbox_lock:
+            batch = [self._inbox.popleft() for _ in range(min(len(self._inbox), 200))]
+        try:
+            self._receive_batch(batch)
+        finally:
+            # Even after an unexpected failure (the batch then stays unacknowledged
+            # on the relay and comes again), later envelopes must not be stuck.
+            with self._inbox_lock:
+                more = bool(self._inbox)
+                self._drain_pending = more
+            if more:
+                self.core(self._drain)
+
+    def _receive_batch(self, batch: list[Envelope]) -> None:
+        results: list[IncomingResult] = []
+        done: list[int] = []
+        with self.messenger.store.transaction():
+            for envelope in batch:
+                try:
+                    results.append(
+                        self.messenger.receive(
+                            envelope.sender,
+                            envelope.sender_device,
+                            envelope.body,
+                            envelope.server_time,
+                        )
+                    )
+                except ProtocolError as error:
+                    # Undecryptable (replayed, forged, or from a lost session): drop
+                    # it, or it would block the mailbox forever. Counted, not logged.
+                    self.undecryptable += 1
+                    log.info("dropped an envelope: %s", type(error).__name__)
+                done.append(envelope.seq)
+        for seq in done:
+            self._acknowledge(seq)
+        for result in results:
+            self._after_receive(result)
 
     def _keys_low(self) -> None:
         with contextlib.suppress(RuntimeError):
@@ -258,19 +318,7 @@ class Client:
                 tmp.unlink(missing_ok=True)
 
     # ---- receiving ------------------------------------------------------------
-    def _process(self, envelope: Envelope) -> None:
-        try:
-            result = self.messenger.receive(
-                envelope.sender, envelope.sender_device, envelope.body, envelope.server_time
-            )
-        except ProtocolError as error:
-            # Undecryptable (replayed, forged, or from a lost session): drop it,
-            # or it would block the mailbox forever. Counted, never logged in full.
-            self.undecryptable += 1
-            log.info("dropped an envelope: %s", type(error).__name__)
-            self.net(self._ack, [envelope.seq])
-            return
-        self.net(self._ack, [envelope.seq])
+    def _after_receive(self, result: IncomingResult) -> None:
         for peer in result.identity_changed:
             self._emit(IdentityChanged(peer))
         by_conversation: dict[int, list[MessageView]] = {}
@@ -290,7 +338,7 @@ class Client:
         for conversation_id, views in by_conversation.items():
             self._messages_event(conversation_id, views)
         if result.changed_conversations or result.identity_changed:
-            self._conversations_event()
+            self._conversations_event_soon()
         for attachment_id in result.attachments_to_fetch:
             self.net(self._download, attachment_id)
         if result.needs_sessions:
@@ -300,6 +348,34 @@ class Client:
     def _ack(self, seqs: list[int]) -> None:
         with contextlib.suppress(RelayError):
             self.relay.ack(seqs)
+
+    def _acknowledge(self, seq: int) -> None:
+        """Queues an ack (after the message is committed); one request takes all queued."""
+        with self._ack_lock:
+            self._acks.append(seq)
+            if self._ack_pending:
+                return
+            self._ack_pending = True
+        self.net(self._send_acks)
+
+    def _send_acks(self) -> None:
+        with self._ack_lock:
+            seqs, self._acks = self._acks, []
+            self._ack_pending = False
+        for start in range(0, len(seqs), 500):
+            self._ack(seqs[start : start + 500])
+
+    def _conversations_event_soon(self) -> None:
+        """On the core thread: one refresh after the envelopes already queued."""
+        if self._conversations_pending:
+            return
+        self._conversations_pending = True
+
+        def refresh() -> None:
+            self._conversations_pending = False
+            self._conversations_event()
+
+        self.core(refresh)
 
     def _expire(self) -> None:
         expired = self.messenger.expire()

@@ -929,12 +929,22 @@ class Store:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Store]:
-        """All writes inside commit together or not at all; nesting joins the outer one."""
+        """All writes inside commit together or not at all. A nested transaction is
+        a savepoint: if it fails, only its own writes are undone, and the outer
+        one still decides about the rest."""
         with self._lock:
             if self._depth:
+                savepoint = f"nested_{self._depth}"
+                self._connection.execute(f"SAVEPOINT {savepoint}")
                 self._depth += 1
                 try:
                     yield self
+                except BaseException:
+                    self._connection.execute(f"ROLLBACK TO {savepoint}")
+                    self._connection.execute(f"RELEASE {savepoint}")
+                    raise
+                else:
+                    self._connection.execute(f"RELEASE {savepoint}")
                 finally:
                     self._depth -= 1
                 return

@@ -378,3 +378,15 @@ def test_sigkill_during_writes_leaves_a_consistent_store(store: Store, profile: 
         assert reopened.sessions.get("bob", 1) == f"state-{last.sent_at}".encode()
         reopened.execute("DELETE FROM messages")
         reopened.close()
+
+
+def test_a_failed_nested_transaction_undoes_only_its_own_writes(store: Store) -> None:
+    with store.transaction():
+        store.settings.set("kept", 1)
+        with pytest.raises(RuntimeError), store.transaction():
+            store.settings.set("undone", 2)
+            raise RuntimeError("inner failure")
+        store.settings.set("also kept", 3)
+    assert store.settings.get("kept") == 1
+    assert store.settings.get("undone") is None
+    assert store.settings.get("also kept") == 3
