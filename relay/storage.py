@@ -98,6 +98,10 @@ class Storage:
     def transaction(self) -> contextlib.AbstractContextManager[Any]:
         raise NotImplementedError
 
+    def read(self) -> contextlib.AbstractContextManager[Any]:
+        """A consistent read that takes no write lock (SQLite: its own connection)."""
+        return self.transaction()
+
     def _sql(self, sql: str) -> str:
         return sql
 
@@ -144,7 +148,7 @@ class Storage:
         return device_id
 
     def device_for_token(self, token: str) -> DeviceRow | None:
-        with self.transaction() as conn:
+        with self.read() as conn:
             row = self.run(
                 conn,
                 "SELECT d.account_id, a.username, d.device_id, d.name, d.revoked FROM devices d"
@@ -156,14 +160,14 @@ class Storage:
         return DeviceRow(int(row[0]), str(row[1]), int(row[2]), str(row[3]), bool(row[4]))
 
     def account_id(self, username: str) -> int | None:
-        with self.transaction() as conn:
+        with self.read() as conn:
             row = self.run(
                 conn, "SELECT id FROM accounts WHERE username = ?", (username,)
             ).fetchone()
         return int(row[0]) if row else None
 
     def devices(self, account_id: int) -> list[tuple[int, str, bool]]:
-        with self.transaction() as conn:
+        with self.read() as conn:
             rows = self.run(
                 conn,
                 "SELECT device_id, name, revoked FROM devices WHERE account_id = ?"
@@ -253,7 +257,7 @@ class Storage:
         return counts.get(ONE_TIME_PREKEY, 0), counts.get(ONE_TIME_KEM_PREKEY, 0)
 
     def stock(self, account_id: int, device_id: int) -> tuple[int, int]:
-        with self.transaction() as conn:
+        with self.read() as conn:
             return self._stock(conn, account_id, device_id)
 
     def _take_one_time(
@@ -302,7 +306,7 @@ class Storage:
 
     # ---- mailbox --------------------------------------------------------------
     def active_device(self, account_id: int, device_id: int) -> bool:
-        with self.transaction() as conn:
+        with self.read() as conn:
             row = self.run(
                 conn,
                 "SELECT 1 FROM devices WHERE account_id = ? AND device_id = ? AND revoked = 0",
@@ -350,7 +354,7 @@ class Storage:
     def pending(
         self, account_id: int, device_id: int, after: int, limit: int, min_created: int
     ) -> list[dict[str, Any]]:
-        with self.transaction() as conn:
+        with self.read() as conn:
             rows = self.run(
                 conn,
                 "SELECT seq, client_id, sender, sender_device, body, created_at FROM envelopes"
@@ -397,7 +401,7 @@ class Storage:
             )
 
     def attachment(self, blob_id: str) -> tuple[int, int] | None:
-        with self.transaction() as conn:
+        with self.read() as conn:
             row = self.run(
                 conn, "SELECT size, created_at FROM attachments WHERE id = ?", (blob_id,)
             ).fetchone()
@@ -423,6 +427,10 @@ class SqliteStorage(Storage):
         self._connection.execute("PRAGMA synchronous = FULL")
         self._connection.execute("PRAGMA foreign_keys = ON")
         self._connection.executescript(SQLITE_SCHEMA)
+        self._path = path
+        self._readers = threading.local()
+        self._readers_lock = threading.Lock()
+        self._all_readers: list[sqlite3.Connection] = []
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Any]:
@@ -437,7 +445,29 @@ class SqliteStorage(Storage):
                 raise
             self._connection.execute("COMMIT")
 
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Any]:
+        # WAL lets readers work beside the writer; each pool thread keeps its own
+        # connection, so a read never waits for another request's fsync.
+        reader = getattr(self._readers, "conn", None)
+        if reader is None:
+            reader = sqlite3.connect(
+                str(self._path), isolation_level=None, timeout=30, check_same_thread=False
+            )
+            self._readers.conn = reader
+            with self._readers_lock:
+                self._all_readers.append(reader)
+        reader.execute("BEGIN")
+        try:
+            yield reader
+        finally:
+            reader.execute("COMMIT")
+
     def close(self) -> None:
+        with self._readers_lock:
+            for reader in self._all_readers:
+                with contextlib.suppress(sqlite3.Error):
+                    reader.close()
         self._connection.close()
 
 
