@@ -130,8 +130,19 @@ def _attachment_files(attachments_dir: Path | None) -> list[Path]:
 
 
 def _frames(store: Store, attachments_dir: Path | None, files: list[Path]) -> Iterator[bytes]:
+    # Records are small; hand them on in ~256 KiB runs, not one by one.
+    pending: list[bytes] = []
+    size = 0
     for table, payload in store.export_records():
-        yield fmt.record_frame(table, payload)
+        frame = fmt.record_frame(table, payload)
+        pending.append(frame)
+        size += len(frame)
+        if size >= 1 << 18:
+            yield b"".join(pending)
+            pending.clear()
+            size = 0
+    if pending:
+        yield b"".join(pending)
     assert attachments_dir is not None or not files
     for path in files:
         relative = path.relative_to(attachments_dir).as_posix()  # type: ignore[arg-type]

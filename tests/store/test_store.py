@@ -390,3 +390,21 @@ def test_a_failed_nested_transaction_undoes_only_its_own_writes(store: Store) ->
     assert store.settings.get("kept") == 1
     assert store.settings.get("undone") is None
     assert store.settings.get("also kept") == 3
+
+
+def test_after_an_import_new_messages_are_still_indexed(store: Store, tmp_path: Path) -> None:
+    conversation_id = _conversation_with(store, count=3)
+    target = Store.create(tmp_path / "restored", protector())
+    target.import_records(iter(list(store.export_records())))
+    assert len(target.messages.search("eagle")) == 3
+    target.messages.add(
+        conversation_id=conversation_id,
+        uuid="after-restore",
+        sender="bob",
+        outgoing=False,
+        body="a zeppelin after the restore",
+        sent_at=5_000,
+        status="received",
+    )
+    assert len(target.messages.search("zeppelin")) == 1
+    target.close()
