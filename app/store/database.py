@@ -783,6 +783,9 @@ def _encode_value(value: Any) -> Any:
     return value
 
 
+_PLAIN_TYPES = (str, int, float, type(None))
+
+
 def _decode_value(value: Any) -> Any:
     if isinstance(value, dict):
         encoded = value.get("$b")
@@ -989,7 +992,7 @@ class Store:
                             break
                         for row in rows:
                             record = {
-                                name: _encode_value(value)
+                                name: value if type(value) in _PLAIN_TYPES else _encode_value(value)
                                 for name, value in zip(names, row, strict=True)
                             }
                             yield table, json.dumps(record, separators=(",", ":")).encode()
@@ -1056,7 +1059,12 @@ class Store:
                 if shape != batch_shape or len(batch) >= IMPORT_BATCH:
                     flush()
                     batch_shape = shape
-                batch.append(tuple(_decode_value(record[name]) for name in names))
+                batch.append(
+                    tuple(
+                        value if type(value) in _PLAIN_TYPES else _decode_value(value)
+                        for value in (record[name] for name in names)
+                    )
+                )
                 imported[kind] += 1
             flush()
             if expected is None:
