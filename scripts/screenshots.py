@@ -143,6 +143,9 @@ def _shoot(out: Path, work: Path, relay: RelayProcess) -> int:
     window.settings_dialog.tabs.setCurrentIndex(1)
     pump(1.0)
     shot(window.settings_dialog, "08-settings-devices")
+    window.settings_dialog.tabs.setCurrentIndex(window.settings_dialog.tabs.count() - 1)
+    pump(0.5)
+    shot(window.settings_dialog, "20-settings-about")
     window.settings_dialog.close()
 
     _backup_screens(window, work, shot, until, pump)

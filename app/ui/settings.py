@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from PySide6.QtCore import Signal
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -16,6 +16,20 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
+
+from app import __version__
+
+
+def about_text() -> str:
+    return (
+        f"<b>Cipherline {__version__}</b><br><br>"
+        "An end-to-end encrypted messenger: messages, local history and backups are "
+        "encrypted on this device, with keys only you hold.<br><br>"
+        "Post-quantum session start (X25519 + ML-KEM-768), the Double Ratchet, Sender "
+        "Keys for groups, an SQLCipher store, and backups protected by a 64-digit key "
+        "or by a password checked by the Backup Key Vault (OPAQUE)."
+    )
+
 
 LOCK_CHOICES = [("Never", 0), ("1 minute", 1), ("5 minutes", 5), ("15 minutes", 15), ("1 hour", 60)]
 
@@ -96,6 +110,17 @@ class SettingsDialog(QDialog):
         appearance_form = QFormLayout(appearance)
         appearance_form.addRow(QLabel("Cipherline follows your system's light or dark theme."))
         tabs.addTab(appearance, "Appearance")
+
+        about = QWidget()
+        about_layout = QVBoxLayout(about)
+        self.about_label = QLabel(about_text())
+        self.about_label.setWordWrap(True)
+        self.about_label.setTextInteractionFlags(
+            self.about_label.textInteractionFlags() | Qt.TextInteractionFlag.TextSelectableByMouse
+        )
+        about_layout.addWidget(self.about_label)
+        about_layout.addStretch(1)
+        tabs.addTab(about, "About")
 
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
         buttons.rejected.connect(self.reject)

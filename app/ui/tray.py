@@ -24,9 +24,12 @@ class TrayController(QObject):
         menu = QMenu()
         open_action = QAction("Open Cipherline", menu)
         open_action.triggered.connect(self._raise)
+        about_action = QAction("About Cipherline", menu)
+        about_action.triggered.connect(self._about)
         quit_action = QAction("Quit", menu)
         quit_action.triggered.connect(QApplication.quit)
         menu.addAction(open_action)
+        menu.addAction(about_action)
         menu.addAction(quit_action)
         self.tray.setContextMenu(menu)
         self.tray.setToolTip("Cipherline")
@@ -58,6 +61,13 @@ class TrayController(QObject):
         ):
             self._restart_idle()
         return False
+
+    def _about(self) -> None:
+        from PySide6.QtWidgets import QMessageBox
+
+        from app.ui.settings import about_text
+
+        QMessageBox.about(self.window, "About Cipherline", about_text())
 
     def _raise(self) -> None:
         self.window.showNormal()
