@@ -924,7 +924,14 @@ class Store:
     # ---- statements -----------------------------------------------------------
     def execute(self, sql: str, params: tuple[Any, ...] = ()) -> sqlcipher.Cursor:
         with self._lock:
-            return self._connection.execute(sql, params)
+            try:
+                return self._connection.execute(sql, params)
+            except sqlcipher.ProgrammingError as error:
+                # Work that outlives the profile (a timer during shutdown) gets our
+                # own error, not the driver's.
+                if "closed database" in str(error):
+                    raise StoreError("this profile is closed") from None
+                raise
 
     def executemany(self, sql: str, rows: Iterable[tuple[Any, ...]]) -> None:
         with self._lock:

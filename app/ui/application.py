@@ -163,6 +163,9 @@ class Launcher(QObject):
         self.ready.emit(window)
 
     def shutdown(self) -> None:
+        scheduler = getattr(self, "scheduler", None)
+        if scheduler is not None:
+            scheduler.stop()
         if self.client is not None:
             self.client.stop()
             self.client = None

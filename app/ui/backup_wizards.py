@@ -38,7 +38,7 @@ from app.backup.errors import BackupCancelled, BackupError, InvalidKeyFormat
 from app.backup.format import check_key
 from app.backup.keys import format_key, generate_backup_key, parse_key
 from app.protocol.vault import DEFAULT_ATTEMPT_LIMIT, LockedOut, VaultError, WrongPassword
-from app.store import Protector, Store
+from app.store import Protector, Store, StoreError
 from app.ui.workers import run_in_pool
 
 SCHEDULE_CHOICES = [
@@ -922,10 +922,29 @@ class BackupScheduler(QObject):
         self.timer.setInterval(interval_ms)
         self.timer.timeout.connect(self.check)
         self.timer.start()
-        QTimer.singleShot(30_000, self.check)
+        # The first look shortly after start, on a timer we own so stop() cancels it.
+        self.first = QTimer(self)
+        self.first.setSingleShot(True)
+        self.first.setInterval(30_000)
+        self.first.timeout.connect(self.check)
+        self.first.start()
+        self.stopped = False
+
+    def stop(self) -> None:
+        self.stopped = True
+        self.timer.stop()
+        self.first.stop()
 
     def check(self) -> None:
-        if self.running or not service.is_due(self.store):
+        if self.stopped or self.running:
+            return
+        try:
+            due = service.is_due(self.store)
+        except StoreError:
+            # The profile was closed under us (the app is shutting down).
+            self.stop()
+            return
+        if not due:
             return
         self.running = True
 

@@ -34,6 +34,12 @@ class FunctionWorker(QRunnable):
             self.signals.finished.emit(result)
 
 
+# Workers in flight. Without a reference held here, a caller that drops the
+# returned worker lets Python free its signals object before the queued result
+# reaches the UI thread, and the result is silently lost.
+_IN_FLIGHT: set[FunctionWorker] = set()
+
+
 def run_in_pool(
     function: Callable[[], Any],
     on_finished: Callable[[Any], None],
@@ -41,7 +47,17 @@ def run_in_pool(
     pool: QThreadPool | None = None,
 ) -> FunctionWorker:
     worker = FunctionWorker(function)
-    worker.signals.finished.connect(on_finished)
-    worker.signals.failed.connect(on_failed)
+    _IN_FLIGHT.add(worker)
+
+    def finished(result: Any) -> None:
+        _IN_FLIGHT.discard(worker)
+        on_finished(result)
+
+    def failed(error: BaseException) -> None:
+        _IN_FLIGHT.discard(worker)
+        on_failed(error)
+
+    worker.signals.finished.connect(finished)
+    worker.signals.failed.connect(failed)
     (pool or QThreadPool.globalInstance()).start(worker)
     return worker

@@ -408,3 +408,10 @@ def test_after_an_import_new_messages_are_still_indexed(store: Store, tmp_path: 
     )
     assert len(target.messages.search("zeppelin")) == 1
     target.close()
+
+
+def test_a_closed_store_answers_with_its_own_error(profile: Path) -> None:
+    opened = Store.create(profile, protector())
+    opened.close()
+    with pytest.raises(StoreError, match="closed"):
+        opened.backup_state.get()

@@ -177,3 +177,25 @@ def test_password_wizard_and_restore_with_attempts_left(
     assert "Restored 30 messages" in restore.run_page.status.text()
     restored = Profile.load(new_profile)
     assert (restored.path / "store.key").exists()
+
+
+def test_scheduler_backs_up_when_due_and_stops_quietly_once_closed(
+    qtbot: QtBot, tmp_path: Path
+) -> None:
+    from app.backup import service
+    from app.store import Store
+    from app.ui.backup_wizards import BackupScheduler
+
+    profile = tmp_path / "profiles" / "sched"
+    store = Store.create(profile, protector())
+    populate(store, profile, messages=5, attachment_bytes=1000)
+    service.set_up_with_key(store, tmp_path / "cloud", schedule="daily")
+    scheduler = BackupScheduler(store, profile)
+    with qtbot.waitSignal(scheduler.finished, timeout=20_000) as blocker:
+        scheduler.check()
+    assert isinstance(blocker.args[0], engine.BackupInfo)
+    assert not service.is_due(store)
+    store.close()
+    scheduler.check()  # the profile closed under it: no exception, it just stops
+    assert scheduler.stopped
+    assert not scheduler.timer.isActive()

@@ -54,3 +54,16 @@ def test_signal_emission_keeps_reference_counts() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr[-2000:]
+
+
+def test_pool_results_arrive_even_when_the_caller_drops_the_worker(qtbot: object) -> None:
+    import gc
+
+    from app.ui.workers import run_in_pool
+
+    results: list[object] = []
+    for number in range(20):
+        run_in_pool(lambda number=number: number, results.append, results.append)
+    gc.collect()
+    qtbot.waitUntil(lambda: len(results) == 20, timeout=5_000)  # type: ignore[attr-defined]
+    assert sorted(results) == list(range(20))  # type: ignore[type-var]
