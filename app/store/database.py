@@ -806,6 +806,7 @@ class Store:
         self._connection = connection
         self._lock = threading.RLock()
         self._depth = 0
+        self._db_key = b""
         self.account = AccountRepository(self)
         self.contacts = ContactRepository(self)
         self.sessions = SessionRepository(self)
@@ -887,6 +888,9 @@ class Store:
             connection.execute("PRAGMA secure_delete = ON")
             store = cls(path, connection)
             store._migrate()
+            # Kept so a backup can read its own snapshot on a second connection
+            # instead of holding the store's lock for the whole export.
+            store._db_key = db_key
         except BaseException:
             connection.close()
             raise
@@ -977,12 +981,13 @@ class Store:
         Rows are read with a cursor, never all at once; the outbox (ciphertexts
         waiting to be sent) is left out because it is bound to this moment.
         """
-        with self._lock:
-            self._connection.execute("BEGIN")
+        connection = self._snapshot_connection()
+        try:
+            connection.execute("BEGIN")
             try:
                 counts = {
                     table: int(
-                        self._connection.execute(
+                        connection.execute(
                             f"SELECT COUNT(*) FROM {table}"  # noqa: S608
                         ).fetchone()[0]
                     )
@@ -991,7 +996,7 @@ class Store:
                 meta = {"schema": SCHEMA_VERSION, "counts": counts}
                 yield "meta", json.dumps(meta, sort_keys=True).encode()
                 for table in BACKUP_TABLES:
-                    cursor = self._connection.execute(f"SELECT * FROM {table}")  # noqa: S608
+                    cursor = connection.execute(f"SELECT * FROM {table}")  # noqa: S608
                     names = [column[0] for column in cursor.description]
                     while True:
                         rows = cursor.fetchmany(500)
@@ -1004,7 +1009,22 @@ class Store:
                             }
                             yield table, json.dumps(record, separators=(",", ":")).encode()
             finally:
-                self._connection.execute("COMMIT")
+                connection.execute("COMMIT")
+        finally:
+            connection.close()
+
+    def _snapshot_connection(self) -> sqlcipher.Connection:
+        """A read-only second connection: WAL gives it a consistent snapshot while
+        the app goes on writing through the main one."""
+        connection = sqlcipher.connect(str(self.path), isolation_level=None, timeout=10)
+        try:
+            connection.execute(f"PRAGMA key = \"x'{self._db_key.hex()}'\"")
+            connection.execute("PRAGMA cipher_memory_security = OFF")
+            connection.execute("PRAGMA query_only = ON")
+        except BaseException:
+            connection.close()
+            raise
+        return connection
 
     def import_records(self, records: Iterable[tuple[str, bytes]]) -> dict[str, int]:
         """Load a backup into this (empty) store in one transaction; all or nothing."""

@@ -415,3 +415,33 @@ def test_a_closed_store_answers_with_its_own_error(profile: Path) -> None:
     opened.close()
     with pytest.raises(StoreError, match="closed"):
         opened.backup_state.get()
+
+
+def test_export_reads_a_snapshot_and_never_blocks_writers(store: Store) -> None:
+    import threading
+
+    conversation_id = _conversation_with(store, count=1200)
+    records = store.export_records()
+    meta = json.loads(next(records)[1])
+    assert meta["counts"]["messages"] == 1200
+    next(records)  # the export is now mid-way through its snapshot
+
+    def write() -> None:
+        store.messages.add(
+            conversation_id=conversation_id,
+            uuid="during-backup",
+            sender="bob",
+            outgoing=False,
+            body="written while the backup runs",
+            sent_at=9_999,
+            status="received",
+        )
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    writer.join(timeout=5)
+    assert not writer.is_alive(), "a write waited for the backup"
+    rest = list(records)
+    messages = [payload for table, payload in rest if table == "messages"]
+    assert len(messages) == 1200  # the snapshot, without the later message
+    assert store.messages.count(conversation_id) == 1201
