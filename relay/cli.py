@@ -95,5 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             log_level="warning",
             access_log=False,
             timeout_graceful_shutdown=2,
+            # Push frames carry ciphertext, which does not compress.
+            ws_per_message_deflate=False,
         )
     return 0

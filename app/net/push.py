@@ -83,6 +83,8 @@ class PushListener:
                     open_timeout=10,
                     close_timeout=2,
                     max_size=2**20,
+                    # Frames carry ciphertext, which does not compress.
+                    compression=None,
                 ) as connection:
                     self._connection = connection
                     self._set_state(True)
