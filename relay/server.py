@@ -29,8 +29,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.websockets import WebSocketDisconnect
 
 from app import __version__
+from relay.gate import gate_for
 from relay.metrics import Metrics
-from relay.storage import DeviceRow, PostgresStorage, Storage, open_storage
+from relay.storage import DeviceRow, NewEnvelope, PostgresStorage, Storage, open_storage
 
 log = logging.getLogger("relay")
 
@@ -39,6 +40,8 @@ CLIENT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 BLOB_ID = re.compile(r"^[0-9a-f]{32}$")
 VAULT_OP = re.compile(r"^[a-z_]{1,32}$")
 DAY_MS = 86_400_000
+PUSH_BATCH = 500
+PUSH_IDLE_SECONDS = 20  # a ping this often keeps middleboxes from dropping idle sockets
 
 
 @dataclass(frozen=True)
@@ -95,37 +98,51 @@ class TokenBucket:
             return (1 - tokens) / self.rate
 
 
-class PushHub:
-    """Wakes WebSocket handlers of this process when their mailbox changes."""
+class Subscription:
+    """One push connection's wake-up: new mail, and whether its key stock may be low."""
 
     def __init__(self) -> None:
-        self._events: dict[tuple[int, int], set[asyncio.Event]] = defaultdict(set)
+        self.event = asyncio.Event()
+        self.keys_changed = True  # checked once when the connection opens
+
+    async def wait(self, timeout: float) -> bool:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.event.wait(), timeout=timeout)
+        return self.event.is_set()
+
+
+class PushHub:
+    """Wakes WebSocket handlers of this process when their mailbox or key stock changes."""
+
+    def __init__(self) -> None:
+        self._subscriptions: dict[tuple[int, int], set[Subscription]] = defaultdict(set)
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
 
-    def subscribe(self, key: tuple[int, int]) -> asyncio.Event:
-        event = asyncio.Event()
-        self._events[key].add(event)
-        return event
+    def subscribe(self, key: tuple[int, int]) -> Subscription:
+        subscription = Subscription()
+        self._subscriptions[key].add(subscription)
+        return subscription
 
-    def unsubscribe(self, key: tuple[int, int], event: asyncio.Event) -> None:
-        self._events[key].discard(event)
-        if not self._events[key]:
-            del self._events[key]
+    def unsubscribe(self, key: tuple[int, int], subscription: Subscription) -> None:
+        self._subscriptions[key].discard(subscription)
+        if not self._subscriptions[key]:
+            del self._subscriptions[key]
 
-    def wake(self, account_id: int, device_id: int) -> None:
+    def wake(self, account_id: int, device_id: int, *, keys: bool = False) -> None:
         """Thread-safe."""
         loop = self._loop
         if loop is None:
             return
         with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(self._wake, (account_id, device_id))
+            loop.call_soon_threadsafe(self._wake, (account_id, device_id), keys)
 
-    def _wake(self, key: tuple[int, int]) -> None:
-        for event in list(self._events.get(key, ())):
-            event.set()
+    def _wake(self, key: tuple[int, int], keys: bool) -> None:
+        for subscription in list(self._subscriptions.get(key, ())):
+            subscription.keys_changed |= keys
+            subscription.event.set()
 
 
 class NewAccount(BaseModel):
@@ -190,6 +207,7 @@ def create_app(settings: RelaySettings) -> FastAPI:
     blobs_dir = settings.data_dir / "attachments"
     blobs_dir.mkdir(exist_ok=True)
     storage: Storage = open_storage(settings.data_dir, settings.database_url)
+    gate = gate_for(storage)
     hub = PushHub()
     metrics = Metrics()
     limiter = TokenBucket(settings.rate_per_second, settings.rate_burst)
@@ -200,6 +218,7 @@ def create_app(settings: RelaySettings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_api: FastAPI) -> AsyncIterator[None]:
         hub.bind(asyncio.get_running_loop())
+        gate.start(asyncio.get_running_loop())
         threads: list[threading.Thread] = []
         if isinstance(storage, PostgresStorage):
             listener = threading.Thread(
@@ -217,6 +236,7 @@ def create_app(settings: RelaySettings) -> FastAPI:
         purge()
         yield
         stop.set()
+        gate.stop()
         storage.close()
 
     def purge() -> None:
@@ -287,13 +307,13 @@ def create_app(settings: RelaySettings) -> FastAPI:
                 {"Retry-After": str(max(1, int(wait + 0.999)))},
             )
 
-    def authenticated(
+    async def authenticated(
         request: Request, authorization: Annotated[str | None, Header()] = None
     ) -> DeviceRow:
         limit("ip:" + client_key(request))
         if not authorization or not authorization.startswith("Bearer "):
             raise fail(401, "missing bearer token")
-        device = storage.device_for_token(authorization[7:].strip())
+        device = await gate.read(storage.device_for_token, authorization[7:].strip())
         if device is None or device.revoked:
             raise fail(401, "the token is unknown or revoked")
         limit(f"account:{device.account_id}")
@@ -402,7 +422,7 @@ def create_app(settings: RelaySettings) -> FastAPI:
         for bundle in bundles:
             stock = storage.stock(account_id, bundle["device_id"])
             if min(stock) < 10:
-                hub.wake(account_id, bundle["device_id"])
+                hub.wake(account_id, bundle["device_id"], keys=True)
 
         def one_time(entry: tuple[int, bytes] | None) -> dict[str, Any] | None:
             return None if entry is None else {"id": entry[0], "key": _b64(entry[1])}
@@ -423,11 +443,15 @@ def create_app(settings: RelaySettings) -> FastAPI:
         }
 
     # ---- mailbox -----------------------------------------------------------------
-    @api.post("/v1/messages")
-    def send(body: SendRequest, device: Auth) -> dict[str, Any]:
-        results = []
+    def recipients(
+        body: SendRequest, sender: DeviceRow
+    ) -> tuple[list[dict[str, Any]], list[tuple[dict[str, Any], NewEnvelope]]]:
+        """Every message checked and addressed before anything is stored, so a bad
+        message in a fan-out rejects the request without leaving half of it queued."""
         now = settings.clock()
         accounts: dict[str, int | None] = {}
+        results: list[dict[str, Any]] = []
+        to_store: list[tuple[dict[str, Any], NewEnvelope]] = []
         for message in body.messages:
             if not CLIENT_ID.match(message.id):
                 raise fail(400, "a message id is 1-64 characters: letters, digits, '-' or '_'")
@@ -439,22 +463,37 @@ def create_app(settings: RelaySettings) -> FastAPI:
             if account_id is None or not storage.active_device(account_id, message.device_id):
                 results.append({"id": message.id, "status": "unknown_recipient"})
                 continue
-            status = storage.enqueue(
-                account_id,
-                message.device_id,
-                message.id,
-                device.username,
-                device.device_id,
-                payload,
-                now,
-                settings.mailbox_quota,
+            results.append({"id": message.id})
+            to_store.append(
+                (
+                    results[-1],
+                    NewEnvelope(
+                        account_id,
+                        message.device_id,
+                        message.id,
+                        sender.username,
+                        sender.device_id,
+                        payload,
+                        now,
+                    ),
+                )
             )
-            if status == "quota":
-                raise fail(429, "the recipient's mailbox is full", {"Retry-After": "60"})
+        return results, to_store
+
+    @api.post("/v1/messages")
+    async def send(body: SendRequest, device: Auth) -> dict[str, Any]:
+        results, to_store = await gate.read(recipients, body, device)
+        envelopes = [envelope for _, envelope in to_store]
+        statuses = await gate.enqueue(envelopes, settings.mailbox_quota) if envelopes else []
+        quota_reached = False
+        for (result, envelope), status in zip(to_store, statuses, strict=True):
+            result["status"] = status
             if status == "queued":
                 metrics.count("envelopes_queued_total")
-                hub.wake(account_id, message.device_id)
-            results.append({"id": message.id, "status": status})
+                hub.wake(envelope.account_id, envelope.device_id)
+            quota_reached |= status == "quota"
+        if quota_reached:
+            raise fail(429, "the recipient's mailbox is full", {"Retry-After": "60"})
         return {"results": results}
 
     def envelopes_for(device: DeviceRow, after: int, limit_count: int) -> list[dict[str, Any]]:
@@ -468,51 +507,53 @@ def create_app(settings: RelaySettings) -> FastAPI:
         return [dict(row, body=_b64(row["body"])) for row in rows]
 
     @api.get("/v1/messages")
-    def fetch_messages(
+    async def fetch_messages(
         device: Auth,
         after: Annotated[int, Query(ge=0)] = 0,
         limit_count: Annotated[int, Query(alias="limit", ge=1, le=1000)] = 500,
     ) -> dict[str, Any]:
-        return {"envelopes": envelopes_for(device, after, limit_count)}
+        return {"envelopes": await gate.read(envelopes_for, device, after, limit_count)}
 
     @api.post("/v1/messages/ack")
-    def ack(body: AckRequest, device: Auth) -> dict[str, Any]:
-        removed = storage.ack(device.account_id, device.device_id, body.seqs)
+    async def ack(body: AckRequest, device: Auth) -> dict[str, Any]:
+        removed = await gate.write(storage.ack, device.account_id, device.device_id, body.seqs)
         metrics.count("envelopes_acked_total", removed)
         return {"removed": removed}
 
     @api.websocket("/v1/push")
     async def push(websocket: WebSocket) -> None:
         token = websocket.query_params.get("token", "")
-        device = await asyncio.to_thread(storage.device_for_token, token) if token else None
+        device = await gate.read(storage.device_for_token, token) if token else None
         if device is None or device.revoked:
             await websocket.close(code=4401, reason="the token is unknown or revoked")
             return
         await websocket.accept()
         key = (device.account_id, device.device_id)
-        wake = hub.subscribe(key)
+        subscription = hub.subscribe(key)
         metrics.gauge_add("push_connections", 1)
         last_sent = 0
         try:
             while True:
-                wake.clear()
-                batch = await asyncio.to_thread(envelopes_for, device, last_sent, 500)
+                subscription.event.clear()
+                batch = await gate.read(envelopes_for, device, last_sent, PUSH_BATCH)
                 for envelope in batch:
                     await websocket.send_text(json.dumps({"type": "envelope", **envelope}))
                     last_sent = envelope["seq"]
-                if batch:
-                    continue
-                stock = await asyncio.to_thread(storage.stock, *key)
-                if min(stock) < 10:
-                    await websocket.send_text(json.dumps({"type": "keys_low"}))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), timeout=20)
-                if not wake.is_set():
+                if len(batch) == PUSH_BATCH:
+                    continue  # more are waiting
+                if subscription.keys_changed:
+                    subscription.keys_changed = False
+                    stock = await gate.read(storage.stock, *key)
+                    if min(stock) < 10:
+                        await websocket.send_text(json.dumps({"type": "keys_low"}))
+                if not await subscription.wait(PUSH_IDLE_SECONDS):
                     await websocket.send_text(json.dumps({"type": "ping"}))
+                    # Another relay instance may have handed out keys meanwhile.
+                    subscription.keys_changed = True
         except (WebSocketDisconnect, RuntimeError):
             pass
         finally:
-            hub.unsubscribe(key, wake)
+            hub.unsubscribe(key, subscription)
             metrics.gauge_add("push_connections", -1)
 
     # ---- attachments -------------------------------------------------------------

@@ -85,6 +85,17 @@ class DeviceRow:
     revoked: bool
 
 
+@dataclass(frozen=True)
+class NewEnvelope:
+    account_id: int
+    device_id: int
+    client_id: str
+    sender: str
+    sender_device: int
+    body: bytes
+    created_at: int
+
+
 class Connection(Protocol):
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any: ...
 
@@ -314,42 +325,85 @@ class Storage:
             ).fetchone()
         return row is not None
 
-    def enqueue(  # noqa: PLR0917
-        self,
-        account_id: int,
-        device_id: int,
-        client_id: str,
-        sender: str,
-        sender_device: int,
-        body: bytes,
-        now: int,
-        quota: int,
-    ) -> str:
-        """'queued', 'duplicate' or 'quota'."""
+    def enqueue(self, envelopes: Sequence[NewEnvelope], quota: int) -> list[str]:
+        """Per envelope 'queued', 'duplicate' or 'quota'; one transaction for all."""
         with self.transaction() as conn:
-            existing = self.run(
-                conn,
-                "SELECT 1 FROM envelopes WHERE account_id = ? AND device_id = ? AND sender = ?"
-                " AND client_id = ?",
-                (account_id, device_id, sender, client_id),
-            ).fetchone()
-            if existing:
-                return "duplicate"
-            pending = self.run(
-                conn,
-                "SELECT COUNT(*) FROM envelopes WHERE account_id = ? AND device_id = ?",
-                (account_id, device_id),
-            ).fetchone()
-            if int(pending[0]) >= quota:
-                return "quota"
-            self.run(
+            return self.enqueue_in(conn, envelopes, quota)
+
+    def enqueue_group(
+        self, sends: Sequence[tuple[Sequence[NewEnvelope], int]]
+    ) -> list[list[str] | Exception]:
+        """Several requests' sends in one transaction (one fsync), each with its outcome.
+
+        If the shared transaction fails, each send is retried alone, so one request's
+        failure never fails the neighbours it was grouped with.
+        """
+        try:
+            with self.transaction() as conn:
+                return [self.enqueue_in(conn, envelopes, quota) for envelopes, quota in sends]
+        except Exception as error:  # noqa: BLE001 - handed back to its own request
+            if len(sends) == 1:
+                return [error]
+        outcomes: list[list[str] | Exception] = []
+        for envelopes, quota in sends:
+            outcomes += self.enqueue_group([(envelopes, quota)])
+        return outcomes
+
+    def enqueue_in(self, conn: Any, envelopes: Sequence[NewEnvelope], quota: int) -> list[str]:
+        waiting: dict[tuple[int, int], int] = {}
+        statuses: list[str] = []
+        for envelope in envelopes:
+            mailbox = (envelope.account_id, envelope.device_id)
+            if mailbox not in waiting:
+                waiting[mailbox] = int(
+                    self.run(
+                        conn,
+                        "SELECT COUNT(*) FROM envelopes WHERE account_id = ? AND device_id = ?",
+                        mailbox,
+                    ).fetchone()[0]
+                )
+            if waiting[mailbox] >= quota:
+                # A retry of something already queued is still a duplicate, not a 429.
+                statuses.append("duplicate" if self._queued(conn, envelope) else "quota")
+                continue
+            inserted = self.run(
                 conn,
                 "INSERT INTO envelopes (account_id, device_id, client_id, sender, sender_device,"
                 " body, created_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                (account_id, device_id, client_id, sender, sender_device, body, now),
-            )
-            self.notify(conn, account_id, device_id)
-        return "queued"
+                (
+                    envelope.account_id,
+                    envelope.device_id,
+                    envelope.client_id,
+                    envelope.sender,
+                    envelope.sender_device,
+                    envelope.body,
+                    envelope.created_at,
+                ),
+            ).rowcount
+            if inserted:
+                waiting[mailbox] += 1
+                statuses.append("queued")
+            else:
+                statuses.append("duplicate")
+        woken = {
+            (e.account_id, e.device_id): None
+            for e, status in zip(envelopes, statuses, strict=True)
+            if status == "queued"
+        }
+        for mailbox in woken:
+            self.notify(conn, *mailbox)
+        return statuses
+
+    def _queued(self, conn: Any, envelope: NewEnvelope) -> bool:
+        return (
+            self.run(
+                conn,
+                "SELECT 1 FROM envelopes WHERE account_id = ? AND device_id = ? AND sender = ?"
+                " AND client_id = ?",
+                (envelope.account_id, envelope.device_id, envelope.sender, envelope.client_id),
+            ).fetchone()
+            is not None
+        )
 
     def pending(
         self, account_id: int, device_id: int, after: int, limit: int, min_created: int

@@ -151,6 +151,19 @@ def test_push_delivers_live_and_catches_up(any_relay: RelayProcess) -> None:
         bad.recv(timeout=5)
 
 
+def test_push_says_when_the_prekey_stock_runs_low(any_relay: RelayProcess) -> None:
+    bob = _register(any_relay, "bob", keys=12)
+    alice = _register(any_relay, "alice")
+    context = ssl.create_default_context(cafile=str(any_relay.ca_file))
+    with connect(bob.push_url() + f"?token={bob.token}", ssl=context, open_timeout=10) as push:
+        alice.send([OutgoingEnvelope("hello", "bob", 1, b"first")])
+        assert json.loads(push.recv(timeout=10))["id"] == "hello"  # stock of 12: no warning
+        for _ in range(3):
+            alice.fetch_keys("bob")
+        frame = json.loads(push.recv(timeout=10))
+        assert frame == {"type": "keys_low"}
+
+
 def test_bad_input_gets_a_4xx_with_a_sentence(any_relay: RelayProcess) -> None:
     alice = _register(any_relay, "alice")
     session = requests.Session()
