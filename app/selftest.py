@@ -113,7 +113,9 @@ def _backup(tmp: Path) -> CheckResult:
     result = engine.restore_backup(info.path, key, tmp / "restored", protector)
     if result.counts.get("messages") != 1:
         raise RuntimeError("the restored profile lacks the message")
-    return f"backup: written ({info.size:,} bytes), verified ({report.records} records), restored"
+    return (
+        f"backup: written ({info.size:,} bytes), verified ({report.describe_contents()}), restored"
+    )
 
 
 def _pkcs11(_tmp: Path) -> CheckResult:

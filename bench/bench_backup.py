@@ -3,7 +3,8 @@
 The profile holds N messages (1,000,000 in the full run) and attachment files
 (1 GiB in the full run, already-encrypted random bytes as in a real profile).
 Limits measured in the same run, in the same folder: AES-256-GCM sealing of 1 MiB
-chunks, and a sequential write of the same number of bytes with a final fsync.
+chunks, and a sequential write of the same number of bytes with a final fsync
+(paced like the backup, on a quiet disk, before and after; the better one counts).
 Target: backup and restore MB/s at least 70% of the smaller limit, with the peak
 memory of the process doing the backup and restore under 300 MB.
 """
@@ -23,11 +24,13 @@ from app.backup import engine
 from app.backup import format as fmt
 from app.crypto import AeadKey, ReusableAead, random_bytes
 from app.store import PassphraseProtector, Store
+from app.store.durability import WritebackPacer
 from bench.bench_store import FAST, INSERT, _conversations, _rows
 from bench.harness import BenchReport, Comparison, Figure
 
 KEY = bytes(range(32))
 MiB = 1 << 20
+QUIET_SECONDS = 2
 
 
 def _make_profile(root: Path, messages: int, attachment_bytes: int) -> Path:
@@ -74,11 +77,21 @@ def _child(profile: str, folder: str, target: str, queue: Any) -> None:
     )
     backup_seconds = time.perf_counter() - started
     store.close()
+    _quiet_disk()
     started = time.perf_counter()
     engine.restore_backup(info.path, KEY, Path(target), PassphraseProtector("bench", FAST))
     restore_seconds = time.perf_counter() - started
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     queue.put((info.size, backup_seconds, restore_seconds, peak_kib))
+
+
+def _quiet_disk() -> None:
+    """Every timed phase, and the disk limit, starts on a disk with nothing left to
+    write: on a virtual disk a phase that follows another otherwise pays for the
+    other's writeback, and the limit would be measured low (it came out at 430
+    MB/s measured right after a restore, 600-1,400 MB/s on a quiet disk here)."""
+    os.sync()
+    time.sleep(QUIET_SECONDS)
 
 
 def _aes_rate(total: int) -> float:
@@ -97,8 +110,12 @@ def _disk_rate(folder: Path, total: int) -> float:
     path = folder / "disk-probe.bin"
     started = time.perf_counter()
     with path.open("wb", buffering=0) as handle:
-        for _ in range(max(1, total // MiB)):
+        # Paced like the backup itself, so the limit is what the disk can take,
+        # not a burst into the page cache followed by one long fsync.
+        pacer = WritebackPacer(handle.fileno())
+        for number in range(max(1, total // MiB)):
             handle.write(chunk)
+            pacer.written((number + 1) * MiB)
         os.fsync(handle.fileno())
     rate = (total // MiB) * MiB / (time.perf_counter() - started)
     path.unlink()
@@ -114,6 +131,10 @@ def run(quick: bool) -> BenchReport:
         started = time.perf_counter()
         profile = _make_profile(root, messages, attachment_bytes)
         build_seconds = time.perf_counter() - started
+        _quiet_disk()
+        expected_size = attachment_bytes + (profile / "store.db").stat().st_size
+        disk_before = _disk_rate(root, expected_size)
+        _quiet_disk()
         folder = root / "cloud"
         folder.mkdir()
         context = multiprocessing.get_context("spawn")
@@ -124,8 +145,10 @@ def run(quick: bool) -> BenchReport:
         child.start()
         size, backup_seconds, restore_seconds, peak_kib = queue.get(timeout=3600)
         child.join()
-        disk = _disk_rate(root, size)
         shutil.rmtree(root / "restored", ignore_errors=True)
+        _quiet_disk()
+        # The better of two quiet-disk measurements: the limit errs high, not low.
+        disk = max(disk_before, _disk_rate(root, size))
     aes = _aes_rate(size)
     limit = min(aes, disk)
     limit_name = "AES-GCM" if aes <= disk else "disk write"

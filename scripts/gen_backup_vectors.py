@@ -1,4 +1,5 @@
-"""Writes tests/vectors/backup_v1.json: a complete small backup file from fixed inputs.
+"""Writes tests/vectors/backup_v1.json and backup_v2.json: complete small backup
+files from fixed inputs.
 
 Everything is deterministic (the salt and nonce prefix come from a seeded RNG), so
 the tests rebuild the file byte for byte and decode it back. `--check` compares.
@@ -14,18 +15,39 @@ from typing import Any
 from app.backup import format as fmt
 from app.crypto import DeterministicRng
 
-VECTORS = Path(__file__).resolve().parent.parent / "tests" / "vectors" / "backup_v1.json"
+VECTOR_DIR = Path(__file__).resolve().parent.parent / "tests" / "vectors"
+VECTORS = VECTOR_DIR / "backup_v1.json"
+VECTORS_BY_VERSION = {1: VECTORS, 2: VECTOR_DIR / "backup_v2.json"}
 
 
-def build() -> dict[str, Any]:
-    rng = DeterministicRng(b"cipherline backup vectors v1")
-    key = rng.random_bytes(32)
-    frames = [
-        fmt.record_frame("meta", b'{"counts":{"messages":1},"schema":2}'),
-        fmt.record_frame("messages", b'{"body":"hello","id":1}'),
+def _frames(version: int, rng: DeterministicRng) -> list[bytes]:
+    attachment = [
         fmt.frame(fmt.FRAME_FILE_START, b"\x00\x05a.bin" + (5000).to_bytes(8, "big")),
         fmt.frame(fmt.FRAME_FILE_DATA, bytes(range(256)) * 19 + bytes(136)),
     ]
+    if version == 1:
+        return [
+            fmt.record_frame("meta", b'{"counts":{"messages":1},"schema":2}'),
+            fmt.record_frame("messages", b'{"body":"hello","id":1}'),
+            *attachment,
+        ]
+    # Stand-in image bytes: the format carries pages opaquely (tests restore real ones).
+    image = bytes(range(256)) * 32
+    entry = fmt.DatabaseImage(schema=2, page_size=4096, size=len(image), key=rng.random_bytes(32))
+    return [
+        *attachment,
+        fmt.frame(fmt.FRAME_FILE_END, b""),
+        entry.to_frame(),
+        fmt.frame(fmt.FRAME_DATABASE_DATA, image[:4096]),
+        fmt.frame(fmt.FRAME_DATABASE_DATA, image[4096:]),
+        fmt.frame(fmt.FRAME_DATABASE_END, b""),
+    ]
+
+
+def build(version: int = 1) -> dict[str, Any]:
+    rng = DeterministicRng(f"cipherline backup vectors v{version}".encode())
+    key = rng.random_bytes(32)
+    frames = _frames(version, rng)
     cases = []
     for method, record_id in ((fmt.METHOD_KEY, b""), (fmt.METHOD_PASSWORD, rng.random_bytes(16))):
         header = fmt.new_header(
@@ -35,6 +57,7 @@ def build() -> dict[str, Any]:
             chunk_size=fmt.MIN_CHUNK_SIZE,
             created=1_790_000_000,
             rng=rng,
+            version=version,
         )
         encoder = fmt.BackupEncoder(key, header)
         data = encoder.start()
@@ -50,16 +73,24 @@ def build() -> dict[str, Any]:
                 "file": data.hex(),
             }
         )
-    return {"key": key.hex(), "frames": [f.hex() for f in frames], "cases": cases}
+    return {
+        "version": version,
+        "key": key.hex(),
+        "frames": [f.hex() for f in frames],
+        "cases": cases,
+    }
 
 
 def main() -> int:
-    fresh = build()
-    if "--check" in sys.argv:
-        return 0 if json.loads(VECTORS.read_text()) == fresh else 1
-    VECTORS.write_text(json.dumps(fresh, indent=1) + "\n")
-    print(f"wrote {VECTORS}")
-    return 0
+    stale = 0
+    for version, path in VECTORS_BY_VERSION.items():
+        fresh = build(version)
+        if "--check" in sys.argv:
+            stale += json.loads(path.read_text()) != fresh
+            continue
+        path.write_text(json.dumps(fresh, indent=1) + "\n")
+        print(f"wrote {path}")
+    return 1 if stale else 0
 
 
 if __name__ == "__main__":

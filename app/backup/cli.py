@@ -152,7 +152,7 @@ def run(args: argparse.Namespace, stdin: TextIO | None = None, out: TextIO | Non
             report = engine.verify_backup(info.path, key, progress=_progress(err))
             err.write("\n")
             out.write(
-                f"OK: {info.path} — {report.records:,} records, {report.files:,} files, "
+                f"OK: {info.path} — {report.describe_contents()}, "
                 f"{report.size:,} bytes, every chunk authentic\n"
             )
             return 0

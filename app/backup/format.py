@@ -1,4 +1,4 @@
-"""The backup file format, version 1 (docs/backup-format.md), sans-I/O.
+"""The backup file format, versions 1 and 2 (docs/backup-format.md), sans-I/O.
 
 A header in the clear (magic, version, method, vault record id, salt, key
 commitment, chunk size), then the STREAM construction over AES-256-GCM: chunks of
@@ -6,7 +6,8 @@ commitment, chunk size), then the STREAM construction over AES-256-GCM: chunks o
 the chunk counter and a final-chunk flag, and the whole header as associated
 data. Truncation, reordering, splicing between backups and any altered byte fail
 authentication at a known offset. Inside the stream, typed frames carry the
-store's records and, optionally, the attachment files.
+attachment files (optional) and the store: in version 2 as one encrypted database
+image, in version 1 (still read) as one JSON record per row.
 
 `BackupEncoder` turns frames into file bytes; `BackupDecoder` turns file bytes
 back into frames. Neither touches a file, a clock or the network.
@@ -35,7 +36,8 @@ from app.protocol.encoding import Reader, Writer
 from app.protocol.errors import MalformedMessage, ProtocolError
 
 MAGIC = b"CLBK"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 METHOD_KEY = 1
 METHOD_PASSWORD = 2
 METHOD_NAMES = {METHOD_KEY: "64-digit key", METHOD_PASSWORD: "password"}
@@ -54,6 +56,9 @@ FRAME_RECORD = 1
 FRAME_FILE_START = 2
 FRAME_FILE_DATA = 3
 FRAME_FILE_END = 4
+FRAME_DATABASE_START = 5
+FRAME_DATABASE_DATA = 6
+FRAME_DATABASE_END = 7
 FRAME_END = 0xFF
 FRAME_HEADER_LENGTH = 5
 MAX_FRAME_LENGTH = MAX_CHUNK_SIZE
@@ -61,6 +66,7 @@ MAX_FRAME_LENGTH = MAX_CHUNK_SIZE
 
 @dataclass(frozen=True)
 class BackupHeader:
+    version: int
     method: int
     flags: int
     chunk_size: int
@@ -82,7 +88,7 @@ class BackupHeader:
         return (
             Writer()
             .raw(MAGIC)
-            .u8(VERSION)
+            .u8(self.version)
             .u8(self.method)
             .u8(self.flags)
             .u32(self.chunk_size)
@@ -103,12 +109,13 @@ class BackupHeader:
         try:
             reader.raw(len(MAGIC))
             version = reader.u8()
-            if version != VERSION:
+            if version not in READABLE_VERSIONS:
                 raise NotABackup(
                     f"this backup has format version {version}; this Cipherline reads "
-                    f"version {VERSION} — update Cipherline to open it"
+                    f"versions up to {VERSION} — update Cipherline to open it"
                 )
             header = BackupHeader(
+                version=version,
                 method=reader.u8(),
                 flags=reader.u8(),
                 chunk_size=reader.u32(),
@@ -147,10 +154,12 @@ def new_header(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     created: int | None = None,
     rng: Rng | None = None,
+    version: int = VERSION,
 ) -> BackupHeader:
     rng = rng or SystemRng()
     salt = rng.random_bytes(SALT_LENGTH)
     return BackupHeader(
+        version=version,
         method=method,
         flags=FLAG_ATTACHMENTS if attachments else 0,
         chunk_size=chunk_size,
@@ -169,11 +178,54 @@ def check_key(header: BackupHeader, key: bytes) -> None:
 
 
 def frame(kind: int, payload: bytes) -> bytes:
-    return kind.to_bytes(1, "big") + len(payload).to_bytes(4, "big") + payload
+    return frame_header(kind, len(payload)) + payload
+
+
+def frame_header(kind: int, length: int) -> bytes:
+    """For writers that hand the payload on separately (saves copying it)."""
+    return kind.to_bytes(1, "big") + length.to_bytes(4, "big")
 
 
 def record_frame(table: str, payload: bytes) -> bytes:
     return frame(FRAME_RECORD, Writer().text16(table).getvalue() + payload)
+
+
+@dataclass(frozen=True)
+class DatabaseImage:
+    """What precedes a version 2 database image: how to open the pages that follow.
+
+    The image is an SQLCipher 4 database under its own random key (raw, no KDF),
+    made for this backup alone; the key travels only inside the encrypted stream.
+    """
+
+    schema: int
+    page_size: int
+    size: int
+    key: bytes
+
+    KEY_LENGTH = 32
+
+    def to_frame(self) -> bytes:
+        if len(self.key) != self.KEY_LENGTH:
+            raise ValueError("a database image key is 32 bytes")
+        payload = Writer().u16(self.schema).u32(self.page_size).u64(self.size).raw(self.key)
+        return frame(FRAME_DATABASE_START, payload.getvalue())
+
+    @staticmethod
+    def parse(payload: bytes) -> DatabaseImage:
+        reader = Reader(payload, "database image entry")
+        image = DatabaseImage(
+            schema=reader.u16(),
+            page_size=reader.u32(),
+            size=reader.u64(),
+            key=reader.raw(DatabaseImage.KEY_LENGTH),
+        )
+        reader.end()
+        if image.page_size & (image.page_size - 1) or not 512 <= image.page_size <= 65536:
+            raise MalformedMessage("the database image has an impossible page size")
+        if image.size % image.page_size:
+            raise MalformedMessage("the database image is not a whole number of pages")
+        return image
 
 
 class BackupEncoder:
@@ -195,10 +247,18 @@ class BackupEncoder:
         final chunk is never empty unless the whole stream is."""
         self._pending += data
         size = self.header.chunk_size
-        while len(self._pending) > size:
-            chunk = bytes(self._pending[:size])
-            del self._pending[:size]
-            yield self._sealer.seal(chunk, last=False)
+        if len(self._pending) <= size:
+            return iter(())
+        # Seal straight out of the buffer (no copy per chunk), then drop what was
+        # sealed in one move: a backup pushes every byte of the profile through here.
+        sealed = []
+        start = 0
+        with memoryview(self._pending) as view:
+            while len(view) - start > size:
+                sealed.append(self._sealer.seal(view[start : start + size], last=False))
+                start += size
+        del self._pending[:start]
+        return iter(sealed)
 
     def finish(self) -> bytes:
         sealed = self._sealer.seal(bytes(self._pending) + frame(FRAME_END, b""), last=True)
@@ -238,10 +298,17 @@ class BackupDecoder:
 
     def feed(self, data: bytes) -> Iterator[Frame]:
         self._buffer += data
-        while len(self._buffer) > self._sealed_size:
-            chunk = bytes(self._buffer[: self._sealed_size])
-            del self._buffer[: self._sealed_size]
-            yield from self._open(chunk, last=False)
+        size = self._sealed_size
+        frames: list[Frame] = []
+        start = 0
+        # Open chunks straight out of the buffer and drop them in one move (see
+        # BackupEncoder.write); a chunk's frames are few, so they are collected.
+        with memoryview(self._buffer) as view:
+            while len(view) - start > size:
+                frames += self._open(view[start : start + size], last=False)
+                start += size
+        del self._buffer[:start]
+        return iter(frames)
 
     def finish(self) -> Iterator[Frame]:
         if not self._opener.finished:
@@ -251,7 +318,7 @@ class BackupDecoder:
         if not self._ended:
             raise CorruptBackup(self._chunk_offset, "the end marker is missing")
 
-    def _open(self, chunk: bytes, *, last: bool) -> Iterator[Frame]:
+    def _open(self, chunk: bytes | memoryview, *, last: bool) -> Iterator[Frame]:
         if self._ended:
             raise CorruptBackup(self._chunk_offset, "data after the end marker")
         try:
@@ -266,25 +333,28 @@ class BackupDecoder:
     def _frames(self, last: bool) -> Iterator[Frame]:
         position = 0
         plain = self._plain
-        while len(plain) - position >= FRAME_HEADER_LENGTH:
-            kind = plain[position]
-            length = int.from_bytes(plain[position + 1 : position + 5], "big")
-            if length > MAX_FRAME_LENGTH:
-                raise CorruptBackup(self._chunk_offset, "a frame is impossibly long")
-            end = position + FRAME_HEADER_LENGTH + length
-            if end > len(plain):
-                break
-            payload = bytes(plain[position + FRAME_HEADER_LENGTH : end])
-            position = end
-            if kind == FRAME_END:
-                if length or position != len(plain) or not last:
-                    raise CorruptBackup(self._chunk_offset, "data after the end marker")
-                self._ended = True
-                break
-            yield Frame(kind, payload, self._chunk_offset)
+        frames: list[Frame] = []
+        with memoryview(plain) as view:
+            while len(plain) - position >= FRAME_HEADER_LENGTH:
+                kind = plain[position]
+                length = int.from_bytes(view[position + 1 : position + 5], "big")
+                if length > MAX_FRAME_LENGTH:
+                    raise CorruptBackup(self._chunk_offset, "a frame is impossibly long")
+                end = position + FRAME_HEADER_LENGTH + length
+                if end > len(plain):
+                    break
+                payload = bytes(view[position + FRAME_HEADER_LENGTH : end])
+                position = end
+                if kind == FRAME_END:
+                    if length or position != len(plain) or not last:
+                        raise CorruptBackup(self._chunk_offset, "data after the end marker")
+                    self._ended = True
+                    break
+                frames.append(Frame(kind, payload, self._chunk_offset))
         del plain[:position]
         if last and not self._ended:
             raise CorruptBackup(self._chunk_offset, "the end marker is missing")
+        return iter(frames)
 
 
 def parse_record(payload: bytes) -> tuple[str, bytes]:

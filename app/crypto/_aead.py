@@ -48,10 +48,10 @@ class ReusableAead:
     def __init__(self, key: AeadKey | bytes) -> None:
         self._cipher = _cipher(key)
 
-    def seal(self, nonce: bytes, plaintext: bytes, associated_data: bytes) -> bytes:
+    def seal(self, nonce: bytes, plaintext: bytes | memoryview, associated_data: bytes) -> bytes:
         return self._cipher.encrypt(nonce, plaintext, associated_data)
 
-    def open(self, nonce: bytes, ciphertext: bytes, associated_data: bytes) -> bytes:
+    def open(self, nonce: bytes, ciphertext: bytes | memoryview, associated_data: bytes) -> bytes:
         try:
             return self._cipher.decrypt(nonce, ciphertext, associated_data)
         except InvalidTag:

@@ -49,7 +49,7 @@ class StreamSealer:
     def segments_sealed(self) -> int:
         return self._index
 
-    def seal(self, plaintext: bytes, *, last: bool) -> bytes:
+    def seal(self, plaintext: bytes | memoryview, *, last: bool) -> bytes:
         if self._finished:
             raise ValueError("stream already finished")
         nonce = stream_nonce(self._prefix, self._index, last)
@@ -76,7 +76,7 @@ class StreamOpener:
     def segments_opened(self) -> int:
         return self._index
 
-    def open(self, ciphertext: bytes, *, last: bool) -> bytes:
+    def open(self, ciphertext: bytes | memoryview, *, last: bool) -> bytes:
         if self._finished:
             raise StreamError("data after the final segment")
         try:

@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,19 +25,24 @@ from typing import Any
 import sqlcipher3.dbapi2 as sqlcipher
 
 from app.crypto import Rng, SystemRng
+from app.store.durability import WritebackPacer, write_atomically
 from app.store.errors import StoreCorrupt, StoreError
-from app.store.keyfile import (
-    KEY_FILE_NAME,
-    KeyFile,
-    Protector,
-    new_db_key,
-    write_atomically,
-)
+from app.store.keyfile import KEY_FILE_NAME, KeyFile, Protector, new_db_key
 from app.store.schema import MIGRATIONS
 
 DB_FILE_NAME = "store.db"
 SCHEMA_VERSION = len(MIGRATIONS)
 IMPORT_BATCH = 2000
+IMAGE_PREFIX = ".backup-image-"
+IMAGE_KEY_LENGTH = 32
+# Database images are SQLCipher 4 databases whatever a later SQLCipher defaults to,
+# so a backup made today opens with any later Cipherline. Their pages carry
+# HMAC-SHA256 rather than SHA-512: the image lives only inside an authenticated
+# backup stream and for moments beside the store, and SHA-256 has hardware support
+# (copying 1M messages' worth of pages went from 1.28 s to about 1.0 s).
+IMAGE_CIPHER_COMPATIBILITY = 4
+IMAGE_STEP_PAGES = 4096
+IMAGE_HMAC = "HMAC_SHA256"
 BACKUP_TABLES = (
     "settings",
     "account",
@@ -797,6 +803,94 @@ def _decode_value(value: Any) -> Any:
     raise StoreError("a backup record holds a value of an unknown type")
 
 
+@dataclass(frozen=True)
+class DatabaseImageFile:
+    """A copy of a store under its own key (see `Store.export_image`)."""
+
+    path: Path
+    key: bytes
+    page_size: int
+    schema: int
+    size: int
+
+    def discard(self) -> None:
+        for suffix in ("", "-journal", "-wal", "-shm"):
+            self.path.with_name(self.path.name + suffix).unlink(missing_ok=True)
+
+
+def _connect_image(path: Path, key: bytes, page_size: int | None = None) -> sqlcipher.Connection:
+    connection = sqlcipher.connect(str(path), isolation_level=None, timeout=10)
+    try:
+        connection.execute(f"PRAGMA key = \"x'{key.hex()}'\"")
+        connection.execute(f"PRAGMA cipher_compatibility = {IMAGE_CIPHER_COMPATIBILITY}")
+        connection.execute(f"PRAGMA cipher_hmac_algorithm = {IMAGE_HMAC}")
+        if page_size is not None:
+            connection.execute(f"PRAGMA cipher_page_size = {int(page_size)}")
+        connection.execute("PRAGMA cipher_memory_security = OFF")
+    except BaseException:
+        connection.close()
+        raise
+    return connection
+
+
+def _schema_of(connection: sqlcipher.Connection) -> list[tuple[str, str, str]]:
+    """(type, name, SQL) of everything in a database but a full-text index's own
+    tables, whose definitions belong to the SQLite version rather than to us."""
+    rows = connection.execute("SELECT type, name, tbl_name, sql FROM sqlite_master").fetchall()
+    virtual = [
+        name
+        for kind, name, _table, sql in rows
+        if kind == "table" and "VIRTUAL" in (sql or "").upper()
+    ]
+    return sorted(
+        (str(kind), str(name), str(sql))
+        for kind, name, table, sql in rows
+        if not any(str(table).startswith(v + "_") for v in virtual)
+    )
+
+
+def _schema_of_version(version: int) -> list[tuple[str, str, str]]:
+    connection = sqlcipher.connect(":memory:", isolation_level=None)
+    try:
+        for migration in MIGRATIONS[:version]:
+            for statement in _split_statements(migration):
+                connection.execute(statement)
+        return _schema_of(connection)
+    finally:
+        connection.close()
+
+
+def _copy_pages(
+    source: sqlcipher.Connection,
+    target: sqlcipher.Connection,
+    target_path: Path,
+    page_size: int,
+) -> None:
+    """SQLite's backup API in steps, starting the target's writeback as it grows,
+    so the commit's fsync at the end finds most pages already on disk. (Only for a
+    source nobody else writes: a step-wise copy restarts when its source changes.)"""
+    fd = os.open(target_path, os.O_RDONLY | os.O_CREAT, 0o600)
+    try:
+        pacer = WritebackPacer(fd)
+
+        def copied(_status: int, remaining: int, total: int) -> None:
+            pacer.written((total - remaining) * page_size)
+
+        source.backup(target, pages=IMAGE_STEP_PAGES, progress=copied)
+    finally:
+        os.close(fd)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class Store:
     """One profile's encrypted database. Thread-safe by one lock; the services use it
     from a single worker thread, the lock only guards against mistakes."""
@@ -1012,6 +1106,107 @@ class Store:
                 connection.execute("COMMIT")
         finally:
             connection.close()
+
+    def export_image(self, rng: Rng | None = None) -> DatabaseImageFile:
+        """A copy of the store for a backup, under a fresh key; `discard()` it after.
+
+        SQLCipher copies the pages of one read snapshot (the app goes on writing)
+        into a new database beside the store, encrypted under a random key that
+        exists only in memory and, later, inside the backup's encrypted stream: the
+        store's own key never leaves the device and no plaintext reaches the disk.
+        Copying pages instead of rows is what lets a backup and a restore run at
+        disk speed: no row is parsed and no search index is rebuilt. The outbox
+        (ciphertexts bound to this moment) is wiped from the copy.
+        """
+        rng = rng or SystemRng()
+        self._remove_stale_images()
+        key = rng.random_bytes(IMAGE_KEY_LENGTH)
+        path = self.path.parent / f"{IMAGE_PREFIX}{os.getpid()}-{time.time_ns()}.db"
+        image = DatabaseImageFile(path, key, 0, 0, 0)
+        try:
+            source = self._snapshot_connection()
+            try:
+                target = _connect_image(path, key)
+                try:
+                    # Scratch: a crash throws the image away, so it never waits for fsync.
+                    target.execute("PRAGMA synchronous = OFF")
+                    source.backup(target)
+                    target.execute("PRAGMA secure_delete = ON")
+                    target.execute("DELETE FROM outbox")
+                    # One self-contained file: no -wal beside it.
+                    target.execute("PRAGMA journal_mode = DELETE")
+                    page_size = int(target.execute("PRAGMA page_size").fetchone()[0])
+                    schema = int(target.execute("PRAGMA user_version").fetchone()[0])
+                finally:
+                    target.close()
+            finally:
+                source.close()
+            os.chmod(path, 0o600)
+            return DatabaseImageFile(path, key, page_size, schema, path.stat().st_size)
+        except BaseException:
+            image.discard()
+            raise
+
+    def _remove_stale_images(self) -> None:
+        """Images left by a backup that was killed (their key died with it)."""
+        for leftover in self.path.parent.glob(f"{IMAGE_PREFIX}*"):
+            pid = leftover.name.removeprefix(IMAGE_PREFIX).split("-", 1)[0]
+            if not pid.isdigit() or not _process_alive(int(pid)):
+                leftover.unlink(missing_ok=True)
+
+    @classmethod
+    def create_from_image(
+        cls,
+        profile: Path,
+        protector: Protector,
+        image: DatabaseImageFile,
+        rng: Rng | None = None,
+    ) -> Store:
+        """A new store holding a backup's database image, re-encrypted under a new key.
+
+        The image's key came out of a backup file; the restored store gets a key of
+        its own, so whoever holds that backup can never open this device's store.
+        """
+        if image.schema > SCHEMA_VERSION:
+            raise StoreError("the backup was made by a newer Cipherline; update the app")
+        if (profile / KEY_FILE_NAME).exists() or (profile / DB_FILE_NAME).exists():
+            raise StoreError(f"a store already exists in {profile}")
+        rng = rng or SystemRng()
+        profile.mkdir(parents=True, exist_ok=True, mode=0o700)
+        source = _connect_image(image.path, image.key, image.page_size)
+        try:
+            try:
+                found = _schema_of(source)
+            except sqlcipher.DatabaseError:
+                raise StoreCorrupt("the backup's database does not open with its key") from None
+            if found != _schema_of_version(image.schema):
+                # Only tables, indexes and triggers our own migrations make are let in.
+                raise StoreCorrupt("the backup's database does not have Cipherline's structure")
+            db_key = new_db_key(rng)
+            target = sqlcipher.connect(str(profile / DB_FILE_NAME), isolation_level=None)
+            try:
+                target.execute(f"PRAGMA key = \"x'{db_key.hex()}'\"")
+                target.execute("PRAGMA cipher_memory_security = OFF")
+                _copy_pages(source, target, profile / DB_FILE_NAME, image.page_size)
+            finally:
+                target.close()
+        finally:
+            source.close()
+        store = cls._open_with_key(profile / DB_FILE_NAME, db_key)
+        try:
+            # The key file last, as in create(): until then the profile is not a store.
+            key_file = protector.wrap(db_key, rng)
+            write_atomically(profile / KEY_FILE_NAME, key_file.to_json().encode())
+        except BaseException:
+            store.close()
+            raise
+        return store
+
+    def table_counts(self) -> dict[str, int]:
+        return {
+            table: int(self.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])  # noqa: S608
+            for table in BACKUP_TABLES
+        }
 
     def _snapshot_connection(self) -> sqlcipher.Connection:
         """A read-only second connection: WAL gives it a consistent snapshot while
