@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from app.backup.errors import CorruptBackup, NotABackup, WrongKey
 from app.crypto import (
@@ -201,7 +201,7 @@ class DatabaseImage:
     schema: int
     page_size: int
     size: int
-    key: bytes
+    key: bytes = field(repr=False)
 
     KEY_LENGTH = 32
 

@@ -18,7 +18,7 @@ import os
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -808,7 +808,7 @@ class DatabaseImageFile:
     """A copy of a store under its own key (see `Store.export_image`)."""
 
     path: Path
-    key: bytes
+    key: bytes = field(repr=False)
     page_size: int
     schema: int
     size: int

@@ -193,3 +193,14 @@ def test_a_backup_from_a_newer_schema_is_refused_before_opening(tmp_path: Path) 
     with pytest.raises(CorruptBackup, match="newer Cipherline"):
         engine.restore_backup(path, KEY, tmp_path / "restored", protector())
     assert not Store.exists(tmp_path / "restored")
+
+
+def test_image_keys_never_show_in_a_repr(full_store: tuple[Store, Path]) -> None:
+    store, _profile = full_store
+    image = store.export_image()
+    try:
+        entry = fmt.DatabaseImage(image.schema, image.page_size, image.size, image.key)
+        for shown in (repr(image), repr(entry), str(entry)):
+            assert image.key.hex() not in shown and repr(image.key) not in shown
+    finally:
+        image.discard()
