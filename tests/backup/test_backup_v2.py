@@ -18,7 +18,7 @@ import sqlcipher3.dbapi2 as sqlcipher
 
 from app.backup import engine
 from app.backup import format as fmt
-from app.backup.errors import CorruptBackup
+from app.backup.errors import BackupCancelled, CorruptBackup
 from app.store import Store
 from app.store.database import IMAGE_HMAC, IMAGE_PREFIX
 from tests.backup.conftest import SECRET_TEXT
@@ -204,3 +204,19 @@ def test_image_keys_never_show_in_a_repr(full_store: tuple[Store, Path]) -> None
             assert image.key.hex() not in shown and repr(image.key) not in shown
     finally:
         image.discard()
+
+
+def test_a_restore_cancelled_while_the_store_is_rebuilt_leaves_nothing(
+    full_store: tuple[Store, Path], tmp_path: Path
+) -> None:
+    store, profile = full_store
+    info = _backup(store, profile, tmp_path / "cloud")
+    target = tmp_path / "restored"
+    # Cancel is asked after each read; the database comes first, so by then the
+    # store is being rebuilt on the other thread, which the cancel must wait for.
+    with pytest.raises(BackupCancelled):
+        engine.restore_backup(info.path, KEY, target, protector(), cancelled=lambda: True)
+    assert not Store.exists(target)
+    assert not list(tmp_path.glob(".restored.restoring-*"))
+    engine.restore_backup(info.path, KEY, target, protector())
+    assert Store.exists(target)
