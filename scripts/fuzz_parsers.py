@@ -30,6 +30,7 @@ TARGET_NAMES = [
     "vault response",
     "backup file",
     "backup chunks",
+    "backup database entry",
     "key file",
 ]
 

@@ -83,7 +83,7 @@ def _samples() -> dict[str, bytes]:
 
     vectors = Path(__file__).resolve().parents[1] / "vectors"
     vault_vectors = _VAULT_VECTORS
-    backup_vectors = json.loads((vectors / "backup_v1.json").read_text())
+    backup_vectors = json.loads((vectors / "backup_v2.json").read_text())
     _alice, _bob, alice_session, _bob_session = start_pair()
     fast = Argon2Params(time_cost=1, memory_cost_kib=8 * 1024, parallelism=1)
     key_file = PassphraseProtector("fuzz", fast).wrap(bytes(32), _RNG)
@@ -96,6 +96,9 @@ def _samples() -> dict[str, bytes]:
         "vault sealed request": bytes.fromhex(vault_vectors["request"]["body"]),
         "vault response": bytes.fromhex(vault_vectors["response"]["sealed"]),
         "backup file": backup,
+        "backup database entry": backup_format.DatabaseImage(2, 4096, 8192, bytes(32)).to_frame()[
+            backup_format.FRAME_HEADER_LENGTH :
+        ],
         "key file": key_file.to_json().encode(),
     }
 
@@ -117,6 +120,7 @@ TARGETS = [
     ),
     Target("backup file", _backup, (BackupError,)),
     Target("backup chunks", _backup_stream, (BackupError,)),
+    Target("backup database entry", backup_format.DatabaseImage.parse, (ProtocolError,)),
     Target("key file", _key_file, (StoreError,)),
 ]
 _SAMPLES = _samples()
