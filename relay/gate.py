@@ -38,10 +38,10 @@ class StorageGate:
         self.storage = storage
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        pass
+        """Nothing to start: calls run on asyncio's own worker threads."""
 
     def stop(self) -> None:
-        pass
+        """Nothing to stop."""
 
     async def read(self, call: Callable[..., T], *args: Any) -> T:
         return await asyncio.to_thread(call, *args)
