@@ -9,10 +9,13 @@ is ever uploaded, and the previous backups stay until the new one is complete.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
+import queue
 import re
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -272,6 +275,43 @@ def prune(folder: Path, keep: int, *, newest: Path) -> list[Path]:
 # ---- reading -----------------------------------------------------------------------
 
 
+class _InOrder:
+    """Runs jobs on one helper thread, in the order given, at most `depth` ahead.
+
+    A restore hands its file writes here so that decrypting the next chunk and
+    writing the previous one overlap (both spend their time outside the
+    interpreter). The first failure is kept and raised to the caller at its next
+    call; later jobs are skipped.
+    """
+
+    def __init__(self, depth: int = 32) -> None:
+        self._jobs: queue.Queue[Callable[[], object] | None] = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="restore-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, job: Callable[[], object]) -> None:
+        if self._error is not None:
+            raise self._error
+        self._jobs.put(job)
+
+    def finish(self) -> None:
+        """Waits for every job; raises the first failure."""
+        if self._thread.is_alive():
+            self._jobs.put(None)
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            if self._error is None:
+                try:
+                    job()
+                except BaseException as error:  # noqa: BLE001 - raised in the caller
+                    self._error = error
+
+
 class _FileSink:
     """Reassembles attachment files from frames into a directory."""
 
@@ -286,6 +326,7 @@ class _FileSink:
         self._size = 0
         self._path: Path | None = None
         self._written: list[Path] = []
+        self._writer = _InOrder() if directory is not None else None
         self.files = 0
         self.bytes = 0
 
@@ -319,9 +360,12 @@ class _FileSink:
         self._size += len(frame.payload)
         if self._size > self._expected:
             raise CorruptBackup(frame.offset, f"the file {self._path} is longer than it says")
-        if self._handle is not None and self._pacer is not None:
-            self._handle.write(frame.payload)
-            self._pacer.written(self._size)
+        if self._writer is not None and self._handle is not None and self._pacer is not None:
+            self._writer.submit(
+                functools.partial(
+                    _write_piece, self._handle, self._pacer, frame.payload, self._size
+                )
+            )
 
     def end(self, frame: fmt.Frame) -> None:
         if self._path is None:
@@ -329,8 +373,8 @@ class _FileSink:
         expected_end = self._digest.digest() if self._digest is not None else b""
         if self._size != self._expected or frame.payload != expected_end:
             raise CorruptBackup(frame.offset, f"the file {self._path} does not match its entry")
-        if self._handle is not None and self._pacer is not None:
-            self._handle.close()
+        if self._writer is not None and self._handle is not None:
+            self._writer.submit(self._handle.close)
             self._handle = None
             assert self.directory is not None
             self._written.append(self.directory / self._path)
@@ -339,6 +383,10 @@ class _FileSink:
         self._path = None
 
     def close(self) -> None:
+        """Stops the writer (its errors are the caller's concern by now)."""
+        if self._writer is not None:
+            with contextlib.suppress(Exception):
+                self._writer.finish()
         if self._handle is not None:
             self._handle.close()
             self._handle = None
@@ -347,6 +395,8 @@ class _FileSink:
         """fsync every file written. Deferred to the end so the kernel writes them
         back while the restore goes on, instead of the restore waiting file by file;
         nothing is moved into the profile before this returns."""
+        if self._writer is not None:
+            self._writer.finish()
         for path in self._written:
             fd = os.open(path, os.O_RDONLY)
             try:
@@ -356,6 +406,11 @@ class _FileSink:
         if self.directory is not None:
             for folder in {p.parent for p in self._written} | {self.directory}:
                 fsync_directory(folder)
+
+
+def _write_piece(handle: BinaryIO, pacer: WritebackPacer, piece: bytes, total: int) -> None:
+    handle.write(piece)
+    pacer.written(total)
 
 
 class _ImageSink:

@@ -220,3 +220,21 @@ def test_a_restore_cancelled_while_the_store_is_rebuilt_leaves_nothing(
     assert not list(tmp_path.glob(".restored.restoring-*"))
     engine.restore_backup(info.path, KEY, target, protector())
     assert Store.exists(target)
+
+
+def test_a_failed_file_write_fails_the_restore_and_leaves_nothing(
+    full_store: tuple[Store, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, profile = full_store
+    info = _backup(store, profile, tmp_path / "cloud")
+
+    def disk_full(*_args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    # File writes happen on the restore's writer thread; its failure must reach here.
+    monkeypatch.setattr(engine, "_write_piece", disk_full)
+    target = tmp_path / "restored"
+    with pytest.raises(OSError, match="No space left"):
+        engine.restore_backup(info.path, KEY, target, protector())
+    assert not Store.exists(target)
+    assert not list(tmp_path.glob(".restored.restoring-*"))
