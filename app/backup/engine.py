@@ -176,11 +176,17 @@ def _frames(
     yield from _file_frames(attachments_dir, files)
 
 
+def _partial_name(target: Path) -> Path:
+    return target.with_name("." + target.name + PARTIAL_SUFFIX)
+
+
 def _target_name(folder: Path, created: int) -> Path:
+    """A name free both as a backup and as a partial: a backup killed in the same
+    second leaves its partial behind until the next prune."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(created))
     path = folder / f"cipherline-{stamp}{SUFFIX}"
     counter = 1
-    while path.exists():
+    while path.exists() or _partial_name(path).exists():
         path = folder / f"cipherline-{stamp}-{counter}{SUFFIX}"
         counter += 1
     return path
@@ -226,7 +232,7 @@ def write_backup(
     )
     encoder = fmt.BackupEncoder(key, header)
     target = _target_name(folder, header.created)
-    partial = target.with_name("." + target.name + PARTIAL_SUFFIX)
+    partial = _partial_name(target)
     written = 0
     image = store.export_image()
     try:

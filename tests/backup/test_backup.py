@@ -231,3 +231,17 @@ def test_decoder_gives_only_its_own_errors_on_any_input(junk: bytes, cut: int) -
             list(decoder.finish())
         except (CorruptBackup, NotABackup, WrongKey):
             continue
+
+
+def test_a_partial_left_by_a_killed_backup_does_not_block_the_next(
+    full_store: tuple[Store, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, profile = full_store
+    folder = tmp_path / "cloud"
+    folder.mkdir()
+    monkeypatch.setattr(engine.time, "time", lambda: 1_790_000_000.0)
+    # What a backup killed earlier in the same second leaves behind.
+    (folder / ".cipherline-20260921-141320.clbk.partial").write_bytes(b"half a backup")
+    info = _backup(store, profile, folder)
+    assert info.path.name == "cipherline-20260921-141320-1.clbk"
+    engine.verify_backup(info.path, KEY)

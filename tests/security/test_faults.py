@@ -9,6 +9,7 @@ the kill came after the final rename, completely restored.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -57,8 +58,14 @@ def _kill_when(process: subprocess.Popen[str], ready: Callable[[], bool]) -> boo
 
 
 def _partial_at_least(folder: Path, size: int) -> Callable[[], bool]:
+    left_by_earlier_kills = set(folder.glob(".*.partial"))
+
     def ready() -> bool:
-        return any(p.stat().st_size >= size for p in folder.glob(".*.partial"))
+        for partial in set(folder.glob(".*.partial")) - left_by_earlier_kills:
+            with contextlib.suppress(FileNotFoundError):  # renamed meanwhile: done
+                if partial.stat().st_size >= size:
+                    return True
+        return False
 
     return ready
 
