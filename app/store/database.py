@@ -1070,7 +1070,10 @@ class Store:
 
     # ---- backup ---------------------------------------------------------------
     def export_records(self) -> Iterator[tuple[str, bytes]]:
-        """Every row worth backing up as (table, canonical JSON), from one snapshot.
+        """Every row as (table, canonical JSON), from one snapshot: the contents of a
+        version 1 backup. Backups are written as version 2 (`export_image`) now;
+        this stays as the writer half of what `import_records` still reads, so the
+        store tests round-trip version 1 contents.
 
         Rows are read with a cursor, never all at once; the outbox (ciphertexts
         waiting to be sent) is left out because it is bound to this moment.
