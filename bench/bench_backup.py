@@ -112,11 +112,14 @@ def _disk_rate(folder: Path, total: int) -> float:
     with path.open("wb", buffering=0) as handle:
         # Paced like the backup itself, so the limit is what the disk can take,
         # not a burst into the page cache followed by one long fsync.
-        pacer = WritebackPacer(handle.fileno())
+        pacer = WritebackPacer()
+        pacer.start_file(handle.fileno())
         for number in range(max(1, total // MiB)):
             handle.write(chunk)
             pacer.written((number + 1) * MiB)
+        pacer.end_file()
         os.fsync(handle.fileno())
+        pacer.close()
     rate = (total // MiB) * MiB / (time.perf_counter() - started)
     path.unlink()
     return rate

@@ -36,7 +36,12 @@ from app.protocol.encoding import Reader, Writer
 from app.protocol.errors import ProtocolError
 from app.store import Protector, Store, StoreError
 from app.store.database import DB_FILE_NAME, DatabaseImageFile
-from app.store.durability import WritebackPacer, fsync_directory, read_sequentially
+from app.store.durability import (
+    ReadDropper,
+    WritebackPacer,
+    fsync_directory,
+    read_sequentially,
+)
 from app.store.keyfile import KEY_FILE_NAME
 
 SUFFIX = ".clbk"
@@ -237,9 +242,10 @@ def write_backup(
     image = store.export_image()
     try:
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        pacer = WritebackPacer()
         # Buffered: a raw write may write less than it was given.
-        with os.fdopen(fd, "wb") as handle:
-            pacer = WritebackPacer(fd)
+        with os.fdopen(fd, "wb") as handle, contextlib.closing(pacer):
+            pacer.start_file(fd)
             written += handle.write(encoder.start())
             for piece in _frames(image, attachments_dir, files):
                 for chunk in encoder.write(piece):
@@ -251,6 +257,7 @@ def write_backup(
                         raise BackupCancelled
             written += handle.write(encoder.finish())
             handle.flush()
+            pacer.end_file()
             os.fsync(handle.fileno())
         os.replace(partial, target)
         fsync_directory(folder)
@@ -327,7 +334,9 @@ class _FileSink:
         # stream, which already authenticates every byte (and hashing cost ~15%).
         self._digest: Any = hashlib.sha256() if version == 1 else None
         self._handle: BinaryIO | None = None
-        self._pacer: WritebackPacer | None = None
+        # One pacer for the whole stream of files: most attachments are smaller
+        # than its stretch, and it is across files that writeback has to keep up.
+        self._pacer = WritebackPacer()
         self._expected = 0
         self._size = 0
         self._path: Path | None = None
@@ -356,7 +365,9 @@ class _FileSink:
             target = self.directory / self._path
             target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             self._handle = target.open("xb")
-            self._pacer = WritebackPacer(self._handle.fileno())
+            if self._writer is not None:
+                fd = self._handle.fileno()
+                self._writer.submit(functools.partial(self._pacer.start_file, fd))
 
     def data(self, frame: fmt.Frame) -> None:
         if self._path is None:
@@ -366,7 +377,7 @@ class _FileSink:
         self._size += len(frame.payload)
         if self._size > self._expected:
             raise CorruptBackup(frame.offset, f"the file {self._path} is longer than it says")
-        if self._writer is not None and self._handle is not None and self._pacer is not None:
+        if self._writer is not None and self._handle is not None:
             self._writer.submit(
                 functools.partial(
                     _write_piece, self._handle, self._pacer, frame.payload, self._size
@@ -380,7 +391,7 @@ class _FileSink:
         if self._size != self._expected or frame.payload != expected_end:
             raise CorruptBackup(frame.offset, f"the file {self._path} does not match its entry")
         if self._writer is not None and self._handle is not None:
-            self._writer.submit(self._handle.close)
+            self._writer.submit(functools.partial(_end_file, self._handle, self._pacer))
             self._handle = None
             assert self.directory is not None
             self._written.append(self.directory / self._path)
@@ -393,6 +404,7 @@ class _FileSink:
         if self._writer is not None:
             with contextlib.suppress(Exception):
                 self._writer.finish()
+        self._pacer.close()
         if self._handle is not None:
             self._handle.close()
             self._handle = None
@@ -403,6 +415,7 @@ class _FileSink:
         nothing is moved into the profile before this returns."""
         if self._writer is not None:
             self._writer.finish()
+        self._pacer.close()
         for path in self._written:
             fd = os.open(path, os.O_RDONLY)
             try:
@@ -417,6 +430,12 @@ class _FileSink:
 def _write_piece(handle: BinaryIO, pacer: WritebackPacer, piece: bytes, total: int) -> None:
     handle.write(piece)
     pacer.written(total)
+
+
+def _end_file(handle: BinaryIO, pacer: WritebackPacer) -> None:
+    handle.flush()
+    pacer.end_file()
+    handle.close()
 
 
 class _ImageSink:
@@ -482,9 +501,11 @@ def _frames_from(
     done = header_length
     with path.open("rb") as handle:
         read_sequentially(handle.fileno())
+        dropper = ReadDropper(handle.fileno())
         handle.seek(header_length)
         while data := handle.read(READ_SIZE):
             done += len(data)
+            dropper.consumed(done)
             yield from decoder.feed(data)
             progress(done, total)
             if cancelled():

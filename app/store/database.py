@@ -870,14 +870,17 @@ def _copy_pages(
     so the commit's fsync at the end finds most pages already on disk. (Only for a
     source nobody else writes: a step-wise copy restarts when its source changes.)"""
     fd = os.open(target_path, os.O_RDONLY | os.O_CREAT, 0o600)
+    pacer = WritebackPacer()
     try:
-        pacer = WritebackPacer(fd)
+        pacer.start_file(fd)
 
         def copied(_status: int, remaining: int, total: int) -> None:
             pacer.written((total - remaining) * page_size)
 
         source.backup(target, pages=IMAGE_STEP_PAGES, progress=copied)
+        pacer.end_file()
     finally:
+        pacer.close()
         os.close(fd)
 
 
