@@ -817,6 +817,17 @@ class DatabaseImageFile:
         for suffix in ("", "-journal", "-wal", "-shm"):
             self.path.with_name(self.path.name + suffix).unlink(missing_ok=True)
 
+    def row_counts(self) -> dict[str, int]:
+        """Rows per backed-up table, read from the image itself: a restore counts
+        here while SQLCipher copies the image into the new store on another thread."""
+        connection = _open_checked_image(self)
+        try:
+            return _row_counts(connection)
+        except sqlcipher.DatabaseError:
+            raise StoreCorrupt("the backup's database is damaged") from None
+        finally:
+            connection.close()
+
 
 def _connect_image(path: Path, key: bytes, page_size: int | None = None) -> sqlcipher.Connection:
     connection = sqlcipher.connect(str(path), isolation_level=None, timeout=10)
@@ -831,6 +842,32 @@ def _connect_image(path: Path, key: bytes, page_size: int | None = None) -> sqlc
         connection.close()
         raise
     return connection
+
+
+def _open_checked_image(image: DatabaseImageFile) -> sqlcipher.Connection:
+    """The image, opened, once its structure is known to be ours: only tables,
+    indexes and triggers our own migrations make are let in."""
+    if image.schema > SCHEMA_VERSION:
+        raise StoreError("the backup was made by a newer Cipherline; update the app")
+    source = _connect_image(image.path, image.key, image.page_size)
+    try:
+        try:
+            found = _schema_of(source)
+        except sqlcipher.DatabaseError:
+            raise StoreCorrupt("the backup's database does not open with its key") from None
+        if found != _schema_of_version(image.schema):
+            raise StoreCorrupt("the backup's database does not have Cipherline's structure")
+    except BaseException:
+        source.close()
+        raise
+    return source
+
+
+def _row_counts(connection: sqlcipher.Connection) -> dict[str, int]:
+    return {
+        table: int(connection.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])  # noqa: S608
+        for table in BACKUP_TABLES
+    }
 
 
 def _schema_of(connection: sqlcipher.Connection) -> list[tuple[str, str, str]]:
@@ -1173,21 +1210,12 @@ class Store:
         The image's key came out of a backup file; the restored store gets a key of
         its own, so whoever holds that backup can never open this device's store.
         """
-        if image.schema > SCHEMA_VERSION:
-            raise StoreError("the backup was made by a newer Cipherline; update the app")
         if (profile / KEY_FILE_NAME).exists() or (profile / DB_FILE_NAME).exists():
             raise StoreError(f"a store already exists in {profile}")
         rng = rng or SystemRng()
-        profile.mkdir(parents=True, exist_ok=True, mode=0o700)
-        source = _connect_image(image.path, image.key, image.page_size)
+        source = _open_checked_image(image)
         try:
-            try:
-                found = _schema_of(source)
-            except sqlcipher.DatabaseError:
-                raise StoreCorrupt("the backup's database does not open with its key") from None
-            if found != _schema_of_version(image.schema):
-                # Only tables, indexes and triggers our own migrations make are let in.
-                raise StoreCorrupt("the backup's database does not have Cipherline's structure")
+            profile.mkdir(parents=True, exist_ok=True, mode=0o700)
             db_key = new_db_key(rng)
             target = sqlcipher.connect(str(profile / DB_FILE_NAME), isolation_level=None)
             try:
@@ -1209,10 +1237,8 @@ class Store:
         return store
 
     def table_counts(self) -> dict[str, int]:
-        return {
-            table: int(self.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])  # noqa: S608
-            for table in BACKUP_TABLES
-        }
+        with self._lock:
+            return _row_counts(self._connection)
 
     def _snapshot_connection(self) -> sqlcipher.Connection:
         """A read-only second connection: WAL gives it a consistent snapshot while

@@ -104,11 +104,14 @@ def test_the_restored_store_has_its_own_key_and_no_outbox(
     entry = fmt.DatabaseImage.parse(
         next(f.payload for f in frames if f.kind == fmt.FRAME_DATABASE_START)
     )
-    engine.restore_backup(info.path, KEY, tmp_path / "restored", protector())
+    report = engine.restore_backup(info.path, KEY, tmp_path / "restored", protector())
     restored = Store.open(tmp_path / "restored", protector())
     try:
         assert restored.outbox.pending() == []
         assert restored.messages.search("eagle")
+        # Counted from the image during the copy: the same as the store it became.
+        assert report.counts == restored.table_counts()
+        assert report.counts["messages"] == store.table_counts()["messages"] > 0
     finally:
         restored.close()
     # Whoever holds the backup (and so the image key) cannot open this device's store.
