@@ -4,7 +4,11 @@ The profile holds N messages (1,000,000 in the full run) and attachment files
 (1 GiB in the full run, already-encrypted random bytes as in a real profile).
 Limits measured in the same run, in the same folder: AES-256-GCM sealing of 1 MiB
 chunks, and a sequential write of the same number of bytes with a final fsync
-(paced like the backup, on a quiet disk, before and after; the better one counts).
+(paced and dropped behind like the backup, on a quiet disk, before and after; the
+better one counts). A plain buffered write of the same size is reported beside
+it: on a virtual machine whose host hands out memory on first touch, a writer
+that keeps taking new page-cache pages measures the memory, not the disk (it
+came out at 350-650 MB/s here against 2,500-3,000 MB/s for the disk itself).
 Target: backup and restore MB/s at least 70% of the smaller limit, with the peak
 memory of the process doing the backup and restore under 300 MB.
 """
@@ -105,14 +109,14 @@ def _aes_rate(total: int) -> float:
     return count * MiB / (time.perf_counter() - started)
 
 
-def _disk_rate(folder: Path, total: int) -> float:
+def _disk_rate(folder: Path, total: int, *, drop_behind: bool = True) -> float:
     chunk = os.urandom(MiB)
     path = folder / "disk-probe.bin"
     started = time.perf_counter()
     with path.open("wb", buffering=0) as handle:
         # Paced like the backup itself, so the limit is what the disk can take,
         # not a burst into the page cache followed by one long fsync.
-        pacer = WritebackPacer()
+        pacer = WritebackPacer(drop_behind=drop_behind)
         pacer.start_file(handle.fileno())
         for number in range(max(1, total // MiB)):
             handle.write(chunk)
@@ -152,6 +156,8 @@ def run(quick: bool) -> BenchReport:
         _quiet_disk()
         # The better of two quiet-disk measurements: the limit errs high, not low.
         disk = max(disk_before, _disk_rate(root, size))
+        _quiet_disk()
+        buffered = _disk_rate(root, size, drop_behind=False)
     aes = _aes_rate(size)
     limit = min(aes, disk)
     limit_name = "AES-GCM" if aes <= disk else "disk write"
@@ -177,6 +183,7 @@ def run(quick: bool) -> BenchReport:
     ]
     report.figures += [
         Figure("peak memory, backup + restore process", peak_kib / 1024, "MB", 300),
+        Figure("plain buffered write into new page cache (not a limit)", buffered / MiB, "MB/s"),
         Figure("backup time", backup_seconds, "s"),
         Figure("restore time", restore_seconds, "s"),
         Figure("building the test profile (not timed above)", build_seconds, "s"),
