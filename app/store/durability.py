@@ -17,6 +17,7 @@ at 350-650 MB/s and into recycled ones at 2-5 GB/s.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import sys
@@ -112,7 +113,8 @@ def drop_written(fd: int, offset: int, length: int) -> None:
     if _SYNC_FILE_RANGE is not None and length > 0:
         flags = _SYNC_FILE_RANGE_WAIT_BEFORE | _SYNC_FILE_RANGE_WRITE | _SYNC_FILE_RANGE_WAIT_AFTER
         if _SYNC_FILE_RANGE(fd, offset, length, flags) == 0:
-            os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
+            with contextlib.suppress(OSError):  # only ever a hint, like the writeback
+                os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
 
 
 class WritebackPacer:
@@ -177,7 +179,11 @@ class WritebackPacer:
         self._started = self._written
         if not self._drop_behind:
             return
-        self._in_flight.append((os.dup(self._fd), offset, length))
+        try:
+            fd = os.dup(self._fd)
+        except OSError:
+            return  # out of descriptors: this range just stays cached
+        self._in_flight.append((fd, offset, length))
         self._in_flight_bytes += length
         while len(self._in_flight) > 1 and (
             self._in_flight_bytes > self._window or len(self._in_flight) > self.MAX_RANGES
