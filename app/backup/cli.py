@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TextIO
 
 from app.backup import engine, service
-from app.backup.errors import BackupError, NotABackup
+from app.backup.errors import BackupError, NotABackup, ProfileNotEmpty
 from app.backup.keys import parse_key
 from app.config import SERVER_CONFIG_NAME, ConfigError, ServerConfig, profile_dir
 from app.protocol.vault import LockedOut, VaultError, WrongPassword
@@ -159,7 +159,7 @@ def run(args: argparse.Namespace, stdin: TextIO | None = None, out: TextIO | Non
         if args.action == "restore":
             info = _pick(args)
             if Store.exists(profile):
-                raise BackupError(
+                raise ProfileNotEmpty(
                     f"the profile {profile.name!r} already holds an account; "
                     "restore into a new one with --profile NAME"
                 )

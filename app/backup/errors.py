@@ -52,8 +52,11 @@ class NotEnoughSpace(BackupError):
 class ProfileNotEmpty(BackupError):
     exit_code = 8
 
-    def __init__(self) -> None:
-        super().__init__("this profile already holds an account; restore into a new, empty profile")
+    def __init__(
+        self,
+        message: str = "this profile already holds an account; restore into a new, empty profile",
+    ) -> None:
+        super().__init__(message)
 
 
 class BackupNotConfigured(BackupError):

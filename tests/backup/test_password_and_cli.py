@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from app.backup import engine, service
+from app.backup.errors import ProfileNotEmpty
 from app.backup.keys import format_key
 from app.cli import main
 from app.config import SERVER_CONFIG_NAME, ServerConfig, VaultNodeKey, profile_dir
@@ -141,7 +142,8 @@ def test_password_backup_restore_change_and_turn_off(
         "--password-stdin",
         stdin=f"x\n{PASSWORD}\n",
     )
-    assert code != 0 and "already holds an account" in err
+    assert code == ProfileNotEmpty.exit_code == 8, err
+    assert "already holds an account" in err
 
     # A new password opens the same backups; the old one no longer does.
     store = Store.open(profile, protector())
