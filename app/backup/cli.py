@@ -26,6 +26,12 @@ from app.store.keyfile import KeyringProtector, PassphraseProtector, Protector
 VAULT_EXIT = 10
 
 
+class UsageError(BackupError):
+    """Something the command line must say and did not: exit 2, like argparse."""
+
+    exit_code = 2
+
+
 def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     backup = commands.add_parser("backup", help="make, check and restore encrypted backups")
     actions = backup.add_subparsers(dest="action", required=True)
@@ -61,7 +67,7 @@ class _Input:
     def line(self, what: str) -> str:
         text = self._stream.readline()
         if not text:
-            raise BackupError(f"expected {what} on stdin")
+            raise UsageError(f"expected {what} on stdin")
         return text.rstrip("\r\n")
 
 
@@ -87,7 +93,7 @@ def _access(profile: Path, args: argparse.Namespace) -> service.VaultAccess:
         profile.mkdir(parents=True, exist_ok=True, mode=0o700)
         return service.VaultAccess(config, profile)
     except (ConfigError, FileNotFoundError):
-        raise BackupError(
+        raise UsageError(
             "this profile has no server config; pass --server-config to reach the vault"
         ) from None
 
@@ -97,7 +103,7 @@ def _pick(args: argparse.Namespace, store_folder: str | None = None) -> engine.B
         return engine.describe(args.file)
     folder = args.folder or (Path(store_folder) if store_folder else None)
     if folder is None:
-        raise BackupError("say which backup: --folder DIR (newest is used) or --file FILE")
+        raise UsageError("say which backup: --folder DIR (newest is used) or --file FILE")
     return engine.newest_backup(folder)
 
 
@@ -108,7 +114,7 @@ def _key(info: engine.BackupInfo, profile: Path, args: argparse.Namespace, stdin
     if args.password_stdin:
         password = stdin.line("the backup password")
         return service.key_for(info, password=password, access=_access(profile, args))
-    raise BackupError(
+    raise UsageError(
         f"this backup is protected by its {info.method}; pass --key or --password-stdin"
     )
 
@@ -164,7 +170,7 @@ def run(args: argparse.Namespace, stdin: TextIO | None = None, out: TextIO | Non
                     "restore into a new one with --profile NAME"
                 )
             if not args.passphrase_stdin and not keyring_usable():
-                raise BackupError(
+                raise UsageError(
                     "no usable keyring here; pass --passphrase-stdin to protect the profile"
                 )
             protector = _protector(profile, args, lines)

@@ -208,7 +208,7 @@ def test_key_backup_cli_errors_are_clear(
     )
     assert code == 5 and "damaged or cut short at byte" in err
     code, _, err = _cli(monkeypatch, capsys, "backup", "verify", "--file", str(info.path))
-    assert code == 1 and "pass --key" in err
+    assert code == 2 and "pass --key" in err
     # Nothing secret lands in the folder in the clear.
     for path in folder.iterdir():
         raw = path.read_bytes()
