@@ -119,20 +119,36 @@ def _key(info: engine.BackupInfo, profile: Path, args: argparse.Namespace, stdin
     )
 
 
-def _progress(out: TextIO) -> engine.Progress:
-    started = time.monotonic()
-    last = [0.0]
+class _ProgressLine:
+    """One line of progress on stderr, rewritten in place at most once a second."""
 
-    def report(done: int, total: int) -> None:
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+        self._started = time.monotonic()
+        self._last = 0.0
+        self._shown = False
+
+    def __call__(self, done: int, total: int) -> None:
         now = time.monotonic()
-        if now - last[0] < 1 and done < total:
+        if now - self._last < 1 and done < total:
             return
-        last[0] = now
-        speed = done / max(now - started, 1e-6) / 2**20
-        out.write(f"\r{done / 2**20:,.1f} / {total / 2**20:,.1f} MB, {speed:,.1f} MB/s")
-        out.flush()
+        self._last = now
+        speed = done / max(now - self._started, 1e-6) / 2**20
+        self._out.write(f"\r{done / 2**20:,.1f} / {total / 2**20:,.1f} MB, {speed:,.1f} MB/s")
+        self._out.flush()
+        self._shown = True
 
-    return report
+    def end(self) -> None:
+        """Ends the line, so whatever is written next starts on a line of its own."""
+        if self._shown:
+            self._out.write("\n")
+            self._shown = False
+
+
+def _fail(progress: _ProgressLine, err: TextIO, message: object, code: int) -> int:
+    progress.end()
+    err.write(f"cipherline backup: {message}\n")
+    return code
 
 
 def run(args: argparse.Namespace, stdin: TextIO | None = None, out: TextIO | None = None) -> int:
@@ -140,23 +156,24 @@ def run(args: argparse.Namespace, stdin: TextIO | None = None, out: TextIO | Non
     out = out or sys.stdout
     profile = profile_dir(args.backup_profile or getattr(args, "profile", None) or "default")
     err = sys.stderr
+    progress = _ProgressLine(err)
     try:
         if args.action == "status":
             return _status(profile, args, lines, out)
         if args.action == "now":
             store = _open_store(profile, args, lines)
             try:
-                info = service.back_up_now(store, profile, progress=_progress(err))
+                info = service.back_up_now(store, profile, progress=progress)
             finally:
                 store.close()
-            err.write("\n")
+            progress.end()
             out.write(f"backup written: {info.path} ({info.size:,} bytes)\n")
             return 0
         if args.action == "verify":
             info = _pick(args)
             key = _key(info, profile, args, lines)
-            report = engine.verify_backup(info.path, key, progress=_progress(err))
-            err.write("\n")
+            report = engine.verify_backup(info.path, key, progress=progress)
+            progress.end()
             out.write(
                 f"OK: {info.path} — {report.describe_contents()}, "
                 f"{report.size:,} bytes, every chunk authentic\n"
@@ -175,32 +192,26 @@ def run(args: argparse.Namespace, stdin: TextIO | None = None, out: TextIO | Non
                 )
             protector = _protector(profile, args, lines)
             key = _key(info, profile, args, lines)
-            result = engine.restore_backup(
-                info.path, key, profile, protector, progress=_progress(err)
-            )
+            result = engine.restore_backup(info.path, key, profile, protector, progress=progress)
             store = Store.open(profile, protector)
             try:
                 service.store_key_after_restore(store, key)
             finally:
                 store.close()
-            err.write("\n")
+            progress.end()
             out.write(
                 f"restored {result.counts.get('messages', 0):,} messages and "
                 f"{result.files:,} attachments into profile {profile.name!r}\n"
             )
             return 0
     except WrongPassword as error:
-        err.write(f"cipherline backup: {error}\n")
-        return 3
+        return _fail(progress, err, error, 3)
     except (LockedOut, VaultError) as error:
-        err.write(f"cipherline backup: {error}\n")
-        return VAULT_EXIT
+        return _fail(progress, err, error, VAULT_EXIT)
     except BackupError as error:
-        err.write(f"cipherline backup: {error}\n")
-        return error.exit_code
+        return _fail(progress, err, error, error.exit_code)
     except OSError as error:
-        err.write(f"cipherline backup: {error.strerror or error}: {error.filename or ''}\n")
-        return 1
+        return _fail(progress, err, f"{error.strerror or error}: {error.filename or ''}", 1)
     return 2
 
 

@@ -207,6 +207,8 @@ def test_key_backup_cli_errors_are_clear(
         monkeypatch, capsys, "backup", "verify", "--file", str(damaged), "--key", shown
     )
     assert code == 5 and "damaged or cut short at byte" in err
+    # The progress line is ended first: the error stands on a line of its own.
+    assert err.splitlines()[-1].startswith("cipherline backup: "), repr(err)
     code, _, err = _cli(monkeypatch, capsys, "backup", "verify", "--file", str(info.path))
     assert code == 2 and "pass --key" in err
     # Nothing secret lands in the folder in the clear.
