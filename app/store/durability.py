@@ -102,7 +102,10 @@ class ReadDropper:
         """`total`: how many bytes from the start of the file have been read."""
         end = total - self._window
         if self._enabled and end - self._dropped >= self._stretch:
-            os.posix_fadvise(self._fd, self._dropped, end - self._dropped, os.POSIX_FADV_DONTNEED)
+            with contextlib.suppress(OSError):  # a hint: reading goes on either way
+                os.posix_fadvise(
+                    self._fd, self._dropped, end - self._dropped, os.POSIX_FADV_DONTNEED
+                )
             self._dropped = end
 
 
