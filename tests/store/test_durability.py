@@ -51,7 +51,7 @@ def _resident_fraction(path: Path) -> float:
 
 
 def _write_files(
-    folder: Path, sizes: list[int], pacer: WritebackPacer, piece: int = MiB
+    folder: Path, sizes: list[int], pacer: WritebackPacer, *, close: bool = True
 ) -> list[Path]:
     folder.mkdir(exist_ok=True)
     paths = []
@@ -61,14 +61,15 @@ def _write_files(
             pacer.start_file(handle.fileno())
             written = 0
             while written < size:
-                data = bytes([number % 256]) * min(piece, size - written)
+                data = bytes([number % 256]) * min(MiB, size - written)
                 handle.write(data)
                 written += len(data)
                 handle.flush()
                 pacer.written(written)
             pacer.end_file()
         paths.append(path)
-    pacer.close()
+    if close:
+        pacer.close()
     return paths
 
 
@@ -95,36 +96,22 @@ def test_drop_behind_leaves_only_the_window_cached_across_files(tmp_path: Path) 
 
 @linux_only
 def test_without_drop_behind_the_pacer_holds_no_descriptors(tmp_path: Path) -> None:
-    (tmp_path / "kept").mkdir()
     before = _open_descriptors()
     pacer = WritebackPacer(stretch=MiB, drop_behind=False)
-    with (tmp_path / "kept" / "a.bin").open("wb") as handle:
-        pacer.start_file(handle.fileno())
-        for number in range(8):
-            handle.write(b"x" * MiB)
-            handle.flush()
-            pacer.written((number + 1) * MiB)
-            assert _open_descriptors() == before + 1
-        pacer.end_file()
-    pacer.close()
+    _write_files(tmp_path, [8 * MiB, 3 * MiB], pacer, close=False)
     assert _open_descriptors() == before
+    pacer.close()
 
 
 @linux_only
 def test_close_releases_ranges_still_on_their_way(tmp_path: Path) -> None:
-    (tmp_path / "kept").mkdir()
     before = _open_descriptors()
     pacer = WritebackPacer(stretch=MiB, window=64 * MiB)
-    with (tmp_path / "kept" / "a.bin").open("wb") as handle:
-        pacer.start_file(handle.fileno())
-        for number in range(4):
-            handle.write(b"y" * MiB)
-            handle.flush()
-            pacer.written((number + 1) * MiB)
-    assert _open_descriptors() > before  # four ranges in flight, each with its own
+    paths = _write_files(tmp_path, [4 * MiB], pacer, close=False)
+    assert _open_descriptors() == before + 4  # four ranges in flight, each with its own
     pacer.close()
     assert _open_descriptors() == before
-    assert (tmp_path / "kept" / "a.bin").read_bytes() == b"y" * (4 * MiB)
+    assert paths[0].read_bytes() == bytes([0]) * (4 * MiB)
 
 
 @linux_only
