@@ -24,6 +24,11 @@ from app.net.relay_client import Envelope
 
 log = logging.getLogger(__name__)
 
+OPEN_TIMEOUT_SECONDS = 10
+# How long stop() waits for the thread: enough to close an open connection
+# cleanly, not to wait out a handshake that will never finish.
+STOP_WAIT_SECONDS = 1.0
+
 
 class PushListener:
     def __init__(
@@ -45,6 +50,9 @@ class PushListener:
         self._on_keys_low = on_keys_low
         self._max_backoff = max_backoff
         self._stop = threading.Event()
+        # Held while a callback runs, and by stop() as it sets _stop: once stop()
+        # has returned, no callback starts.
+        self._reporting = threading.RLock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._connection: ClientConnection | None = None
@@ -55,21 +63,30 @@ class PushListener:
         self._thread.start()
 
     def stop(self) -> None:
-        self._stop.set()
+        """Returns at once even while a handshake is stalled (a relay that accepts
+        connections but never answers): the thread then ends by itself when its
+        open timeout expires, and reports nothing more after this call."""
+        with self._reporting:
+            self._stop.set()
+            was_connected, self.connected = self.connected, False
         self._wake.set()
         connection = self._connection
         if connection is not None:
             with contextlib.suppress(Exception):
                 connection.close()
         if self._thread is not None:
-            self._thread.join(timeout=5)
+            self._thread.join(timeout=STOP_WAIT_SECONDS)
+        if was_connected:
+            self._on_state(False)
 
     def reconnect_now(self) -> None:
         """Skip the current backoff wait (e.g. the user pressed "retry")."""
         self._wake.set()
 
     def _set_state(self, connected: bool) -> None:
-        if connected != self.connected:
+        with self._reporting:
+            if self._stop.is_set() or connected == self.connected:
+                return
             self.connected = connected
             self._on_state(connected)
 
@@ -80,12 +97,14 @@ class PushListener:
                 with connect(
                     f"{self._url}?token={self._token}",
                     ssl=self._ssl,
-                    open_timeout=10,
+                    open_timeout=OPEN_TIMEOUT_SECONDS,
                     close_timeout=2,
                     max_size=2**20,
                     # Frames carry ciphertext, which does not compress.
                     compression=None,
                 ) as connection:
+                    if self._stop.is_set():
+                        break  # opened after stop() gave up waiting for it
                     self._connection = connection
                     self._set_state(True)
                     backoff = 0.5
@@ -118,6 +137,11 @@ class PushListener:
                 envelope = Envelope.from_json(message)
             except (KeyError, TypeError, ValueError):
                 return
-            self._on_envelope(envelope)
+            self._report(self._on_envelope, envelope)
         elif kind == "keys_low" and self._on_keys_low is not None:
-            self._on_keys_low()
+            self._report(self._on_keys_low)
+
+    def _report(self, callback: Callable[..., None], *args: Any) -> None:
+        with self._reporting:
+            if not self._stop.is_set():
+                callback(*args)
