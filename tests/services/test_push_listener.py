@@ -70,15 +70,17 @@ def test_stop_reports_the_disconnection_once_and_then_nothing(
         wait_for(lambda: client.connected, what="alice's push connection")
         assert client.push is not None
         states: list[bool] = []
+        envelopes: list[object] = []
         listener = PushListener(
             client.relay.push_url(),
             client.relay.ca_file,
             client.messenger.relay_token,
-            on_envelope=lambda _envelope: states.append(True),
+            on_envelope=envelopes.append,
             on_state=states.append,
         )
         listener.start()
-        wait_for(lambda: states == [True], what="the second listener's connection")
+        wait_for(lambda: states, what="the second listener's connection")
+        assert states == [True]
         listener.stop()
         assert states == [True, False]
         assert not listener.connected
