@@ -41,6 +41,7 @@ from app.net.vault_transport import DirectTransport, fleet_key, run_flow
 from app.protocol import vault as protocol
 from bench.harness import BenchReport, Comparison, Figure, percentile
 from tests.support.components import EtcdCluster, SoftHSMToken, VaultProcess
+from vault_emulator.etcd import EtcdClient
 from vault_emulator.records import EtcdRecords
 
 CONCURRENCY = 8
@@ -197,7 +198,7 @@ def _measure(report: BenchReport, label: str, nodes: list[VaultProcess], count: 
 
 def _etcd_counter_rate(cluster: EtcdCluster, count: int) -> float:
     """Logins/s etcd alone could carry: both counter writes of a login, no vault."""
-    records = EtcdRecords(cluster.endpoints)
+    records = EtcdRecords(EtcdClient(cluster.endpoints))
     ids = [random_bytes(16) for _ in range(count)]
     for record_id in ids:
         records.create(record_id, bytes(300), 10, replace=False)

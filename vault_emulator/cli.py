@@ -20,6 +20,7 @@ from app.crypto import (
 )
 from vault_emulator.backends import Backend, BackendError, open_backend
 from vault_emulator.config import BACKENDS, ConfigError, NodeConfig, read_pin
+from vault_emulator.etcd import EtcdClient
 from vault_emulator.node import AuditLog, FleetSecrets, VaultNode
 from vault_emulator.records import EtcdRecords, RecordStore, SqliteRecords
 
@@ -100,7 +101,7 @@ def _open(
 
 def _records(config: NodeConfig, data: Path) -> RecordStore:
     cluster = [e for e in config.extra.get("cluster", "").split(",") if e]
-    return EtcdRecords(cluster) if cluster else SqliteRecords(data / "records.sqlite3")
+    return EtcdRecords(EtcdClient(cluster)) if cluster else SqliteRecords(data / "records.sqlite3")
 
 
 def _export_key(passphrase: bytes, salt: bytes) -> bytes:

@@ -56,7 +56,8 @@ from app.protocol.vault import (
     seal_response,
 )
 from vault_emulator.backends import Backend
-from vault_emulator.records import LockedOutNow, RecordStore, StorageUnavailable
+from vault_emulator.etcd import StorageUnavailable
+from vault_emulator.records import LockedOutNow, RecordStore
 
 log = logging.getLogger("vault")
 TICKET_SECONDS = 120

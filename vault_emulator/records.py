@@ -17,11 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-import requests
-
-
-class StorageUnavailable(Exception):
-    """The record store (etcd quorum) cannot be reached; nothing was changed."""
+from vault_emulator.etcd import EtcdClient
 
 
 class LockedOutNow(Exception):
@@ -173,31 +169,13 @@ class EtcdRecords:
     PREFIX = b"/cipherline/vault/"
     CACHE_SIZE = 10_000
 
-    def __init__(self, endpoints: list[str]) -> None:
-        self._endpoints = [e.rstrip("/") for e in endpoints]
-        self._local = threading.local()
+    def __init__(self, client: EtcdClient) -> None:
+        self._client = client
         self._cache: OrderedDict[str, tuple[dict[str, Any] | None, str]] = OrderedDict()
         self._cache_lock = threading.Lock()
 
-    def _session(self) -> requests.Session:
-        if not hasattr(self._local, "session"):
-            self._local.session = requests.Session()
-        session: requests.Session = self._local.session
-        return session
-
     def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        for endpoint in list(self._endpoints):
-            try:
-                response = self._session().post(endpoint + path, json=body, timeout=3)
-            except requests.RequestException:
-                continue
-            if response.status_code >= 500:
-                continue
-            if response.status_code != 200:
-                raise StorageUnavailable(f"etcd refused a request ({response.status_code})")
-            result: dict[str, Any] = response.json()
-            return result
-        raise StorageUnavailable("no etcd member answered")
+        return self._client.post(path, body)
 
     def _key(self, kind: str, name: bytes) -> str:
         return _b64(self.PREFIX + kind.encode() + b"/" + name.hex().encode())
