@@ -91,8 +91,8 @@ def _opaque(_tmp: Path) -> CheckResult:
     password_file = server_registration_finish(upload)
     login = client_login_start(b"pw")
     response, state = server_login_start(setup, password_file, login.message, b"id")
-    finalization, client_key = client_login_finish(b"pw", login.state, response)
-    if server_login_finish(state, finalization) != client_key:
+    finished = client_login_finish(b"pw", login.state, response)
+    if server_login_finish(state, finished.finalization) != finished.session_key:
         raise RuntimeError("OPAQUE keys differ")
     return "OPAQUE (opaque-ke): registration and login agree on a session key"
 

@@ -1,7 +1,10 @@
-"""Writes tests/vectors/vault_v1.json from fixed seeds.
+"""Writes tests/vectors/vault_v2.json from fixed seeds.
 
-The fleet bundle, response sealing and key transfer are deterministic and are
-reproduced byte for byte by the tests. An HPKE-sealed request is not (ML-KEM
+The fleet bundle, response sealing, key transfer, the client's key wrapping and
+a sealed record state are deterministic and are reproduced byte for byte by the
+tests (these detect change only: our own code made them; the OPAQUE exchange
+under them is checked against an independent implementation in
+tests/vault/test_opaque_interop.py). An HPKE-sealed request is not (ML-KEM
 encapsulation draws from OpenSSL), so one is recorded and the tests check that the
 fixed fleet key still opens it into the recorded inner request.
 Run with `--check` to compare the deterministic parts without writing.
@@ -16,12 +19,14 @@ from typing import Any
 
 from app.crypto import DeterministicRng, HpkePrivateKey, SigningKey
 from app.protocol import vault
+from vault_emulator import state
+from vault_emulator.records import Versioned
 
-VECTORS = Path(__file__).resolve().parent.parent / "tests" / "vectors" / "vault_v1.json"
+VECTORS = Path(__file__).resolve().parent.parent / "tests" / "vectors" / "vault_v2.json"
 
 
 def deterministic() -> dict[str, Any]:
-    rng = DeterministicRng(b"cipherline vault vectors v1")
+    rng = DeterministicRng(b"cipherline vault vectors v2")
     fleet_private = HpkePrivateKey.generate(rng)
     fleet_public = fleet_private.public_key().to_bytes()
     nodes = []
@@ -35,7 +40,26 @@ def deterministic() -> dict[str, Any]:
     response_key, nonce = rng.random_bytes(32), rng.random_bytes(12)
     payload = b"login answer payload"
     response = vault.seal_response(response_key, "login_start", vault.OK, 7, payload, nonce)
-    session_key = rng.random_bytes(64)
+    session_key, record_id = rng.random_bytes(64), rng.random_bytes(16)
+    transfer_nonce, stored_key = rng.random_bytes(12), rng.random_bytes(60)
+    export_key, backup_key, wrap_nonce = (
+        rng.random_bytes(64),
+        rng.random_bytes(32),
+        rng.random_bytes(12),
+    )
+    record_key, state_nonce = rng.random_bytes(32), rng.random_bytes(12)
+    record_state = state.RecordState(
+        state.ACTIVE,
+        generation=rng.random_bytes(16),
+        password_file=rng.random_bytes(192),
+        stored_key=stored_key,
+        key_format=vault.KEY_WRAPPED,
+        limit=10,
+        attempts=3,
+        open_tickets=(rng.random_bytes(16),),
+        seen=((rng.random_bytes(16), 1_800_000_000),),
+    )
+    at = Versioned(b"", version=4, created=1234, revision=99)
     return {
         "fleet": {
             "hpke_private_key": fleet_private.to_bytes().hex(),
@@ -54,13 +78,35 @@ def deterministic() -> dict[str, Any]:
         },
         "key_transfer": {
             "session_key": session_key.hex(),
+            "record_id": record_id.hex(),
+            "nonce": transfer_nonce.hex(),
+            "stored_key": stored_key.hex(),
             "transfer_key": vault.key_transfer_key(session_key).hex(),
+            "sealed": vault.seal_key_transfer(
+                session_key, record_id, stored_key, transfer_nonce
+            ).hex(),
+        },
+        "key_wrap": {
+            "export_key": export_key.hex(),
+            "record_id": record_id.hex(),
+            "backup_key": backup_key.hex(),
+            "nonce": wrap_nonce.hex(),
+            "wrapped": vault.wrap_backup_key(export_key, record_id, backup_key, wrap_nonce).hex(),
+        },
+        "record_state": {
+            "record_key": record_key.hex(),
+            "record_id": record_id.hex(),
+            "created": at.created,
+            "version_written": at.version + 1,
+            "nonce": state_nonce.hex(),
+            "plaintext": record_state.to_bytes().hex(),
+            "sealed": state.seal_state(record_key, record_id, record_state, at, state_nonce).hex(),
         },
     }
 
 
 def recorded_request(fleet_private: HpkePrivateKey) -> dict[str, Any]:
-    rng = DeterministicRng(b"cipherline vault request vector v1")
+    rng = DeterministicRng(b"cipherline vault request vector v2")
     record_id = rng.random_bytes(16)
     fields = b"\x00\x03abc"
     body, response_key = vault.seal_request(

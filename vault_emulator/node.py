@@ -1,10 +1,23 @@
 """A vault node's logic, independent of HTTP: `VaultNode.handle(op, body)`.
 
-The attempt counter is incremented and durably stored *before* the OPAQUE login
-step runs (login_start). A successful login_finish resets it. Once `limit`
-attempts have been counted without a success, the next attempt erases the record
-for good. A login's server state travels to the client inside a ticket sealed
-under the fleet key, so any node of the fleet can finish a login another began.
+Protocol version 2 (docs/vault-protocol.md). The rules that keep the guess limit
+against a relay that records and replays every byte it forwards:
+
+- login_start checks the OPAQUE request first (a malformed one is refused before
+  anything is counted), then counts the attempt durably, in one compare-and-swap
+  that also opens a single-use login ticket and remembers the request, and only
+  then releases the evaluation. A request seen before is refused.
+- login_finish consumes its ticket in the compare-and-swap that resets the counter
+  (right password) or records the failure (wrong): a replayed finish finds its
+  ticket gone. The wrong guess that reaches the limit erases the record.
+- register_finish needs a fresh registration ticket from register_start; a new
+  record is created over a placeholder that register_start made, a replacement
+  consumes the one replace ticket a successful login issued. Erased ids stay
+  erased (a tombstone), and each registration draws a new OPRF key.
+- Every record's state is sealed and bound to its place in storage
+  (`vault_emulator.state`): a counter edited, moved or put back is refused.
+- The backup key is wrapped by the client under OPAQUE's export key: the vault,
+  its operator included, stores and returns only that wrapped key.
 """
 
 from __future__ import annotations
@@ -15,8 +28,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypeVar
 
 from app.crypto import (
     CryptoError,
@@ -42,22 +56,31 @@ from app.protocol.vault import (
     ACTION_RETRIEVE,
     CONFLICT,
     DEFAULT_ATTEMPT_LIMIT,
+    ERASED,
+    FINALIZATION_LENGTH,
+    KEY_PLAIN_V1,
+    KEY_WRAPPED,
     LOCKED_OUT,
     NOT_FOUND,
     OK,
     OPS,
     REQUEST_INFO,
+    REQUEST_WINDOW_SECONDS,
     RETRY,
+    STALE,
+    WRAPPED_KEY_LENGTH,
     WRONG_PASSWORD,
     Fleet,
     FleetNode,
-    key_transfer_key,
     parse_inner_request,
+    seal_key_transfer,
     seal_response,
 )
+from vault_emulator import state as st
 from vault_emulator.backends import Backend
 from vault_emulator.etcd import StorageUnavailable
-from vault_emulator.records import LockedOutNow, RecordStore
+from vault_emulator.records import RecordStore, Versioned
+from vault_emulator.state import RecordState, Tampered
 
 log = logging.getLogger("vault")
 TICKET_SECONDS = 120
@@ -128,6 +151,34 @@ class AuditLog:
             handle.write(line + "\n")
 
 
+TICKET_LOGIN = 1
+TICKET_REPLACE = 3
+TICKET_REGISTER = 4
+TICKET_AD = b"Cipherline vault ticket v2"
+T = TypeVar("T")
+# What `_transact` asks of a decision: the state to write (None: write nothing)
+# and the result to return once that is done.
+Decision = tuple[RecordState | None, T]
+
+
+@dataclass(frozen=True)
+class Ticket:
+    ticket_id: bytes
+    content: bytes
+
+    def __repr__(self) -> str:
+        return "Ticket(<sealed state>)"
+
+
+def credential_id(record_id: bytes, generation: bytes) -> bytes:
+    """OPAQUE's credential identifier: it selects the record's OPRF key."""
+    return record_id + generation
+
+
+def _erased_status(state: RecordState) -> int:
+    return NOT_FOUND if state.reason == st.REASON_DELETED else LOCKED_OUT
+
+
 class VaultNode:
     def __init__(
         self,
@@ -146,10 +197,13 @@ class VaultNode:
         self.audit = audit
         self.clock = clock
         self._record_key = hkdf_sha256(
+            secrets.data_key, salt=None, info=b"vault records v2", length=32
+        )
+        self._legacy_record_key = hkdf_sha256(
             secrets.data_key, salt=None, info=b"vault records", length=32
         )
         self._ticket_key = hkdf_sha256(
-            secrets.data_key, salt=None, info=b"vault tickets", length=32
+            secrets.data_key, salt=None, info=b"vault tickets v2", length=32
         )
         public = secrets.hpke_private.public_key().to_bytes()
         signature = backend.sign(Fleet.signed_message(public, name))
@@ -169,29 +223,103 @@ class VaultNode:
         nodes.sort(key=lambda node: node.name)
         return Fleet(self.secrets.hpke_private.public_key().to_bytes(), tuple(nodes)).to_bytes()
 
-    # ---- sealing of records and tickets --------------------------------------------
-    def _seal(self, key: bytes, data: bytes, ad: bytes) -> bytes:
-        nonce = random_bytes(12)
-        return nonce + aead_seal(key, nonce, data, ad)
-
-    def _open(self, key: bytes, blob: bytes, ad: bytes) -> bytes:
-        return aead_open(key, blob[:12], blob[12:], ad)
-
-    def _ticket(self, kind: int, record_id: bytes, content: bytes) -> bytes:
+    # ---- tickets -------------------------------------------------------------------
+    def _ticket(self, kind: int, record_id: bytes, ticket_id: bytes, content: bytes) -> bytes:
         expiry = int(self.clock()) + TICKET_SECONDS
-        plain = Writer().u8(kind).u64(expiry).bytes16(content).getvalue()
-        return self._seal(self._ticket_key, plain, b"ticket" + record_id)
+        plain = Writer().u8(kind).u64(expiry).bytes8(ticket_id).bytes16(content).getvalue()
+        nonce = random_bytes(12)
+        return nonce + aead_seal(self._ticket_key, nonce, plain, TICKET_AD + record_id)
 
-    def _open_ticket(self, kind: int, record_id: bytes, ticket: bytes) -> bytes | None:
+    def _open_ticket(self, kind: int, record_id: bytes, ticket: bytes) -> Ticket | None:
+        """The ticket if it is authentic, of this kind, for this record and unexpired.
+        Whether it was used already is for the record's state to say."""
         try:
-            plain = self._open(self._ticket_key, ticket, b"ticket" + record_id)
+            plain = aead_open(self._ticket_key, ticket[:12], ticket[12:], TICKET_AD + record_id)
         except DecryptionError:
             return None
         reader = Reader(plain, "ticket")
-        found_kind, expiry, content = reader.u8(), reader.u64(), reader.bytes16()
+        found_kind, expiry = reader.u8(), reader.u64()
+        ticket_id, content = reader.bytes8(), reader.bytes16()
         if found_kind != kind or expiry < self.clock():
             return None
-        return content
+        return Ticket(ticket_id, content)
+
+    # ---- records -------------------------------------------------------------------
+    def _state(self, record_id: bytes, stored: Versioned | None) -> RecordState | None:
+        if stored is None:
+            return None
+        try:
+            return st.open_state(self._record_key, record_id, stored)
+        except Tampered:
+            # Edited, moved or put back behind the vault's back: treated as locked
+            # out, and never overwritten, so the evidence stays.
+            self.audit.write(record_id, "read", "tampered")
+            return RecordState(st.ERASED, reason=st.REASON_TAMPERED)
+
+    def _transact(self, record_id: bytes, decide: Callable[[RecordState | None], Decision[T]]) -> T:
+        """Runs `decide(state) -> (new state or None to leave it, result)` until its
+        write lands by compare-and-swap; a decision not to write is only trusted
+        when it was made on a fresh read."""
+        current = self.records.read(record_id, fresh=False)
+        fresh = False
+        while True:
+            new, result = decide(self._state(record_id, current))
+            if new is None:
+                if fresh:
+                    return result
+                current = self.records.read(record_id, fresh=True)
+                fresh = True
+                continue
+            value = st.seal_state(self._record_key, record_id, new, current, random_bytes(12))
+            written, current = self.records.swap(record_id, current, value)
+            if written:
+                return result
+            fresh = True
+
+    def migrate_legacy(self) -> int:
+        """Moves records stored by vault version 1 into sealed version 2 state, counter
+        and limit as they were; their keys stay as version 1 deposited them until the
+        owner's next successful login re-deposits them wrapped. Returns how many."""
+        moved = 0
+        for legacy in self.records.legacy_records():
+            try:
+                reader = Reader(
+                    aead_open(
+                        self._legacy_record_key,
+                        legacy.blob[:12],
+                        legacy.blob[12:],
+                        b"record" + legacy.record_id,
+                    ),
+                    "version 1 record",
+                )
+                password_file, backup_key = reader.bytes16(), reader.raw(32)
+                reader.end()
+            except (DecryptionError, ProtocolError):
+                self.audit.write(legacy.record_id, "migrate", "unreadable")
+                continue
+            migrated = RecordState(
+                st.ACTIVE,
+                password_file=password_file,
+                stored_key=backup_key,
+                key_format=KEY_PLAIN_V1,
+                limit=legacy.limit,
+                attempts=min(legacy.attempts, legacy.limit),
+            )
+
+            def placeholder(state: RecordState | None) -> Decision[None]:
+                return (RecordState(st.PENDING) if state is None else None), None
+
+            def fill(state: RecordState | None, migrated: RecordState = migrated) -> Decision[None]:
+                if state is not None and state.status == st.PENDING:
+                    return migrated, None
+                return None, None
+
+            self._transact(legacy.record_id, placeholder)
+            self._transact(legacy.record_id, fill)
+            self.records.drop_legacy(legacy.record_id)
+            self.audit.write(legacy.record_id, "migrate", "migrated")
+            moved += 1
+        return moved
 
     # ---- requests ------------------------------------------------------------------
     def handle(self, op: str, body: bytes) -> tuple[int, bytes]:
@@ -218,108 +346,242 @@ class VaultNode:
     def _register_start(self, record_id: bytes, fields: Reader) -> tuple[int, int, bytes]:
         request, replace_ticket = fields.bytes16(), fields.bytes16()
         fields.end()
-        existing = self.records.get(record_id)
-        if (
-            existing is not None
-            and self._open_ticket(ACTION_REPLACE, record_id, replace_ticket) is None
-        ):
-            self.audit.write(record_id, "register", "conflict")
-            return CONFLICT, 0, b""
-        return OK, 0, server_registration_start(self.secrets.opaque_setup, request, record_id)
+        generation = random_bytes(16)
+        # Checks the request before anything is stored.
+        response = server_registration_start(
+            self.secrets.opaque_setup, request, credential_id(record_id, generation)
+        )
+        ticket_id = b""
+        if replace_ticket:
+            granted = self._open_ticket(TICKET_REPLACE, record_id, replace_ticket)
+            if granted is None:
+                return CONFLICT, 0, b""
+            ticket_id = granted.ticket_id
+
+            def may_replace(state: RecordState | None) -> Decision[int]:
+                if state is not None and state.status == st.ERASED:
+                    return None, ERASED
+                if state is None or state.status != st.ACTIVE:
+                    return None, CONFLICT
+                return None, OK if state.replace_ticket == ticket_id else CONFLICT
+
+            outcome = self._transact(record_id, may_replace)
+        else:
+            placeholder = RecordState(
+                st.PENDING, generation=generation, expires=int(self.clock()) + TICKET_SECONDS
+            )
+
+            def reserve(state: RecordState | None) -> Decision[int]:
+                if state is None:
+                    return placeholder, OK
+                return None, ERASED if state.status == st.ERASED else CONFLICT
+
+            outcome = self._transact(record_id, reserve)
+        if outcome != OK:
+            self.audit.write(record_id, "register", "erased" if outcome == ERASED else "conflict")
+            return outcome, 0, b""
+        ticket = self._ticket(TICKET_REGISTER, record_id, ticket_id, generation)
+        return OK, 0, Writer().bytes16(ticket).bytes16(response).getvalue()
 
     def _register_finish(self, record_id: bytes, fields: Reader) -> tuple[int, int, bytes]:
-        upload, backup_key = fields.bytes16(), fields.bytes8()
+        registration_ticket, upload, wrapped = fields.bytes16(), fields.bytes16(), fields.bytes16()
         limit, replace_ticket = fields.u16(), fields.bytes16()
         fields.end()
-        if len(backup_key) != 32 or not 1 <= limit <= 100:
-            raise BadRequest("a 32-byte key and a limit of 1-100 attempts are required")
-        replace = self._open_ticket(ACTION_REPLACE, record_id, replace_ticket) is not None
+        if len(wrapped) != WRAPPED_KEY_LENGTH or not 1 <= limit <= 100:
+            raise BadRequest("a wrapped 32-byte key and a limit of 1-100 attempts are required")
         password_file = server_registration_finish(upload)
-        blob = self._seal(
-            self._record_key,
-            Writer().bytes16(password_file).raw(backup_key).getvalue(),
-            b"record" + record_id,
+        granted = self._open_ticket(TICKET_REGISTER, record_id, registration_ticket)
+        if granted is None:
+            return RETRY, 0, b""
+        record = RecordState(
+            st.ACTIVE,
+            generation=granted.content,
+            password_file=password_file,
+            stored_key=wrapped,
+            key_format=KEY_WRAPPED,
+            limit=limit,
         )
-        if not self.records.create(record_id, blob, limit, replace=replace):
-            self.audit.write(record_id, "register", "conflict")
-            return CONFLICT, 0, b""
-        self.audit.write(record_id, "register", "replaced" if replace else "created")
+        if replace_ticket:
+            replacing = self._open_ticket(TICKET_REPLACE, record_id, replace_ticket)
+            if (
+                replacing is None
+                or not granted.ticket_id
+                or replacing.ticket_id != granted.ticket_id
+            ):
+                return CONFLICT, 0, b""
+
+            def swap_in(state: RecordState | None) -> Decision[int]:
+                if state is not None and state.status == st.ERASED:
+                    return None, ERASED
+                if (
+                    state is None
+                    or state.status != st.ACTIVE
+                    or state.replace_ticket != granted.ticket_id
+                ):
+                    return None, CONFLICT
+                # The replace ticket is spent here; the new record keeps the memory of
+                # counted requests so none of them can be replayed against it.
+                return replace(record, seen=state.seen), OK
+
+            outcome = self._transact(record_id, swap_in)
+        else:
+            if granted.ticket_id:
+                return CONFLICT, 0, b""
+
+            def fill(state: RecordState | None) -> Decision[int]:
+                if state is not None and state.status == st.ERASED:
+                    return None, ERASED
+                if state is None or state.status != st.PENDING:
+                    return None, CONFLICT
+                return (record, OK) if state.generation == granted.content else (None, CONFLICT)
+
+            outcome = self._transact(record_id, fill)
+        if outcome != OK:
+            self.audit.write(record_id, "register", "erased" if outcome == ERASED else "conflict")
+            return outcome, 0, b""
+        self.audit.write(record_id, "register", "replaced" if replace_ticket else "created")
         return OK, limit, b""
 
-    def _unpack(self, record_id: bytes, blob: bytes) -> tuple[bytes, bytes]:
-        reader = Reader(self._open(self._record_key, blob, b"record" + record_id), "record")
-        password_file, backup_key = reader.bytes16(), reader.raw(32)
-        reader.end()
-        return password_file, backup_key
-
     def _login_start(self, record_id: bytes, fields: Reader) -> tuple[int, int, bytes]:
-        request = fields.bytes16()
+        client_time, request = fields.u64(), fields.bytes16()
         fields.end()
         if not request:
             raise BadRequest("the credential request is empty")
-        try:
-            record = self.records.count_attempt(record_id)
-        except LockedOutNow:
-            self.audit.write(record_id, "login", "locked-out-erased")
-            return LOCKED_OUT, 0, b""
-        if record is None:
-            self.audit.write(record_id, "login", "not-found")
-            return NOT_FOUND, 0, b""
-        self.audit.write(record_id, "login", f"attempt-{record.attempts}")
-        password_file, _key = self._unpack(record_id, record.blob)
-        try:
-            response, state = server_login_start(
-                self.secrets.opaque_setup, password_file, request, record_id
+        now = int(self.clock())
+        if abs(client_time - now) > REQUEST_WINDOW_SECONDS:
+            return STALE, 0, now.to_bytes(8, "big")
+        digest = hashlib.sha256(request).digest()[:16]
+        ticket_id = random_bytes(16)
+        evaluated: list[tuple[bytes, bytes]] = []
+
+        def count(state: RecordState | None) -> Decision[int | RecordState]:
+            if state is None or state.status == st.PENDING:
+                return None, NOT_FOUND
+            if state.status == st.ERASED:
+                return None, _erased_status(state)
+            if any(seen == digest for seen, _when in state.seen):
+                return None, STALE
+            # Evaluated first so that a malformed request is refused (BadRequest)
+            # before the counter moves; released only after the count is stored.
+            try:
+                evaluated[:] = [
+                    server_login_start(
+                        self.secrets.opaque_setup,
+                        state.password_file,
+                        request,
+                        credential_id(record_id, state.generation),
+                    )
+                ]
+            except CryptoError:
+                raise BadRequest("the credential request is malformed") from None
+            if state.attempts >= state.limit:
+                return state.erased(st.REASON_LOCKED_OUT), LOCKED_OUT
+            recent = tuple(
+                (seen, when) for seen, when in state.seen if when + REQUEST_WINDOW_SECONDS >= now
             )
-        except CryptoError as error:
-            raise BadRequest("the credential request is malformed") from error
-        ticket = self._ticket(ACTION_RETRIEVE, record_id, state)
+            counted = replace(
+                state,
+                attempts=state.attempts + 1,
+                open_tickets=(*state.open_tickets, ticket_id),
+                seen=(*recent[-(st.MAX_SEEN - 1) :], (digest, client_time)),
+            )
+            return counted, counted
+
+        outcome = self._transact(record_id, count)
+        if not isinstance(outcome, RecordState):
+            self.audit.write(record_id, "login", _OUTCOME_NAMES.get(outcome, "refused"))
+            return outcome, 0, b""
+        self.audit.write(record_id, "login", f"attempt-{outcome.attempts}")
+        response, server_state = evaluated[0]
+        ticket = self._ticket(TICKET_LOGIN, record_id, ticket_id, server_state)
         payload = (
             Writer()
-            .u16(record.attempts)
-            .u16(record.limit)
+            .u16(outcome.attempts)
+            .u16(outcome.limit)
+            .u8(outcome.key_format)
             .bytes16(ticket)
             .bytes16(response)
             .getvalue()
         )
-        return OK, record.limit - record.attempts, payload
+        return OK, outcome.attempts_left, payload
 
     def _login_finish(self, record_id: bytes, fields: Reader) -> tuple[int, int, bytes]:
         ticket, finalization, action = fields.bytes16(), fields.bytes16(), fields.u8()
         fields.end()
         if action not in (ACTION_RETRIEVE, ACTION_DELETE, ACTION_REPLACE):
             raise BadRequest("unknown login action")
-        state = self._open_ticket(ACTION_RETRIEVE, record_id, ticket)
-        if state is None:
+        if len(finalization) != FINALIZATION_LENGTH:
+            raise BadRequest(f"a credential finalization is {FINALIZATION_LENGTH} bytes")
+        granted = self._open_ticket(TICKET_LOGIN, record_id, ticket)
+        if granted is None:
             return RETRY, 0, b""
         try:
-            session_key = server_login_finish(state, finalization)
+            session_key: bytes | None = server_login_finish(granted.content, finalization)
         except OpaqueLoginFailed:
-            self.audit.write(record_id, "login", "failed")
-            record = self.records.get(record_id)
-            if record is None:
-                return LOCKED_OUT, 0, b""
-            return WRONG_PASSWORD, max(record.limit - record.attempts, 0), b""
-        record = self.records.finish_login(record_id)
-        if record is None:
-            # Erased by concurrent wrong guesses between the two steps.
-            return LOCKED_OUT, 0, b""
-        _password_file, backup_key = self._unpack(record_id, record.blob)
-        transfer = self._seal(key_transfer_key(session_key), backup_key, b"backup key")
+            session_key = None
+        replace_id = random_bytes(16)
+
+        def consume(
+            state: RecordState | None,
+        ) -> Decision[tuple[int, RecordState | None]]:
+            if state is None or state.status == st.PENDING:
+                return None, (RETRY, state)
+            if state.status == st.ERASED:
+                return None, (_erased_status(state), state)
+            if granted.ticket_id not in state.open_tickets:
+                return None, (RETRY, state)  # used already: a replay
+            if session_key is None:
+                if state.attempts >= state.limit:
+                    return state.erased(st.REASON_LOCKED_OUT), (LOCKED_OUT, state)
+                failed = state.without_ticket(granted.ticket_id)
+                return failed, (WRONG_PASSWORD, failed)
+            if action == ACTION_DELETE:
+                return state.erased(st.REASON_DELETED), (OK, state)
+            succeeded = replace(
+                state,
+                attempts=0,
+                open_tickets=(),
+                replace_ticket=replace_id if action == ACTION_REPLACE else state.replace_ticket,
+            )
+            return succeeded, (OK, state)
+
+        status, state = self._transact(record_id, consume)
+        if status != OK or session_key is None or state is None:
+            self.audit.write(record_id, "login", _OUTCOME_NAMES.get(status, "refused"))
+            left = state.attempts_left if status == WRONG_PASSWORD and state else 0
+            return status, left, b""
         if action == ACTION_DELETE:
-            self.records.delete(record_id)
             self.audit.write(record_id, "delete", "deleted")
             return OK, 0, b""
+        transfer = seal_key_transfer(session_key, record_id, state.stored_key, random_bytes(12))
         if action == ACTION_REPLACE:
-            replace_ticket = self._ticket(ACTION_REPLACE, record_id, b"")
+            replace_ticket = self._ticket(TICKET_REPLACE, record_id, replace_id, b"")
             self.audit.write(record_id, "login", "success-replace")
-            return OK, record.limit, Writer().bytes16(transfer).bytes16(replace_ticket).getvalue()
+            return OK, state.limit, Writer().bytes16(transfer).bytes16(replace_ticket).getvalue()
         self.audit.write(record_id, "login", "success")
-        return OK, record.limit, transfer
+        return OK, state.limit, transfer
+
+
+_OUTCOME_NAMES = {
+    NOT_FOUND: "not-found",
+    WRONG_PASSWORD: "failed",
+    LOCKED_OUT: "locked-out-erased",
+    RETRY: "ticket-refused",
+    STALE: "replay-refused",
+    ERASED: "erased",
+    CONFLICT: "conflict",
+}
 
 
 def _error(message: str) -> bytes:
     return json.dumps({"error": message}).encode()
 
 
-__all__ = ["DEFAULT_ATTEMPT_LIMIT", "AuditLog", "BadRequest", "FleetSecrets", "VaultNode"]
+__all__ = [
+    "DEFAULT_ATTEMPT_LIMIT",
+    "AuditLog",
+    "BadRequest",
+    "FleetSecrets",
+    "VaultNode",
+    "credential_id",
+]

@@ -1,9 +1,18 @@
-"""Record storage with an attempt counter that is never lost or decreased.
+"""Record storage: a compare-and-swap map from record id to one sealed value.
 
-A record: the sealed blob (password file and backup key, encrypted under the
-fleet data key), its attempt limit and the attempts used. One node keeps them in
-SQLite; a fleet keeps them in etcd, where every change to a record is a
-compare-and-swap on the key's mod_revision, so three nodes enforce one limit.
+The store knows nothing of counters or passwords: a record is an opaque sealed
+value (`vault_emulator.state`) plus the storage's own bookkeeping, which the node
+binds into the seal so that a value cannot be moved, re-put or brought back:
+
+- `version`: how many times the key was written since it was created (etcd's
+  `version`; a column in SQLite);
+- `created`: when the key was created (etcd's `create_revision`; a monotonic
+  sequence in SQLite);
+- `revision`: what a compare-and-swap compares (etcd's `mod_revision`).
+
+One node keeps records in SQLite; a fleet keeps them in etcd, where every write
+is a transaction on the key's mod_revision, so three nodes enforce one limit.
+Version 1 stored records differently (`legacy_records`); a node migrates them.
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ import json
 import sqlite3
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -20,37 +30,46 @@ from typing import Any, Protocol
 from vault_emulator.etcd import EtcdClient
 
 
-class LockedOutNow(Exception):
-    """The attempt limit was reached: the record has just been erased."""
+@dataclass(frozen=True)
+class Versioned:
+    value: bytes
+    version: int
+    created: int
+    revision: int
+
+    def __repr__(self) -> str:
+        return f"Versioned(v{self.version}, created {self.created})"
 
 
 @dataclass(frozen=True)
-class Record:
+class LegacyRecord:
+    """A record as vault version 1 stored it: sealed blob, limit, attempts in the clear."""
+
+    record_id: bytes
     blob: bytes
     limit: int
     attempts: int
 
 
 class RecordStore(Protocol):
-    def get(self, record_id: bytes) -> Record | None: ...
-
-    def create(self, record_id: bytes, blob: bytes, limit: int, *, replace: bool) -> bool: ...
-
-    def count_attempt(self, record_id: bytes) -> Record | None:
-        """attempts += 1 durably, unless the limit was reached: then erase and raise
-        LockedOutNow. None if there is no such record."""
+    def read(self, record_id: bytes, *, fresh: bool) -> Versioned | None:
+        """The record; with fresh=False a cached copy may do (a swap will check it)."""
         ...
 
-    def finish_login(self, record_id: bytes) -> Record | None:
-        """After a successful login: attempts = 0 durably; the record, or None if it
-        was erased in the meantime."""
+    def swap(
+        self, record_id: bytes, expected: Versioned | None, value: bytes
+    ) -> tuple[bool, Versioned | None]:
+        """Writes `value` if the record is still `expected` (None: absent).
+        Returns (written, the record as it is now)."""
         ...
-
-    def delete(self, record_id: bytes) -> None: ...
 
     def publish_node(self, name: str, entry: bytes) -> None: ...
 
     def nodes(self) -> dict[str, bytes]: ...
+
+    def legacy_records(self) -> Iterator[LegacyRecord]: ...
+
+    def drop_legacy(self, record_id: bytes) -> None: ...
 
 
 class SqliteRecords:
@@ -61,109 +80,98 @@ class SqliteRecords:
         self._db.execute("PRAGMA synchronous = FULL")
         self._db.execute("PRAGMA secure_delete = ON")
         self._db.execute(
-            "CREATE TABLE IF NOT EXISTS records (id BLOB PRIMARY KEY, blob BLOB NOT NULL,"
-            " attempt_limit INTEGER NOT NULL, attempts INTEGER NOT NULL)"
+            "CREATE TABLE IF NOT EXISTS sealed_records (created INTEGER PRIMARY KEY AUTOINCREMENT,"
+            " id BLOB NOT NULL UNIQUE, value BLOB NOT NULL, version INTEGER NOT NULL)"
         )
         self._db.execute("CREATE TABLE IF NOT EXISTS nodes (name TEXT PRIMARY KEY, entry BLOB)")
 
-    def _tx(self, work: Any) -> Any:
+    def read(self, record_id: bytes, *, fresh: bool) -> Versioned | None:
+        with self._lock:
+            return self._read(record_id)
+
+    def _read(self, record_id: bytes) -> Versioned | None:
+        row = self._db.execute(
+            "SELECT value, version, created FROM sealed_records WHERE id = ?", (record_id,)
+        ).fetchone()
+        if row is None:
+            return None
+        return Versioned(bytes(row[0]), int(row[1]), int(row[2]), int(row[1]))
+
+    def swap(
+        self, record_id: bytes, expected: Versioned | None, value: bytes
+    ) -> tuple[bool, Versioned | None]:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                result = work()
+                if expected is None:
+                    cursor = self._db.execute(
+                        "INSERT OR IGNORE INTO sealed_records (id, value, version)"
+                        " VALUES (?, ?, 1)",
+                        (record_id, value),
+                    )
+                else:
+                    cursor = self._db.execute(
+                        "UPDATE sealed_records SET value = ?, version = version + 1"
+                        " WHERE id = ? AND version = ? AND created = ?",
+                        (value, record_id, expected.version, expected.created),
+                    )
+                now = self._read(record_id)
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
-            return result
-
-    def get(self, record_id: bytes) -> Record | None:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT blob, attempt_limit, attempts FROM records WHERE id = ?", (record_id,)
-            ).fetchone()
-        return Record(bytes(row[0]), int(row[1]), int(row[2])) if row else None
-
-    def create(self, record_id: bytes, blob: bytes, limit: int, *, replace: bool) -> bool:
-        def work() -> bool:
-            exists = self._db.execute("SELECT 1 FROM records WHERE id = ?", (record_id,)).fetchone()
-            if exists and not replace:
-                return False
-            self._db.execute(
-                "INSERT OR REPLACE INTO records (id, blob, attempt_limit, attempts)"
-                " VALUES (?, ?, ?, 0)",
-                (record_id, blob, limit),
-            )
-            return True
-
-        return bool(self._tx(work))
-
-    def count_attempt(self, record_id: bytes) -> Record | None:
-        def work() -> Record | str | None:
-            row = self._db.execute(
-                "SELECT blob, attempt_limit, attempts FROM records WHERE id = ?", (record_id,)
-            ).fetchone()
-            if row is None:
-                return None
-            if int(row[2]) >= int(row[1]):
-                self._db.execute("DELETE FROM records WHERE id = ?", (record_id,))
-                return "locked"
-            self._db.execute(
-                "UPDATE records SET attempts = attempts + 1 WHERE id = ?", (record_id,)
-            )
-            return Record(bytes(row[0]), int(row[1]), int(row[2]) + 1)
-
-        result = self._tx(work)
-        if result == "locked":
-            raise LockedOutNow
-        return result  # type: ignore[no-any-return]
-
-    def finish_login(self, record_id: bytes) -> Record | None:
-        def work() -> Record | None:
-            row = self._db.execute(
-                "SELECT blob, attempt_limit FROM records WHERE id = ?", (record_id,)
-            ).fetchone()
-            if row is None:
-                return None
-            self._db.execute("UPDATE records SET attempts = 0 WHERE id = ?", (record_id,))
-            return Record(bytes(row[0]), int(row[1]), 0)
-
-        result: Record | None = self._tx(work)
-        return result
-
-    def delete(self, record_id: bytes) -> None:
-        self._tx(lambda: self._db.execute("DELETE FROM records WHERE id = ?", (record_id,)))
+        return cursor.rowcount == 1, now
 
     def publish_node(self, name: str, entry: bytes) -> None:
-        self._tx(
-            lambda: self._db.execute(
+        with self._lock:
+            self._db.execute(
                 "INSERT OR REPLACE INTO nodes (name, entry) VALUES (?, ?)", (name, entry)
             )
-        )
 
     def nodes(self) -> dict[str, bytes]:
         with self._lock:
             rows = self._db.execute("SELECT name, entry FROM nodes").fetchall()
         return {str(r[0]): bytes(r[1]) for r in rows}
 
+    def _has_legacy_table(self) -> bool:
+        return (
+            self._db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'records'"
+            ).fetchone()
+            is not None
+        )
+
+    def legacy_records(self) -> Iterator[LegacyRecord]:
+        with self._lock:
+            if not self._has_legacy_table():
+                return
+            rows = self._db.execute(
+                "SELECT id, blob, attempt_limit, attempts FROM records"
+            ).fetchall()
+        for row in rows:
+            yield LegacyRecord(bytes(row[0]), bytes(row[1]), int(row[2]), int(row[3]))
+
+    def drop_legacy(self, record_id: bytes) -> None:
+        with self._lock:
+            if self._has_legacy_table():
+                self._db.execute("DELETE FROM records WHERE id = ?", (record_id,))
+
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-_MISSING = (None, "0")
-_KEEP = object()
+def _range_end(prefix: bytes) -> bytes:
+    return prefix[:-1] + bytes([prefix[-1] + 1])
 
 
 class EtcdRecords:
-    """Records in etcd (v3 JSON gateway), every change a compare-and-swap.
+    """Records in etcd (v3 JSON gateway), every write a compare-and-swap.
 
-    Each change is one transaction: compare the key's mod_revision with the one
-    last seen, write on success, read the current value back on failure and try
-    again. The last seen (value, revision) of recent records is cached so that a
-    login costs one round trip to etcd per step; a stale cache costs a retry,
-    never a wrong answer, because every write is checked against the revision
-    and every decision *not* to write is re-checked against a fresh read.
+    The last seen state of recent records is cached so that a login costs one
+    round trip to etcd per step; a stale cache costs a retry, never a wrong
+    answer, because every write compares the mod_revision and the node re-reads
+    before any decision not to write.
     """
 
     PREFIX = b"/cipherline/vault/"
@@ -171,148 +179,113 @@ class EtcdRecords:
 
     def __init__(self, client: EtcdClient) -> None:
         self._client = client
-        self._cache: OrderedDict[str, tuple[dict[str, Any] | None, str]] = OrderedDict()
+        self._cache: OrderedDict[bytes, Versioned | None] = OrderedDict()
         self._cache_lock = threading.Lock()
 
     def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         return self._client.post(path, body)
 
-    def _key(self, kind: str, name: bytes) -> str:
-        return _b64(self.PREFIX + kind.encode() + b"/" + name.hex().encode())
+    def _key(self, kind: str, name: bytes) -> bytes:
+        return self.PREFIX + kind.encode() + b"/" + name.hex().encode()
 
     @staticmethod
-    def _parse_range(result: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
+    def _parse(result: dict[str, Any]) -> Versioned | None:
         kvs = result.get("kvs") or []
         if not kvs:
-            return _MISSING
+            return None
         kv = kvs[0]
-        return json.loads(base64.b64decode(kv["value"])), str(kv.get("mod_revision", "0"))
+        return Versioned(
+            base64.b64decode(kv.get("value", "")),
+            int(kv.get("version", 0)),
+            int(kv.get("create_revision", 0)),
+            int(kv.get("mod_revision", 0)),
+        )
 
-    def _remember(self, key: str, value: dict[str, Any] | None, revision: str) -> None:
+    def _remember(self, record_id: bytes, record: Versioned | None) -> None:
         with self._cache_lock:
-            self._cache[key] = (value, revision)
-            self._cache.move_to_end(key)
+            self._cache[record_id] = record
+            self._cache.move_to_end(record_id)
             while len(self._cache) > self.CACHE_SIZE:
                 self._cache.popitem(last=False)
 
-    def _read(self, key: str) -> tuple[dict[str, Any] | None, str]:
-        value, revision = self._parse_range(self._post("/v3/kv/range", {"key": key}))
-        self._remember(key, value, revision)
-        return value, revision
+    def read(self, record_id: bytes, *, fresh: bool) -> Versioned | None:
+        if not fresh:
+            with self._cache_lock:
+                if record_id in self._cache:
+                    return self._cache[record_id]
+        key = _b64(self._key("r2", record_id))
+        record = self._parse(self._post("/v3/kv/range", {"key": key}))
+        self._remember(record_id, record)
+        return record
 
-    def _txn(
-        self, key: str, revision: str, value: dict[str, Any] | None
-    ) -> tuple[bool, dict[str, Any] | None, str]:
-        """CAS; returns (succeeded, value now, revision now)."""
+    def swap(
+        self, record_id: bytes, expected: Versioned | None, value: bytes
+    ) -> tuple[bool, Versioned | None]:
+        key = _b64(self._key("r2", record_id))
         compare = (
             {"key": key, "result": "EQUAL", "target": "CREATE", "create_revision": "0"}
-            if revision == "0"
-            else {"key": key, "result": "EQUAL", "target": "MOD", "mod_revision": revision}
-        )
-        operation = (
-            {"requestDeleteRange": {"key": key}}
-            if value is None
-            else {"requestPut": {"key": key, "value": _b64(json.dumps(value).encode())}}
+            if expected is None
+            else {
+                "key": key,
+                "result": "EQUAL",
+                "target": "MOD",
+                "mod_revision": str(expected.revision),
+            }
         )
         result = self._post(
             "/v3/kv/txn",
             {
                 "compare": [compare],
-                "success": [operation],
+                "success": [{"requestPut": {"key": key, "value": _b64(value)}}],
                 "failure": [{"requestRange": {"key": key}}],
             },
         )
         if result.get("succeeded"):
-            now = str(result["header"]["revision"]) if value is not None else "0"
-            return True, value, now
-        responses = result.get("responses") or [{}]
-        current, current_revision = self._parse_range(responses[0].get("response_range", {}))
-        return False, current, current_revision
-
-    def _update(self, key: str, change: Any) -> Any:
-        """`change(value) -> (new value | None to delete | _KEEP, result)`."""
-        with self._cache_lock:
-            cached = self._cache.get(key)
-        fresh = cached is None
-        value, revision = self._read(key) if cached is None else cached
-        while True:
-            new, result = change(value)
-            if new is _KEEP:
-                if fresh:
-                    return result
-                value, revision = self._read(key)
-                fresh = True
-                continue
-            succeeded, value, revision = self._txn(key, revision, new)
-            self._remember(key, value, revision)
-            if succeeded:
-                return result
-            fresh = True
-
-    @staticmethod
-    def _record(value: dict[str, Any]) -> Record:
-        return Record(base64.b64decode(value["blob"]), int(value["limit"]), int(value["attempts"]))
-
-    def get(self, record_id: bytes) -> Record | None:
-        value, _revision = self._read(self._key("records", record_id))
-        return self._record(value) if value else None
-
-    def create(self, record_id: bytes, blob: bytes, limit: int, *, replace: bool) -> bool:
-        new = {"blob": _b64(blob), "limit": limit, "attempts": 0}
-
-        def change(value: dict[str, Any] | None) -> tuple[object, bool]:
-            if value is not None and not replace:
-                return _KEEP, False
-            return new, True
-
-        return bool(self._update(self._key("records", record_id), change))
-
-    def count_attempt(self, record_id: bytes) -> Record | None:
-        def change(value: dict[str, Any] | None) -> tuple[object, object]:
-            if value is None:
-                return _KEEP, None
-            record = self._record(value)
-            if record.attempts >= record.limit:
-                return None, LockedOutNow
-            return dict(value, attempts=record.attempts + 1), Record(
-                record.blob, record.limit, record.attempts + 1
+            revision = int(result["header"]["revision"])
+            now = (
+                Versioned(value, 1, revision, revision)
+                if expected is None
+                else Versioned(value, expected.version + 1, expected.created, revision)
             )
-
-        result = self._update(self._key("records", record_id), change)
-        if result is LockedOutNow:
-            raise LockedOutNow
-        return result  # type: ignore[no-any-return]
-
-    def finish_login(self, record_id: bytes) -> Record | None:
-        def change(value: dict[str, Any] | None) -> tuple[object, Record | None]:
-            if value is None:
-                return _KEEP, None
-            record = self._record(value)
-            if record.attempts == 0:
-                return _KEEP, record
-            return dict(value, attempts=0), Record(record.blob, record.limit, 0)
-
-        result: Record | None = self._update(self._key("records", record_id), change)
-        return result
-
-    def delete(self, record_id: bytes) -> None:
-        def change(value: dict[str, Any] | None) -> tuple[object, None]:
-            return (_KEEP if value is None else None), None
-
-        self._update(self._key("records", record_id), change)
+            self._remember(record_id, now)
+            return True, now
+        responses = result.get("responses") or [{}]
+        current = self._parse(responses[0].get("response_range", {}))
+        self._remember(record_id, current)
+        return False, current
 
     def publish_node(self, name: str, entry: bytes) -> None:
         key = self._key("nodes", name.encode())
         self._post(
-            "/v3/kv/put", {"key": key, "value": _b64(json.dumps({"entry": _b64(entry)}).encode())}
+            "/v3/kv/put",
+            {"key": _b64(key), "value": _b64(json.dumps({"entry": _b64(entry)}).encode())},
         )
 
     def nodes(self) -> dict[str, bytes]:
         start = self.PREFIX + b"nodes/"
-        end = start[:-1] + bytes([start[-1] + 1])
-        result = self._post("/v3/kv/range", {"key": _b64(start), "range_end": _b64(end)})
+        result = self._post(
+            "/v3/kv/range", {"key": _b64(start), "range_end": _b64(_range_end(start))}
+        )
         found = {}
         for kv in result.get("kvs") or []:
             name = bytes.fromhex(base64.b64decode(kv["key"])[len(start) :].decode()).decode()
             found[name] = base64.b64decode(json.loads(base64.b64decode(kv["value"]))["entry"])
         return found
+
+    def legacy_records(self) -> Iterator[LegacyRecord]:
+        start = self.PREFIX + b"records/"
+        result = self._post(
+            "/v3/kv/range", {"key": _b64(start), "range_end": _b64(_range_end(start))}
+        )
+        for kv in result.get("kvs") or []:
+            record_id = bytes.fromhex(base64.b64decode(kv["key"])[len(start) :].decode())
+            value = json.loads(base64.b64decode(kv["value"]))
+            yield LegacyRecord(
+                record_id,
+                base64.b64decode(value["blob"]),
+                int(value["limit"]),
+                int(value["attempts"]),
+            )
+
+    def drop_legacy(self, record_id: bytes) -> None:
+        self._post("/v3/kv/deleterange", {"key": _b64(self._key("records", record_id))})

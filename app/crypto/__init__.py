@@ -44,6 +44,7 @@ from ._hpke import (
     hpke_seal,
 )
 from ._opaque import (
+    ClientLogin,
     ClientStart,
     OpaqueError,
     OpaqueLoginFailed,
@@ -87,6 +88,7 @@ __all__ = [
     "X25519_KEY_LENGTH",
     "AeadKey",
     "Argon2Params",
+    "ClientLogin",
     "ClientStart",
     "CryptoError",
     "DecryptionError",

@@ -8,6 +8,7 @@ never as the binding's ValueError.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import opaque_ke_py as _opaque
 
@@ -102,10 +103,30 @@ def server_login_start(
     return bytes(started.get_message()), bytes(started.get_state())  # type: ignore[attr-defined]
 
 
-def client_login_finish(password: bytes, state: bytes, response: bytes) -> tuple[bytes, bytes]:
-    """Returns (credential finalization, session key); raises OpaqueLoginFailed."""
-    finished = _call(_opaque.client_login_finish, password, state, response)
-    return bytes(finished.get_message()), bytes(finished.get_session_key())  # type: ignore[attr-defined]
+@dataclass(frozen=True)
+class ClientLogin:
+    """A finished client login: the message for the server and two secret keys.
+
+    The session key is shared with the server; the export key is known to the
+    client alone (RFC 9807 section 6.4.4) and is the same at every login.
+    """
+
+    finalization: bytes
+    session_key: bytes
+    export_key: bytes
+
+    def __repr__(self) -> str:
+        return "ClientLogin(<secret>)"
+
+
+def client_login_finish(password: bytes, state: bytes, response: bytes) -> ClientLogin:
+    """Raises OpaqueLoginFailed for a wrong password or an altered response."""
+    finished: Any = _call(_opaque.client_login_finish, password, state, response)
+    return ClientLogin(
+        bytes(finished.get_message()),
+        bytes(finished.get_session_key()),
+        bytes(finished.get_export_key()),
+    )
 
 
 def server_login_finish(state: bytes, finalization: bytes) -> bytes:

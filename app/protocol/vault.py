@@ -1,16 +1,22 @@
-"""Backup Key Vault messages and the client's flows, sans-I/O.
+"""Backup Key Vault messages and the client's flows, sans-I/O (protocol version 2).
 
 Every request is sealed with HPKE (MLKEM768-X25519, HKDF-SHA256, AES-256-GCM) to
 the fleet's pinned public key and carries a fresh 32-byte response key; the node
-answers with AES-256-GCM under that key. The relay in between sees opaque bytes
-in both directions — not even whether a password was right. Specification:
-docs/vault-protocol.md. Flows are generators: they yield `VaultRequest`s and
-receive `(http status, body)`; `app.net.vault_transport` runs them.
+answers with AES-256-GCM under that key, padded so that every answer has one size.
+The relay in between sees opaque bytes in both directions, of one size whatever
+the outcome, and a login always runs both steps (a dummy finish after a wrong
+password), so it cannot tell a right password from a wrong one.
+
+The backup key never reaches the vault in a usable form: the client wraps it
+under a key derived from OPAQUE's export key, which only the password yields.
+Specification: docs/vault-protocol.md. Flows are generators: they yield
+`VaultRequest`s and receive `(http status, body)`; `app.net.vault_transport` runs them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator
+import time
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 
 from app.crypto import (
@@ -33,14 +39,25 @@ from app.crypto import (
 from app.protocol.encoding import Reader, Writer
 from app.protocol.errors import MalformedMessage, ProtocolError
 
-VERSION = 1
-REQUEST_INFO = b"Cipherline vault v1 request "
-RESPONSE_AD = b"Cipherline vault v1 response "
+VERSION = 2
+FLEET_VERSION = 1
+REQUEST_INFO = b"Cipherline vault v2 request "
+RESPONSE_AD = b"Cipherline vault v2 response "
 FLEET_CONTEXT = b"Cipherline vault fleet v1"
-KEY_TRANSFER_INFO = b"Cipherline vault key transfer v1"
+KEY_TRANSFER_INFO = b"Cipherline vault key transfer v2"
+KEY_WRAP_INFO = b"Cipherline vault key wrap v2"
+KEY_WRAP_AD = b"Cipherline vault wrapped key v2"
 DEFAULT_ATTEMPT_LIMIT = 10
 RECORD_ID_LENGTH = 16
 BACKUP_KEY_LENGTH = 32
+WRAPPED_KEY_LENGTH = 12 + BACKUP_KEY_LENGTH + 16
+FINALIZATION_LENGTH = 64  # OPAQUE-3DH KE3 with SHA-512: one MAC
+# Every answer's sealed plaintext is padded to this many bytes, whatever the op
+# and outcome, so its size tells the relay nothing.
+RESPONSE_PLAINTEXT_LENGTH = 1024
+# A login_start carries the client's clock; the vault refuses one further than
+# this from its own, and remembers those it counted for as long.
+REQUEST_WINDOW_SECONDS = 300
 
 OPS = ("register_start", "register_finish", "login_start", "login_finish")
 
@@ -50,10 +67,17 @@ WRONG_PASSWORD = 2
 LOCKED_OUT = 3
 CONFLICT = 4
 RETRY = 5
+ERASED = 6
+STALE = 7
 
 ACTION_RETRIEVE = 1
 ACTION_DELETE = 2
 ACTION_REPLACE = 3
+
+# How the record holds the backup key: wrapped by the client (version 2), or as
+# version 1 deposited it, in the clear inside the vault's own encryption.
+KEY_WRAPPED = 2
+KEY_PLAIN_V1 = 1
 
 
 class VaultError(ProtocolError):
@@ -84,6 +108,13 @@ class RecordExists(VaultError):
     pass
 
 
+class RecordErased(VaultError):
+    """The record id was erased for good (locked out or deleted); it cannot be reused."""
+
+    def __init__(self) -> None:
+        super().__init__("the vault erased this key for good; its id cannot be used again")
+
+
 class VaultUnavailable(VaultError):
     pass
 
@@ -103,6 +134,7 @@ class VaultRequest:
 
 
 Reply = tuple[int, bytes]
+Clock = Callable[[], float]
 Flow = Generator[VaultRequest, Reply, "object"]
 
 
@@ -210,7 +242,10 @@ def parse_inner_request(plaintext: bytes) -> InnerRequest:
 def seal_response(  # noqa: PLR0917
     response_key: bytes, op: str, status: int, attempts_left: int, payload: bytes, nonce: bytes
 ) -> bytes:
-    inner = Writer().u8(VERSION).u8(status).u16(attempts_left).bytes32(payload).getvalue()
+    inner = Writer().u8(VERSION).u8(status).u16(attempts_left).bytes16(payload).getvalue()
+    if len(inner) > RESPONSE_PLAINTEXT_LENGTH:
+        raise ValueError("a vault answer does not fit its fixed size")
+    inner += bytes(RESPONSE_PLAINTEXT_LENGTH - len(inner))
     return nonce + aead_seal(response_key, nonce, inner, RESPONSE_AD + op.encode())
 
 
@@ -222,21 +257,62 @@ def open_response(response_key: bytes, op: str, reply: Reply) -> tuple[int, int,
         raise VaultUnavailable("the vault is busy; wait a moment and try again")
     if http_status != 200:
         raise VaultProtocolError(f"the vault refused the request (HTTP {http_status})")
-    if len(body) < 12 + 16:
-        raise VaultProtocolError("the vault's answer is truncated")
+    if len(body) != 12 + RESPONSE_PLAINTEXT_LENGTH + 16:
+        raise VaultProtocolError("the vault's answer has the wrong size")
     try:
         inner = aead_open(response_key, body[:12], body[12:], RESPONSE_AD + op.encode())
     except DecryptionError:
         raise VaultProtocolError("the vault's answer failed authentication") from None
     reader = Reader(inner, "vault response")
     reader.version(VERSION)
-    status, attempts_left, payload = reader.u8(), reader.u16(), reader.bytes32(1 << 16)
-    reader.end()
+    status, attempts_left, payload = reader.u8(), reader.u16(), reader.bytes16()
+    if any(reader.rest()):
+        raise VaultProtocolError("the vault's answer is not padded with zeros")
     return status, attempts_left, payload
 
 
 def key_transfer_key(session_key: bytes) -> bytes:
     return hkdf_sha256(session_key, salt=None, info=KEY_TRANSFER_INFO, length=32)
+
+
+def seal_key_transfer(
+    session_key: bytes, record_id: bytes, stored_key: bytes, nonce: bytes
+) -> bytes:
+    """What a node sends back after a login: the stored key, readable by that login only."""
+    return nonce + aead_seal(
+        key_transfer_key(session_key), nonce, stored_key, KEY_TRANSFER_INFO + record_id
+    )
+
+
+def open_key_transfer(session_key: bytes, record_id: bytes, transfer: bytes) -> bytes:
+    try:
+        return aead_open(
+            key_transfer_key(session_key),
+            transfer[:12],
+            transfer[12:],
+            KEY_TRANSFER_INFO + record_id,
+        )
+    except DecryptionError:
+        raise VaultProtocolError("the vault's key transfer failed authentication") from None
+
+
+def wrap_backup_key(export_key: bytes, record_id: bytes, backup_key: bytes, nonce: bytes) -> bytes:
+    """The backup key as the vault stores it: sealed under a key only the password yields."""
+    if len(backup_key) != BACKUP_KEY_LENGTH:
+        raise ValueError("a backup key is 32 bytes")
+    wrapping = hkdf_sha256(export_key, salt=None, info=KEY_WRAP_INFO, length=32)
+    return nonce + aead_seal(wrapping, nonce, backup_key, KEY_WRAP_AD + record_id)
+
+
+def unwrap_backup_key(export_key: bytes, record_id: bytes, wrapped: bytes) -> bytes:
+    wrapping = hkdf_sha256(export_key, salt=None, info=KEY_WRAP_INFO, length=32)
+    try:
+        key = aead_open(wrapping, wrapped[:12], wrapped[12:], KEY_WRAP_AD + record_id)
+    except DecryptionError:
+        raise VaultProtocolError("the vault returned a key this password did not wrap") from None
+    if len(key) != BACKUP_KEY_LENGTH:
+        raise VaultProtocolError("the vault returned a key of the wrong length")
+    return key
 
 
 def _raise_for(status: int, attempts_left: int) -> None:
@@ -250,8 +326,12 @@ def _raise_for(status: int, attempts_left: int) -> None:
         raise RecordNotFound
     if status == CONFLICT:
         raise RecordExists("the vault already holds a key under this id")
+    if status == ERASED:
+        raise RecordErased
     if status == RETRY:
         raise VaultUnavailable("the vault lost track of this login; try again")
+    if status == STALE:
+        raise VaultUnavailable("this computer's clock is far off; set it right and try again")
     raise VaultProtocolError(f"unknown vault status {status}")
 
 
@@ -276,7 +356,8 @@ def register(
     replace_ticket: bytes = b"",
     rng: Rng | None = None,
 ) -> Generator[VaultRequest, Reply, bytes]:
-    """Registers `password` for a new record holding `backup_key`; returns the record id."""
+    """Registers `password` for a record holding `backup_key` (wrapped under the
+    password's export key); returns the record id."""
     rng = rng or SystemRng()
     if len(backup_key) != BACKUP_KEY_LENGTH:
         raise ValueError("a backup key is 32 bytes")
@@ -287,13 +368,18 @@ def register(
     status, left, payload = yield from _call(fleet_key, "register_start", record_id, fields, rng)
     _raise_for(status, left)
     try:
-        upload, _export_key = client_registration_finish(secret, started.state, payload)
-    except CryptoError:
+        reader = Reader(payload, "registration answer")
+        registration_ticket, response = reader.bytes16(), reader.bytes16()
+        reader.end()
+        upload, export_key = client_registration_finish(secret, started.state, response)
+    except (CryptoError, ProtocolError):
         raise VaultProtocolError("the vault's registration answer is invalid") from None
+    wrapped = wrap_backup_key(export_key, record_id, backup_key, rng.random_bytes(12))
     fields = (
         Writer()
+        .bytes16(registration_ticket)
         .bytes16(upload)
-        .bytes8(backup_key)
+        .bytes16(wrapped)
         .u16(attempt_limit)
         .bytes16(replace_ticket)
         .getvalue()
@@ -303,55 +389,125 @@ def register(
     return record_id
 
 
-def _login(
-    record_id: bytes, password: str, fleet_key: HpkePublicKey, action: int, rng: Rng
-) -> Generator[VaultRequest, Reply, tuple[bytes, bytes]]:
-    """Returns (session key, action payload)."""
+@dataclass(frozen=True)
+class _Login:
+    session_key: bytes
+    export_key: bytes
+    payload: bytes
+    action: int
+    key_format: int
+    limit: int
+
+    def __repr__(self) -> str:
+        return "_Login(<secret>)"
+
+
+def _login(  # noqa: PLR0917
+    record_id: bytes,
+    password: str,
+    fleet_key: HpkePublicKey,
+    action: int,
+    rng: Rng,
+    clock: Clock,
+) -> Generator[VaultRequest, Reply, _Login]:
     secret = password.encode("utf-8")
     started = client_login_start(secret)
-    fields = Writer().bytes16(started.message).getvalue()
-    status, left, payload = yield from _call(fleet_key, "login_start", record_id, fields, rng)
+    offset = 0.0
+    for _try in range(2):
+        fields = Writer().u64(max(int(clock() + offset), 0)).bytes16(started.message).getvalue()
+        status, left, payload = yield from _call(fleet_key, "login_start", record_id, fields, rng)
+        if status != STALE or len(payload) != 8:
+            break
+        # Our clock is off: the vault told us its time; try once more by it.
+        offset = int.from_bytes(payload, "big") - clock()
     _raise_for(status, left)
-    reader = Reader(payload, "login answer")
-    attempts_used, limit = reader.u16(), reader.u16()
-    ticket, credential_response = reader.bytes16(), reader.bytes16()
-    reader.end()
     try:
-        finalization, session_key = client_login_finish(secret, started.state, credential_response)
+        reader = Reader(payload, "login answer")
+        attempts_used, limit, key_format = reader.u16(), reader.u16(), reader.u8()
+        ticket, credential_response = reader.bytes16(), reader.bytes16()
+        reader.end()
+    except ProtocolError:
+        raise VaultProtocolError("the vault's login answer is malformed") from None
+    if key_format == KEY_PLAIN_V1 and action == ACTION_RETRIEVE:
+        # A version 1 record: take the key and re-deposit it wrapped (retrieve upgrades).
+        action = ACTION_REPLACE
+    try:
+        finished = client_login_finish(secret, started.state, credential_response)
     except OpaqueLoginFailed:
-        # The vault counted this attempt before answering (login_start).
-        raise WrongPassword(max(limit - attempts_used, 0)) from None
+        finished = None
     except CryptoError:
         raise VaultProtocolError("the vault's login answer is invalid") from None
+    # After a wrong password the client finishes anyway, with a finalization of the
+    # same size: the relay sees the same two requests and answers whatever the outcome.
+    finalization = finished.finalization if finished else rng.random_bytes(FINALIZATION_LENGTH)
     fields = Writer().bytes16(ticket).bytes16(finalization).u8(action).getvalue()
     status, left, payload = yield from _call(fleet_key, "login_finish", record_id, fields, rng)
+    if finished is None:
+        if status == LOCKED_OUT:
+            raise LockedOut
+        # The vault counted this attempt at login_start, before answering.
+        raise WrongPassword(left if status == WRONG_PASSWORD else max(limit - attempts_used, 0))
     _raise_for(status, left)
-    return session_key, payload
+    return _Login(finished.session_key, finished.export_key, payload, action, key_format, limit)
 
 
-def _unwrap_key(session_key: bytes, wrapped: bytes) -> bytes:
+def _stored_key(login: _Login, record_id: bytes, transfer: bytes) -> bytes:
+    stored = open_key_transfer(login.session_key, record_id, transfer)
+    if login.key_format == KEY_PLAIN_V1:
+        if len(stored) != BACKUP_KEY_LENGTH:
+            raise VaultProtocolError("the vault returned a key of the wrong length")
+        return stored
+    return unwrap_backup_key(login.export_key, record_id, stored)
+
+
+def _replace_answer(payload: bytes) -> tuple[bytes, bytes]:
     try:
-        key = aead_open(key_transfer_key(session_key), wrapped[:12], wrapped[12:], b"backup key")
-    except DecryptionError:
-        raise VaultProtocolError("the vault's key transfer failed authentication") from None
-    if len(key) != BACKUP_KEY_LENGTH:
-        raise VaultProtocolError("the vault returned a key of the wrong length")
-    return key
+        reader = Reader(payload, "replace answer")
+        transfer, ticket = reader.bytes16(), reader.bytes16()
+        reader.end()
+    except ProtocolError:
+        raise VaultProtocolError("the vault's answer is malformed") from None
+    return transfer, ticket
 
 
 def retrieve(
-    record_id: bytes, password: str, fleet_key: HpkePublicKey, *, rng: Rng | None = None
+    record_id: bytes,
+    password: str,
+    fleet_key: HpkePublicKey,
+    *,
+    rng: Rng | None = None,
+    clock: Clock = time.time,
 ) -> Generator[VaultRequest, Reply, bytes]:
-    session_key, payload = yield from _login(
-        record_id, password, fleet_key, ACTION_RETRIEVE, rng or SystemRng()
+    """The backup key. A record still in version 1's format is upgraded on the way
+    (re-registered under the same password, its key now wrapped by the client)."""
+    rng = rng or SystemRng()
+    login = yield from _login(record_id, password, fleet_key, ACTION_RETRIEVE, rng, clock)
+    if login.action != ACTION_REPLACE:
+        return _stored_key(login, record_id, login.payload)
+    transfer, ticket = _replace_answer(login.payload)
+    backup_key = _stored_key(login, record_id, transfer)
+    yield from register(
+        password,
+        backup_key,
+        fleet_key,
+        record_id=record_id,
+        attempt_limit=login.limit,
+        replace_ticket=ticket,
+        rng=rng,
     )
-    return _unwrap_key(session_key, payload)
+    return backup_key
 
 
 def delete(
-    record_id: bytes, password: str, fleet_key: HpkePublicKey, *, rng: Rng | None = None
+    record_id: bytes,
+    password: str,
+    fleet_key: HpkePublicKey,
+    *,
+    rng: Rng | None = None,
+    clock: Clock = time.time,
 ) -> Generator[VaultRequest, Reply, None]:
-    yield from _login(record_id, password, fleet_key, ACTION_DELETE, rng or SystemRng())
+    """Erases the record for good (its id can never be registered again)."""
+    yield from _login(record_id, password, fleet_key, ACTION_DELETE, rng or SystemRng(), clock)
 
 
 def change_password(
@@ -361,17 +517,20 @@ def change_password(
     fleet_key: HpkePublicKey,
     *,
     rng: Rng | None = None,
+    clock: Clock = time.time,
 ) -> Generator[VaultRequest, Reply, bytes]:
     """Re-registers the same record (same id, same key) under a new password."""
     rng = rng or SystemRng()
-    session_key, payload = yield from _login(
-        record_id, old_password, fleet_key, ACTION_REPLACE, rng
-    )
-    reader = Reader(payload, "replace answer")
-    wrapped, ticket = reader.bytes16(), reader.bytes16()
-    reader.end()
-    backup_key = _unwrap_key(session_key, wrapped)
+    login = yield from _login(record_id, old_password, fleet_key, ACTION_REPLACE, rng, clock)
+    transfer, ticket = _replace_answer(login.payload)
+    backup_key = _stored_key(login, record_id, transfer)
     yield from register(
-        new_password, backup_key, fleet_key, record_id=record_id, replace_ticket=ticket, rng=rng
+        new_password,
+        backup_key,
+        fleet_key,
+        record_id=record_id,
+        attempt_limit=login.limit,
+        replace_ticket=ticket,
+        rng=rng,
     )
     return backup_key

@@ -28,7 +28,7 @@ from app.store.keyfile import KeyFile
 _RNG = DeterministicRng(b"fuzz targets")
 _FLEET_PRIVATE = HpkePrivateKey.generate(_RNG)
 _VAULT_VECTORS = json.loads(
-    (Path(__file__).resolve().parents[1] / "vectors" / "vault_v1.json").read_text()
+    (Path(__file__).resolve().parents[1] / "vectors" / "vault_v2.json").read_text()
 )
 _RESPONSE_KEY = bytes.fromhex(_VAULT_VECTORS["response"]["response_key"])
 _BACKUP_KEY = bytes(range(32))

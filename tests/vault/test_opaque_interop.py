@@ -42,13 +42,15 @@ def test_our_client_with_their_server() -> None:
     secret = PASSWORD.encode()
     started = client_registration_start(secret)
     response = opaquepy.register(setup, _enc(started.message), "record")
-    upload, _export = client_registration_finish(secret, started.state, _dec(response))
+    upload, export_key = client_registration_finish(secret, started.state, _dec(response))
     password_file = opaquepy.register_finish(_enc(upload))
 
     login = client_login_start(secret)
     answer, state = opaquepy.login(setup, password_file, _enc(login.message), "record")
-    finalization, session_key = client_login_finish(secret, login.state, _dec(answer))
-    assert _dec(opaquepy.login_finish(_enc(finalization), state)) == session_key
+    finished = client_login_finish(secret, login.state, _dec(answer))
+    assert _dec(opaquepy.login_finish(_enc(finished.finalization), state)) == finished.session_key
+    # The export key (which wraps backup keys) is the one registration produced.
+    assert finished.export_key == export_key
 
     wrong = client_login_start(b"wrong password")
     answer, _state = opaquepy.login(setup, password_file, _enc(wrong.message), "record")
