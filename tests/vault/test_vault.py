@@ -19,8 +19,10 @@ from app.protocol.vault import (
     PinnedNode,
     RecordNotFound,
     VaultKeyMismatch,
+    VaultUnavailable,
     WrongPassword,
 )
+from tests.support.adversary import RecordingRelay
 from tests.support.components import EtcdCluster, Swtpm
 from tests.vault.conftest import Fleet
 
@@ -82,14 +84,16 @@ def test_change_password_keeps_record_and_key(fleet_factory: Callable[..., Fleet
 def test_lockout_erases_the_record_for_good(fleet_factory: Callable[..., Fleet]) -> None:
     fleet = fleet_factory()
     record_id = _register(fleet, limit=3)
-    for left in (2, 1, 0):
+    for left in (2, 1):
         with pytest.raises(WrongPassword) as wrong:
             _retrieve(fleet, record_id, "wrong")
         assert wrong.value.attempts_left == left
+    # The third wrong guess of three erases the record; later ones are told so.
     with pytest.raises(LockedOut, match="can no longer be opened"):
-        _retrieve(fleet, record_id, PASSWORD)
-    with pytest.raises(RecordNotFound):
-        _retrieve(fleet, record_id, PASSWORD)
+        _retrieve(fleet, record_id, "wrong")
+    for _later in range(2):
+        with pytest.raises(LockedOut, match="can no longer be opened"):
+            _retrieve(fleet, record_id, PASSWORD)
     audit = (fleet.nodes[0].data_dir / "audit.log").read_text().splitlines()
     outcomes = [json.loads(line)["outcome"] for line in audit]
     assert "locked-out-erased" in outcomes
@@ -133,7 +137,11 @@ def test_malformed_payloads_get_4xx_and_leave_the_counter(
     from app.protocol.encoding import Writer
 
     body, _response_key = protocol.seal_request(
-        key, "login_start", record_id, Writer().bytes16(b"").getvalue(), SystemRng()
+        key,
+        "login_start",
+        record_id,
+        Writer().u64(int(time.time())).bytes16(b"").getvalue(),
+        SystemRng(),
     )
     assert requests.post(f"{url}/v1/vault/login_start", data=body, timeout=10).status_code == 400
     with pytest.raises(WrongPassword) as wrong:
@@ -142,37 +150,49 @@ def test_malformed_payloads_get_4xx_and_leave_the_counter(
 
 
 @pytest.mark.slow
-def test_three_nodes_on_etcd_enforce_one_limit(
-    fleet_factory: Callable[..., Fleet], fresh_etcd_cluster: EtcdCluster
+@pytest.mark.parametrize("backend", ["softhsm", "tpm"])
+def test_three_nodes_on_etcd_enforce_one_limit_with_a_node_killed_mid_burst(
+    fleet_factory: Callable[..., Fleet],
+    fresh_etcd_cluster: EtcdCluster,
+    swtpm: Swtpm,
+    backend: str,
 ) -> None:
-    fleet = fleet_factory(count=3, cluster=fresh_etcd_cluster)
+    fleet = fleet_factory(count=3, cluster=fresh_etcd_cluster, backend=backend, swtpm=swtpm)
     bundle = protocol.Fleet.from_bytes(fleet.transport.fleet()[1])
     assert sorted(node.name for node in bundle.nodes) == ["node-1", "node-2", "node-3"]
     record_id = _register(fleet)
     key = fleet.key()
-    transports = [DirectTransport([node.url]) for node in fleet.nodes]
+    urls = [node.url for node in fleet.nodes]
+    # Each guesser starts at its own node and fails over to the others, as the relay does.
+    relays = [RecordingRelay(DirectTransport(urls[i:] + urls[:i], timeout=10)) for i in range(3)]
     outcomes: list[str] = []
     lock = threading.Lock()
 
     def guess(index: int) -> None:
+        if index == 60:
+            fleet.nodes[2].kill()
         try:
-            run_flow(protocol.retrieve(record_id, f"guess {index}", key), transports[index % 3])
+            run_flow(protocol.retrieve(record_id, f"guess {index}", key), relays[index % 3])
             outcome = "success"
         except WrongPassword:
             outcome = "wrong"
         except LockedOut:
             outcome = "locked"
-        except RecordNotFound:
-            outcome = "gone"
+        except (RecordNotFound, VaultUnavailable):
+            outcome = "other"
         with lock:
             outcomes.append(outcome)
 
     with ThreadPoolExecutor(max_workers=24) as pool:
         list(pool.map(guess, range(200)))
-    assert outcomes.count("wrong") == 10
+    # A client sends login_finish only after an evaluated login_start: exactly 10.
+    evaluated = sum(len(relay.bodies("login_finish")) for relay in relays)
+    assert evaluated == 10
     assert outcomes.count("success") == 0
-    assert outcomes.count("locked") + outcomes.count("gone") == 190
-    with pytest.raises((LockedOut, RecordNotFound)):
+    assert outcomes.count("other") == 0
+    assert outcomes.count("wrong") + outcomes.count("locked") == 200
+    assert outcomes.count("wrong") <= 9
+    with pytest.raises(LockedOut):
         _retrieve(fleet, record_id, PASSWORD)
 
 
