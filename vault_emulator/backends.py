@@ -11,31 +11,54 @@ which exists on disk only sealed by the backend.
   token. The Ed25519 signing key is generated inside the token too.
 - tpm: a 32-byte wrapping key sealed to the TPM's storage hierarchy with
   tpm2-tools (passed through stdin and stdout, never a file); sealing is
-  AES-256-GCM under it; the signing key is kept sealed the same way.
+  AES-256-GCM under it; the signing key is kept sealed the same way. The sealed
+  objects need an auth value derived from the node's PIN, and what they hold is
+  masked with another PIN-derived key, so the TPM alone does not give them up.
+  The TPM also keeps the node's monotonic counter (a rollback witness).
 - soft: the wrapping key in a file. Refused without --insecure-dev.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import re
 import subprocess
 import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
 from app.crypto import (
+    RFC9106_SECOND_RECOMMENDED,
+    Argon2Params,
     CryptoError,
     DecryptionError,
     SigningKey,
     aead_open,
     aead_seal,
+    argon2id,
     constant_time_equal,
+    hkdf_sha256,
     random_bytes,
 )
 
 
 class BackendError(Exception):
     """The backend is missing, locked or refused an operation."""
+
+
+class MonotonicCounter(Protocol):
+    """A counter that only goes up, kept where a restored copy of the node's disk
+    cannot take it back."""
+
+    def read(self) -> int: ...
+
+    def increment(self) -> int:
+        """Add one and return the new value."""
+        ...
 
 
 class Backend(Protocol):
@@ -48,6 +71,10 @@ class Backend(Protocol):
     def sign(self, message: bytes) -> bytes: ...
 
     def signing_public_key(self) -> bytes: ...
+
+    def monotonic_counter(self) -> MonotonicCounter | None:
+        """The rollback witness, or None when the backend has no trusted monotonic state."""
+        ...
 
     def close(self) -> None: ...
 
@@ -99,6 +126,10 @@ class SoftBackend(_AeadSealing):
 
     def signing_public_key(self) -> bytes:
         return self._signing.verify_key().to_bytes()
+
+    def monotonic_counter(self) -> MonotonicCounter | None:
+        """None: a counter in a file is rolled back along with the files it should witness."""
+        return None
 
     def close(self) -> None:
         pass
@@ -189,89 +220,337 @@ class SoftHsmBackend:
     def signing_public_key(self) -> bytes:
         return self._public
 
+    def monotonic_counter(self) -> MonotonicCounter | None:
+        """None: SoftHSM2 keeps its token as files, so whoever restores an old copy of
+        the records can restore the matching token too; nothing in it only moves forward.
+        """
+        return None
+
     def close(self) -> None:
         self._session.close()
 
 
+# The storage primary's template is spelled out (it equals tpm2-tools 5.4's `-G ecc`
+# default) so that a tools upgrade cannot change it: the same template on the same
+# owner seed gives the same key, which is how a node finds its parent again after a
+# TPM reset without any saved context.
+_PRIMARY_TEMPLATE = (
+    "-C",
+    "o",
+    "-g",
+    "sha256",
+    "-G",
+    "ecc256:aes128cfb",
+    "-a",
+    "restricted|decrypt|fixedtpm|fixedparent|sensitivedataorigin|userwithauth",
+)
+# No noda: wrong auth values count towards the TPM's dictionary-attack lockout.
+_SEALED_ATTRIBUTES = "fixedtpm|fixedparent|userwithauth"
+_COUNTER_ATTRIBUTES = "nt=counter|ownerread|authread|authwrite"
+# The TCG handle registry leaves 0x01000000-0x013FFFFF to the owner.
+_OWNER_NV_FIRST = 0x01000000
+_OWNER_NV_SPAN = 0x00400000
+# Stands, in an argv, for the file the auth value is read from (see _run_tool).
+_AUTH = "\0auth"
+_STATE_FILE = "node.json"
+_FORMAT = 2
+_LEGACY_FILES = ("wrap.pub", "wrap.priv", "sign.pub", "sign.priv", "primary.ctx")
+_RC_NV_DEFINED = 0x14C
+_RC_LOCKOUT = 0x921
+_RC_PATTERN = re.compile(r"\((0x[0-9a-fA-F]+)\)")
+
+
+def _response_codes(stderr: bytes) -> set[int]:
+    return {int(code, 16) for code in _RC_PATTERN.findall(stderr.decode(errors="replace"))}
+
+
+def _is_auth_failure(code: int) -> bool:
+    # Format-one codes carry the failing session's number in bits 8-11;
+    # 0x0E is TPM_RC_AUTH_FAIL and 0x22 TPM_RC_BAD_AUTH.
+    return bool(code & 0x80) and (code & 0x3F) in (0x0E, 0x22)
+
+
+def _failure(tool: str, stderr: bytes) -> BackendError:
+    codes = _response_codes(stderr)
+    if _RC_LOCKOUT in codes:
+        return BackendError(
+            f"{tool}: the TPM is in dictionary-attack lockout (wrong PINs, or power lost "
+            "without TPM2_Shutdown); it lets the node in again once its recovery time passes"
+        )
+    if any(_is_auth_failure(code) for code in codes):
+        return BackendError(f"{tool}: the TPM refused this node's PIN (wrong --pin-file?)")
+    return BackendError(f"{tool} failed: {stderr.decode(errors='replace')[-200:]}")
+
+
+def _run_tool(
+    env: dict[str, str], argv: list[str], *, stdin: bytes | None = None, auth: bytes | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    """Run one tpm2-tools command; `_AUTH` in argv stands for the auth value.
+
+    The auth value reaches the tool as `file:` naming an anonymous memory file handed
+    down as a descriptor: never on a command line, in the environment or on disk. A
+    pipe does not do (tpm2-tools seeks the file), and tpm2_create's stdin already
+    carries the data to seal.
+    """
+    fds: tuple[int, ...] = ()
+    if auth is not None:
+        fd = os.memfd_create("cipherline-tpm-auth", os.MFD_CLOEXEC)
+        fds = (fd,)
+        try:
+            os.write(fd, b"hex:" + auth.hex().encode())
+        except OSError:
+            os.close(fd)
+            raise
+        argv = [f"file:/dev/fd/{fd}" if arg == _AUTH else arg for arg in argv]
+    try:
+        return subprocess.run(
+            argv,
+            input=stdin,
+            stdin=subprocess.DEVNULL if stdin is None else None,
+            capture_output=True,
+            env=env,
+            timeout=60,
+            check=False,
+            pass_fds=fds,
+        )
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise BackendError(f"{argv[0]} could not run: {type(error).__name__}") from None
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _xor(left: bytes, right: bytes) -> bytes:
+    return bytes(a ^ b for a, b in zip(left, right, strict=True))
+
+
+def _pin_keys(pin: str, salt: bytes, params: Argon2Params) -> dict[str, bytes]:
+    # The TPM checks an auth value only as long as nobody runs its state on a patched
+    # emulator, and a copy of swtpm's state files is exactly that opportunity. So the
+    # PIN also masks what the objects hold: the TPM's half alone is random bytes, and
+    # Argon2id prices every guess at the PIN.
+    root = argon2id(pin.encode(), salt, params)
+    return {
+        label: hkdf_sha256(
+            root, salt=None, info=b"cipherline vault tpm " + label.encode(), length=32
+        )
+        for label in ("object auth", "counter auth", "mask wrap", "mask sign")
+    }
+
+
+class TpmCounter:
+    """The node's rollback witness: an NV counter index, authorised by a PIN-derived value.
+
+    The TPM only ever moves it up; even an index deleted and defined again starts at
+    the highest value any counter on that TPM has had.
+    """
+
+    def __init__(self, env: dict[str, str], index: int, auth: bytes) -> None:
+        self._env = env
+        self.index = index
+        self._auth = auth
+        self._lock = threading.Lock()
+
+    def _nv(self, *argv: str) -> bytes:
+        # NV commands load no objects and open no sessions, so unlike the object
+        # commands they need no flushcontext afterwards.
+        result = _run_tool(self._env, [*argv, "-P", _AUTH, hex(self.index)], auth=self._auth)
+        if result.returncode != 0:
+            raise _failure(argv[0], result.stderr)
+        return result.stdout
+
+    def _read(self) -> int:
+        value = self._nv("tpm2_nvread", "-s", "8")
+        if len(value) != 8:
+            raise BackendError("tpm2_nvread returned a counter of the wrong size")
+        return int.from_bytes(value, "big")
+
+    def read(self) -> int:
+        with self._lock:
+            return self._read()
+
+    def increment(self) -> int:
+        """Add one and return the value read right after (TPM2_NV_Increment returns none)."""
+        with self._lock:
+            self._nv("tpm2_nvincrement")
+            return self._read()
+
+
 class TpmBackend(_AeadSealing):
+    """Secrets sealed to a TPM's storage hierarchy.
+
+    The files in `tpm/` are not secret: sealed objects (useless without this TPM and
+    the PIN), the Argon2id salt and the counter's NV index, in `node.json`.
+    """
+
     name = "tpm"
 
-    def __init__(self, data_dir: Path, tcti: str, *, create: bool) -> None:
+    def __init__(self, data_dir: Path, tcti: str, pin: str | None, *, create: bool) -> None:
+        if not pin:
+            raise BackendError("the TPM backend needs the node's PIN (--pin-file)")
         self._dir = data_dir / "tpm"
         self._env = {**os.environ, "TPM2TOOLS_TCTI": tcti}
         self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        legacy = (self._dir / "wrap.pub").exists()
         if create:
-            self._tpm(
-                "tpm2_createprimary",
-                "-C",
-                "o",
-                "-g",
-                "sha256",
-                "-G",
-                "ecc",
-                "-c",
-                str(self._dir / "primary.ctx"),
-            )
-            for name, secret in (
-                ("wrap", random_bytes(32)),
-                ("sign", SigningKey.generate().to_bytes()),
-            ):
-                self._tpm(
-                    "tpm2_create",
-                    "-C",
-                    str(self._dir / "primary.ctx"),
-                    "-i",
-                    "-",
-                    "-u",
-                    str(self._dir / f"{name}.pub"),
-                    "-r",
-                    str(self._dir / f"{name}.priv"),
-                    stdin=secret,
+            if (self._dir / _STATE_FILE).exists() or legacy:
+                raise BackendError(
+                    f"{self._dir} already holds a TPM node; use a fresh data directory"
                 )
-        self._wrapping = self._unseal_object("wrap")
+            self._provision(pin, random_bytes(32), SigningKey.generate().to_bytes())
+        elif not (self._dir / _STATE_FILE).exists():
+            if not legacy:
+                raise BackendError(f"{self._dir} holds no TPM node; run init")
+            self._migrate(pin)
+        index, keys = self._load_state(pin)
+        with self._primary() as scratch:
+            self._wrapping = _xor(
+                self._unseal_object(scratch, "wrap-v2", keys["object auth"]), keys["mask wrap"]
+            )
+            signing = _xor(
+                self._unseal_object(scratch, "sign-v2", keys["object auth"]), keys["mask sign"]
+            )
         try:
-            self._signing = SigningKey(self._unseal_object("sign"))
+            self._signing = SigningKey(signing)
         except CryptoError:
             raise BackendError("the TPM-sealed signing key is damaged") from None
+        self._counter = TpmCounter(self._env, index, keys["counter auth"])
 
-    def _tpm(self, *argv: str, stdin: bytes | None = None) -> bytes:
-        try:
-            result = subprocess.run(
-                list(argv), input=stdin, capture_output=True, env=self._env, timeout=60, check=False
-            )
-        except (OSError, subprocess.TimeoutExpired) as error:
-            raise BackendError(f"{argv[0]} could not run: {type(error).__name__}") from None
+    def _tpm(self, *argv: str, stdin: bytes | None = None, auth: bytes | None = None) -> bytes:
+        result = _run_tool(self._env, list(argv), stdin=stdin, auth=auth)
         # Without a resource manager, loaded objects outlive the command; the TPM
         # has room for only a few, so flush them after every step.
         if argv[0] != "tpm2_flushcontext":
             self._tpm("tpm2_flushcontext", "-t")
             self._tpm("tpm2_flushcontext", "-s")
         if result.returncode != 0:
-            raise BackendError(f"{argv[0]} failed: {result.stderr.decode(errors='replace')[-200:]}")
+            raise _failure(argv[0], result.stderr)
         return result.stdout
 
-    def _unseal_object(self, name: str) -> bytes:
-        # The loaded context is a handle, not the secret; it lives in a private temp dir.
+    @contextlib.contextmanager
+    def _primary(self) -> Iterator[Path]:
+        """A private scratch dir holding the storage primary's context, made afresh.
+
+        A saved context dies with a TPM reset; recreating the primary from its template
+        does not. Only handles live in the scratch dir, no secrets.
+        """
         with tempfile.TemporaryDirectory(prefix="cl-tpm-") as scratch:
-            context = str(Path(scratch) / f"{name}.ctx")
-            self._tpm(
-                "tpm2_load",
-                "-C",
-                str(self._dir / "primary.ctx"),
-                "-u",
-                str(self._dir / f"{name}.pub"),
-                "-r",
-                str(self._dir / f"{name}.priv"),
-                "-c",
-                context,
-            )
+            path = Path(scratch)
+            self._tpm("tpm2_createprimary", *_PRIMARY_TEMPLATE, "-c", str(path / "primary.ctx"))
+            yield path
+
+    def _unseal_object(self, scratch: Path, stem: str, auth: bytes | None) -> bytes:
+        context = str(scratch / f"{stem}.ctx")
+        self._tpm(
+            "tpm2_load",
+            "-C",
+            str(scratch / "primary.ctx"),
+            "-u",
+            str(self._dir / f"{stem}.pub"),
+            "-r",
+            str(self._dir / f"{stem}.priv"),
+            "-c",
+            context,
+        )
+        if auth is None:
             return self._tpm("tpm2_unseal", "-c", context)
+        return self._tpm("tpm2_unseal", "-c", context, "-p", _AUTH, auth=auth)
+
+    def _provision(self, pin: str, wrapping: bytes, signing: bytes) -> None:
+        params = RFC9106_SECOND_RECOMMENDED
+        salt = random_bytes(params.salt_length)
+        keys = _pin_keys(pin, salt, params)
+        # No policy on top of the auth value: a PolicyAuthValue or PolicyPassword
+        # policy asks for that same value again, and a PCR policy binds to nothing a
+        # copy of the TPM's state could not replay. The PIN is the factor; see above.
+        with self._primary() as scratch:
+            for stem, secret, mask in (
+                ("wrap-v2", wrapping, keys["mask wrap"]),
+                ("sign-v2", signing, keys["mask sign"]),
+            ):
+                self._tpm(
+                    "tpm2_create",
+                    "-C",
+                    str(scratch / "primary.ctx"),
+                    "-g",
+                    "sha256",
+                    "-a",
+                    _SEALED_ATTRIBUTES,
+                    "-i",
+                    "-",
+                    "-p",
+                    _AUTH,
+                    "-u",
+                    str(self._dir / f"{stem}.pub"),
+                    "-r",
+                    str(self._dir / f"{stem}.priv"),
+                    stdin=_xor(secret, mask),
+                    auth=keys["object auth"],
+                )
+        index = self._define_counter(keys["counter auth"])
+        state = {
+            "format": _FORMAT,
+            "counter_index": hex(index),
+            "kdf": {
+                "salt": salt.hex(),
+                "time_cost": params.time_cost,
+                "memory_cost_kib": params.memory_cost_kib,
+                "parallelism": params.parallelism,
+            },
+        }
+        # Written last: until it exists, the node is not provisioned.
+        _write_private(self._dir / _STATE_FILE, json.dumps(state, indent=2).encode())
+
+    def _define_counter(self, auth: bytes) -> int:
+        for _ in range(8):
+            index = _OWNER_NV_FIRST + int.from_bytes(random_bytes(4), "big") % _OWNER_NV_SPAN
+            argv = ["tpm2_nvdefine", "-C", "o", "-s", "8", "-a", _COUNTER_ATTRIBUTES]
+            result = _run_tool(self._env, [*argv, "-p", _AUTH, hex(index)], auth=auth)
+            if result.returncode == 0:
+                # A fresh counter cannot be read before its first increment.
+                TpmCounter(self._env, index, auth).increment()
+                return index
+            if _RC_NV_DEFINED not in _response_codes(result.stderr):
+                raise _failure("tpm2_nvdefine", result.stderr)
+        raise BackendError("tpm2_nvdefine: found no free NV index in the owner range")
+
+    def _migrate(self, pin: str) -> None:
+        """Reseal a node provisioned before PINs, whose objects open with no auth value."""
+        with self._primary() as scratch:
+            wrapping = self._unseal_object(scratch, "wrap", None)
+            signing = self._unseal_object(scratch, "sign", None)
+        self._provision(pin, wrapping, signing)
+        # The TPM cannot revoke the old objects, so their files must go: anyone holding
+        # them and this TPM's state could unseal them without a PIN.
+        for name in _LEGACY_FILES:
+            (self._dir / name).unlink(missing_ok=True)
+
+    def _load_state(self, pin: str) -> tuple[int, dict[str, bytes]]:
+        path = self._dir / _STATE_FILE
+        try:
+            state = json.loads(path.read_text())
+            kdf = state["kdf"]
+            params = Argon2Params(
+                time_cost=int(kdf["time_cost"]),
+                memory_cost_kib=int(kdf["memory_cost_kib"]),
+                parallelism=int(kdf["parallelism"]),
+            )
+            salt = bytes.fromhex(kdf["salt"])
+            index = int(state["counter_index"], 16)
+        except (OSError, ValueError, KeyError, TypeError):
+            raise BackendError(f"{path} is missing or damaged") from None
+        if state.get("format") != _FORMAT or not params.is_at_least(Argon2Params.minimum()):
+            raise BackendError(f"{path} has an unknown format or too weak a key derivation")
+        return index, _pin_keys(pin, salt, params)
 
     def sign(self, message: bytes) -> bytes:
         return self._signing.sign(message)
 
     def signing_public_key(self) -> bytes:
         return self._signing.verify_key().to_bytes()
+
+    def monotonic_counter(self) -> MonotonicCounter | None:
+        return self._counter
 
     def close(self) -> None:
         pass
@@ -287,5 +566,5 @@ def open_backend(config: Any, data_dir: Path, pin: str | None, *, create: bool) 
     if config.backend == "tpm":
         if not config.tpm_tcti:
             raise BackendError("the TPM backend needs --tcti")
-        return TpmBackend(data_dir, config.tpm_tcti, create=create)
+        return TpmBackend(data_dir, config.tpm_tcti, pin, create=create)
     raise BackendError(f"unknown backend {config.backend!r}")

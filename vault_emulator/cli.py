@@ -40,7 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--node-name", default="node-1")
     init.add_argument("--pkcs11-lib", default="/usr/lib/softhsm/libsofthsm2.so")
     init.add_argument("--token-label", default="cipherline-vault")
-    init.add_argument("--pin-file", type=Path, default=None)
+    init.add_argument(
+        "--pin-file",
+        type=Path,
+        default=None,
+        help="file (mode 0600) holding the node's PIN: the HSM's, or the one the TPM's "
+        "sealed objects are bound to (softhsm and tpm; prompted for on a terminal)",
+    )
     init.add_argument("--tcti", default=None, help="TPM TCTI, e.g. swtpm:host=127.0.0.1,port=2321")
     init.add_argument("--insecure-dev", action="store_true", help="allow the software backend")
     init.add_argument(
@@ -50,23 +56,39 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument(
         "--cluster", action="append", default=[], help="etcd endpoint (repeat for a cluster)"
     )
+    init.add_argument("--etcd-ca", type=Path, default=None, help="CA of the etcd members' certs")
+    init.add_argument("--etcd-cert", type=Path, default=None, help="client certificate for etcd")
+    init.add_argument("--etcd-key", type=Path, default=None, help="its private key")
+    init.add_argument("--etcd-user", default=None, help="the vault's own etcd user")
+    init.add_argument(
+        "--etcd-password-file",
+        type=Path,
+        default=None,
+        help="file (mode 0600) holding that user's password; read at every start, never copied",
+    )
     export = commands.add_parser(
         "export-fleet", help="write the fleet secrets, encrypted, for a new node to join"
     )
     export.add_argument("--data", type=Path, required=True)
     export.add_argument("--out", type=Path, required=True)
     export.add_argument("--passphrase-file", type=Path, required=True)
-    export.add_argument("--pin-file", type=Path, default=None)
+    export.add_argument(
+        "--pin-file", type=Path, default=None, help="file (mode 0600) holding the node's PIN"
+    )
     export.add_argument("--insecure-dev", action="store_true")
     keys = commands.add_parser("public-keys", help="print the keys clients pin, as JSON")
     keys.add_argument("--data", type=Path, required=True)
-    keys.add_argument("--pin-file", type=Path, default=None)
+    keys.add_argument(
+        "--pin-file", type=Path, default=None, help="file (mode 0600) holding the node's PIN"
+    )
     keys.add_argument("--insecure-dev", action="store_true")
     serve = commands.add_parser("serve", help="serve the node")
     serve.add_argument("--data", type=Path, required=True)
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8600)
-    serve.add_argument("--pin-file", type=Path, default=None)
+    serve.add_argument(
+        "--pin-file", type=Path, default=None, help="file (mode 0600) holding the node's PIN"
+    )
     serve.add_argument("--insecure-dev", action="store_true", help="allow the software backend")
     serve.add_argument(
         "--bench-echo", action="store_true", help="also serve /v1/echo (the benchmark's baseline)"
@@ -83,7 +105,17 @@ def _refuse_soft_without_flag(backend: str, insecure_dev: bool) -> None:
 
 
 def _pin(config: NodeConfig, pin_file: Path | None) -> str | None:
-    return read_pin(pin_file) if config.backend == "softhsm" else None
+    """The node's PIN, from its file or typed at a terminal; never from the environment."""
+    if config.backend not in ("softhsm", "tpm"):
+        return None
+    if pin_file is None and sys.stdin.isatty():
+        import getpass
+
+        pin = getpass.getpass(f"PIN for the {config.backend} backend of {config.node_name}: ")
+        if not pin:
+            raise ConfigError("no PIN given")
+        return pin
+    return read_pin(pin_file)
 
 
 def _open(
@@ -99,9 +131,45 @@ def _open(
     return config, backend, secrets
 
 
+_ETCD_FILES = ("etcd_ca", "etcd_cert", "etcd_key", "etcd_password_file")
+
+
+def _etcd_extra(args: argparse.Namespace) -> dict[str, str]:
+    """What `init` records about etcd: endpoints, file paths and a user name, no secret."""
+    extra = {"cluster": ",".join(args.cluster)} if args.cluster else {}
+    # Absolute, so `serve` finds them from any directory; not resolved, so a
+    # symlinked secret that is rotated by swapping its target keeps working.
+    for name in _ETCD_FILES:
+        if getattr(args, name) is not None:
+            extra[name] = str(getattr(args, name).absolute())
+    if args.etcd_user:
+        extra["etcd_user"] = args.etcd_user
+    if extra and not args.cluster:
+        raise ConfigError("the --etcd-* options need --cluster")
+    if args.cluster:
+        _etcd_client(extra)  # refuse a bad password file or half a key pair now, not at serve
+    return extra
+
+
+def _etcd_client(extra: dict[str, str]) -> EtcdClient:
+    def path(key: str) -> Path | None:
+        return Path(extra[key]) if extra.get(key) else None
+
+    return EtcdClient(
+        [e for e in extra.get("cluster", "").split(",") if e],
+        ca_file=path("etcd_ca"),
+        cert_file=path("etcd_cert"),
+        key_file=path("etcd_key"),
+        user=extra.get("etcd_user") or None,
+        password_file=path("etcd_password_file"),
+    )
+
+
 def _records(config: NodeConfig, data: Path) -> RecordStore:
     cluster = [e for e in config.extra.get("cluster", "").split(",") if e]
-    return EtcdRecords(EtcdClient(cluster)) if cluster else SqliteRecords(data / "records.sqlite3")
+    if not cluster:
+        return SqliteRecords(data / "records.sqlite3")
+    return EtcdRecords(_etcd_client(config.extra))
 
 
 def _export_key(passphrase: bytes, salt: bytes) -> bytes:
@@ -120,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
                 pkcs11_library=args.pkcs11_lib if args.backend == "softhsm" else None,
                 token_label=args.token_label if args.backend == "softhsm" else None,
                 tpm_tcti=args.tcti if args.backend == "tpm" else None,
-                extra={"cluster": ",".join(args.cluster)} if args.cluster else {},
+                extra=_etcd_extra(args),
             )
             args.data.mkdir(parents=True, exist_ok=True, mode=0o700)
             backend = open_backend(config, args.data, _pin(config, args.pin_file), create=True)
@@ -184,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
                 _records(config, args.data),
                 AuditLog(args.data / "audit.log", config.node_name),
             )
+            migrated = node.migrate_legacy()
+            if migrated:
+                logging.getLogger("vault").info("moved %d version 1 records to version 2", migrated)
             uvicorn.run(
                 create_app(config, node, insecure=config.backend == "soft", echo=args.bench_echo),
                 host=args.host,

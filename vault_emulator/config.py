@@ -1,7 +1,9 @@
 """A node's provisioning record (`vault.json` in its data directory).
 
 It names the backend and where to find it; it never holds a PIN, a key or a
-password (the HSM PIN comes from the environment or a file given at start).
+password. The node's PIN (the HSM's, or the one the TPM's sealed objects need)
+comes from a file given at start that only its owner may read: never from the
+environment or a command line, where other processes can see it in /proc.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from typing import Literal
 BackendName = Literal["softhsm", "tpm", "soft"]
 BACKENDS: tuple[BackendName, ...] = ("softhsm", "tpm", "soft")
 CONFIG_NAME = "vault.json"
-PIN_ENV = "CIPHERLINE_VAULT_HSM_PIN"
 
 
 class ConfigError(Exception):
@@ -56,9 +57,20 @@ class NodeConfig:
 
 
 def read_pin(pin_file: Path | None) -> str:
-    if pin_file is not None:
-        return pin_file.read_text().strip()
-    pin = os.environ.get(PIN_ENV)
+    if pin_file is None:
+        raise ConfigError("this node's PIN is needed: pass --pin-file (a file of mode 0600)")
+    try:
+        with pin_file.open("rb") as handle:
+            # Checked on the open file, so the file read is the file checked.
+            mode = os.fstat(handle.fileno()).st_mode
+            if mode & 0o077:
+                raise ConfigError(
+                    f"{pin_file} is readable by others (mode {mode & 0o777:04o}); "
+                    f"run `chmod 600 {pin_file}`"
+                )
+            pin = handle.read().decode().strip()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"cannot read the PIN file {pin_file}: {type(error).__name__}") from None
     if not pin:
-        raise ConfigError(f"the HSM PIN is needed: set {PIN_ENV} or pass --pin-file")
+        raise ConfigError(f"the PIN file {pin_file} is empty")
     return pin

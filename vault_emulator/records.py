@@ -278,14 +278,18 @@ class EtcdRecords:
             "/v3/kv/range", {"key": _b64(start), "range_end": _b64(_range_end(start))}
         )
         for kv in result.get("kvs") or []:
-            record_id = bytes.fromhex(base64.b64decode(kv["key"])[len(start) :].decode())
-            value = json.loads(base64.b64decode(kv["value"]))
-            yield LegacyRecord(
-                record_id,
-                base64.b64decode(value["blob"]),
-                int(value["limit"]),
-                int(value["attempts"]),
-            )
+            try:
+                record_id = bytes.fromhex(base64.b64decode(kv["key"])[len(start) :].decode())
+                value = json.loads(base64.b64decode(kv["value"]))
+                legacy = LegacyRecord(
+                    record_id,
+                    base64.b64decode(value["blob"]),
+                    int(value["limit"]),
+                    int(value["attempts"]),
+                )
+            except (ValueError, KeyError, TypeError):
+                continue  # not a version 1 record: left for the operator to look at
+            yield legacy
 
     def drop_legacy(self, record_id: bytes) -> None:
         self._post("/v3/kv/deleterange", {"key": _b64(self._key("records", record_id))})

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import datetime
 import functools
 import glob
+import ipaddress
 import json
 import os
 import pwd
@@ -18,6 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tests.support.processes import (
     ComponentError,
@@ -30,6 +36,7 @@ from tests.support.processes import (
     require_program,
     wait_until,
 )
+from vault_emulator.etcd import EtcdClient
 
 SOFTHSM_LIBRARY_CANDIDATES = (
     "/usr/lib/softhsm/libsofthsm2.so",
@@ -78,6 +85,9 @@ class SoftHSMToken:
             "log.level = ERROR\n"
             "slots.removable = false\n"
         )
+        # softhsm2-util takes PINs only as arguments or typed at a terminal, so this
+        # short setup step is the one place they show in /proc; no long-running
+        # component gets them that way.
         result = subprocess.run(
             [
                 util,
@@ -119,10 +129,14 @@ class Swtpm:
     def tcti(self) -> str:
         return f"swtpm:host=127.0.0.1,port={self.port}"
 
+    @property
+    def state_dir(self) -> Path:
+        return self.directory / "state"
+
     def start(self) -> Swtpm:
         swtpm = require_program("swtpm", "swtpm")
         require_program("tpm2_getrandom", "tpm2-tools")
-        state = self.directory / "state"
+        state = self.state_dir
         state.mkdir(parents=True, exist_ok=True)
         if not self.port:
             # The swtpm TCTI finds the control channel at port + 1.
@@ -155,7 +169,32 @@ class Swtpm:
         )
         return result.stdout
 
+    def restart(self) -> Swtpm:
+        """Stop, then start on the same state and ports: a TPM reset, as a reboot is
+        (startup-clear drops every loaded object and invalidates saved contexts)."""
+        self.stop()
+        return self.start()
+
+    def copy_state(self, directory: Path) -> Swtpm:
+        """A new Swtpm, not started, on a copy of this one's state, as a thief would run it.
+
+        Stop this one first for a consistent copy: swtpm rewrites its state files in place.
+        """
+        shutil.copytree(self.state_dir, directory / "state")
+        return Swtpm(directory)
+
     def stop(self) -> None:
+        """An orderly power-down, as an OS does before a reboot (`kill` is the crash)."""
+        if self.process is not None and not self.process.exited():
+            # Without TPM2_Shutdown first, the next startup counts any use of a
+            # DA-protected object since the last one as a failed authorisation, and
+            # swtpm locks out after three.
+            subprocess.run(
+                ["tpm2_shutdown", "-T", self.tcti],
+                capture_output=True,
+                timeout=30,
+                check=False,
+            )
         if self.process is not None:
             self.process.stop()
 
@@ -165,6 +204,103 @@ class Swtpm:
 
 
 # --------------------------------------------------------------------------- etcd
+
+VAULT_ETCD_USER = "cipherline-vault"
+VAULT_ETCD_PREFIX = b"/cipherline/vault/"
+
+
+def _prefix_end(prefix: bytes) -> bytes:
+    """etcd's range_end for "every key starting with prefix"."""
+    return prefix[:-1] + bytes([prefix[-1] + 1])
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        # O_CREAT's mode does not apply to a file that already exists.
+        os.fchmod(handle.fileno(), 0o600)
+        handle.write(data)
+
+
+def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+class _EtcdCA:
+    """The cluster's private CA; its key lives only in memory while it signs."""
+
+    def __init__(self) -> None:
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        self.name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Cipherline test etcd CA")])
+        self.now = datetime.datetime.now(datetime.UTC)
+        self.cert = self._builder(self.name, self.key.public_key(), ca=True).sign(
+            self.key, hashes.SHA256()
+        )
+
+    def _builder(
+        self, subject: x509.Name, public_key: ec.EllipticCurvePublicKey, *, ca: bool
+    ) -> x509.CertificateBuilder:
+        return (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(self.name)
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(self.now - datetime.timedelta(minutes=5))
+            .not_valid_after(self.now + datetime.timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=0 if ca else None), True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=not ca,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=ca,
+                    crl_sign=ca,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+        )
+
+    def issue(
+        self, subject: x509.Name, *, server: bool
+    ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        # A member's certificate is also a client certificate: members dial each
+        # other with it, and each member's gateway dials its own gRPC port with it.
+        usages = [ExtendedKeyUsageOID.CLIENT_AUTH]
+        builder = self._builder(subject, key.public_key(), ca=False).add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()),
+            critical=False,
+        )
+        if server:
+            usages.insert(0, ExtendedKeyUsageOID.SERVER_AUTH)
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName(
+                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+                ),
+                critical=False,
+            )
+        builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+        return builder.sign(self.key, hashes.SHA256()), key
+
+
+def _client_subject(role: str) -> x509.Name:
+    # No CommonName: etcd 3.4's gateway refuses any client certificate that has one
+    # once auth is on, and without one a certificate never stands in for a user's
+    # password on the gRPC port either. Who it is for goes in the OU.
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Cipherline tests"),
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, role),
+        ]
+    )
 
 
 @dataclass
@@ -177,15 +313,21 @@ class EtcdMember:
 
     @property
     def client_url(self) -> str:
-        return f"http://127.0.0.1:{self.client_port}"
+        return f"https://127.0.0.1:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
-        return f"http://127.0.0.1:{self.peer_port}"
+        return f"https://127.0.0.1:{self.peer_port}"
 
 
 class EtcdCluster:
-    """A three-member (or n-member) etcd cluster on loopback."""
+    """A three-member (or n-member) etcd cluster on loopback, secured as in production.
+
+    Clients and peers speak mutual TLS under the cluster's own CA; auth is on, with
+    `root` (the operator, whose token `put`/`get` use) and `cipherline-vault`, whose
+    role may read and write only under `/cipherline/vault/`. Keys, certificates and
+    passwords are 0600 files in `directory`; no password is ever on a command line.
+    """
 
     def __init__(self, directory: Path, size: int = 3) -> None:
         self.directory = directory
@@ -195,14 +337,85 @@ class EtcdCluster:
             for i in range(size)
         ]
         self._token = "cipherline-" + secrets.token_hex(4)
+        self._root_token: str | None = None
+        self._admin: requests.Session | None = None
 
     @property
     def endpoints(self) -> list[str]:
         return [m.client_url for m in self.members]
 
+    @property
+    def tls_dir(self) -> Path:
+        return self.directory / "tls"
+
+    @property
+    def ca_file(self) -> Path:
+        return self.tls_dir / "ca.pem"
+
+    @property
+    def vault_cert_file(self) -> Path:
+        return self.tls_dir / "vault.pem"
+
+    @property
+    def vault_key_file(self) -> Path:
+        return self.tls_dir / "vault-key.pem"
+
+    @property
+    def admin_cert_file(self) -> Path:
+        return self.tls_dir / "admin.pem"
+
+    @property
+    def admin_key_file(self) -> Path:
+        return self.tls_dir / "admin-key.pem"
+
+    @property
+    def root_password_file(self) -> Path:
+        return self.directory / "root.password"
+
+    @property
+    def vault_password_file(self) -> Path:
+        return self.directory / "vault.password"
+
+    def _member_cert(self, member: EtcdMember) -> tuple[Path, Path]:
+        return self.tls_dir / f"{member.name}.pem", self.tls_dir / f"{member.name}-key.pem"
+
+    def _write_tls(self) -> None:
+        self.tls_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        ca = _EtcdCA()
+        pem = serialization.Encoding.PEM
+        _write_private(self.ca_file, ca.cert.public_bytes(pem))
+        for member in self.members:
+            cert, key = ca.issue(
+                x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{member.name}.etcd.test")]),
+                server=True,
+            )
+            cert_path, key_path = self._member_cert(member)
+            _write_private(cert_path, cert.public_bytes(pem))
+            _write_private(key_path, _pem_key(key))
+        for role, cert_path, key_path in (
+            (VAULT_ETCD_USER, self.vault_cert_file, self.vault_key_file),
+            ("operator", self.admin_cert_file, self.admin_key_file),
+        ):
+            cert, key = ca.issue(_client_subject(role), server=False)
+            _write_private(cert_path, cert.public_bytes(pem))
+            _write_private(key_path, _pem_key(key))
+        # Signed tokens, so that every member (a restarted one too) accepts a token
+        # another member issued; etcd's "simple" tokens live in members' memory.
+        signer = ec.generate_private_key(ec.SECP256R1())
+        _write_private(self.tls_dir / "jwt-key.pem", _pem_key(signer))
+        _write_private(
+            self.tls_dir / "jwt.pem",
+            signer.public_key().public_bytes(pem, serialization.PublicFormat.SubjectPublicKeyInfo),
+        )
+
     def _argv(self, member: EtcdMember, state: str) -> list[str]:
         etcd = require_program("etcd", "etcd-server")
         initial = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
+        cert, key = self._member_cert(member)
+        jwt = (
+            f"jwt,pub-key={self.tls_dir / 'jwt.pem'},priv-key={self.tls_dir / 'jwt-key.pem'},"
+            "sign-method=ES256,ttl=10m"
+        )
         return [
             etcd,
             "--name",
@@ -223,6 +436,22 @@ class EtcdCluster:
             state,
             "--initial-cluster-token",
             self._token,
+            "--cert-file",
+            str(cert),
+            "--key-file",
+            str(key),
+            "--client-cert-auth",
+            "--trusted-ca-file",
+            str(self.ca_file),
+            "--peer-cert-file",
+            str(cert),
+            "--peer-key-file",
+            str(key),
+            "--peer-client-cert-auth",
+            "--peer-trusted-ca-file",
+            str(self.ca_file),
+            "--auth-token",
+            jwt,
             # Short timers so tests see a new leader within a second of losing one.
             "--heartbeat-interval",
             "50",
@@ -235,6 +464,8 @@ class EtcdCluster:
         ]
 
     def start(self) -> EtcdCluster:
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._write_tls()
         for member in self.members:
             member.process = ManagedProcess(
                 self._argv(member, "new"), self.directory / f"{member.name}.log"
@@ -246,10 +477,84 @@ class EtcdCluster:
                 f"etcd {member.name}",
                 member.process,
             )
+        self._enable_auth()
         return self
 
+    def _session(self) -> requests.Session:
+        """The operator's TLS session (admin client certificate, the cluster's CA)."""
+        if self._admin is None:
+            session = requests.Session()
+            # REQUESTS_CA_BUNDLE in the environment would otherwise replace our CA.
+            session.trust_env = False
+            session.verify = str(self.ca_file)
+            session.cert = (str(self.admin_cert_file), str(self.admin_key_file))
+            self._admin = session
+        return self._admin
+
+    def _enable_auth(self) -> None:
+        """Users, the vault's role and auth on, through member 0 before anyone else connects."""
+        root_password = secrets.token_urlsafe(24)
+        vault_password = secrets.token_urlsafe(24)
+        _write_private(self.root_password_file, root_password.encode())
+        _write_private(self.vault_password_file, vault_password.encode())
+        prefix = base64.b64encode(VAULT_ETCD_PREFIX).decode()
+        prefix_end = base64.b64encode(_prefix_end(VAULT_ETCD_PREFIX)).decode()
+        steps: list[tuple[str, dict[str, object]]] = [
+            ("/v3/auth/user/add", {"name": "root", "password": root_password}),
+            ("/v3/auth/role/add", {"name": "root"}),
+            ("/v3/auth/user/grant", {"user": "root", "role": "root"}),
+            ("/v3/auth/user/add", {"name": VAULT_ETCD_USER, "password": vault_password}),
+            ("/v3/auth/role/add", {"name": VAULT_ETCD_USER}),
+            (
+                "/v3/auth/role/grant",
+                {
+                    "name": VAULT_ETCD_USER,
+                    "perm": {"permType": "READWRITE", "key": prefix, "range_end": prefix_end},
+                },
+            ),
+            ("/v3/auth/user/grant", {"user": VAULT_ETCD_USER, "role": VAULT_ETCD_USER}),
+            ("/v3/auth/enable", {}),
+        ]
+        for path, body in steps:
+            response = self._session().post(
+                f"{self.members[0].client_url}{path}", json=body, timeout=10
+            )
+            if response.status_code != 200:
+                # The body names the step's failure; the request (with a password) is not echoed.
+                raise ComponentError(f"etcd {path} failed: {response.status_code} {response.text}")
+
+    def vault_client_args(self) -> list[str]:
+        """`cipherline-vault init` flags for a node that uses this cluster as the vault user."""
+        args: list[str] = []
+        for endpoint in self.endpoints:
+            args += ["--cluster", endpoint]
+        return [
+            *args,
+            "--etcd-ca",
+            str(self.ca_file),
+            "--etcd-cert",
+            str(self.vault_cert_file),
+            "--etcd-key",
+            str(self.vault_key_file),
+            "--etcd-user",
+            VAULT_ETCD_USER,
+            "--etcd-password-file",
+            str(self.vault_password_file),
+        ]
+
+    def vault_client(self) -> EtcdClient:
+        """The client a vault node builds from `vault_client_args()`."""
+        return EtcdClient(
+            self.endpoints,
+            ca_file=self.ca_file,
+            cert_file=self.vault_cert_file,
+            key_file=self.vault_key_file,
+            user=VAULT_ETCD_USER,
+            password_file=self.vault_password_file,
+        )
+
     def member_healthy(self, member: EtcdMember) -> bool:
-        response = requests.get(f"{member.client_url}/health", timeout=1)
+        response = self._session().get(f"{member.client_url}/health", timeout=1)
         return response.status_code == 200 and response.json().get("health") == "true"
 
     def stop_member(self, index: int) -> None:
@@ -264,14 +569,32 @@ class EtcdCluster:
         ).start()
         wait_until(lambda: self.member_healthy(member), 30, f"etcd {member.name}", member.process)
 
+    def _root_authenticate(self, endpoint: int) -> str:
+        response = self._session().post(
+            f"{self.members[endpoint].client_url}/v3/auth/authenticate",
+            json={"name": "root", "password": self.root_password_file.read_text()},
+            timeout=3,
+        )
+        response.raise_for_status()
+        token: str = response.json()["token"]
+        return token
+
     def _call(self, endpoint: int, path: str, body: dict[str, str]) -> dict[str, object]:
-        """One KV call through the JSON gateway, retried while a new leader is elected."""
+        """One KV call as root through the JSON gateway, retried while a leader is elected."""
         deadline = time.monotonic() + 20
         while True:
             try:
-                response = requests.post(
-                    f"{self.members[endpoint].client_url}{path}", json=body, timeout=3
+                if self._root_token is None:
+                    self._root_token = self._root_authenticate(endpoint)
+                response = self._session().post(
+                    f"{self.members[endpoint].client_url}{path}",
+                    json=body,
+                    headers={"Authorization": self._root_token},
+                    timeout=3,
                 )
+                if response.status_code == 401 or "auth store is old" in response.text:
+                    # Expired, or issued before the last change to users and roles.
+                    self._root_token = None
                 response.raise_for_status()
                 result: dict[str, object] = response.json()
                 return result
@@ -293,10 +616,15 @@ class EtcdCluster:
         assert isinstance(kvs, list)
         return base64.b64decode(kvs[0]["value"]) if kvs else None
 
+    def delete(self, key: bytes, endpoint: int = 0) -> None:
+        self._call(endpoint, "/v3/kv/deleterange", {"key": base64.b64encode(key).decode()})
+
     def stop(self) -> None:
         for member in self.members:
             if member.process is not None:
                 member.process.stop()
+        if self._admin is not None:
+            self._admin.close()
 
 
 # --------------------------------------------------------------------------- PostgreSQL
@@ -529,7 +857,12 @@ class RelayProcess:
 
 
 class VaultProcess:
-    """One Backup Key Vault node, provisioned on a backend and served on loopback."""
+    """One Backup Key Vault node, provisioned on a backend and served on loopback.
+
+    Its PIN (the token's for softhsm; for tpm the given one, the one already in
+    `pin_file`, or a fresh random one) reaches every command through `--pin-file`, a
+    0600 file beside the data dir by default: never the environment or a command line.
+    """
 
     def __init__(
         self,
@@ -542,6 +875,8 @@ class VaultProcess:
         extra_init: list[str] | None = None,
         extra_serve: list[str] | None = None,
         port: int | None = None,
+        pin: str | None = None,
+        pin_file: Path | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.backend = backend
@@ -552,17 +887,37 @@ class VaultProcess:
         self.extra_serve = extra_serve or []
         self.port = port or free_port()
         self.process: ManagedProcess | None = None
+        self.pin_file = pin_file or data_dir.parent / f"{data_dir.name}.pin"
+        self.pin: str | None = None
+        if backend != "soft":
+            if pin is None and token is not None:
+                pin = token.pin
+            if pin is None and self.pin_file.exists():
+                pin = self.pin_file.read_text().strip()
+            self.pin = pin or secrets.token_hex(16)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def _env(self) -> dict[str, str]:
-        extra: dict[str, str] = {}
-        if self.token is not None:
-            extra.update(self.token.env())
-            extra["CIPHERLINE_VAULT_HSM_PIN"] = self.token.pin
-        return python_env(extra)
+        return python_env(self.token.env() if self.token is not None else None)
+
+    def _pin_args(self) -> list[str]:
+        if self.pin is None:
+            return []
+        if (
+            not self.pin_file.exists()
+            or self.pin_file.stat().st_mode & 0o077
+            or self.pin_file.read_text().strip() != self.pin
+        ):
+            self.pin_file.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.pin_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                # O_CREAT's mode does not apply to a file that already exists.
+                os.fchmod(handle.fileno(), 0o600)
+                handle.write(self.pin)
+        return ["--pin-file", str(self.pin_file)]
 
     def _backend_args(self) -> list[str]:
         if self.backend == "softhsm":
@@ -588,6 +943,7 @@ class VaultProcess:
             "--node-name",
             self.node_name,
             *self._backend_args(),
+            *self._pin_args(),
             *self.extra_init,
         ]
         result = subprocess.run(
@@ -609,6 +965,7 @@ class VaultProcess:
             "127.0.0.1",
             "--port",
             str(self.port),
+            *self._pin_args(),
             *self.extra_serve,
         ]
         if self.backend == "soft":
@@ -622,6 +979,7 @@ class VaultProcess:
 
     def _cli(self, *args: str) -> str:
         argv = [sys.executable, "-m", "vault_emulator", *args, "--data", str(self.data_dir)]
+        argv += self._pin_args()
         if self.backend == "soft":
             argv.append("--insecure-dev")
         result = subprocess.run(

@@ -51,8 +51,7 @@ def fleet_factory(tmp_path: Path) -> Iterator[Callable[..., Fleet]]:
         for index in range(count):
             extra: list[str] = []
             if cluster is not None:
-                for endpoint in cluster.endpoints:
-                    extra += ["--cluster", endpoint]
+                extra += cluster.vault_client_args()
             if index > 0:
                 exported = nodes[0].export_fleet(tmp_path / "fleet.export", passphrase)
                 extra += ["--join", str(exported), "--join-passphrase-file", str(passphrase)]
