@@ -112,8 +112,14 @@ class DevStack:
                 with os.fdopen(fd, "w") as handle:
                     handle.write(token.pin)
             softhsm_library()
+            # The node reads the PIN from this 0600 file (--pin-file), never from its
+            # environment or command line.
             node = VaultProcess(
-                data_dir, backend="softhsm", token=token, port=info.get("port") or free_port()
+                data_dir,
+                backend="softhsm",
+                token=token,
+                port=info.get("port") or free_port(),
+                pin_file=pin_file,
             )
         else:
             print(

@@ -23,7 +23,9 @@ from app.protocol import vault as protocol
 from app.protocol.encoding import Reader, Writer
 from app.protocol.vault import LockedOut, RecordErased, RecordNotFound, WrongPassword
 from tests.support.adversary import RecordingRelay
+from tests.support.components import EtcdCluster
 from tests.vault.conftest import Fleet
+from vault_emulator.records import EtcdRecords
 
 BACKUP_KEY = bytes(range(32))
 PASSWORD = "correct horse battery"
@@ -261,3 +263,53 @@ def test_an_operator_who_edits_or_puts_back_a_record_gets_locked_out(
     for record_id in (first, second):
         with pytest.raises(LockedOut):
             _retrieve(fleet, relay, record_id, PASSWORD)
+
+
+@pytest.mark.slow
+def test_on_a_fleet_replays_to_other_nodes_and_etcd_edits_by_its_operator_fail(
+    fleet_factory: Callable[..., Fleet], fresh_etcd_cluster: EtcdCluster
+) -> None:
+    """Three nodes on TLS etcd. The relay replays to any node; the operator, with
+    etcd's root credentials, edits a counter, puts an old value back, and deletes
+    and re-creates a key with an old value."""
+    fleet = fleet_factory(count=3, cluster=fresh_etcd_cluster)
+    nodes = [DirectTransport([node.url]) for node in fleet.nodes]
+    relay = RecordingRelay(nodes[0])
+    record_id = _register(fleet, relay)
+    mark = relay.mark()
+    assert _retrieve(fleet, relay, record_id, PASSWORD) == BACKUP_KEY
+    captured = relay.since(mark)
+    for _guess in range(8):
+        with pytest.raises(WrongPassword):
+            run_flow(protocol.retrieve(record_id, "a guess", fleet.key()), nodes[1])
+    for node in (nodes[2], nodes[1], nodes[0]):
+        relay.replay_all(node, captured)
+    assert _attempts_left(fleet, record_id) == 1
+
+    key = EtcdRecords.PREFIX + b"r2/" + record_id.hex().encode()
+    others = [_register(fleet, relay) for _ in range(3)]
+    old_values = {
+        other: fresh_etcd_cluster.get(EtcdRecords.PREFIX + b"r2/" + other.hex().encode())
+        for other in others
+    }
+    for other in others:
+        with pytest.raises(WrongPassword):
+            run_flow(protocol.retrieve(other, "a guess", fleet.key()), nodes[2])
+    edited, put_back, recreated = others
+    value = fresh_etcd_cluster.get(EtcdRecords.PREFIX + b"r2/" + edited.hex().encode())
+    assert value is not None
+    flipped = bytearray(value)
+    flipped[30] ^= 1
+    fresh_etcd_cluster.put(EtcdRecords.PREFIX + b"r2/" + edited.hex().encode(), bytes(flipped))
+    old = old_values[put_back]
+    assert old is not None
+    fresh_etcd_cluster.put(EtcdRecords.PREFIX + b"r2/" + put_back.hex().encode(), old)
+    old = old_values[recreated]
+    assert old is not None
+    fresh_etcd_cluster.delete(EtcdRecords.PREFIX + b"r2/" + recreated.hex().encode())
+    fresh_etcd_cluster.put(EtcdRecords.PREFIX + b"r2/" + recreated.hex().encode(), old)
+    for tampered in others:
+        for node in nodes:
+            with pytest.raises(LockedOut):
+                run_flow(protocol.retrieve(tampered, PASSWORD, fleet.key()), node)
+    assert fresh_etcd_cluster.get(key) is not None
