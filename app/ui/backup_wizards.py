@@ -646,7 +646,8 @@ class SecretPage(QWizardPage):
         self.error.setStyleSheet("color: #c0392b;")
         if isinstance(error, WrongPassword):
             self.owner.attempts_left = error.attempts_left
-            text = f"That password is not correct. {error.attempts_left} attempts left."
+            noun = "attempt" if error.attempts_left == 1 else "attempts"
+            text = f"That password is not correct. {error.attempts_left} {noun} left."
         elif isinstance(error, LockedOut):
             text = (
                 "Too many wrong passwords: the vault has erased the key for good. This "
