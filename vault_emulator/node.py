@@ -374,6 +374,10 @@ class VaultNode:
             def reserve(state: RecordState | None) -> Decision[int]:
                 if state is None:
                     return placeholder, OK
+                if state.status == st.PENDING and state.expires < self.clock():
+                    # Abandoned: its registration ticket has expired, so nothing can
+                    # finish it; the id may be reserved again.
+                    return placeholder, OK
                 return None, ERASED if state.status == st.ERASED else CONFLICT
 
             outcome = self._transact(record_id, reserve)

@@ -37,7 +37,7 @@ REASON_TAMPERED = 3
 
 # Counted login requests are remembered (to refuse them when replayed) for the
 # request window; at most this many, newest kept.
-MAX_SEEN = 64
+MAX_SEEN = 128
 
 
 class Tampered(Exception):

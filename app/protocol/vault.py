@@ -151,7 +151,7 @@ class Fleet:
     nodes: tuple[FleetNode, ...]
 
     def to_bytes(self) -> bytes:
-        writer = Writer().u8(VERSION).bytes16(self.hpke_public_key).u8(len(self.nodes))
+        writer = Writer().u8(FLEET_VERSION).bytes16(self.hpke_public_key).u8(len(self.nodes))
         for node in self.nodes:
             writer.text16(node.name).raw(node.signing_key).raw(node.signature)
         return writer.getvalue()
@@ -159,7 +159,7 @@ class Fleet:
     @staticmethod
     def from_bytes(data: bytes) -> Fleet:
         reader = Reader(data, "fleet bundle")
-        reader.version(VERSION)
+        reader.version(FLEET_VERSION)
         hpke_public = reader.bytes16()
         nodes = tuple(
             FleetNode(reader.text16(), reader.raw(32), reader.raw(64)) for _ in range(reader.u8())
