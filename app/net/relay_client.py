@@ -16,6 +16,19 @@ from typing import IO, Any
 
 import requests
 
+# How often a vault call waits out the relay's rate limit before giving up, and the
+# longest it waits each time (a relay asking for more is answered with the 429).
+VAULT_RATE_LIMIT_RETRIES = 5
+VAULT_RATE_LIMIT_MAX_WAIT = 5.0
+
+
+def _retry_after(header: str | None) -> float:
+    try:
+        wait = float(header) if header is not None else 1.0
+    except ValueError:
+        wait = 1.0
+    return min(max(wait, 0.1), VAULT_RATE_LIMIT_MAX_WAIT)
+
 
 class RelayError(Exception):
     """The relay answered, but with an error; `status` is the HTTP status."""
@@ -276,17 +289,25 @@ class RelayClient:
 
     # ---- vault pass-through -----------------------------------------------------
     def vault_call(self, op: str, body: bytes) -> tuple[int, bytes]:
-        """Forwards an opaque, end-to-end encrypted vault message; (status, body)."""
-        try:
-            response = self._session.post(
-                f"{self._base_url}/v1/vault/{op}",
-                data=body,
-                headers={"Content-Type": "application/octet-stream"},
-                timeout=self._timeout,
-                verify=self._ca_file,
-            )
-        except requests.RequestException as error:
-            raise RelayUnavailable(f"cannot reach the relay: {type(error).__name__}") from None
+        """Forwards an opaque, end-to-end encrypted vault message; (status, body).
+
+        A 429 comes from the relay's own rate limit, before any vault node saw the
+        request, so nothing was counted: the call waits as told and tries again (a
+        few times, then the 429 goes to the caller)."""
+        for attempt in range(VAULT_RATE_LIMIT_RETRIES + 1):
+            try:
+                response = self._session.post(
+                    f"{self._base_url}/v1/vault/{op}",
+                    data=body,
+                    headers={"Content-Type": "application/octet-stream"},
+                    timeout=self._timeout,
+                    verify=self._ca_file,
+                )
+            except requests.RequestException as error:
+                raise RelayUnavailable(f"cannot reach the relay: {type(error).__name__}") from None
+            if response.status_code != 429 or attempt == VAULT_RATE_LIMIT_RETRIES:
+                break
+            time.sleep(_retry_after(response.headers.get("Retry-After")))
         return response.status_code, response.content
 
     def vault_fleet(self) -> tuple[int, bytes]:

@@ -53,3 +53,21 @@ def test_relay_carries_only_opaque_bytes_and_keeps_nothing(
     for secret in secrets:
         assert secret not in stored
     assert b"a wrong guess" not in stored
+
+
+def test_a_burst_past_the_relays_vault_rate_limit_waits_and_loses_no_answer(
+    fleet_factory: Callable[..., Fleet], relay_factory: Callable[..., RelayProcess]
+) -> None:
+    """The relay answers 429 before any node sees the request, so nothing was
+    counted: the client waits as told and goes on, instead of failing a restore."""
+    fleet = fleet_factory()
+    relay = relay_factory(extra_args=["--vault", fleet.nodes[0].url])
+    transport = RecordingTransport(account(relay))
+    key = fleet_key(transport, fleet.pinned)
+    record_id = run_flow(protocol.register(PASSWORD, BACKUP_KEY, key, attempt_limit=40), transport)
+    # Two requests a guess: 30 guesses are three times the relay's burst of 20.
+    for guess in range(15):
+        with pytest.raises(WrongPassword) as wrong:
+            run_flow(protocol.retrieve(record_id, f"guess {guess}", key), transport)
+        assert wrong.value.attempts_left == 39 - guess
+    assert run_flow(protocol.retrieve(record_id, PASSWORD, key), transport) == BACKUP_KEY
