@@ -393,10 +393,10 @@ class VaultNode:
         fields.end()
         if len(wrapped) != WRAPPED_KEY_LENGTH or not 1 <= limit <= 100:
             raise BadRequest("a wrapped 32-byte key and a limit of 1-100 attempts are required")
-        password_file = server_registration_finish(upload)
         granted = self._open_ticket(TICKET_REGISTER, record_id, registration_ticket)
         if granted is None:
             return RETRY, 0, b""
+        password_file = server_registration_finish(upload)
         record = RecordState(
             st.ACTIVE,
             generation=granted.content,

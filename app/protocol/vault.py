@@ -52,6 +52,12 @@ RECORD_ID_LENGTH = 16
 BACKUP_KEY_LENGTH = 32
 WRAPPED_KEY_LENGTH = 12 + BACKUP_KEY_LENGTH + 16
 FINALIZATION_LENGTH = 64  # OPAQUE-3DH KE3 with SHA-512: one MAC
+REGISTRATION_UPLOAD_LENGTH = 192  # RFC 9807 RegistrationRecord with ristretto255/SHA-512
+# Sealed tickets (docs/vault-protocol.md, "Tickets"): nonce, kind, expiry, ticket id,
+# content, tag. A replace ticket has no content; a replacing registration's ticket
+# carries the replace ticket's id and the 16-byte generation.
+REPLACE_TICKET_LENGTH = 12 + 1 + 8 + 1 + 16 + 2 + 16
+REPLACING_REGISTRATION_TICKET_LENGTH = 12 + 1 + 8 + 1 + 16 + 2 + 16 + 16
 # Every answer's sealed plaintext is padded to this many bytes, whatever the op
 # and outcome, so its size tells the relay nothing.
 RESPONSE_PLAINTEXT_LENGTH = 1024
@@ -331,7 +337,10 @@ def _raise_for(status: int, attempts_left: int) -> None:
     if status == RETRY:
         raise VaultUnavailable("the vault lost track of this login; try again")
     if status == STALE:
-        raise VaultUnavailable("this computer's clock is far off; set it right and try again")
+        raise VaultUnavailable(
+            "the vault had already counted this exact request (sent twice by the network);"
+            " try again"
+        )
     raise VaultProtocolError(f"unknown vault status {status}")
 
 
@@ -420,6 +429,8 @@ def _login(  # noqa: PLR0917
             break
         # Our clock is off: the vault told us its time; try once more by it.
         offset = int.from_bytes(payload, "big") - clock()
+    if status == STALE and payload:
+        raise VaultUnavailable("this computer's clock is far off; set it right and try again")
     _raise_for(status, left)
     try:
         reader = Reader(payload, "login answer")
@@ -443,12 +454,36 @@ def _login(  # noqa: PLR0917
     fields = Writer().bytes16(ticket).bytes16(finalization).u8(action).getvalue()
     status, left, payload = yield from _call(fleet_key, "login_finish", record_id, fields, rng)
     if finished is None:
+        if action == ACTION_REPLACE:
+            # A right password would be followed by a registration: so is a wrong one.
+            yield from _decoy_registration(record_id, fleet_key, limit, rng)
         if status == LOCKED_OUT:
             raise LockedOut
         # The vault counted this attempt at login_start, before answering.
         raise WrongPassword(left if status == WRONG_PASSWORD else max(limit - attempts_used, 0))
     _raise_for(status, left)
     return _Login(finished.session_key, finished.export_key, payload, action, key_format, limit)
+
+
+def _decoy_registration(
+    record_id: bytes, fleet_key: HpkePublicKey, limit: int, rng: Rng
+) -> Generator[VaultRequest, Reply, None]:
+    """The two registration requests a replacement sends, of the same sizes, with
+    tickets no node issued: refused without a trace (CONFLICT, RETRY), so the
+    relay sees a password change whatever the old password was."""
+    request = client_registration_start(rng.random_bytes(32)).message
+    fields = Writer().bytes16(request).bytes16(rng.random_bytes(REPLACE_TICKET_LENGTH)).getvalue()
+    yield from _call(fleet_key, "register_start", record_id, fields, rng)
+    fields = (
+        Writer()
+        .bytes16(rng.random_bytes(REPLACING_REGISTRATION_TICKET_LENGTH))
+        .bytes16(rng.random_bytes(REGISTRATION_UPLOAD_LENGTH))
+        .bytes16(rng.random_bytes(WRAPPED_KEY_LENGTH))
+        .u16(limit)
+        .bytes16(rng.random_bytes(REPLACE_TICKET_LENGTH))
+        .getvalue()
+    )
+    yield from _call(fleet_key, "register_finish", record_id, fields, rng)
 
 
 def _stored_key(login: _Login, record_id: bytes, transfer: bytes) -> bytes:

@@ -207,6 +207,22 @@ def test_the_relay_cannot_tell_a_right_password_from_a_wrong_one(
         shapes[label] = [(i.op, len(i.body), i.status, len(i.answer)) for i in relay.since(mark)]
     assert shapes["right"] == shapes["wrong"] == shapes["right again"]
     assert [op for op, *_ in shapes["wrong"]] == ["login_start", "login_finish"]
+    # A password change registers after a right old password; after a wrong one the
+    # app sends the same two registration requests, which change nothing.
+    changes = {}
+    for label, old in (("wrong", "not it"), ("right", PASSWORD)):
+        mark = relay.mark()
+        with contextlib.suppress(WrongPassword):
+            run_flow(protocol.change_password(record_id, old, PASSWORD, fleet.key()), relay)
+        changes[label] = [(i.op, len(i.body), i.status, len(i.answer)) for i in relay.since(mark)]
+    assert changes["right"] == changes["wrong"]
+    assert [op for op, *_ in changes["wrong"]] == [
+        "login_start",
+        "login_finish",
+        "register_start",
+        "register_finish",
+    ]
+    assert _retrieve(fleet, relay, record_id, PASSWORD) == BACKUP_KEY
     # Every answer of every op has one size, whatever it says.
     assert len({len(item.answer) for item in relay.seen}) == 1
 
