@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.backup import engine
+from app.backup import engine, password_policy
 from app.backup import format as fmt
 from app.backup.errors import BackupError, BackupNotConfigured, NotABackup
 from app.backup.keys import generate_backup_key
@@ -24,7 +24,7 @@ from app.store import Store
 METHOD_KEY = "key"
 METHOD_PASSWORD = "password"  # noqa: S105 - a method name, not a password
 SCHEDULES = {"off": None, "daily": 86_400, "weekly": 7 * 86_400, "monthly": 30 * 86_400}
-MIN_PASSWORD_LENGTH = 8
+MIN_PASSWORD_LENGTH = password_policy.MIN_PASSWORD_LENGTH
 
 
 @dataclass(frozen=True)
@@ -61,23 +61,15 @@ class VaultAccess:
 
 
 def password_problem(password: str) -> str | None:
-    if len(password) < MIN_PASSWORD_LENGTH:
-        return f"use at least {MIN_PASSWORD_LENGTH} characters"
-    return None
+    """Why this backup password is too weak, as a sentence; None when it is strong
+    enough. The rule and its attacker budget are in `app.backup.password_policy`."""
+    return password_policy.problem(password)
 
 
 def password_strength(password: str) -> int:
-    """0-4, from length and variety; a guide for the meter, not a guarantee."""
-    if len(password) < MIN_PASSWORD_LENGTH:
-        return 0
-    classes = sum(
-        any(test(c) for c in password)
-        for test in (str.islower, str.isupper, str.isdigit, lambda c: not c.isalnum())
-    )
-    score = 1 + (len(password) >= 12) + (len(password) >= 16) + (classes >= 3)
-    if len(set(password)) <= 3:
-        score = 1
-    return min(score, 4)
+    """0-4 for the meter, from the same estimate as `password_problem`: 4 exactly
+    when that returns None."""
+    return password_policy.strength(password)
 
 
 def set_up_with_key(

@@ -47,7 +47,8 @@ SCHEDULE_CHOICES = [
     ("Monthly", "monthly"),
     ("Off", "off"),
 ]
-STRENGTH_WORDS = ["too short", "weak", "fair", "good", "strong"]
+# The meter's steps (service.password_strength): only the last one is strong enough.
+STRENGTH_WORDS = ["very weak", "weak", "still weak", "almost strong enough", "strong enough"]
 
 
 class Progress(QObject):
@@ -279,8 +280,10 @@ class PasswordPage(QWizardPage):
         self.choices = choices
         self.setTitle("Choose a backup password")
         self.setSubTitle(
-            f"At least 8 characters. After {DEFAULT_ATTEMPT_LIMIT} wrong attempts the key is "
-            "erased and the backups can no longer be opened with a password."
+            f"At least {service.MIN_PASSWORD_LENGTH} characters, and strong enough that someone "
+            "holding the vault's data would need a century on 10,000 computers to guess it: "
+            f"a few unusual words work best. After {DEFAULT_ATTEMPT_LIMIT} wrong attempts the "
+            "key is erased and the backups can no longer be opened with a password."
         )
         form = QFormLayout(self)
         self.password = QLineEdit()
@@ -300,12 +303,14 @@ class PasswordPage(QWizardPage):
         self.confirm.textChanged.connect(self._changed)
 
     def _changed(self) -> None:
-        strength = service.password_strength(self.password.text())
+        text = self.password.text()
+        strength = service.password_strength(text)
         self.meter.setValue(strength)
-        self.meter.setFormat(STRENGTH_WORDS[strength])
-        problem = service.password_problem(self.password.text())
-        if self.password.text() and problem:
-            self.error.setText(problem.capitalize() + ".")
+        too_short = len(text) < service.MIN_PASSWORD_LENGTH
+        self.meter.setFormat("too short" if too_short else STRENGTH_WORDS[strength])
+        problem = service.password_problem(text)
+        if text and problem:
+            self.error.setText(problem)
         elif self.confirm.text() and self.confirm.text() != self.password.text():
             self.error.setText("The two passwords differ.")
         else:

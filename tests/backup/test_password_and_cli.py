@@ -18,7 +18,7 @@ from tests.backup.conftest import SECRET_TEXT, populate
 from tests.store.conftest import PASSPHRASE, protector
 from tests.support.components import RelayProcess, VaultProcess
 
-PASSWORD = "a long backup password"
+PASSWORD = "walrus lantern backup sepia fjord"
 
 
 @pytest.fixture
@@ -147,10 +147,10 @@ def test_password_backup_restore_change_and_turn_off(
 
     # A new password opens the same backups; the old one no longer does.
     store = Store.open(profile, protector())
-    service.change_password(store, access, PASSWORD, "an even longer password")
-    assert service.key_for(info, password="an even longer password", access=access)
+    service.change_password(store, access, PASSWORD, "kestrel oxbow velvet pilot drizzle")
+    assert service.key_for(info, password="kestrel oxbow velvet pilot drizzle", access=access)
     # Turning backups off makes the vault forget the key.
-    service.turn_off(store, access, "an even longer password")
+    service.turn_off(store, access, "kestrel oxbow velvet pilot drizzle")
     assert store.backup_state.get().method is None
     store.close()
     code, _out, err = _cli(
@@ -163,7 +163,7 @@ def test_password_backup_restore_change_and_turn_off(
         "--file",
         str(info.path),
         "--password-stdin",
-        stdin="an even longer password\n",
+        stdin="kestrel oxbow velvet pilot drizzle\n",
     )
     assert code == 10 and "holds no key" in err
 

@@ -28,7 +28,7 @@ SECRET_MESSAGES = [
     "my bank PIN is 4921",
     "meet at the north gate at 22:10",
 ]
-BACKUP_PASSWORD = "tangerine-submarine-42"
+BACKUP_PASSWORD = "tangerine-submarine-lantern-oxbow-42"
 NEW_MACHINE_PASSPHRASE = "another machine's passphrase"
 
 
