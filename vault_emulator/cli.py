@@ -20,8 +20,8 @@ from app.crypto import (
 )
 from vault_emulator.backends import Backend, BackendError, open_backend
 from vault_emulator.config import BACKENDS, ConfigError, NodeConfig, read_pin
-from vault_emulator.etcd import EtcdClient
-from vault_emulator.node import AuditLog, FleetSecrets, VaultNode
+from vault_emulator.etcd import EtcdClient, StorageUnavailable
+from vault_emulator.node import AuditLog, FleetSecrets, RollbackDetected, VaultNode
 from vault_emulator.records import EtcdRecords, RecordStore, SqliteRecords
 
 FLEET_FILE = "fleet.sealed"
@@ -212,6 +212,11 @@ def main(argv: list[str] | None = None) -> int:
                 handle.write(sealed)
                 handle.flush()
                 os.fsync(handle.fileno())
+            counter = backend.monotonic_counter()
+            if counter is not None:
+                VaultNode.initialize_witness(
+                    _records(config, args.data), secrets, config.node_name, counter
+                )
             config.save(args.data)
             backend.close()
             print(f"provisioned {config.node_name} on backend {config.backend} in {args.data}")
@@ -266,5 +271,11 @@ def main(argv: list[str] | None = None) -> int:
             return 0
     except (ConfigError, BackendError) as error:
         print(f"cipherline-vault: {error}", file=sys.stderr)
+        return 2
+    except RollbackDetected as error:
+        print(f"cipherline-vault: refusing to serve: {error}", file=sys.stderr)
+        return 3
+    except StorageUnavailable as error:
+        print(f"cipherline-vault: the record store is unavailable: {error}", file=sys.stderr)
         return 2
     return 0

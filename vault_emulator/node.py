@@ -77,9 +77,9 @@ from app.protocol.vault import (
     seal_response,
 )
 from vault_emulator import state as st
-from vault_emulator.backends import Backend
+from vault_emulator.backends import Backend, BackendError, MonotonicCounter
 from vault_emulator.etcd import StorageUnavailable
-from vault_emulator.records import RecordStore, Versioned
+from vault_emulator.records import RecordStore, Versioned, WitnessWrite
 from vault_emulator.state import RecordState, Tampered
 
 log = logging.getLogger("vault")
@@ -89,6 +89,12 @@ MAX_BODY = 64 * 1024
 
 class BadRequest(Exception):
     """Malformed input: answered 4xx, and no counter was touched."""
+
+
+class RollbackDetected(StorageUnavailable):
+    """The node's storage is older than its monotonic counter: it was put back (an
+    old etcd snapshot, an old copy of the SQLite file), or its witness was removed.
+    The node stops serving; an operator must look."""
 
 
 @dataclass(frozen=True)
@@ -170,6 +176,10 @@ class Ticket:
         return "Ticket(<sealed state>)"
 
 
+def _record_key(secrets: FleetSecrets) -> bytes:
+    return hkdf_sha256(secrets.data_key, salt=None, info=b"vault records v2", length=32)
+
+
 def credential_id(record_id: bytes, generation: bytes) -> bytes:
     """OPAQUE's credential identifier: it selects the record's OPRF key."""
     return record_id + generation
@@ -196,21 +206,93 @@ class VaultNode:
         self.records = records
         self.audit = audit
         self.clock = clock
-        self._record_key = hkdf_sha256(
-            secrets.data_key, salt=None, info=b"vault records v2", length=32
-        )
+        self._record_key = _record_key(secrets)
         self._legacy_record_key = hkdf_sha256(
             secrets.data_key, salt=None, info=b"vault records", length=32
         )
         self._ticket_key = hkdf_sha256(
             secrets.data_key, salt=None, info=b"vault tickets v2", length=32
         )
+        self._counter = backend.monotonic_counter()
+        self._witness: Versioned | None = None
+        self._witness_count = 0
+        # Writes of a node with a witness go one at a time: each moves the one
+        # witness entry and the TPM counter in step.
+        self._witness_lock = threading.Lock()
+        self.halted: str | None = None
+        if self._counter is not None:
+            self._check_witness(self._counter)
         public = secrets.hpke_private.public_key().to_bytes()
         signature = backend.sign(Fleet.signed_message(public, name))
         self.entry = FleetNode(name, backend.signing_public_key(), signature)
         records.publish_node(
             name, Writer().text16(name).raw(self.entry.signing_key).raw(signature).getvalue()
         )
+
+    # ---- the rollback witness ------------------------------------------------------
+    @staticmethod
+    def initialize_witness(
+        records: RecordStore, secrets: FleetSecrets, name: str, counter: MonotonicCounter
+    ) -> None:
+        """At provisioning: the witness entry starts at the counter's value, so that
+        from then on a missing entry is as telling as an old one."""
+        sealed = st.seal_witness(_record_key(secrets), name, counter.read(), random_bytes(12))
+        if not records.create_witness(name, sealed):
+            raise RollbackDetected(f"storage already holds a witness for a node named {name!r}")
+
+    def _witness_value(self, stored: Versioned | None) -> int:
+        if stored is None:
+            raise RollbackDetected("its witness entry is missing from storage")
+        try:
+            return st.open_witness(self._record_key, self.name, stored.value)
+        except Tampered:
+            raise RollbackDetected("its witness entry does not verify") from None
+
+    def _check_witness(self, counter: MonotonicCounter) -> None:
+        stored = self.records.read_witness(self.name)
+        value, counted = self._witness_value(stored), counter.read()
+        if value == counted + 1:
+            # A write landed and the node stopped before the counter followed it
+            # (nothing of that write was released): let the counter catch up.
+            counted = counter.increment()
+        if value != counted:
+            raise RollbackDetected(
+                f"storage holds witness {value} but the TPM counter is at {counted}"
+            )
+        self._witness, self._witness_count = stored, counted
+
+    def _halt(self, reason: str) -> RollbackDetected:
+        self.halted = reason
+        log.error("vault node %s stopped serving: %s", self.name, reason)
+        return RollbackDetected(reason)
+
+    def _swap(
+        self, record_id: bytes, current: Versioned | None, value: bytes, counter: MonotonicCounter
+    ) -> tuple[bool, Versioned | None]:
+        with self._witness_lock:
+            if self.halted:
+                raise RollbackDetected(self.halted)
+            following = self._witness_count + 1
+            witness = WitnessWrite(
+                self.name,
+                self._witness,
+                st.seal_witness(self._record_key, self.name, following, random_bytes(12)),
+            )
+            written, record_now, witness_now = self.records.swap_witnessed(
+                record_id, current, value, witness
+            )
+            if not written:
+                if witness_now != self._witness:
+                    raise self._halt("its witness entry changed behind its back")
+                return False, record_now
+            try:
+                counted = counter.increment()
+            except BackendError as error:
+                raise self._halt(f"the TPM counter could not move: {error}") from None
+            if counted != following:
+                raise self._halt(f"the TPM counter is at {counted}, expected {following}")
+            self._witness, self._witness_count = witness_now, counted
+            return True, record_now
 
     # ---- fleet ---------------------------------------------------------------------
     def fleet_bundle(self) -> bytes:
@@ -271,7 +353,10 @@ class VaultNode:
                 fresh = True
                 continue
             value = st.seal_state(self._record_key, record_id, new, current, random_bytes(12))
-            written, current = self.records.swap(record_id, current, value)
+            if self._counter is None:
+                written, current = self.records.swap(record_id, current, value)
+            else:
+                written, current = self._swap(record_id, current, value, self._counter)
             if written:
                 return result
             fresh = True
@@ -326,6 +411,10 @@ class VaultNode:
         """HTTP status and body. 200 carries an encrypted answer; 4xx a plain error."""
         if op not in OPS:
             return 404, _error("unknown vault operation")
+        if self.halted:
+            return 503, _error(
+                "this vault node found its storage rolled back and stopped; try another node"
+            )
         if len(body) > MAX_BODY:
             return 413, _error("vault requests are limited to 64 KiB")
         try:
@@ -586,6 +675,7 @@ __all__ = [
     "AuditLog",
     "BadRequest",
     "FleetSecrets",
+    "RollbackDetected",
     "VaultNode",
     "credential_id",
 ]

@@ -51,6 +51,15 @@ class LegacyRecord:
     attempts: int
 
 
+@dataclass(frozen=True)
+class WitnessWrite:
+    """The node's witness entry, to be written with a record if it is still `expected`."""
+
+    node: str
+    expected: Versioned | None
+    value: bytes
+
+
 class RecordStore(Protocol):
     def read(self, record_id: bytes, *, fresh: bool) -> Versioned | None:
         """The record; with fresh=False a cached copy may do (a swap will check it)."""
@@ -61,6 +70,19 @@ class RecordStore(Protocol):
     ) -> tuple[bool, Versioned | None]:
         """Writes `value` if the record is still `expected` (None: absent).
         Returns (written, the record as it is now)."""
+        ...
+
+    def swap_witnessed(
+        self, record_id: bytes, expected: Versioned | None, value: bytes, witness: WitnessWrite
+    ) -> tuple[bool, Versioned | None, Versioned | None]:
+        """`swap`, atomically with the witness entry: both are written only if both
+        are as expected. Returns (written, the record now, the witness entry now)."""
+        ...
+
+    def read_witness(self, node: str) -> Versioned | None: ...
+
+    def create_witness(self, node: str, value: bytes) -> bool:
+        """Writes the node's first witness entry; False if it has one already."""
         ...
 
     def publish_node(self, name: str, entry: bytes) -> None: ...
@@ -84,6 +106,10 @@ class SqliteRecords:
             " id BLOB NOT NULL UNIQUE, value BLOB NOT NULL, version INTEGER NOT NULL)"
         )
         self._db.execute("CREATE TABLE IF NOT EXISTS nodes (name TEXT PRIMARY KEY, entry BLOB)")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS witness (name TEXT PRIMARY KEY, value BLOB NOT NULL,"
+            " version INTEGER NOT NULL)"
+        )
 
     def read(self, record_id: bytes, *, fresh: bool) -> Versioned | None:
         with self._lock:
@@ -122,6 +148,68 @@ class SqliteRecords:
             self._db.execute("COMMIT")
         return cursor.rowcount == 1, now
 
+    def _read_witness(self, node: str) -> Versioned | None:
+        row = self._db.execute(
+            "SELECT value, version FROM witness WHERE name = ?", (node,)
+        ).fetchone()
+        if row is None:
+            return None
+        return Versioned(bytes(row[0]), int(row[1]), 0, int(row[1]))
+
+    def read_witness(self, node: str) -> Versioned | None:
+        with self._lock:
+            return self._read_witness(node)
+
+    def create_witness(self, node: str, value: bytes) -> bool:
+        with self._lock:
+            cursor = self._db.execute(
+                "INSERT OR IGNORE INTO witness (name, value, version) VALUES (?, ?, 1)",
+                (node, value),
+            )
+        return cursor.rowcount == 1
+
+    def swap_witnessed(
+        self, record_id: bytes, expected: Versioned | None, value: bytes, witness: WitnessWrite
+    ) -> tuple[bool, Versioned | None, Versioned | None]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                now = self._read_witness(witness.node)
+                same = (now is None and witness.expected is None) or (
+                    now is not None
+                    and witness.expected is not None
+                    and now.version == witness.expected.version
+                    and now.value == witness.expected.value
+                )
+                written = False
+                if same:
+                    if expected is None:
+                        cursor = self._db.execute(
+                            "INSERT OR IGNORE INTO sealed_records (id, value, version)"
+                            " VALUES (?, ?, 1)",
+                            (record_id, value),
+                        )
+                    else:
+                        cursor = self._db.execute(
+                            "UPDATE sealed_records SET value = ?, version = version + 1"
+                            " WHERE id = ? AND version = ? AND created = ?",
+                            (value, record_id, expected.version, expected.created),
+                        )
+                    written = cursor.rowcount == 1
+                if written:
+                    self._db.execute(
+                        "INSERT INTO witness (name, value, version) VALUES (?, ?, 1)"
+                        " ON CONFLICT (name) DO UPDATE SET value = excluded.value,"
+                        " version = witness.version + 1",
+                        (witness.node, witness.value),
+                    )
+                record_now, witness_now = self._read(record_id), self._read_witness(witness.node)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT" if written else "ROLLBACK")
+        return written, record_now, witness_now
+
     def publish_node(self, name: str, entry: bytes) -> None:
         with self._lock:
             self._db.execute(
@@ -159,6 +247,19 @@ class SqliteRecords:
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
+
+
+def _compare(key: str, expected: Versioned | None) -> dict[str, str]:
+    """An etcd transaction's test that `key` is still as `expected` (None: absent)."""
+    if expected is None:
+        return {"key": key, "result": "EQUAL", "target": "CREATE", "create_revision": "0"}
+    return {"key": key, "result": "EQUAL", "target": "MOD", "mod_revision": str(expected.revision)}
+
+
+def _after_put(expected: Versioned | None, value: bytes, revision: int) -> Versioned:
+    if expected is None:
+        return Versioned(value, 1, revision, revision)
+    return Versioned(value, expected.version + 1, expected.created, revision)
 
 
 def _range_end(prefix: bytes) -> bytes:
@@ -222,37 +323,66 @@ class EtcdRecords:
         self, record_id: bytes, expected: Versioned | None, value: bytes
     ) -> tuple[bool, Versioned | None]:
         key = _b64(self._key("r2", record_id))
-        compare = (
-            {"key": key, "result": "EQUAL", "target": "CREATE", "create_revision": "0"}
-            if expected is None
-            else {
-                "key": key,
-                "result": "EQUAL",
-                "target": "MOD",
-                "mod_revision": str(expected.revision),
-            }
-        )
         result = self._post(
             "/v3/kv/txn",
             {
-                "compare": [compare],
+                "compare": [_compare(key, expected)],
                 "success": [{"requestPut": {"key": key, "value": _b64(value)}}],
                 "failure": [{"requestRange": {"key": key}}],
             },
         )
         if result.get("succeeded"):
-            revision = int(result["header"]["revision"])
-            now = (
-                Versioned(value, 1, revision, revision)
-                if expected is None
-                else Versioned(value, expected.version + 1, expected.created, revision)
-            )
+            now = _after_put(expected, value, int(result["header"]["revision"]))
             self._remember(record_id, now)
             return True, now
         responses = result.get("responses") or [{}]
         current = self._parse(responses[0].get("response_range", {}))
         self._remember(record_id, current)
         return False, current
+
+    def read_witness(self, node: str) -> Versioned | None:
+        key = _b64(self._key("witness", node.encode()))
+        return self._parse(self._post("/v3/kv/range", {"key": key}))
+
+    def create_witness(self, node: str, value: bytes) -> bool:
+        key = _b64(self._key("witness", node.encode()))
+        result = self._post(
+            "/v3/kv/txn",
+            {
+                "compare": [_compare(key, None)],
+                "success": [{"requestPut": {"key": key, "value": _b64(value)}}],
+            },
+        )
+        return bool(result.get("succeeded"))
+
+    def swap_witnessed(
+        self, record_id: bytes, expected: Versioned | None, value: bytes, witness: WitnessWrite
+    ) -> tuple[bool, Versioned | None, Versioned | None]:
+        key = _b64(self._key("r2", record_id))
+        witness_key = _b64(self._key("witness", witness.node.encode()))
+        result = self._post(
+            "/v3/kv/txn",
+            {
+                "compare": [_compare(key, expected), _compare(witness_key, witness.expected)],
+                "success": [
+                    {"requestPut": {"key": key, "value": _b64(value)}},
+                    {"requestPut": {"key": witness_key, "value": _b64(witness.value)}},
+                ],
+                "failure": [
+                    {"requestRange": {"key": key}},
+                    {"requestRange": {"key": witness_key}},
+                ],
+            },
+        )
+        if result.get("succeeded"):
+            revision = int(result["header"]["revision"])
+            written = _after_put(expected, value, revision)
+            self._remember(record_id, written)
+            return True, written, _after_put(witness.expected, witness.value, revision)
+        responses = result.get("responses") or [{}, {}]
+        record_now = self._parse(responses[0].get("response_range", {}))
+        self._remember(record_id, record_now)
+        return False, record_now, self._parse(responses[-1].get("response_range", {}))
 
     def publish_node(self, name: str, entry: bytes) -> None:
         key = self._key("nodes", name.encode())

@@ -37,15 +37,20 @@ def create_app(
         return JSONResponse({"error": "the vault node hit an internal error"}, status_code=500)
 
     @api.get("/health")
-    def health() -> dict[str, object]:
-        return {
-            "status": "ok",
-            "service": "vault",
-            "version": __version__,
-            "node": config.node_name,
-            "backend": config.backend,
-            "insecure": insecure,
-        }
+    def health() -> JSONResponse:
+        if node.halted:
+            # Loud for monitoring: this node found its storage rolled back.
+            return JSONResponse({"status": "halted", "halted": node.halted}, status_code=503)
+        return JSONResponse(
+            {
+                "status": "ok",
+                "service": "vault",
+                "version": __version__,
+                "node": config.node_name,
+                "backend": config.backend,
+                "insecure": insecure,
+            }
+        )
 
     @api.get("/v1/vault/fleet")
     def fleet() -> Response:

@@ -154,3 +154,28 @@ def open_state(key: bytes, record_id: bytes, stored: Versioned) -> RecordState:
     if (stored.version == 1) != (state.status == PENDING):
         raise Tampered
     return state
+
+
+# ---- the rollback witness ---------------------------------------------------------
+#
+# A node whose backend has a monotonic counter (a TPM) keeps the counter's value in
+# storage beside the records, sealed like them, and moves both on every write: the
+# stored value first (in the same compare-and-swap as the record), then the
+# counter. Storage that was put back to an earlier copy then holds a value below
+# the counter, which no copy can catch up with.
+
+WITNESS_AD = b"Cipherline vault witness v1"
+
+
+def seal_witness(key: bytes, node: str, value: int, nonce: bytes) -> bytes:
+    return nonce + aead_seal(key, nonce, value.to_bytes(8, "big"), WITNESS_AD + node.encode())
+
+
+def open_witness(key: bytes, node: str, sealed: bytes) -> int:
+    try:
+        plain = aead_open(key, sealed[:12], sealed[12:], WITNESS_AD + node.encode())
+    except DecryptionError:
+        raise Tampered from None
+    if len(plain) != 8:
+        raise Tampered
+    return int.from_bytes(plain, "big")
