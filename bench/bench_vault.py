@@ -1,7 +1,9 @@
 """Vault logins and registrations per second against the same server's echo.
 
-A complete login is two round trips (login_start, which persists the attempt
-counter durably before the OPAQUE step, then login_finish). Many clients run at
+A complete login is two round trips (login_start, which checks the request and
+then, before releasing anything, durably counts the attempt and opens a
+single-use ticket; login_finish, which consumes the ticket in the write that
+resets or records). Many clients run at
 once, so the node is the bottleneck; the client's own OPAQUE work (Argon2 in the
 KSF, ~35 ms) happens between the two timed phases, so what is timed is the node
 serving both round trips. The limit, measured in the same run, is the same server
@@ -9,7 +11,10 @@ answering `/v1/echo` with the same bodies, the same concurrency and the same num
 of round trips. Beside it: the raw opaque-ke server operations per second
 in-process, and the p50/p99 latency of a complete login as a user feels it
 (client work included). Then the same with three nodes over a three-member etcd
-cluster (mutual TLS, the vault's own etcd user), round-robin. Target: at least 50% of the echo.
+cluster (mutual TLS, the vault's own etcd user), round-robin. Targets: one node at
+least 50% of its echo; three nodes at least 50% of what etcd alone allows for the
+same compare-and-swaps (measured in the same run, same TLS and concurrency). Last,
+the offline guess rate of an operator holding every vault secret.
 """
 
 from __future__ import annotations
@@ -141,7 +146,13 @@ def _raw_opaque(count: int) -> tuple[float, float]:
     return count / login_seconds, count / register_seconds
 
 
-def _measure(report: BenchReport, label: str, nodes: list[VaultProcess], count: int) -> float:
+def _measure(
+    report: BenchReport,
+    label: str,
+    nodes: list[VaultProcess],
+    count: int,
+    echo_target: float | None,
+) -> float:
     """Adds the figures for this fleet; returns its logins/s."""
     urls = [node.url for node in nodes]
     pins = []
@@ -184,10 +195,12 @@ def _measure(report: BenchReport, label: str, nodes: list[VaultProcess], count: 
     logins = count / login_seconds
     registrations = count / register_seconds
     report.comparisons.append(
-        Comparison(f"{label}: logins/s", logins, echo_login, "1/s", "echo", 0.5)
+        Comparison(f"{label}: logins/s", logins, echo_login, "1/s", "echo", echo_target)
     )
     report.comparisons.append(
-        Comparison(f"{label}: registrations/s", registrations, echo_register, "1/s", "echo", 0.5)
+        Comparison(
+            f"{label}: registrations/s", registrations, echo_register, "1/s", "echo", echo_target
+        )
     )
     for name, fraction in (("p50", 0.5), ("p99", 0.99)):
         report.figures.append(
@@ -279,12 +292,18 @@ def run(quick: bool) -> BenchReport:
         try:
             backend = "softhsm" if shutil.which("softhsm2-util") else "soft"
             one_node_logins = _measure(
-                report, f"1 node ({backend}, SQLite)", _nodes(root, "one", 1, None, started), count
+                report,
+                f"1 node ({backend}, SQLite)",
+                _nodes(root, "one", 1, None, started),
+                count,
+                echo_target=0.5,
             )
             if shutil.which("etcd"):
                 cluster = EtcdCluster(root / "etcd").start()
                 fleet = _nodes(root, "three", 3, cluster, started)
-                fleet_logins = _measure(report, "3 nodes on etcd", fleet, count)
+                # Three nodes are held to what etcd allows, not to the echo: every
+                # login is two replicated compare-and-swaps on one disk here.
+                fleet_logins = _measure(report, "3 nodes on etcd", fleet, count, echo_target=None)
                 report.comparisons.append(
                     Comparison(
                         "3 nodes logins/s vs bare etcd counter updates",
@@ -292,6 +311,7 @@ def run(quick: bool) -> BenchReport:
                         _etcd_counter_rate(cluster, count),
                         "1/s",
                         "etcd CAS pairs",
+                        0.5,
                         notes="limit = the two compare-and-swaps of a login straight on "
                         "etcd, same concurrency and TLS: the durable writes a login needs",
                     )
