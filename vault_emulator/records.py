@@ -123,30 +123,33 @@ class SqliteRecords:
             return None
         return Versioned(bytes(row[0]), int(row[1]), int(row[2]), int(row[1]))
 
+    def _write_record(self, record_id: bytes, expected: Versioned | None, value: bytes) -> bool:
+        if expected is None:
+            cursor = self._db.execute(
+                "INSERT OR IGNORE INTO sealed_records (id, value, version) VALUES (?, ?, 1)",
+                (record_id, value),
+            )
+        else:
+            cursor = self._db.execute(
+                "UPDATE sealed_records SET value = ?, version = version + 1"
+                " WHERE id = ? AND version = ? AND created = ?",
+                (value, record_id, expected.version, expected.created),
+            )
+        return cursor.rowcount == 1
+
     def swap(
         self, record_id: bytes, expected: Versioned | None, value: bytes
     ) -> tuple[bool, Versioned | None]:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                if expected is None:
-                    cursor = self._db.execute(
-                        "INSERT OR IGNORE INTO sealed_records (id, value, version)"
-                        " VALUES (?, ?, 1)",
-                        (record_id, value),
-                    )
-                else:
-                    cursor = self._db.execute(
-                        "UPDATE sealed_records SET value = ?, version = version + 1"
-                        " WHERE id = ? AND version = ? AND created = ?",
-                        (value, record_id, expected.version, expected.created),
-                    )
+                written = self._write_record(record_id, expected, value)
                 now = self._read(record_id)
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
-        return cursor.rowcount == 1, now
+        return written, now
 
     def _read_witness(self, node: str) -> Versioned | None:
         row = self._db.execute(
@@ -181,21 +184,7 @@ class SqliteRecords:
                     and now.version == witness.expected.version
                     and now.value == witness.expected.value
                 )
-                written = False
-                if same:
-                    if expected is None:
-                        cursor = self._db.execute(
-                            "INSERT OR IGNORE INTO sealed_records (id, value, version)"
-                            " VALUES (?, ?, 1)",
-                            (record_id, value),
-                        )
-                    else:
-                        cursor = self._db.execute(
-                            "UPDATE sealed_records SET value = ?, version = version + 1"
-                            " WHERE id = ? AND version = ? AND created = ?",
-                            (value, record_id, expected.version, expected.created),
-                        )
-                    written = cursor.rowcount == 1
+                written = same and self._write_record(record_id, expected, value)
                 if written:
                     self._db.execute(
                         "INSERT INTO witness (name, value, version) VALUES (?, ?, 1)"

@@ -505,6 +505,24 @@ def _replace_answer(payload: bytes) -> tuple[bytes, bytes]:
     return transfer, ticket
 
 
+def _redeposit(
+    login: _Login, record_id: bytes, password: str, fleet_key: HpkePublicKey, rng: Rng
+) -> Generator[VaultRequest, Reply, bytes]:
+    """After a replacing login: registers the same key, id and limit under `password`."""
+    transfer, ticket = _replace_answer(login.payload)
+    backup_key = _stored_key(login, record_id, transfer)
+    yield from register(
+        password,
+        backup_key,
+        fleet_key,
+        record_id=record_id,
+        attempt_limit=login.limit,
+        replace_ticket=ticket,
+        rng=rng,
+    )
+    return backup_key
+
+
 def retrieve(
     record_id: bytes,
     password: str,
@@ -519,18 +537,7 @@ def retrieve(
     login = yield from _login(record_id, password, fleet_key, ACTION_RETRIEVE, rng, clock)
     if login.action != ACTION_REPLACE:
         return _stored_key(login, record_id, login.payload)
-    transfer, ticket = _replace_answer(login.payload)
-    backup_key = _stored_key(login, record_id, transfer)
-    yield from register(
-        password,
-        backup_key,
-        fleet_key,
-        record_id=record_id,
-        attempt_limit=login.limit,
-        replace_ticket=ticket,
-        rng=rng,
-    )
-    return backup_key
+    return (yield from _redeposit(login, record_id, password, fleet_key, rng))
 
 
 def delete(
@@ -557,15 +564,4 @@ def change_password(
     """Re-registers the same record (same id, same key) under a new password."""
     rng = rng or SystemRng()
     login = yield from _login(record_id, old_password, fleet_key, ACTION_REPLACE, rng, clock)
-    transfer, ticket = _replace_answer(login.payload)
-    backup_key = _stored_key(login, record_id, transfer)
-    yield from register(
-        new_password,
-        backup_key,
-        fleet_key,
-        record_id=record_id,
-        attempt_limit=login.limit,
-        replace_ticket=ticket,
-        rng=rng,
-    )
-    return backup_key
+    return (yield from _redeposit(login, record_id, new_password, fleet_key, rng))
