@@ -47,7 +47,7 @@ from app.crypto import (
 from app.net.vault_transport import DirectTransport, fleet_key, run_flow
 from app.protocol import vault as protocol
 from bench.harness import BenchReport, Comparison, Figure, percentile
-from tests.support.components import EtcdCluster, SoftHSMToken, VaultProcess
+from tests.support.components import EtcdCluster, SoftHSMToken, VaultProcess, write_private
 from vault_emulator.records import EtcdRecords
 
 CONCURRENCY = 8
@@ -259,7 +259,7 @@ def _nodes(
     root.mkdir()
     use_hsm = shutil.which("softhsm2-util") is not None
     passphrase = root / "fleet-passphrase"
-    passphrase.write_text("bench fleet passphrase")
+    write_private(passphrase, b"bench fleet passphrase")
     nodes: list[VaultProcess] = []
     for index in range(count):
         extra: list[str] = []

@@ -541,6 +541,12 @@ class TpmBackend(_AeadSealing):
             raise BackendError(f"{path} is missing or damaged") from None
         if state.get("format") != _FORMAT or not params.is_at_least(Argon2Params.minimum()):
             raise BackendError(f"{path} has an unknown format or too weak a key derivation")
+        # Checked before deriving: an edited file must not make the node spend
+        # terabytes of memory or hours on its PIN.
+        if not params.is_at_most(Argon2Params.maximum()) or not (
+            16 <= len(salt) <= Argon2Params.maximum().salt_length
+        ):
+            raise BackendError(f"{path} asks for key derivation costs beyond any we write")
         return index, _pin_keys(pin, salt, params)
 
     def sign(self, message: bytes) -> bytes:

@@ -19,7 +19,7 @@ from app.crypto import (
     random_bytes,
 )
 from vault_emulator.backends import Backend, BackendError, open_backend
-from vault_emulator.config import BACKENDS, ConfigError, NodeConfig, read_pin
+from vault_emulator.config import BACKENDS, ConfigError, NodeConfig, read_pin, read_secret_file
 from vault_emulator.etcd import EtcdClient, StorageUnavailable
 from vault_emulator.node import AuditLog, FleetSecrets, RollbackDetected, VaultNode
 from vault_emulator.records import EtcdRecords, RecordStore, SqliteRecords
@@ -196,7 +196,9 @@ def main(argv: list[str] | None = None) -> int:
                 if args.join_passphrase_file is None:
                     raise ConfigError("--join needs --join-passphrase-file")
                 blob = args.join.read_bytes()
-                key = _export_key(args.join_passphrase_file.read_bytes().strip(), blob[:16])
+                key = _export_key(
+                    read_secret_file(args.join_passphrase_file, "passphrase").encode(), blob[:16]
+                )
                 try:
                     secrets = FleetSecrets.from_bytes(
                         aead_open(key, blob[16:28], blob[28:], b"cipherline fleet export")
@@ -224,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "export-fleet":
             _config, backend, secrets = _open(args.data, args.pin_file, args.insecure_dev)
             salt, nonce = random_bytes(16), random_bytes(12)
-            key = _export_key(args.passphrase_file.read_bytes().strip(), salt)
+            key = _export_key(read_secret_file(args.passphrase_file, "passphrase").encode(), salt)
             sealed = aead_seal(key, nonce, secrets.to_bytes(), b"cipherline fleet export")
             args.out.write_bytes(salt + nonce + sealed)
             os.chmod(args.out, 0o600)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -56,21 +57,34 @@ class NodeConfig:
         return NodeConfig(**raw)
 
 
+def read_secret_file(path: Path, what: str) -> str:
+    """The secret in `path` (a PIN, a passphrase, a password), refusing a file that
+    anyone but its owner can read: secrets reach the vault only this way, never on
+    a command line or in the environment, where other processes can read them."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as error:
+        raise ConfigError(f"cannot open the {what} file {path}: {error.strerror}") from None
+    with os.fdopen(fd, "rb") as handle:
+        # fstat on the open file, not stat on the path: the file checked is the file read.
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(f"the {what} file {path} is not a regular file")
+        if info.st_mode & 0o077:
+            raise ConfigError(
+                f"the {what} file {path} is readable by others (mode "
+                f"{stat.S_IMODE(info.st_mode):04o}); run `chmod 600 {path}`"
+            )
+        try:
+            secret = handle.read().decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise ConfigError(f"the {what} file {path} is not UTF-8 text") from None
+    if not secret:
+        raise ConfigError(f"the {what} file {path} is empty")
+    return secret
+
+
 def read_pin(pin_file: Path | None) -> str:
     if pin_file is None:
         raise ConfigError("this node's PIN is needed: pass --pin-file (a file of mode 0600)")
-    try:
-        with pin_file.open("rb") as handle:
-            # Checked on the open file, so the file read is the file checked.
-            mode = os.fstat(handle.fileno()).st_mode
-            if mode & 0o077:
-                raise ConfigError(
-                    f"{pin_file} is readable by others (mode {mode & 0o777:04o}); "
-                    f"run `chmod 600 {pin_file}`"
-                )
-            pin = handle.read().decode().strip()
-    except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(f"cannot read the PIN file {pin_file}: {type(error).__name__}") from None
-    if not pin:
-        raise ConfigError(f"the PIN file {pin_file} is empty")
-    return pin
+    return read_secret_file(pin_file, "PIN")

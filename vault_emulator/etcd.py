@@ -11,15 +11,13 @@ touch (the vault's role covers its key prefix and nothing else).
 
 from __future__ import annotations
 
-import os
-import stat
 import threading
 from pathlib import Path
 from typing import Any
 
 import requests
 
-from vault_emulator.config import ConfigError
+from vault_emulator.config import ConfigError, read_secret_file
 
 # How etcd says a token can no longer be used: expired or from another signing key
 # (401), or issued before the last change to users and roles (400, "auth store is
@@ -41,26 +39,8 @@ class EtcdAuthError(StorageUnavailable):
 
 
 def read_password_file(path: Path) -> str:
-    """The password in `path`, refusing a file that anyone but its owner can read."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as error:
-        raise ConfigError(f"cannot open the etcd password file {path}: {error.strerror}") from None
-    with os.fdopen(fd, "rb") as handle:
-        # fstat on the open file, not stat on the path, so that the file we check
-        # is the file we read.
-        info = os.fstat(handle.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise ConfigError(f"the etcd password file {path} is not a regular file")
-        if info.st_mode & 0o077:
-            raise ConfigError(
-                f"the etcd password file {path} has mode {stat.S_IMODE(info.st_mode):04o}; "
-                "it must be readable by its owner only (chmod 600)"
-            )
-        password = handle.read().decode("utf-8").rstrip("\r\n")
-    if not password:
-        raise ConfigError(f"the etcd password file {path} is empty")
-    return password
+    """The vault's etcd password, from a file only its owner can read."""
+    return read_secret_file(path, "etcd password")
 
 
 def _error_message(response: requests.Response) -> str:

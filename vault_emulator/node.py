@@ -236,7 +236,7 @@ class VaultNode:
     ) -> None:
         """At provisioning: the witness entry starts at the counter's value, so that
         from then on a missing entry is as telling as an old one."""
-        sealed = st.seal_witness(_record_key(secrets), name, counter.read(), random_bytes(12))
+        sealed = st.seal_witness(_record_key(secrets), name, counter.read(), None, random_bytes(12))
         if not records.create_witness(name, sealed):
             raise RollbackDetected(f"storage already holds a witness for a node named {name!r}")
 
@@ -244,7 +244,7 @@ class VaultNode:
         if stored is None:
             raise RollbackDetected("its witness entry is missing from storage")
         try:
-            return st.open_witness(self._record_key, self.name, stored.value)
+            return st.open_witness(self._record_key, self.name, stored)
         except Tampered:
             raise RollbackDetected("its witness entry does not verify") from None
 
@@ -276,7 +276,9 @@ class VaultNode:
             witness = WitnessWrite(
                 self.name,
                 self._witness,
-                st.seal_witness(self._record_key, self.name, following, random_bytes(12)),
+                st.seal_witness(
+                    self._record_key, self.name, following, self._witness, random_bytes(12)
+                ),
             )
             written, record_now, witness_now = self.records.swap_witnessed(
                 record_id, current, value, witness

@@ -167,13 +167,22 @@ def open_state(key: bytes, record_id: bytes, stored: Versioned) -> RecordState:
 WITNESS_AD = b"Cipherline vault witness v1"
 
 
-def seal_witness(key: bytes, node: str, value: int, nonce: bytes) -> bytes:
-    return nonce + aead_seal(key, nonce, value.to_bytes(8, "big"), WITNESS_AD + node.encode())
+def _witness_ad(node: str, at: Versioned | None) -> bytes:
+    # Bound like a record to where it is written, so that pasting a newer witness
+    # value over an older copy's entry does not verify (the version moves on).
+    created, version = (0, 1) if at is None else (at.created, at.version + 1)
+    return WITNESS_AD + created.to_bytes(8, "big") + version.to_bytes(8, "big") + node.encode()
 
 
-def open_witness(key: bytes, node: str, sealed: bytes) -> int:
+def seal_witness(key: bytes, node: str, value: int, at: Versioned | None, nonce: bytes) -> bytes:
+    """The witness entry to write over `at` (None: the first, at provisioning)."""
+    return nonce + aead_seal(key, nonce, value.to_bytes(8, "big"), _witness_ad(node, at))
+
+
+def open_witness(key: bytes, node: str, stored: Versioned) -> int:
+    at = None if stored.version == 1 else replace(stored, version=stored.version - 1)
     try:
-        plain = aead_open(key, sealed[:12], sealed[12:], WITNESS_AD + node.encode())
+        plain = aead_open(key, stored.value[:12], stored.value[12:], _witness_ad(node, at))
     except DecryptionError:
         raise Tampered from None
     if len(plain) != 8:

@@ -80,6 +80,22 @@ class Argon2Params:
             and self.parallelism >= floor.parallelism
         )
 
+    # A ceiling above which stored parameters are refused before anything is
+    # derived: an edited file must not make us spend terabytes or hours. It is just
+    # above the most we ever write (RFC 9106's first recommendation uses 2 GiB).
+    @staticmethod
+    def maximum() -> Argon2Params:
+        return Argon2Params(
+            time_cost=20, memory_cost_kib=2 * 1024 * 1024, parallelism=16, salt_length=64
+        )
+
+    def is_at_most(self, ceiling: Argon2Params) -> bool:
+        return (
+            self.time_cost <= ceiling.time_cost
+            and self.memory_cost_kib <= ceiling.memory_cost_kib
+            and self.parallelism <= ceiling.parallelism
+        )
+
 
 RFC9106_SECOND_RECOMMENDED = Argon2Params()
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from app.crypto import (
     CryptoError,
@@ -230,7 +230,7 @@ def seal_request(
 
 @dataclass(frozen=True)
 class InnerRequest:
-    response_key: bytes
+    response_key: bytes = field(repr=False)
     record_id: bytes
     fields: Reader
 

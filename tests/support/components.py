@@ -214,7 +214,8 @@ def _prefix_end(prefix: bytes) -> bytes:
     return prefix[:-1] + bytes([prefix[-1] + 1])
 
 
-def _write_private(path: Path, data: bytes) -> None:
+def write_private(path: Path, data: bytes) -> None:
+    """A secret for a component to read: mode 0600, as the vault demands."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as handle:
         # O_CREAT's mode does not apply to a file that already exists.
@@ -383,27 +384,27 @@ class EtcdCluster:
         self.tls_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         ca = _EtcdCA()
         pem = serialization.Encoding.PEM
-        _write_private(self.ca_file, ca.cert.public_bytes(pem))
+        write_private(self.ca_file, ca.cert.public_bytes(pem))
         for member in self.members:
             cert, key = ca.issue(
                 x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{member.name}.etcd.test")]),
                 server=True,
             )
             cert_path, key_path = self._member_cert(member)
-            _write_private(cert_path, cert.public_bytes(pem))
-            _write_private(key_path, _pem_key(key))
+            write_private(cert_path, cert.public_bytes(pem))
+            write_private(key_path, _pem_key(key))
         for role, cert_path, key_path in (
             (VAULT_ETCD_USER, self.vault_cert_file, self.vault_key_file),
             ("operator", self.admin_cert_file, self.admin_key_file),
         ):
             cert, key = ca.issue(_client_subject(role), server=False)
-            _write_private(cert_path, cert.public_bytes(pem))
-            _write_private(key_path, _pem_key(key))
+            write_private(cert_path, cert.public_bytes(pem))
+            write_private(key_path, _pem_key(key))
         # Signed tokens, so that every member (a restarted one too) accepts a token
         # another member issued; etcd's "simple" tokens live in members' memory.
         signer = ec.generate_private_key(ec.SECP256R1())
-        _write_private(self.tls_dir / "jwt-key.pem", _pem_key(signer))
-        _write_private(
+        write_private(self.tls_dir / "jwt-key.pem", _pem_key(signer))
+        write_private(
             self.tls_dir / "jwt.pem",
             signer.public_key().public_bytes(pem, serialization.PublicFormat.SubjectPublicKeyInfo),
         )
@@ -495,8 +496,8 @@ class EtcdCluster:
         """Users, the vault's role and auth on, through member 0 before anyone else connects."""
         root_password = secrets.token_urlsafe(24)
         vault_password = secrets.token_urlsafe(24)
-        _write_private(self.root_password_file, root_password.encode())
-        _write_private(self.vault_password_file, vault_password.encode())
+        write_private(self.root_password_file, root_password.encode())
+        write_private(self.vault_password_file, vault_password.encode())
         prefix = base64.b64encode(VAULT_ETCD_PREFIX).decode()
         prefix_end = base64.b64encode(_prefix_end(VAULT_ETCD_PREFIX)).decode()
         steps: list[tuple[str, dict[str, object]]] = [
@@ -943,11 +944,7 @@ class VaultProcess:
             or self.pin_file.read_text().strip() != self.pin
         ):
             self.pin_file.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.pin_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as handle:
-                # O_CREAT's mode does not apply to a file that already exists.
-                os.fchmod(handle.fileno(), 0o600)
-                handle.write(self.pin)
+            write_private(self.pin_file, self.pin.encode())
         return ["--pin-file", str(self.pin_file)]
 
     def _backend_args(self) -> list[str]:

@@ -8,7 +8,7 @@ import pytest
 from app.crypto import HpkePublicKey
 from app.net.vault_transport import DirectTransport, fleet_key
 from app.protocol.vault import PinnedNode
-from tests.support.components import EtcdCluster, SoftHSMToken, VaultProcess
+from tests.support.components import EtcdCluster, SoftHSMToken, VaultProcess, write_private
 
 
 def pins(nodes: list[VaultProcess]) -> list[PinnedNode]:
@@ -46,7 +46,7 @@ def fleet_factory(tmp_path: Path) -> Iterator[Callable[..., Fleet]]:
         swtpm: object = None,
     ) -> Fleet:
         passphrase = tmp_path / "fleet-passphrase"
-        passphrase.write_text("a one-time fleet passphrase")
+        write_private(passphrase, b"a one-time fleet passphrase")
         nodes: list[VaultProcess] = []
         for index in range(count):
             extra: list[str] = []

@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import requests
@@ -24,6 +25,7 @@ from app.protocol.vault import (
 )
 from tests.support.adversary import RecordingRelay
 from tests.support.components import EtcdCluster, Swtpm
+from tests.support.processes import ComponentError
 from tests.vault.conftest import Fleet
 
 BACKUP_KEY = bytes(range(32))
@@ -233,3 +235,15 @@ def test_no_secret_in_vault_storage_or_logs(fleet_factory: Callable[..., Fleet])
     assert BACKUP_KEY not in data
     assert PASSWORD.encode() not in data
     assert record_id.hex().encode() not in data
+
+
+def test_a_fleet_passphrase_that_others_can_read_is_refused(
+    fleet_factory: Callable[..., Fleet], tmp_path: Path
+) -> None:
+    fleet = fleet_factory()
+    loose = tmp_path / "loose-passphrase"
+    loose.write_text("a one-time fleet passphrase")
+    loose.chmod(0o644)
+    with pytest.raises(ComponentError, match="readable by others"):
+        fleet.nodes[0].export_fleet(tmp_path / "fleet.export", loose)
+    assert not (tmp_path / "fleet.export").exists()
