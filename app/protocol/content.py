@@ -38,6 +38,9 @@ class Text:
     body: str
     timer_seconds: int = 0
 
+    def __repr__(self) -> str:
+        return f"Text({self.message_id!r}, sent at {self.sent_at}, <body hidden>)"
+
 
 @dataclass(frozen=True)
 class Receipt:
@@ -70,10 +73,16 @@ class GroupUpdate:
     title: str
     members: tuple[str, ...]
 
+    def __repr__(self) -> str:
+        return f"GroupUpdate({self.message_id!r}, {len(self.members)} members, <title hidden>)"
+
 
 @dataclass(frozen=True)
 class SenderKey:
-    distribution: bytes
+    distribution: bytes  # holds the sender's chain key
+
+    def __repr__(self) -> str:
+        return "SenderKey(<distribution hidden>)"
 
 
 @dataclass(frozen=True)

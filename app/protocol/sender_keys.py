@@ -1,18 +1,26 @@
 """Sender Keys for groups: each member encrypts a group message once and signs it.
 
 Per (group, member) a chain: chain key CK_i, iteration i, and an Ed25519 signing
-key. Message key: mk = HMAC-SHA256(CK_i, 0x01), CK_{i+1} = HMAC-SHA256(CK_i, 0x02);
-mk expands as in the Double Ratchet into an AES-256-GCM key and nonce.
+key. Message key mk = HMAC-SHA256(CK_i, SENDER_MESSAGE_LABEL), CK_{i+1} =
+HMAC-SHA256(CK_i, SENDER_CHAIN_LABEL); mk expands with HKDF-SHA256 (info
+SENDER_MESSAGE_INFO) into an AES-256-GCM key and nonce. The labels are the group's
+own: the Double Ratchet's pairwise chains use 0x01 / 0x02 and
+"Cipherline_MessageKeys_v1", so no key is ever derived for both uses
+(docs/protocol.md, "KDF labels"). Version 1 shared the ratchet's labels.
 
-Group message (version 1):
+Group message (version 2):
     u8 version, u16 len + group id, u32 chain id, u32 iteration,
     u32 len + ciphertext, 64-byte Ed25519 signature over everything before it.
 The AEAD's associated data is the group id, chain id and iteration. The signature
 proves which member sent it (the pairwise session proves who distributed the key).
 
-Distribution message (sent over pairwise sessions):
+Distribution message (version 2, sent over pairwise sessions):
     u8 version, u16 len + group id, u32 chain id, u32 iteration, 32 chain key,
     32 Ed25519 public key.
+
+Stored state (version 2; version 1 is still read, its skipped keys dropped: they
+were derived under the version 1 labels and could only open version 1 messages,
+which are refused).
 """
 
 from __future__ import annotations
@@ -20,14 +28,56 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from app.crypto import CryptoError, Rng, SigningKey, SystemRng, VerifyKey
+from app.crypto import (
+    CryptoError,
+    DecryptionError,
+    Rng,
+    SigningKey,
+    SystemRng,
+    VerifyKey,
+    aead_open,
+    aead_seal,
+    hkdf_sha256,
+    hmac_sha256,
+)
 from app.protocol.encoding import Reader, Writer
 from app.protocol.errors import AuthenticationError, MalformedMessage, ReplayError
-from app.protocol.ratchet import kdf_ck, open_with_message_key, seal_with_message_key
 
-SENDER_KEY_VERSION = 1
+SENDER_KEY_VERSION = 2  # distribution and group messages; 1 used the ratchet's labels
+STATE_VERSION = 2
+LEGACY_STATE_VERSION = 1
 MAX_SKIP = 1000
 MAX_SKIPPED_TOTAL = 2000
+
+# The group KDF's labels. None may equal a label of another use (the test in
+# tests/protocol/test_kdf_labels.py holds every KDF label of app.protocol apart).
+SENDER_CHAIN_LABEL = b"Cipherline sender key chain v2"
+SENDER_MESSAGE_LABEL = b"Cipherline sender key message v2"
+SENDER_MESSAGE_INFO = b"Cipherline sender key message keys v2"
+
+
+def sender_kdf_ck(chain_key: bytes) -> tuple[bytes, bytes]:
+    """(next chain key, message key) of a group chain."""
+    return hmac_sha256(chain_key, SENDER_CHAIN_LABEL), hmac_sha256(chain_key, SENDER_MESSAGE_LABEL)
+
+
+def sender_message_key_material(message_key: bytes) -> tuple[bytes, bytes]:
+    """(AES-256-GCM key, 12-byte nonce) for one group message key."""
+    out = hkdf_sha256(message_key, salt=bytes(32), info=SENDER_MESSAGE_INFO, length=44)
+    return out[:32], out[32:]
+
+
+def _seal(message_key: bytes, plaintext: bytes, ad: bytes) -> bytes:
+    key, nonce = sender_message_key_material(message_key)
+    return aead_seal(key, nonce, plaintext, ad)
+
+
+def _open(message_key: bytes, ciphertext: bytes, ad: bytes) -> bytes:
+    key, nonce = sender_message_key_material(message_key)
+    try:
+        return aead_open(key, nonce, ciphertext, ad)
+    except DecryptionError:
+        raise AuthenticationError("the group message failed authentication") from None
 
 
 @dataclass(frozen=True)
@@ -63,6 +113,12 @@ class SenderKeyDistribution:
         except CryptoError:
             raise MalformedMessage("the sender key's signing key is invalid") from None
         return value
+
+    def __repr__(self) -> str:
+        return (
+            f"SenderKeyDistribution(chain {self.chain_id}, iteration {self.iteration},"
+            " <chain key hidden>)"
+        )
 
 
 @dataclass
@@ -112,9 +168,9 @@ class SenderKeyState:
         if self.signing_key is None:
             raise ValueError("only the owner of a sender key can encrypt with it")
         iteration = self.iteration
-        self.chain_key, message_key = kdf_ck(self.chain_key)
+        self.chain_key, message_key = sender_kdf_ck(self.chain_key)
         self.iteration += 1
-        ciphertext = seal_with_message_key(message_key, plaintext, self._ad(iteration))
+        ciphertext = _seal(message_key, plaintext, self._ad(iteration))
         body = (
             Writer()
             .u8(SENDER_KEY_VERSION)
@@ -144,7 +200,7 @@ class SenderKeyState:
             raise AuthenticationError("the group message's signature does not verify") from None
         skipped = self.skipped.get(iteration)
         if skipped is not None:
-            plaintext = open_with_message_key(skipped, ciphertext, self._ad(iteration))
+            plaintext = _open(skipped, ciphertext, self._ad(iteration))
             del self.skipped[iteration]
             return plaintext
         if iteration < self.iteration:
@@ -154,11 +210,11 @@ class SenderKeyState:
         chain_key, current = self.chain_key, self.iteration
         new_skipped: list[tuple[int, bytes]] = []
         while current < iteration:
-            chain_key, message_key = kdf_ck(chain_key)
+            chain_key, message_key = sender_kdf_ck(chain_key)
             new_skipped.append((current, message_key))
             current += 1
-        chain_key, message_key = kdf_ck(chain_key)
-        plaintext = open_with_message_key(message_key, ciphertext, self._ad(iteration))
+        chain_key, message_key = sender_kdf_ck(chain_key)
+        plaintext = _open(message_key, ciphertext, self._ad(iteration))
         self.chain_key, self.iteration = chain_key, iteration + 1
         for number, key in new_skipped:
             self.skipped[number] = key
@@ -169,7 +225,7 @@ class SenderKeyState:
     def to_bytes(self) -> bytes:
         writer = (
             Writer()
-            .u8(SENDER_KEY_VERSION)
+            .u8(STATE_VERSION)
             .bytes16(self.group_id)
             .u32(self.chain_id)
             .u32(self.iteration)
@@ -185,7 +241,9 @@ class SenderKeyState:
     @staticmethod
     def from_bytes(data: bytes) -> SenderKeyState:
         reader = Reader(data, "sender key state")
-        reader.version(SENDER_KEY_VERSION)
+        version = reader.u8()
+        if version not in (STATE_VERSION, LEGACY_STATE_VERSION):
+            raise MalformedMessage(f"sender key state version {version} is not supported")
         state = SenderKeyState(
             group_id=reader.bytes16(),
             chain_id=reader.u32(),
@@ -199,6 +257,8 @@ class SenderKeyState:
             number = reader.u32()
             state.skipped[number] = reader.raw(32)
         reader.end()
+        if version == LEGACY_STATE_VERSION:
+            state.skipped.clear()
         return state
 
     def __repr__(self) -> str:

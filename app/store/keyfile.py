@@ -3,7 +3,10 @@
 `store.key` is JSON (version 1) holding the wrapping method, the KDF parameters
 and salt when a passphrase is used, a nonce and the AES-256-GCM-wrapped 32-byte
 database key. The header fields are the AEAD's associated data, so an edited
-parameter or method makes unwrapping fail instead of silently weakening it.
+parameter or method makes unwrapping fail instead of silently weakening it. The
+AEAD is checked only after Argon2id ran, so the costs are bounded on read: below
+`Argon2Params.minimum()` or above the ceilings here, the file is refused before
+any derivation (an edited file could otherwise ask for terabytes of memory).
 The file is replaced atomically (temporary file, fsync, rename, directory fsync),
 so a crash while changing the passphrase leaves either the old or the new file.
 """
@@ -34,6 +37,16 @@ KEY_FILE_VERSION = 1
 DB_KEY_LENGTH = 32
 KEYRING_SERVICE = "cipherline"
 
+# Ceilings on the Argon2id costs a key file may ask for, just above anything
+# Cipherline writes: the default is RFC 9106's second recommended option (t=3,
+# 64 MiB, p=4); its first option (t=1, 2 GiB, p=4) is the most memory we would
+# ever choose. Salts are what `Argon2Params.salt_length` writes (16) up to 64.
+MAX_KDF_TIME_COST = Argon2Params.maximum().time_cost
+MAX_KDF_MEMORY_KIB = Argon2Params.maximum().memory_cost_kib  # 2 GiB
+MAX_KDF_PARALLELISM = Argon2Params.maximum().parallelism
+MIN_SALT_LENGTH = 16
+MAX_SALT_LENGTH = Argon2Params.maximum().salt_length
+
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
@@ -48,6 +61,39 @@ def _unb64(text: object) -> bytes:
         raise StoreCorrupt("the key file is damaged (bad base64)") from None
 
 
+def kdf_problem(kdf: Argon2Params, salt_length: int) -> str | None:
+    """Why these Argon2id costs and salt length are refused, or None when they are not."""
+    if not kdf.is_at_least(Argon2Params.minimum()):
+        return "its KDF costs are below the safe minimum"
+    if kdf.memory_cost_kib > MAX_KDF_MEMORY_KIB:
+        return (
+            f"its KDF asks for {kdf.memory_cost_kib} KiB of memory, more than the"
+            f" {MAX_KDF_MEMORY_KIB} KiB (2 GiB) Cipherline ever uses"
+        )
+    if kdf.time_cost > MAX_KDF_TIME_COST:
+        return (
+            f"its KDF asks for {kdf.time_cost} passes, more than the {MAX_KDF_TIME_COST}"
+            " Cipherline ever uses"
+        )
+    if kdf.parallelism > MAX_KDF_PARALLELISM:
+        return (
+            f"its KDF asks for {kdf.parallelism} lanes, more than the {MAX_KDF_PARALLELISM}"
+            " Cipherline ever uses"
+        )
+    if not MIN_SALT_LENGTH <= salt_length <= MAX_SALT_LENGTH:
+        return (
+            f"its KDF salt is {salt_length} bytes, not the {MIN_SALT_LENGTH} to"
+            f" {MAX_SALT_LENGTH} Cipherline uses"
+        )
+    return None
+
+
+def _refuse(problem: str) -> StoreCorrupt:
+    return StoreCorrupt(
+        f"the key file was edited or is damaged: {problem}; nothing was derived or changed"
+    )
+
+
 @dataclass(frozen=True)
 class KeyFile:
     method: str  # "passphrase" | "keyring"
@@ -56,6 +102,10 @@ class KeyFile:
     salt: bytes = b""
     kdf: Argon2Params | None = None
     keyring_account: str = ""
+
+    def __repr__(self) -> str:
+        # The wrapped key and salt are what an offline passphrase guess needs.
+        return f"KeyFile({self.method!r}, kdf={self.kdf!r}, <wrapped key hidden>)"
 
     def header(self) -> dict[str, object]:
         header: dict[str, object] = {"version": KEY_FILE_VERSION, "method": self.method}
@@ -106,6 +156,10 @@ class KeyFile:
                 costs.append(cost)
             kdf = Argon2Params(time_cost=costs[0], memory_cost_kib=costs[1], parallelism=costs[2])
             salt = _unb64(spec.get("salt"))
+            # Refused here, before anything can run Argon2id with these costs.
+            problem = kdf_problem(kdf, len(salt))
+            if problem is not None:
+                raise _refuse(problem)
         account = raw.get("keyring_account", "")
         if not isinstance(account, str):
             raise StoreCorrupt("the key file's keyring account is damaged")
@@ -152,6 +206,10 @@ class PassphraseProtector:
     """Argon2id (RFC 9106, second recommended option) over a passphrase the user chose."""
 
     def __init__(self, passphrase: str, params: Argon2Params = RFC9106_SECOND_RECOMMENDED) -> None:
+        # Never write a key file this module would refuse to read.
+        problem = kdf_problem(params, params.salt_length)
+        if problem is not None:
+            raise ValueError(f"these Argon2id parameters are refused: {problem}")
         self._passphrase = passphrase.encode("utf-8")
         self._params = params
 
@@ -172,8 +230,9 @@ class PassphraseProtector:
     def unwrap(self, key_file: KeyFile) -> bytes:
         if key_file.method != "passphrase" or key_file.kdf is None:
             raise StoreLocked("this profile is not protected by a passphrase")
-        if not key_file.kdf.is_at_least(Argon2Params.minimum()):
-            raise StoreCorrupt("the key file asks for KDF costs below the safe minimum")
+        problem = kdf_problem(key_file.kdf, len(key_file.salt))
+        if problem is not None:
+            raise _refuse(problem)
         wrapping = argon2id(self._passphrase, key_file.salt, key_file.kdf)
         try:
             return _open(wrapping, key_file)
