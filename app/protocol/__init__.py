@@ -6,6 +6,7 @@ from app.protocol.errors import (
     BundleError,
     MalformedMessage,
     NoSession,
+    PrekeyReplay,
     ProtocolError,
     ReplayError,
 )
@@ -15,6 +16,7 @@ __all__ = [
     "BundleError",
     "MalformedMessage",
     "NoSession",
+    "PrekeyReplay",
     "ProtocolError",
     "ReplayError",
 ]

@@ -19,6 +19,12 @@ class ReplayError(ProtocolError):
     """A message that was already decrypted, or whose key was deleted."""
 
 
+class PrekeyReplay(ReplayError):
+    """A prekey message whose session start was already used: a replay of a first
+    message (or a late copy of one whose session has since been replaced). It never
+    starts a session and changes no state."""
+
+
 class BundleError(ProtocolError):
     """A prekey bundle that is malformed or whose signatures do not verify."""
 

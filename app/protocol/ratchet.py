@@ -97,6 +97,13 @@ class RatchetState:
     skipped: OrderedDict[tuple[bytes, int], bytes] = field(default_factory=OrderedDict)
     old_remote_keys: list[bytes] = field(default_factory=list)
 
+    def __repr__(self) -> str:
+        # Root, chain and skipped message keys never reach a log line.
+        return (
+            f"RatchetState(send {self.send_n}, receive {self.recv_n},"
+            f" {len(self.skipped)} skipped, <keys hidden>)"
+        )
+
     # ---- set-up (Signal spec 3.3) ----------------------------------------------
     @staticmethod
     def init_sender(
@@ -164,21 +171,26 @@ class RatchetState:
             self._dh_ratchet(header, rng)
         elif header.number < self.recv_n:
             raise ReplayError("the message was already received, or its key was discarded")
+        if self.recv_chain is None:
+            # Only a sender that has had no reply gets here: its "remote ratchet key"
+            # is the peer's signed prekey, which the peer never sends under. So this
+            # is a crafted message, not one we could ever open.
+            raise AuthenticationError("the message names a ratchet key we have no chain for")
         self._skip(header.number)
-        assert self.recv_chain is not None
         self.recv_chain, message_key = kdf_ck(self.recv_chain)
         self.recv_n += 1
         return open_with_message_key(message_key, ciphertext, ad + header_bytes)
 
     def _skip(self, until: int) -> None:
-        if self.recv_chain is None:
+        # A receiving chain always has its remote key (from_bytes holds to that).
+        remote = self.dh_remote
+        if self.recv_chain is None or remote is None:
             return
         if until - self.recv_n > MAX_SKIP:
             raise AuthenticationError("too many skipped messages in one chain")
-        assert self.dh_remote is not None
         while self.recv_n < until:
             self.recv_chain, message_key = kdf_ck(self.recv_chain)
-            self.skipped[(self.dh_remote, self.recv_n)] = message_key
+            self.skipped[(remote, self.recv_n)] = message_key
             self.recv_n += 1
             while len(self.skipped) > MAX_SKIPPED_TOTAL:
                 self.skipped.popitem(last=False)
@@ -246,4 +258,6 @@ class RatchetState:
             state.skipped[(dh, number)] = key
         state.old_remote_keys = [reader.raw(32) for _ in range(reader.u8())]
         reader.end()
+        if state.recv_chain is not None and state.dh_remote is None:
+            raise MalformedMessage("the ratchet state has a receiving chain without its key")
         return state

@@ -16,10 +16,19 @@ SK  = HKDF-SHA256(salt = 32 zero bytes, ikm = 32 x 0xFF || DH1 || DH2 || DH3 [||
 AD  = identity encoding of the initiator || identity encoding of the responder.
 Until the initiator has received a reply, each of its messages is a prekey message
 (so whichever arrives first can start the session at the responder).
+
+Replays of a session start. A prekey message that used a one-time prekey cannot
+start a second session: the one-time key is deleted by the first. One that used
+only the signed prekey and the last-resort KEM prekey could, for as long as those
+keys live, so the responder remembers each such start (`SessionStart.digest`) and
+`respond` refuses one it has seen (`PrekeyReplay`), however long ago it was. Where
+the memory lives and how it is pruned is the caller's business (the store keeps it
+durably; see docs/protocol.md); `respond` only asks it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Container
 from dataclasses import dataclass
 
 from app.crypto import (
@@ -30,12 +39,14 @@ from app.crypto import (
     Rng,
     SystemRng,
     hkdf_sha256,
+    sha256,
 )
 from app.protocol.encoding import Reader, Writer
 from app.protocol.errors import (
     AuthenticationError,
     MalformedMessage,
     NoSession,
+    PrekeyReplay,
     ProtocolError,
 )
 from app.protocol.identity import DeviceIdentity, LocalPrekeys, PublicIdentity, RemoteBundle
@@ -47,6 +58,7 @@ NORMAL_MESSAGE = 2
 PQXDH_INFO = b"Cipherline_PQXDH_X25519_SHA-256_ML-KEM-768"
 SESSION_VERSION = 1
 MAX_ENVELOPE = 256 * 1024
+SESSION_START_LABEL = b"Cipherline_SessionStart_v1"
 
 
 @dataclass(frozen=True)
@@ -112,6 +124,62 @@ def is_prekey_message(data: bytes) -> bool:
     return len(data) >= 2 and data[0] == ENVELOPE_VERSION and data[1] == PREKEY_MESSAGE
 
 
+@dataclass(frozen=True)
+class SessionStart:
+    """Which session start a prekey message carries, and which of our prekeys it used.
+
+    `digest` = SHA-256("Cipherline_SessionStart_v1" || the prekey fields exactly as
+    in the envelope): the initiator's identity, its ephemeral (base) key, the KEM
+    ciphertext and the prekey ids. Every message of one start carries the same
+    fields, so they share one digest; a different start has a fresh ephemeral key
+    and KEM ciphertext, so a different digest.
+    """
+
+    digest: bytes
+    signed_prekey_id: int
+    kem_prekey_id: int
+    one_time_prekey_id: int | None
+
+    @staticmethod
+    def of(info: PrekeyInfo) -> SessionStart:
+        writer = Writer().raw(SESSION_START_LABEL)
+        info.write(writer)
+        return SessionStart(
+            sha256(writer.getvalue()),
+            info.signed_prekey_id,
+            info.kem_prekey_id,
+            info.one_time_prekey_id,
+        )
+
+    @staticmethod
+    def of_envelope(envelope_bytes: bytes) -> SessionStart | None:
+        """The start a prekey message carries; None for a normal message.
+        Raises MalformedMessage for bytes that are not an envelope."""
+        info = Envelope.from_bytes(envelope_bytes).prekey
+        return None if info is None else SessionStart.of(info)
+
+    def needs_memory(self, prekeys: LocalPrekeys) -> bool:
+        """True when only the replay memory can stop this start from being used
+        again: it used no one-time prekey, and the keys it used are still ours."""
+        return (
+            self.one_time_prekey_id is None
+            and self.signed_prekey_id == prekeys.signed_prekey_id
+            and self.kem_prekey_id == prekeys.last_resort_id
+        )
+
+
+def _used_one_time_key(prekeys: LocalPrekeys, prekey_id: int) -> bool:
+    """A one-time key id we handed out and have since deleted (they are deleted only
+    when a session start used them, and ids are never reused)."""
+    held = (prekeys.signed_prekey_id, prekeys.last_resort_id)
+    return (
+        0 < prekey_id < prekeys.next_id
+        and prekey_id not in held
+        and prekey_id not in prekeys.one_time
+        and prekey_id not in prekeys.one_time_kem
+    )
+
+
 def _derive(parts: list[bytes], shared_kem: bytes) -> bytes:
     ikm = b"\xff" * 32 + b"".join(parts) + shared_kem
     return hkdf_sha256(ikm, salt=bytes(32), info=PQXDH_INFO, length=32)
@@ -172,13 +240,22 @@ class Session:
         prekeys: LocalPrekeys,
         envelope_bytes: bytes,
         rng: Rng | None = None,
+        *,
+        used_starts: Container[bytes] = frozenset(),
     ) -> tuple[Session, bytes, PublicIdentity]:
         """Starts a session from a prekey message. Consumes the used one-time prekeys
-        from `prekeys` only on success (the caller then stores both)."""
+        from `prekeys` only on success (the caller then stores both).
+
+        `used_starts` holds the `SessionStart.digest` of every start already accepted
+        that `needs_memory`; the caller adds this one's after a success. A start seen
+        before, or one whose one-time prekeys are already used, raises PrekeyReplay
+        and changes nothing."""
         envelope = Envelope.from_bytes(envelope_bytes)
         info = envelope.prekey
         if info is None:
             raise NoSession("a normal message arrived for a session we do not have")
+        if SessionStart.of(info).digest in used_starts:
+            raise PrekeyReplay("this session start was already used")
         remote = PublicIdentity.from_bytes(info.identity)
         if info.signed_prekey_id != prekeys.signed_prekey_id:
             raise AuthenticationError("the message uses a signed prekey we no longer have")
@@ -186,13 +263,17 @@ class Session:
             kem_key = prekeys.last_resort_kem
         elif info.kem_prekey_id in prekeys.one_time_kem:
             kem_key = prekeys.one_time_kem[info.kem_prekey_id]
+        elif _used_one_time_key(prekeys, info.kem_prekey_id):
+            raise PrekeyReplay("the message uses a one-time KEM prekey already used")
         else:
-            raise AuthenticationError("the message uses a KEM prekey we no longer have")
+            raise AuthenticationError("the message uses a KEM prekey we do not have")
         one_time: DhPrivateKey | None = None
         if info.one_time_prekey_id is not None:
             one_time = prekeys.one_time.get(info.one_time_prekey_id)
+            if one_time is None and _used_one_time_key(prekeys, info.one_time_prekey_id):
+                raise PrekeyReplay("the message uses a one-time prekey already used")
             if one_time is None:
-                raise AuthenticationError("the message uses a one-time prekey already used")
+                raise AuthenticationError("the message uses a one-time prekey we do not have")
         try:
             ephemeral = DhPublicKey(info.ephemeral)
             shared_kem = kem_key.decapsulate(info.kem_ciphertext)

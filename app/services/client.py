@@ -76,7 +76,8 @@ class Client:
         self._ticker: threading.Thread | None = None
         self.push: PushListener | None = None
         self.connected = False
-        self.undecryptable = 0
+        self.undecryptable = 0  # quarantined: shown as "could not be decrypted"
+        self.replayed = 0  # replays, dropped without a trace
         # A burst of arrivals refreshes the conversation list once and acknowledges
         # in batches, instead of once per message.
         self._conversations_pending = False
@@ -122,7 +123,8 @@ class Client:
     def _drain(self) -> None:
         """Receives what has queued up, up to a batch, in one transaction.
 
-        Each envelope is its own savepoint (a bad one is dropped alone); the batch
+        Each envelope is its own savepoint (a bad one is quarantined or, if a
+        replay, dropped alone, and the rest of the batch is delivered); the batch
         commits once, so a burst costs one fsync rather than one per message, and
         every message still commits together with the ratchet state it used.
         Acknowledgements go out only after the commit."""
@@ -144,20 +146,20 @@ class Client:
         done: list[int] = []
         with self.messenger.store.transaction():
             for envelope in batch:
-                try:
-                    results.append(
-                        self.messenger.receive(
-                            envelope.sender,
-                            envelope.sender_device,
-                            envelope.body,
-                            envelope.server_time,
-                        )
-                    )
-                except ProtocolError as error:
-                    # Undecryptable (replayed, forged, or from a lost session): drop
-                    # it, or it would block the mailbox forever. Counted, not logged.
+                # Never raises for what an envelope holds (see Messenger.accept): a
+                # bad one is quarantined or dropped and still acknowledged, or it
+                # would block the mailbox forever. Its error type is logged, never
+                # its content.
+                result = self.messenger.accept(
+                    envelope.sender, envelope.sender_device, envelope.body, envelope.server_time
+                )
+                if result.quarantined:
                     self.undecryptable += 1
-                    log.info("dropped an envelope: %s", type(error).__name__)
+                    log.info("quarantined an envelope: %s", result.dropped)
+                elif result.dropped is not None:
+                    self.replayed += 1
+                    log.info("dropped a replayed envelope: %s", result.dropped)
+                results.append(result)
                 done.append(envelope.seq)
         for seq in done:
             self._acknowledge(seq)

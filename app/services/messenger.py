@@ -7,6 +7,7 @@ a crash leaves either all of it or none of it.
 
 from __future__ import annotations
 
+import logging
 import mimetypes
 import time
 import uuid
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from app.crypto import sha256
 from app.protocol import AuthenticationError, NoSession, ProtocolError, ReplayError
 from app.protocol.attachments import AttachmentSecret, decrypt_attachment, encrypt_attachment
 from app.protocol.content import (
@@ -37,7 +39,7 @@ from app.protocol.content import (
 from app.protocol.identity import DeviceIdentity, LocalPrekeys, RemoteBundle
 from app.protocol.safety import qr_payload, safety_number
 from app.protocol.sender_keys import SenderKeyDistribution, SenderKeyState, group_message_chain
-from app.protocol.session import Session, is_prekey_message
+from app.protocol.session import Session, SessionStart
 from app.services.views import (
     AttachmentView,
     ConversationKind,
@@ -48,6 +50,10 @@ from app.services.views import (
     SearchResultView,
 )
 from app.store import Conversation, Message, Store
+from app.store.receiving import is_device_failure
+
+log = logging.getLogger("cipherline.messenger")
+HANDLED_CONTENT_LABEL = b"Cipherline_HandledContent_v1"
 
 
 class ServiceError(Exception):
@@ -67,6 +73,11 @@ class IncomingResult:
     identity_changed: list[str] = field(default_factory=list)
     attachments_to_fetch: list[int] = field(default_factory=list)
     needs_sessions: set[str] = field(default_factory=set)
+    # Set when the envelope was not delivered: the error's type name (never its text).
+    dropped: str | None = None
+    # True when it was kept in the quarantine and shown as "could not be decrypted";
+    # False with `dropped` set means a replay, dropped without a trace in any chat.
+    quarantined: bool = False
 
 
 class Messenger:
@@ -481,20 +492,51 @@ class Messenger:
         )
 
     # ---- receiving ------------------------------------------------------------
+    def accept(
+        self, sender: str, sender_device: int, body: bytes, server_time: int
+    ) -> IncomingResult:
+        """Receives one envelope and never fails because of what it holds.
+
+        - Opened: as `receive`.
+        - A replay (`ReplayError`, including a session start already used): dropped;
+          nothing changes.
+        - Anything else that stops it — a protocol error, or any unexpected error
+          while opening it or applying what it carries: its own changes are rolled
+          back, it is kept in the quarantine (ciphertext and sender, never
+          plaintext) and its chat gets a "could not be decrypted" row.
+        Either way the caller acknowledges it, so one bad envelope cannot block the
+        mailbox. Only a failure of the device (`is_device_failure`: disk, lock,
+        closed store) propagates, and then the envelope must stay unacknowledged.
+        """
+        try:
+            return self.receive(sender, sender_device, body, server_time)
+        except ReplayError as error:
+            return IncomingResult(dropped=type(error).__name__)
+        except ProtocolError as error:
+            reason = type(error).__name__
+        except Exception as error:  # contained to this one envelope, see above
+            if is_device_failure(error):
+                raise
+            reason = type(error).__name__
+            # The type only: the text or a traceback could quote what it carried.
+            log.warning("opening an envelope failed unexpectedly (%s); quarantined", reason)
+        with self.store.transaction():
+            return self._quarantine(sender, sender_device, body, server_time, reason)
+
     def receive(
         self, sender: str, sender_device: int, body: bytes, server_time: int
     ) -> IncomingResult:
         """Decrypts one envelope and stores what it carries, atomically.
 
-        Raises ProtocolError for envelopes that cannot be opened (the caller logs
-        a count and acknowledges them: keeping them would block the mailbox).
+        Raises ProtocolError for envelopes that cannot be opened, ReplayError for
+        replays, and changes nothing then (`accept` is what the client calls).
         """
         result = IncomingResult()
         kind, payload = decode_frame(body)
         with self.store.transaction():
+            group_id: bytes | None = None
             if kind == FRAME_PAIRWISE:
                 plaintext = self._open_pairwise(sender, sender_device, payload, result)
-                self._handle(sender, decode_content(plaintext), None, result, server_time)
             else:
                 group_id, _chain = group_message_chain(payload)
                 state_bytes = self.store.groups.member_sender_key(group_id, sender)
@@ -503,34 +545,106 @@ class Messenger:
                 state = SenderKeyState.from_bytes(state_bytes)
                 plaintext = state.decrypt(payload)
                 self.store.groups.set_member_sender_key(group_id, sender, state.to_bytes())
-                self._handle(sender, decode_content(plaintext), group_id, result, server_time)
+            content = decode_content(plaintext)
+            if self._first_delivery(sender, content, plaintext):
+                self._handle(sender, content, group_id, result, server_time)
         return result
+
+    def _first_delivery(self, sender: str, content: Content, plaintext: bytes) -> bool:
+        """False for a group update, sender key or timer change already applied.
+
+        Texts and attachments are recognised by their message id and receipts are
+        idempotent; these three would otherwise be applied again (a membership or a
+        timer put back, a sender key chain restarted)."""
+        if not isinstance(content, GroupUpdate | SenderKey | TimerUpdate):
+            return True
+        digest = sha256(HANDLED_CONTENT_LABEL + sender.encode("utf-8") + b"\x00" + plaintext)
+        if self.store.handled_contents.seen(digest):
+            return False
+        self.store.handled_contents.remember(digest, now=self.clock())
+        return True
 
     def _open_pairwise(
         self, sender: str, device: int, payload: bytes, result: IncomingResult
     ) -> bytes:
+        start = SessionStart.of_envelope(payload)  # None for a normal message
         existing = self.store.sessions.get(sender, device)
         if existing is not None:
             session = Session.from_bytes(existing)
             try:
                 plaintext = session.decrypt(payload)
             except (AuthenticationError, NoSession):
-                if not is_prekey_message(payload):
+                # Not this session's: a prekey message may start a new one (the peer
+                # reinstalled or restarted), if it is genuinely new — `respond` asks
+                # the replay memory. ReplayError propagates: it is never a new start.
+                if start is None:
                     raise
-            except ReplayError:
-                raise
             else:
                 self.store.sessions.save(sender, device, session.to_bytes(), now=self.clock())
+                if start is not None:
+                    # A later message of the start this session came from: remember
+                    # the start (again) so that it can never replace this session.
+                    self._remember_start(start, self.prekeys())
                 return plaintext
-        if not is_prekey_message(payload):
+        if start is None:
             raise NoSession("a message arrived from a device we have no session with")
         prekeys = self.prekeys()
-        session, plaintext, remote = Session.respond(self.identity, prekeys, payload)
+        session, plaintext, remote = Session.respond(
+            self.identity, prekeys, payload, used_starts=self.store.session_starts
+        )
+        self._remember_start(start, prekeys)
         self.store.account.set_prekeys(prekeys.to_bytes())
         self.store.sessions.save(sender, device, session.to_bytes(), now=self.clock())
         if self.store.contacts.observe_identity(sender, remote.to_bytes(), now=self.clock()):
             result.identity_changed.append(sender)
         return plaintext
+
+    def _remember_start(self, start: SessionStart, prekeys: LocalPrekeys) -> None:
+        """The replay memory (docs/protocol.md, "Replay memory"): a start that used no
+        one-time prekey is kept while the keys it used are ours; the starts of keys
+        we no longer hold are forgotten (those are refused without it)."""
+        if not start.needs_memory(prekeys):
+            return
+        self.store.session_starts.remember(
+            start.digest, start.signed_prekey_id, start.kem_prekey_id, now=self.clock()
+        )
+        self.store.session_starts.prune(prekeys.signed_prekey_id, prekeys.last_resort_id)
+
+    def _quarantine(
+        self, sender: str, device: int, body: bytes, server_time: int, reason: str
+    ) -> IncomingResult:
+        conversation = self._undecryptable_conversation(sender, body)
+        self.store.quarantine.add(
+            sender,
+            device,
+            body,
+            reason,
+            server_time,
+            now=self.clock(),
+            conversation_id=conversation.id,
+        )
+        message = self._system_message(
+            conversation.id, f"A message from {sender} could not be decrypted"
+        )
+        self.store.conversations.touch(conversation.id, message.sent_at)
+        result = IncomingResult(dropped=reason, quarantined=True)
+        result.new_messages.append((conversation.id, message))
+        result.changed_conversations.add(conversation.id)
+        return result
+
+    def _undecryptable_conversation(self, sender: str, body: bytes) -> Conversation:
+        """The group chat a group message names, if the sender is in it; else the
+        direct chat with the sender."""
+        try:
+            kind, payload = decode_frame(body)
+            if kind == FRAME_GROUP:
+                group_id, _chain = group_message_chain(payload)
+                conversation = self.store.conversations.by_group(group_id)
+                if conversation is not None and sender in self.store.groups.members(group_id):
+                    return conversation
+        except ProtocolError:
+            pass
+        return self.store.conversations.direct(sender, now=self.clock())
 
     def _handle(
         self,

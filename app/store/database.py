@@ -28,6 +28,11 @@ from app.crypto import Rng, SystemRng
 from app.store.durability import WritebackPacer, write_atomically
 from app.store.errors import StoreCorrupt, StoreError
 from app.store.keyfile import KEY_FILE_NAME, KeyFile, Protector, new_db_key
+from app.store.receiving import (
+    HandledContentRepository,
+    QuarantineRepository,
+    SessionStartRepository,
+)
 from app.store.schema import MIGRATIONS
 
 DB_FILE_NAME = "store.db"
@@ -77,9 +82,9 @@ class Account:
     username: str
     device_id: int
     device_name: str
-    relay_token: str
-    identity: bytes
-    prekeys: bytes
+    relay_token: str = field(repr=False)
+    identity: bytes = field(repr=False)  # the private identity keys
+    prekeys: bytes = field(repr=False)  # the private prekeys
 
 
 @dataclass(frozen=True)
@@ -111,7 +116,7 @@ class Message:
     sender: str
     outgoing: bool
     kind: str
-    body: str
+    body: str = field(repr=False)
     sent_at: int
     received_at: int | None
     status: str
@@ -122,7 +127,7 @@ class Message:
 class SearchHit:
     conversation_id: int
     message_id: int
-    snippet: str
+    snippet: str = field(repr=False)
     position: int
     sent_at: int
 
@@ -135,8 +140,8 @@ class Attachment:
     mime: str
     size: int
     blob_id: str | None
-    key: bytes
-    digest: bytes
+    key: bytes = field(repr=False)
+    digest: bytes = field(repr=False)
     local_path: str | None
     state: str
 
@@ -148,7 +153,7 @@ class OutboxItem:
     message_id: int | None
     recipient: str
     device_id: int
-    body: bytes
+    body: bytes = field(repr=False)
     attempts: int
 
 
@@ -157,7 +162,7 @@ class Group:
     group_id: bytes
     conversation_id: int
     title: str
-    own_sender_key: bytes | None
+    own_sender_key: bytes | None = field(repr=False)  # holds the chain and signing keys
     epoch: int
 
 
@@ -951,6 +956,10 @@ class Store:
         self.groups = GroupRepository(self)
         self.settings = SettingsRepository(self)
         self.backup_state = BackupStateRepository(self)
+        # What receiving remembers (receiving.py): replay memory and quarantine.
+        self.session_starts = SessionStartRepository(self)
+        self.handled_contents = HandledContentRepository(self)
+        self.quarantine = QuarantineRepository(self)
 
     # ---- opening --------------------------------------------------------------
     @staticmethod

@@ -139,4 +139,35 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE backup_state ADD COLUMN backup_key BLOB;
     """,
+    # 3: what receiving must remember so a relay cannot replay or jam (issue #18).
+    # used_session_starts: the digest of every session start (prekey message) that
+    #   used no one-time prekey, kept while the signed prekey and last-resort KEM
+    #   prekey it used are ours (docs/protocol.md, "Replay memory").
+    # handled_contents: digests of group updates, sender keys and timer changes
+    #   already applied, the newest 5000.
+    # quarantine: envelopes that could not be opened, as delivered (ciphertext,
+    #   never plaintext), the newest 100.
+    """
+    CREATE TABLE used_session_starts (
+        digest BLOB PRIMARY KEY,
+        signed_prekey_id INTEGER NOT NULL,
+        kem_prekey_id INTEGER NOT NULL,
+        used_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE handled_contents (
+        id INTEGER PRIMARY KEY,
+        digest BLOB NOT NULL UNIQUE,
+        handled_at INTEGER NOT NULL
+    );
+    CREATE TABLE quarantine (
+        id INTEGER PRIMARY KEY,
+        sender TEXT NOT NULL,
+        sender_device INTEGER NOT NULL,
+        body BLOB NOT NULL,
+        reason TEXT NOT NULL,
+        server_time INTEGER NOT NULL,
+        received_at INTEGER NOT NULL,
+        conversation_id INTEGER REFERENCES conversations (id) ON DELETE SET NULL
+    );
+    """,
 ]

@@ -6,7 +6,13 @@ import base64
 
 import pytest
 
-from app.protocol import AuthenticationError, BundleError, MalformedMessage, ReplayError
+from app.protocol import (
+    AuthenticationError,
+    BundleError,
+    MalformedMessage,
+    PrekeyReplay,
+    ReplayError,
+)
 from app.protocol.identity import DeviceIdentity, LocalPrekeys, PublicIdentity, RemoteBundle
 from app.protocol.ratchet import MAX_SKIP
 from app.protocol.session import Session, is_prekey_message
@@ -51,7 +57,8 @@ def test_one_time_prekey_cannot_be_used_twice() -> None:
     bundle = bob.bundle()
     first = Session.initiate(alice.identity, bundle).encrypt(b"a")
     Session.respond(bob.identity, bob.prekeys, first)
-    with pytest.raises(AuthenticationError, match=r"no longer have|already used"):
+    # A replay of a start that used one-time keys: refused as a replay, not a forgery.
+    with pytest.raises(PrekeyReplay, match=r"already used"):
         Session.respond(bob.identity, bob.prekeys, first)
 
 
