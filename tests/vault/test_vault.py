@@ -187,12 +187,15 @@ def test_three_nodes_on_etcd_enforce_one_limit_with_a_node_killed_mid_burst(
 
     with ThreadPoolExecutor(max_workers=24) as pool:
         list(pool.map(guess, range(200)))
-    # A client sends login_finish only after an evaluated login_start: exactly 10.
+    # A client sends login_finish only after an evaluated login_start: never more
+    # than the limit. A node killed after counting an attempt and before answering
+    # loses that answer (the next node refuses the resent body as a replay, and the
+    # client says so): the attempt stays counted, unevaluated. So every one of the 10
+    # counted attempts was evaluated or surfaced as an error to its client.
     evaluated = sum(len(relay.bodies("login_finish")) for relay in relays)
-    assert evaluated == 10
+    assert evaluated <= 10 <= evaluated + outcomes.count("other")
     assert outcomes.count("success") == 0
-    assert outcomes.count("other") == 0
-    assert outcomes.count("wrong") + outcomes.count("locked") == 200
+    assert outcomes.count("wrong") + outcomes.count("locked") + outcomes.count("other") == 200
     assert outcomes.count("wrong") <= 9
     with pytest.raises(LockedOut):
         _retrieve(fleet, record_id, PASSWORD)
