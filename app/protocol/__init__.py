@@ -4,6 +4,7 @@ safety numbers, attachments and content encodings. Bytes in, bytes out."""
 from app.protocol.errors import (
     AuthenticationError,
     BundleError,
+    ExpiredPrekey,
     MalformedMessage,
     NoSession,
     PrekeyReplay,
@@ -14,6 +15,7 @@ from app.protocol.errors import (
 __all__ = [
     "AuthenticationError",
     "BundleError",
+    "ExpiredPrekey",
     "MalformedMessage",
     "NoSession",
     "PrekeyReplay",

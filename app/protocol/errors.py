@@ -25,6 +25,12 @@ class PrekeyReplay(ReplayError):
     starts a session and changes no state."""
 
 
+class ExpiredPrekey(AuthenticationError):
+    """A session start that names a signed prekey or last-resort KEM prekey this
+    device made but has since deleted (rotated out and past its grace period). It
+    can no longer be opened; it starts no session and changes no state."""
+
+
 class BundleError(ProtocolError):
     """A prekey bundle that is malformed or whose signatures do not verify."""
 

@@ -4,7 +4,9 @@
   accepted prekey message that used no one-time prekey (a start that did cannot be
   replayed: its one-time key is gone). A row is kept while the signed prekey and the
   last-resort KEM prekey it used are still ours, because until then the start could
-  be accepted again; `prune` drops the rows of keys we no longer hold.
+  be accepted again; `prune` drops the rows of keys we no longer hold (called
+  when a session start is remembered and when prekey rotation deletes a retired
+  signed and last-resort prekey).
 - `HandledContentRepository`: digests of group updates, sender keys and timer
   changes already applied, so none is applied twice. The newest
   `HANDLED_CONTENTS_KEPT` are kept; the ratchet and the session-start memory are
@@ -18,7 +20,7 @@ transaction.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -69,12 +71,21 @@ class SessionStartRepository:
             (digest, signed_prekey_id, kem_prekey_id, now),
         )
 
-    def prune(self, signed_prekey_id: int, kem_prekey_id: int) -> int:
-        """Forgets the starts that used any other signed or last-resort KEM prekey:
+    def prune(
+        self, signed_prekey_ids: int | Collection[int], kem_prekey_ids: int | Collection[int]
+    ) -> int:
+        """Forgets the starts that used a signed or last-resort KEM prekey other than
+        the ones held (an id, or the ids of the current and retired generations):
         those keys are gone, so such a start is refused without the memory."""
+        signed = [signed_prekey_ids] if isinstance(signed_prekey_ids, int) else signed_prekey_ids
+        kem = [kem_prekey_ids] if isinstance(kem_prekey_ids, int) else kem_prekey_ids
+        signed_marks = ", ".join("?" * len(signed))
+        kem_marks = ", ".join("?" * len(kem))
         cursor = self._store.execute(
-            "DELETE FROM used_session_starts WHERE signed_prekey_id != ? OR kem_prekey_id != ?",
-            (signed_prekey_id, kem_prekey_id),
+            "DELETE FROM used_session_starts"  # noqa: S608 (placeholders only)
+            f" WHERE signed_prekey_id NOT IN ({signed_marks})"
+            f" OR kem_prekey_id NOT IN ({kem_marks})",
+            (*signed, *kem),
         )
         return max(int(cursor.rowcount), 0)
 

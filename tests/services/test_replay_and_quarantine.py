@@ -417,7 +417,13 @@ def test_a_crafted_message_is_quarantined_and_the_rest_of_its_batch_delivered(
 
 
 # ---- (d) mutated envelopes through the receive path -----------------------------
-PROTOCOL_ERRORS = {"AuthenticationError", "MalformedMessage", "NoSession", "BundleError"}
+PROTOCOL_ERRORS = {
+    "AuthenticationError",
+    "ExpiredPrekey",
+    "MalformedMessage",
+    "NoSession",
+    "BundleError",
+}
 MUTATIONS = 160
 
 
