@@ -34,6 +34,7 @@ from app.backup.errors import (
 )
 from app.protocol.encoding import Reader, Writer
 from app.protocol.errors import ProtocolError
+from app.protocol.session import Session
 from app.store import Protector, Store, StoreError
 from app.store.database import DB_FILE_NAME, DatabaseImageFile
 from app.store.durability import (
@@ -581,9 +582,39 @@ def _dispatch(frame: fmt.Frame, version: int, files: _FileSink, image: _ImageSin
 
 @dataclass(frozen=True)
 class RestoreReport:
-    counts: dict[str, int]
+    counts: dict[str, int]  # rows per table, as the backup holds them
     files: int
     file_bytes: int
+    sessions_archived: int = 0  # pairwise sessions retired to decrypt-only
+
+
+def _retire_restored_keys(store: Store) -> int:
+    """A restore resumes no key (docs/protocol.md, "Restore"); returns how many
+    sessions it archived.
+
+    The device the backup came from may have sent past the backup under the same
+    ratchet chains and sender-key chains, so sending on from the backup's state
+    would use a message key (and so an AES-GCM key and nonce) a second time. Every
+    pairwise session therefore becomes decrypt-only (`Session.archived`) and moves
+    to the archive, where it can still open late messages of the old session; each
+    of those contacts is owed a restore notice, sent first on the fresh session the
+    next message starts. Own sender-key chains are dropped: the next group message
+    makes and distributes a fresh one. One transaction, before the restored store
+    ever reaches the profile.
+    """
+    now = int(time.time() * 1000)
+    archived = 0
+    with store.transaction():
+        for username, device_id, state in store.sessions.all():
+            try:
+                retired = Session.from_bytes(state).archived()
+            except ProtocolError:
+                raise CorruptBackup(0, "a session in the backup is malformed") from None
+            store.sessions.archive(username, device_id, retired.to_bytes(), now=now)
+            store.sessions.owe_restore_notice(username, now=now)
+            archived += 1
+        store.groups.drop_own_sender_keys()
+    return archived
 
 
 def restore_backup(
@@ -599,7 +630,10 @@ def restore_backup(
 
     Everything is rebuilt in a staging directory beside the profile, in one store
     transaction, and moved into place only after the final chunk authenticated; a
-    failure at any point leaves the profile exactly as it was.
+    failure at any point leaves the profile exactly as it was. Before that, its
+    sessions are archived and its own group chains dropped
+    (`_retire_restored_keys`), so the restored profile never encrypts under a key
+    the backed-up device may already have used.
     """
     if Store.exists(profile) or (profile / DB_FILE_NAME).exists():
         raise ProfileNotEmpty
@@ -617,7 +651,7 @@ def restore_backup(
         try:
             frames = _frames_from(path, key, progress, cancelled)
             restore = _restore_records if header.version == 1 else _restore_image
-            counts = restore(frames, staging, protector, files)
+            counts, archived = restore(frames, staging, protector, files)
         finally:
             files.close()
         files.sync()
@@ -635,12 +669,12 @@ def restore_backup(
         fsync_directory(profile)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return RestoreReport(counts, files.files, files.bytes)
+    return RestoreReport(counts, files.files, files.bytes, archived)
 
 
 def _restore_image(
     frames: Iterator[fmt.Frame], staging: Path, protector: Protector, files: _FileSink
-) -> dict[str, int]:
+) -> tuple[dict[str, int], int]:
     image = _ImageSink(staging / "image.db")
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="restore-store") as pool:
         rebuilt: Future[Store] | None = None
@@ -659,7 +693,11 @@ def _restore_image(
             try:
                 # Counted from the image while the copy goes on: off the critical path.
                 counts = image.image().row_counts()
-                rebuilt.result().close()
+                store = rebuilt.result()
+                try:
+                    archived = _retire_restored_keys(store)
+                finally:
+                    store.close()
             except StoreError as error:
                 raise CorruptBackup(0, str(error)) from None
         except BaseException:
@@ -671,12 +709,12 @@ def _restore_image(
             image.close()
             if image.complete:
                 image.image().discard()
-    return counts
+    return counts, archived
 
 
 def _restore_records(
     frames: Iterator[fmt.Frame], staging: Path, protector: Protector, files: _FileSink
-) -> dict[str, int]:
+) -> tuple[dict[str, int], int]:
     """Version 1: one JSON record per row, loaded in one store transaction."""
     unused = _ImageSink(None)
     store = Store.create(staging, protector)
@@ -694,7 +732,8 @@ def _restore_records(
                     _dispatch(frame, 1, files, unused)
 
         try:
-            return store.import_records(records())
+            counts = store.import_records(records())
+            return counts, _retire_restored_keys(store)
         except StoreError as error:
             raise CorruptBackup(0, str(error)) from None
     finally:

@@ -1,6 +1,8 @@
 """What travels inside the encryption: messages, receipts, attachments, group changes.
 
 Content (version 1): u8 version, u8 type, then the type's fields (see docs/protocol.md).
+New types are added under version 1 with the next free number; a reader refuses a
+type it does not know (MalformedMessage), so only that one message is lost to it.
 Transport frame (what the relay carries as an envelope body): u8 version, u8 kind
 (1 = pairwise session envelope, 2 = Sender Key group message), then the bytes.
 Receipts and group-management messages are content like any other, so they are
@@ -25,6 +27,7 @@ ATTACHMENT = 3
 GROUP_UPDATE = 4
 SENDER_KEY = 5
 TIMER = 6
+RESTORE_NOTICE = 7
 
 RECEIPT_DELIVERED = 1
 RECEIPT_READ = 2
@@ -92,7 +95,17 @@ class TimerUpdate:
     seconds: int
 
 
-Content = Text | Receipt | AttachmentPointer | GroupUpdate | SenderKey | TimerUpdate
+@dataclass(frozen=True)
+class RestoreNotice:
+    """The first content of every session a restored device starts: it was restored
+    from a backup, its old sessions are archived and messages continue in this new
+    one (docs/protocol.md, "Restore")."""
+
+    message_id: str
+    sent_at: int
+
+
+Content = Text | Receipt | AttachmentPointer | GroupUpdate | SenderKey | TimerUpdate | RestoreNotice
 
 
 def encode_content(content: Content) -> bytes:
@@ -119,6 +132,8 @@ def encode_content(content: Content) -> bytes:
             writer.u8(SENDER_KEY).bytes32(content.distribution)
         case TimerUpdate():
             writer.u8(TIMER).text16(content.message_id).u64(content.sent_at).u32(content.seconds)
+        case RestoreNotice():
+            writer.u8(RESTORE_NOTICE).text16(content.message_id).u64(content.sent_at)
     return writer.getvalue()
 
 
@@ -158,6 +173,8 @@ def decode_content(data: bytes) -> Content:
         content = SenderKey(reader.bytes32(4096))
     elif kind == TIMER:
         content = TimerUpdate(reader.text16(), reader.u64(), reader.u32())
+    elif kind == RESTORE_NOTICE:
+        content = RestoreNotice(reader.text16(), reader.u64())
     else:
         raise MalformedMessage(f"unknown content type {kind}")
     reader.end()

@@ -44,12 +44,19 @@ from app.crypto import (
 from app.protocol.encoding import Reader, Writer
 from app.protocol.errors import (
     AuthenticationError,
+    ExpiredPrekey,
     MalformedMessage,
     NoSession,
     PrekeyReplay,
     ProtocolError,
 )
-from app.protocol.identity import DeviceIdentity, LocalPrekeys, PublicIdentity, RemoteBundle
+from app.protocol.identity import (
+    FIRST_ONE_TIME_ID,
+    DeviceIdentity,
+    LocalPrekeys,
+    PublicIdentity,
+    RemoteBundle,
+)
 from app.protocol.ratchet import HEADER_LENGTH, RatchetState
 
 ENVELOPE_VERSION = 1
@@ -160,21 +167,21 @@ class SessionStart:
 
     def needs_memory(self, prekeys: LocalPrekeys) -> bool:
         """True when only the replay memory can stop this start from being used
-        again: it used no one-time prekey, and the keys it used are still ours."""
+        again: it used no one-time prekey, and the keys it used are still ours
+        (current or retired within their grace period)."""
         return (
             self.one_time_prekey_id is None
-            and self.signed_prekey_id == prekeys.signed_prekey_id
-            and self.kem_prekey_id == prekeys.last_resort_id
+            and self.signed_prekey_id in prekeys.held_signed_prekey_ids()
+            and self.kem_prekey_id in prekeys.held_last_resort_ids()
         )
 
 
 def _used_one_time_key(prekeys: LocalPrekeys, prekey_id: int) -> bool:
     """A one-time key id we handed out and have since deleted (they are deleted only
-    when a session start used them, and ids are never reused)."""
-    held = (prekeys.signed_prekey_id, prekeys.last_resort_id)
+    when a session start used them, and ids are never reused). Ids of the signed and
+    last-resort prekeys are never one-time ids (see the id ranges in `identity`)."""
     return (
-        0 < prekey_id < prekeys.next_id
-        and prekey_id not in held
+        FIRST_ONE_TIME_ID <= prekey_id < prekeys.next_id
         and prekey_id not in prekeys.one_time
         and prekey_id not in prekeys.one_time_kem
     )
@@ -248,8 +255,9 @@ class Session:
 
         `used_starts` holds the `SessionStart.digest` of every start already accepted
         that `needs_memory`; the caller adds this one's after a success. A start seen
-        before, or one whose one-time prekeys are already used, raises PrekeyReplay
-        and changes nothing."""
+        before, or one whose one-time prekeys are already used, raises PrekeyReplay;
+        one naming a signed or last-resort prekey this device has deleted raises
+        ExpiredPrekey. Either way nothing changes."""
         envelope = Envelope.from_bytes(envelope_bytes)
         info = envelope.prekey
         if info is None:
@@ -257,14 +265,22 @@ class Session:
         if SessionStart.of(info).digest in used_starts:
             raise PrekeyReplay("this session start was already used")
         remote = PublicIdentity.from_bytes(info.identity)
-        if info.signed_prekey_id != prekeys.signed_prekey_id:
-            raise AuthenticationError("the message uses a signed prekey we no longer have")
-        if info.kem_prekey_id == prekeys.last_resort_id:
-            kem_key = prekeys.last_resort_kem
+        # The start may name the current signed prekey or a retired one still in its
+        # grace period; one that was deleted cannot be opened any more.
+        signed_prekey = prekeys.signed_prekey_for(info.signed_prekey_id)
+        if signed_prekey is None and prekeys.had_signed_prekey(info.signed_prekey_id):
+            raise ExpiredPrekey("the message uses a signed prekey this device has deleted")
+        if signed_prekey is None:
+            raise AuthenticationError("the message uses a signed prekey we do not have")
+        last_resort = prekeys.last_resort_for(info.kem_prekey_id)
+        if last_resort is not None:
+            kem_key = last_resort
         elif info.kem_prekey_id in prekeys.one_time_kem:
             kem_key = prekeys.one_time_kem[info.kem_prekey_id]
         elif _used_one_time_key(prekeys, info.kem_prekey_id):
             raise PrekeyReplay("the message uses a one-time KEM prekey already used")
+        elif prekeys.had_last_resort(info.kem_prekey_id):
+            raise ExpiredPrekey("the message uses a last-resort KEM prekey this device has deleted")
         else:
             raise AuthenticationError("the message uses a KEM prekey we do not have")
         one_time: DhPrivateKey | None = None
@@ -278,9 +294,9 @@ class Session:
             ephemeral = DhPublicKey(info.ephemeral)
             shared_kem = kem_key.decapsulate(info.kem_ciphertext)
             parts = [
-                prekeys.signed_prekey.exchange(remote.dh_key),
+                signed_prekey.exchange(remote.dh_key),
                 own.dh_key.exchange(ephemeral),
-                prekeys.signed_prekey.exchange(ephemeral),
+                signed_prekey.exchange(ephemeral),
             ]
             if one_time is not None:
                 parts.append(one_time.exchange(ephemeral))
@@ -289,7 +305,7 @@ class Session:
         secret = _derive(parts, shared_kem)
         own_identity = own.public.to_bytes()
         session = Session(
-            RatchetState.init_receiver(secret, prekeys.signed_prekey),
+            RatchetState.init_receiver(secret, signed_prekey),
             info.identity + own_identity,
             info.identity,
             None,
@@ -299,7 +315,7 @@ class Session:
         )
         if info.one_time_prekey_id is not None:
             prekeys.one_time.pop(info.one_time_prekey_id, None)
-        if info.kem_prekey_id != prekeys.last_resort_id:
+        if last_resort is None:
             prekeys.one_time_kem.pop(info.kem_prekey_id, None)
         return session, plaintext, remote
 
@@ -327,6 +343,21 @@ class Session:
         except ProtocolError:
             return False
         return envelope.prekey is not None and envelope.prekey.identity == self.remote_identity
+
+    def archived(self) -> Session:
+        """A decrypt-only copy: no sending chain and no session-start data, so
+        `encrypt` refuses it. For a session a restore retired (docs/protocol.md,
+        "Restore"): its next message keys may already have been used by the device
+        the backup came from, but it can still open late messages of the old
+        session. Opening one may step the ratchet and grow a sending chain again,
+        so archive the state again after every decryption."""
+        ratchet = self.ratchet.copy()
+        ratchet.send_chain = None
+        return Session(ratchet, self.associated_data, self.remote_identity, None)
+
+    @property
+    def can_encrypt(self) -> bool:
+        return self.ratchet.send_chain is not None
 
     # ---- persistence -----------------------------------------------------------
     def to_bytes(self) -> bytes:
