@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -49,6 +50,8 @@ from app.services.views import ConversationView, MessageView, SafetyNumberView, 
 from app.store import PassphraseProtector, Store, StoreError, WrongPassphrase
 
 log = logging.getLogger("cipherline.client")
+# How often a running client checks its prekeys (rotation, retried uploads).
+KEY_CHECK_SECONDS = 3600.0
 
 
 class Closing(ServiceError):
@@ -87,6 +90,7 @@ class Client:
         self._inbox_lock = threading.Lock()
         self._inbox: collections.deque[Envelope] = collections.deque()
         self._drain_pending = False
+        self._keys_lock = threading.Lock()  # one prekey check (and upload) at a time
 
     # ---- life cycle -----------------------------------------------------------
     def set_listener(self, listener: Callable[[Event], None]) -> None:
@@ -110,6 +114,9 @@ class Client:
         self.push.start()
         self._ticker = threading.Thread(target=self._tick, name="cipherline-ticker", daemon=True)
         self._ticker.start()
+        # Rotate if due, and make the relay serve the signed prekey this device holds
+        # (it may have missed an upload, or the profile may be an older copy).
+        self.check_prekeys(long_lived=True)
 
     def _envelope_arrived(self, envelope: Envelope) -> None:
         with self._inbox_lock:
@@ -167,8 +174,7 @@ class Client:
             self._after_receive(result)
 
     def _keys_low(self) -> None:
-        with contextlib.suppress(RuntimeError):
-            self._net.submit(self._refill_keys)
+        self.check_prekeys(refill=True)
 
     def stop(self) -> None:
         self._stop.set()
@@ -188,9 +194,11 @@ class Client:
         self._emit(ConnectionChanged(connected))
         if connected:
             self.request_flush()
+            self.check_prekeys()  # retries an upload that failed while offline
 
     def _tick(self) -> None:
         expire_every = max(1, int(5 / self._tick_seconds))
+        next_key_check = time.monotonic() + KEY_CHECK_SECONDS
         count = 0
         while not self._stop.is_set():
             self._flush_wanted.wait(self._tick_seconds)
@@ -198,6 +206,9 @@ class Client:
                 return
             self._flush_wanted.clear()
             self._flush()
+            if time.monotonic() >= next_key_check:
+                next_key_check = time.monotonic() + KEY_CHECK_SECONDS
+                self.check_prekeys()
             count += 1
             if count % expire_every == 0:
                 with contextlib.suppress(Exception):
@@ -276,13 +287,30 @@ class Client:
         for conversation_id, views in by_conversation.items():
             self._messages_event(conversation_id, views)
 
-    def _refill_keys(self) -> None:
-        try:
-            body = self.core(self.messenger.refill_prekeys).result()
-            self.relay.upload_keys(body)
-            self.core(self.messenger.mark_prekeys_published).result()
-        except (RelayError, RuntimeError):
-            return
+    def check_prekeys(self, *, refill: bool = False, long_lived: bool = False) -> Future[bool]:
+        """The prekey check: at start, on every (re)connection, every KEY_CHECK_SECONDS
+        and when the relay says the one-time keys run low (`refill`). See
+        `Messenger.prekey_upload`; the result is False when the upload failed (the
+        next check retries it)."""
+        return self.net(self._publish_prekeys, refill, long_lived)
+
+    def _publish_prekeys(self, refill: bool, long_lived: bool) -> bool:
+        # Serialised, so that an older upload never lands after a newer one.
+        with self._keys_lock:
+            try:
+                upload = self.core(
+                    lambda: self.messenger.prekey_upload(refill=refill, long_lived=long_lived)
+                ).result()
+                if upload is None:
+                    return True
+                self.relay.upload_keys(upload.body)
+                self.core(self.messenger.prekeys_uploaded, upload).result()
+            except RelayError as error:
+                log.info("prekey upload failed (%s); the next check retries", type(error).__name__)
+                return False
+            except (Closing, RuntimeError):
+                return False
+            return True
 
     def _ensure_sessions(self, usernames: list[str]) -> None:
         for name in usernames:
@@ -424,6 +452,8 @@ class Client:
             missing = self.core(self.messenger.missing_sessions, conversation_id).result()
             if missing:
                 self._ensure_sessions(missing)
+            # Refused before anything is uploaded (IdentityNotAccepted), not after.
+            self.core(self.messenger.require_sendable, conversation_id).result()
             local, secret = self.core(self.messenger.encrypt_attachment_file, path).result()
             try:
                 with local.open("rb") as source:
@@ -511,6 +541,19 @@ class Client:
         def run() -> None:
             self.messenger.set_verified(peer, verified)
             self._conversations_event()
+            self.request_flush()  # verifying accepts a changed identity: held sends go
+
+        return self.core(run)
+
+    def accept_identity(self, peer: str, *, verified: bool = False) -> Future[int]:
+        """The "Accept new safety number" action: unblocks sending to `peer` and
+        sends what was held for it; the result is how many held sends were queued."""
+
+        def run() -> int:
+            released = self.messenger.accept_identity(peer, verified=verified)
+            self._conversations_event()
+            self.request_flush()
+            return released
 
         return self.core(run)
 

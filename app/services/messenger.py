@@ -28,6 +28,7 @@ from app.protocol.content import (
     Content,
     GroupUpdate,
     Receipt,
+    RestoreNotice,
     SenderKey,
     Text,
     TimerUpdate,
@@ -36,7 +37,7 @@ from app.protocol.content import (
     encode_content,
     encode_frame,
 )
-from app.protocol.identity import DeviceIdentity, LocalPrekeys, RemoteBundle
+from app.protocol.identity import DeviceIdentity, LocalPrekeys, PrekeyUpload, RemoteBundle
 from app.protocol.safety import qr_payload, safety_number
 from app.protocol.sender_keys import SenderKeyDistribution, SenderKeyState, group_message_chain
 from app.protocol.session import Session, SessionStart
@@ -48,6 +49,7 @@ from app.services.views import (
     MessageView,
     SafetyNumberView,
     SearchResultView,
+    unaccepted_sentence,
 )
 from app.store import Conversation, Message, Store
 from app.store.receiving import is_device_failure
@@ -58,6 +60,17 @@ HANDLED_CONTENT_LABEL = b"Cipherline_HandledContent_v1"
 
 class ServiceError(Exception):
     """Something the user asked for cannot be done; the message says why."""
+
+
+class IdentityNotAccepted(ServiceError):
+    """A send refused: `members` changed identity after they were verified, and the
+    new safety numbers are not yet accepted (app/store/trust.py, `UNACCEPTED`).
+    Nothing was encrypted and nothing was stored; the text is a sentence."""
+
+    def __init__(self, members: list[str], *, group: bool) -> None:
+        super().__init__(unaccepted_sentence(members, group=group))
+        self.members = tuple(members)
+        self.group = group
 
 
 def now_ms() -> int:
@@ -99,24 +112,48 @@ class Messenger:
     # ---- account --------------------------------------------------------------
     @staticmethod
     def prepare_account() -> tuple[DeviceIdentity, LocalPrekeys]:
-        return DeviceIdentity.generate(), LocalPrekeys.generate()
+        return DeviceIdentity.generate(), LocalPrekeys.generate(now=now_ms())
 
     def prekeys(self) -> LocalPrekeys:
         account = self.store.account.get()
         assert account is not None
         return LocalPrekeys.from_bytes(account.prekeys)
 
-    def refill_prekeys(self) -> dict[str, Any]:
+    def prekey_upload(
+        self, *, refill: bool = False, long_lived: bool = False
+    ) -> PrekeyUpload | None:
+        """The prekey check (docs/protocol.md §1, "Prekey lifetimes"), on the core
+        thread: rotates the signed and last-resort prekeys when due, deletes retired
+        ones past their grace period together with their replay memory, adds a batch
+        of one-time keys when `refill`, and commits all that before anything goes to
+        the relay (a failed upload is simply retried by the next check). Returns
+        what the relay lacks — with `long_lived`, the current signed and last-resort
+        prekeys in any case — or None. Idempotent: a second call changes nothing."""
+        now = self.clock()
         with self.store.transaction():
             prekeys = self.prekeys()
-            prekeys.refill()
-            self.store.account.set_prekeys(prekeys.to_bytes())
-        return prekeys.upload_json(self.identity, full=False)
+            stored = prekeys.to_bytes()
+            prekeys.rotate_if_due(now)
+            deleted = prekeys.expire(now)
+            if refill:
+                prekeys.refill()
+            if prekeys.to_bytes() != stored:
+                self.store.account.set_prekeys(prekeys.to_bytes())
+            if deleted:
+                self.store.session_starts.prune(
+                    prekeys.held_signed_prekey_ids(), prekeys.held_last_resort_ids()
+                )
+        if deleted or long_lived or self.store.erase_pending:
+            # The deleted private keys must not survive in the write-ahead log.
+            self.store.erase_overwritten()
+        return prekeys.pending_upload(self.identity, long_lived=long_lived)
 
-    def mark_prekeys_published(self) -> None:
+    def prekeys_uploaded(self, upload: PrekeyUpload) -> None:
+        """The relay accepted `upload`: its keys are published (and a new signed
+        prekey's predecessors start their grace period now)."""
         with self.store.transaction():
             prekeys = self.prekeys()
-            prekeys.mark_published()
+            prekeys.mark_uploaded(upload, self.clock())
             self.store.account.set_prekeys(prekeys.to_bytes())
 
     # ---- views ----------------------------------------------------------------
@@ -143,6 +180,7 @@ class Messenger:
             identity_changed=bool(contact and contact.identity_changed),
             verified=bool(contact and contact.verified),
             members=members,
+            unaccepted=tuple(self._unaccepted_in(conversation)),
         )
 
     def conversations(self) -> list[ConversationView]:
@@ -230,7 +268,21 @@ class Messenger:
         return warnings
 
     def _encrypt_for(self, username: str, plaintext: bytes, message_id: int | None) -> int:
-        """Queues `plaintext` to every device of `username` we have a session with."""
+        """Queues `plaintext` to every device of `username` we have a session with.
+
+        Never to a contact whose identity changed after it was verified and is not
+        yet accepted (`UNACCEPTED`, app/store/trust.py): a message of the user's
+        (`message_id` set) raises IdentityNotAccepted; an automatic send (receipt,
+        sender key, group update, timer change) is held unencrypted and encrypted
+        by `accept_identity`. Returns how many envelopes were queued.
+        """
+        if self.store.contacts.unaccepted([username]):
+            if message_id is not None:
+                raise IdentityNotAccepted([username], group=False)
+            self.store.held_sends.add(username, plaintext, now=self.clock())
+            return 0
+        if self.store.sessions.restore_notice_due(username):
+            self._send_restore_notice(username)
         count = 0
         for device_id in self.store.sessions.devices(username):
             state = self.store.sessions.get(username, device_id)
@@ -243,6 +295,16 @@ class Messenger:
             )
             count += 1
         return count
+
+    def _send_restore_notice(self, username: str) -> None:
+        """This profile was restored from a backup and its sessions archived
+        (docs/protocol.md, "Restore"): the first message of each fresh session says
+        so. Waits until there is a fresh session to carry it."""
+        if not self.store.sessions.devices(username):
+            return
+        self.store.sessions.restore_notice_sent(username)
+        notice = RestoreNotice(str(uuid.uuid4()), self.clock())
+        self._encrypt_for(username, encode_content(notice), None)
 
     # ---- sending --------------------------------------------------------------
     def direct_conversation(self, username: str) -> ConversationView:
@@ -260,6 +322,23 @@ class Messenger:
             return [conversation.peer]
         assert conversation.group_id is not None
         return [m for m in self.store.groups.members(conversation.group_id) if m != self.username]
+
+    def _unaccepted_in(self, conversation: Conversation) -> list[str]:
+        """The peer, or the other members, in `UNACCEPTED` (app/store/trust.py)."""
+        if conversation.peer is not None:
+            return self.store.contacts.unaccepted([conversation.peer])
+        if conversation.group_id is None:
+            return []
+        members = self.store.groups.members(conversation.group_id)
+        return self.store.contacts.unaccepted(m for m in members if m != self.username)
+
+    def require_sendable(self, conversation_id: int) -> None:
+        """Raises IdentityNotAccepted, naming them, while anyone the conversation
+        sends to has a changed identity not yet accepted; otherwise does nothing."""
+        conversation = self._conversation(conversation_id)
+        blocked = self._unaccepted_in(conversation)
+        if blocked:
+            raise IdentityNotAccepted(blocked, group=conversation.kind == "group")
 
     def missing_sessions(self, conversation_id: int) -> list[str]:
         return [name for name in self.recipients(conversation_id) if not self.has_sessions(name)]
@@ -353,6 +432,10 @@ class Messenger:
     def _deliver(
         self, conversation: Conversation, plaintext: bytes, message_id: int | None
     ) -> None:
+        # A group is blocked as a whole (as Signal does) rather than sent without the
+        # member: skipping them silently would fork what members see, and sending
+        # to their new identity would trust it before the user did.
+        self.require_sendable(conversation.id)
         if conversation.kind == "direct":
             assert conversation.peer is not None
             if not self._encrypt_for(conversation.peer, plaintext, message_id) and message_id:
@@ -555,8 +638,9 @@ class Messenger:
 
         Texts and attachments are recognised by their message id and receipts are
         idempotent; these three would otherwise be applied again (a membership or a
-        timer put back, a sender key chain restarted)."""
-        if not isinstance(content, GroupUpdate | SenderKey | TimerUpdate):
+        timer put back, a sender key chain restarted), and a restore notice shown
+        twice."""
+        if not isinstance(content, GroupUpdate | SenderKey | TimerUpdate | RestoreNotice):
             return True
         digest = sha256(HANDLED_CONTENT_LABEL + sender.encode("utf-8") + b"\x00" + plaintext)
         if self.store.handled_contents.seen(digest):
@@ -578,7 +662,10 @@ class Messenger:
                 # reinstalled or restarted), if it is genuinely new — `respond` asks
                 # the replay memory. ReplayError propagates: it is never a new start.
                 if start is None:
-                    raise
+                    late = self._open_archived(sender, device, payload, start)
+                    if late is None:
+                        raise
+                    return late
             else:
                 self.store.sessions.save(sender, device, session.to_bytes(), now=self.clock())
                 if start is not None:
@@ -586,6 +673,9 @@ class Messenger:
                     # the start (again) so that it can never replace this session.
                     self._remember_start(start, self.prekeys())
                 return plaintext
+        late = self._open_archived(sender, device, payload, start)
+        if late is not None:
+            return late
         if start is None:
             raise NoSession("a message arrived from a device we have no session with")
         prekeys = self.prekeys()
@@ -599,6 +689,30 @@ class Messenger:
             result.identity_changed.append(sender)
         return plaintext
 
+    def _open_archived(
+        self, sender: str, device: int, payload: bytes, start: SessionStart | None
+    ) -> bytes | None:
+        """A late message of a session a restore archived (docs/protocol.md, "Restore"):
+        archived sessions may open it and are archived again after (decrypt-only);
+        they never encrypt. None when none of them opens it."""
+        replay: ReplayError | None = None
+        for archive_id, state in self.store.sessions.archived(sender, device):
+            session = Session.from_bytes(state)
+            try:
+                plaintext = session.decrypt(payload)
+            except ReplayError as error:
+                replay = error
+                continue
+            except (AuthenticationError, NoSession):
+                continue
+            self.store.sessions.update_archived(archive_id, session.archived().to_bytes())
+            if start is not None:
+                self._remember_start(start, self.prekeys())
+            return plaintext
+        if replay is not None:
+            raise replay
+        return None
+
     def _remember_start(self, start: SessionStart, prekeys: LocalPrekeys) -> None:
         """The replay memory (docs/protocol.md, "Replay memory"): a start that used no
         one-time prekey is kept while the keys it used are ours; the starts of keys
@@ -608,7 +722,9 @@ class Messenger:
         self.store.session_starts.remember(
             start.digest, start.signed_prekey_id, start.kem_prekey_id, now=self.clock()
         )
-        self.store.session_starts.prune(prekeys.signed_prekey_id, prekeys.last_resort_id)
+        self.store.session_starts.prune(
+            prekeys.held_signed_prekey_ids(), prekeys.held_last_resort_ids()
+        )
 
     def _quarantine(
         self, sender: str, device: int, body: bytes, server_time: int, reason: str
@@ -719,6 +835,15 @@ class Messenger:
                 return
             state = SenderKeyState.from_distribution(distribution)
             self.store.groups.set_member_sender_key(distribution.group_id, sender, state.to_bytes())
+        elif isinstance(content, RestoreNotice):
+            conversation = self.store.conversations.direct(sender, now=self.clock())
+            notice = self._system_message(
+                conversation.id,
+                f"{sender} restored Cipherline on a new device; messages continue in a new session",
+            )
+            self.store.conversations.touch(conversation.id, notice.sent_at)
+            result.new_messages.append((conversation.id, notice))
+            result.changed_conversations.add(conversation.id)
         elif isinstance(content, TimerUpdate):
             conversation = self.store.conversations.direct(sender, now=self.clock())
             self.store.conversations.set_timer(conversation.id, content.seconds)
@@ -833,11 +958,54 @@ class Messenger:
             digits=safety_number(own, self.username, contact.identity_key, peer),
             qr_payload=qr_payload(own, self.username, contact.identity_key, peer),
             verified=contact.verified,
+            unaccepted=contact.identity_unaccepted,
         )
 
     def set_verified(self, peer: str, verified: bool) -> None:
+        """Marking a contact verified also accepts its current identity key."""
         with self.store.transaction():
+            blocked = bool(self.store.contacts.unaccepted([peer]))
             self.store.contacts.set_verified(peer, verified, now=self.clock())
+            if blocked and not self.store.contacts.unaccepted([peer]):
+                self._release_held(peer)
+
+    def accept_identity(self, peer: str, *, verified: bool = False) -> int:
+        """The "Accept new safety number" action for a contact whose identity
+        changed (with `verified`, also "mark as verified"): sending to it is allowed
+        again and what was held for it goes out. Returns how many held sends were
+        queued (0 when it was not `UNACCEPTED`)."""
+        with self.store.transaction():
+            was_blocked = self.store.contacts.accept_identity(
+                peer, verified=verified, now=self.clock()
+            )
+            return self._release_held(peer) if was_blocked else 0
+
+    def _release_held(self, peer: str) -> int:
+        """Encrypts, now that `peer`'s identity is accepted, what was held for it, in
+        order; then, for every group shared with it, the group's state and our
+        current sender key: a new identity is a new install, which has neither."""
+        held = self.store.held_sends.for_recipient(peer)
+        for item in held:
+            self._encrypt_for(peer, item.body, None)
+        self.store.held_sends.remove([item.id for item in held])
+        for conversation in self.store.conversations.all():
+            if conversation.group_id is None:
+                continue
+            members = self.store.groups.members(conversation.group_id)
+            if peer not in members or self.username not in members:
+                continue
+            update = GroupUpdate(
+                str(uuid.uuid4()),
+                self.clock(),
+                conversation.group_id,
+                conversation.title,
+                tuple(members),
+            )
+            self._encrypt_for(peer, encode_content(update), None)
+            state = self._own_sender_key(conversation.group_id)
+            distribution = encode_content(SenderKey(state.distribution().to_bytes()))
+            self._encrypt_for(peer, distribution, None)
+        return len(held)
 
     def acknowledge_identity(self, peer: str) -> None:
         with self.store.transaction():

@@ -59,6 +59,16 @@ class ConversationView:
     identity_changed: bool = False
     verified: bool = False
     members: tuple[str, ...] = ()
+    # The peer, or the members, whose identity changed after it was verified and is
+    # not yet accepted: nothing is sent to this conversation until they are.
+    unaccepted: tuple[str, ...] = ()
+
+    @property
+    def send_blocked(self) -> str:
+        """Why nothing can be sent here, as a sentence; "" when sending is allowed."""
+        if not self.unaccepted:
+            return ""
+        return unaccepted_sentence(self.unaccepted, group=self.kind == ConversationKind.GROUP)
 
 
 @dataclass(frozen=True)
@@ -77,6 +87,8 @@ class SafetyNumberView:
     digits: str  # 60 digits, no spaces
     qr_payload: bytes
     verified: bool
+    # It changed after it was verified: sending is blocked until it is accepted.
+    unaccepted: bool = False
 
     @property
     def groups(self) -> list[str]:
@@ -88,3 +100,16 @@ class DeviceView:
     device_id: int
     name: str
     current: bool
+
+
+def unaccepted_sentence(names: tuple[str, ...] | list[str], *, group: bool) -> str:
+    """The sentence for a send refused because `names` have unaccepted identities."""
+    if len(names) == 1:
+        who = names[0]
+        changed = f"{who}'s safety number has changed since you verified it."
+    else:
+        who = ", ".join(names[:-1]) + f" and {names[-1]}"
+        changed = f"The safety numbers of {who} have changed since you verified them."
+    target = "this group" if group else who
+    number = "number" if len(names) == 1 else "numbers"
+    return f"{changed} Nothing is sent to {target} until you accept the new safety {number}."

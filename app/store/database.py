@@ -34,6 +34,7 @@ from app.store.receiving import (
     SessionStartRepository,
 )
 from app.store.schema import MIGRATIONS
+from app.store.trust import HeldSendRepository, IdentityTrust, TrustEvent, next_trust
 
 DB_FILE_NAME = "store.db"
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -48,6 +49,8 @@ IMAGE_KEY_LENGTH = 32
 IMAGE_CIPHER_COMPATIBILITY = 4
 IMAGE_STEP_PAGES = 4096
 IMAGE_HMAC = "HMAC_SHA256"
+# Archived sessions kept per contact device: each restore archives one more.
+ARCHIVED_PER_DEVICE = 10
 BACKUP_TABLES = (
     "settings",
     "account",
@@ -94,6 +97,13 @@ class Contact:
     identity_key: bytes | None
     verified: bool
     identity_changed: bool
+    # Verified, then another identity key: nothing is encrypted to the contact until
+    # the user accepts it (app/store/trust.py).
+    identity_unaccepted: bool = False
+
+    @property
+    def trust(self) -> IdentityTrust:
+        return IdentityTrust.of(self.verified, self.identity_changed, self.identity_unaccepted)
 
 
 @dataclass(frozen=True)
@@ -243,27 +253,56 @@ class AccountRepository(_Repository):
 
 
 class ContactRepository(_Repository):
+    """Contacts and how far their identity keys are trusted: every change of trust
+    is a transition of `app/store/trust.py`."""
+
+    _COLUMNS = (
+        "SELECT username, display_name, identity_key, verified, identity_changed,"
+        " identity_unaccepted FROM contacts"
+    )
+
+    @staticmethod
+    def _contact(row: Any) -> Contact:
+        return Contact(row[0], row[1], row[2], bool(row[3]), bool(row[4]), bool(row[5]))
+
     def get(self, username: str) -> Contact | None:
-        row = self._execute(
-            "SELECT username, display_name, identity_key, verified, identity_changed"
-            " FROM contacts WHERE username = ?",
-            (username,),
-        ).fetchone()
-        if row is None:
-            return None
-        return Contact(row[0], row[1], row[2], bool(row[3]), bool(row[4]))
+        row = self._execute(self._COLUMNS + " WHERE username = ?", (username,)).fetchone()
+        return None if row is None else self._contact(row)
 
     def all(self) -> list[Contact]:
+        rows = self._execute(self._COLUMNS + " ORDER BY username").fetchall()
+        return [self._contact(r) for r in rows]
+
+    def unaccepted(self, usernames: Iterable[str]) -> list[str]:
+        """Those of `usernames` in `UNACCEPTED`: nothing may be encrypted to them."""
+        names = sorted(set(usernames))
+        if not names:
+            return []
+        marks = ", ".join("?" * len(names))
         rows = self._execute(
-            "SELECT username, display_name, identity_key, verified, identity_changed"
-            " FROM contacts ORDER BY username"
+            f"SELECT username FROM contacts WHERE identity_unaccepted = 1"  # noqa: S608
+            f" AND username IN ({marks}) ORDER BY username",
+            tuple(names),
         ).fetchall()
-        return [Contact(r[0], r[1], r[2], bool(r[3]), bool(r[4])) for r in rows]
+        return [str(r[0]) for r in rows]
+
+    def _apply(self, contact: Contact, event: TrustEvent, *, now: int) -> None:
+        before = contact.trust
+        after = next_trust(before, event)
+        if after == before:
+            return
+        verified, changed, unaccepted = after.columns
+        self._execute(
+            "UPDATE contacts SET verified = ?, verified_at = ?, identity_changed = ?,"
+            " identity_unaccepted = ? WHERE username = ?",
+            (verified, now if verified else None, changed, unaccepted, contact.username),
+        )
 
     def observe_identity(self, username: str, identity_key: bytes, *, now: int) -> bool:
         """Record the key seen for a contact; True when it differs from the one we had.
 
-        A change clears verification and is kept in the history, so the UI can warn.
+        A change clears verification and is kept in the history, so the UI can warn;
+        a contact that was verified becomes `UNACCEPTED` (sending blocked).
         """
         existing = self.get(username)
         if existing is None:
@@ -285,21 +324,34 @@ class ContactRepository(_Repository):
             (username, existing.identity_key, identity_key, now),
         )
         self._execute(
-            "UPDATE contacts SET identity_key = ?, verified = 0, verified_at = NULL,"
-            " identity_changed = 1 WHERE username = ?",
-            (identity_key, username),
+            "UPDATE contacts SET identity_key = ? WHERE username = ?", (identity_key, username)
         )
+        self._apply(existing, TrustEvent.KEY_CHANGED, now=now)
         return True
 
     def set_verified(self, username: str, verified: bool, *, now: int) -> None:
-        self._execute(
-            "UPDATE contacts SET verified = ?, verified_at = ?, identity_changed ="
-            " CASE WHEN ? THEN 0 ELSE identity_changed END WHERE username = ?",
-            (int(verified), now if verified else None, int(verified), username),
-        )
+        contact = self.get(username)
+        if contact is not None:
+            self._apply(contact, TrustEvent.VERIFY if verified else TrustEvent.UNVERIFY, now=now)
 
     def acknowledge_change(self, username: str) -> None:
-        self._execute("UPDATE contacts SET identity_changed = 0 WHERE username = ?", (username,))
+        """The warning's "Dismiss": ends `CHANGED`, never `UNACCEPTED`."""
+        contact = self.get(username)
+        if contact is not None:
+            self._apply(contact, TrustEvent.DISMISS, now=0)
+
+    def accept_identity(self, username: str, *, verified: bool, now: int) -> bool:
+        """The "Accept new safety number" action (with `verified`, also "mark as verified"):
+        ends `UNACCEPTED` or `CHANGED`. True when the contact was `UNACCEPTED`."""
+        contact = self.get(username)
+        if contact is None:
+            return False
+        self._apply(contact, TrustEvent.ACCEPT, now=now)
+        if verified:
+            accepted = self.get(username)
+            assert accepted is not None
+            self._apply(accepted, TrustEvent.VERIFY, now=now)
+        return contact.trust == IdentityTrust.UNACCEPTED
 
     def identity_history(self, username: str) -> list[tuple[bytes | None, bytes, int]]:
         rows = self._execute(
@@ -339,6 +391,67 @@ class SessionRepository(_Repository):
             self._execute(
                 "DELETE FROM sessions WHERE username = ? AND device_id = ?", (username, device_id)
             )
+
+    def all(self) -> list[tuple[str, int, bytes]]:
+        """Every live session as (username, device id, state)."""
+        rows = self._execute(
+            "SELECT username, device_id, state FROM sessions ORDER BY username, device_id"
+        ).fetchall()
+        return [(r[0], r[1], bytes(r[2])) for r in rows]
+
+    # Archived sessions (docs/protocol.md, "Restore") open late messages of a session
+    # a restore retired and never encrypt: `get`/`devices`, which sending reads, never
+    # see them, and their states hold no sending chain (the caller retires them).
+    def archive(self, username: str, device_id: int, retired: bytes, *, now: int) -> None:
+        """Moves a live session to the archive as `retired`, the decrypt-only state
+        the caller made of it; keeps the newest `ARCHIVED_PER_DEVICE` per device."""
+        self.delete(username, device_id)
+        self._execute(
+            "INSERT INTO archived_sessions (username, device_id, state, archived_at)"
+            " VALUES (?, ?, ?, ?)",
+            (username, device_id, retired, now),
+        )
+        self._execute(
+            "DELETE FROM archived_sessions WHERE username = ? AND device_id = ? AND id NOT IN"
+            " (SELECT id FROM archived_sessions WHERE username = ? AND device_id = ?"
+            " ORDER BY id DESC LIMIT ?)",
+            (username, device_id, username, device_id, ARCHIVED_PER_DEVICE),
+        )
+
+    def archived(self, username: str, device_id: int) -> list[tuple[int, bytes]]:
+        """(archive id, decrypt-only state) of a device's archived sessions, newest first."""
+        rows = self._execute(
+            "SELECT id, state FROM archived_sessions WHERE username = ? AND device_id = ?"
+            " ORDER BY id DESC",
+            (username, device_id),
+        ).fetchall()
+        return [(r[0], bytes(r[1])) for r in rows]
+
+    def all_archived(self) -> list[tuple[str, int, bytes]]:
+        rows = self._execute(
+            "SELECT username, device_id, state FROM archived_sessions ORDER BY id"
+        ).fetchall()
+        return [(r[0], r[1], bytes(r[2])) for r in rows]
+
+    def update_archived(self, archive_id: int, retired: bytes) -> None:
+        """After an archived session opened a message; `retired` is decrypt-only again."""
+        self._execute("UPDATE archived_sessions SET state = ? WHERE id = ?", (retired, archive_id))
+
+    def owe_restore_notice(self, username: str, *, now: int) -> None:
+        self._execute(
+            "INSERT INTO restore_notices (username, restored_at) VALUES (?, ?)"
+            " ON CONFLICT (username) DO NOTHING",
+            (username, now),
+        )
+
+    def restore_notice_due(self, username: str) -> bool:
+        row = self._execute(
+            "SELECT 1 FROM restore_notices WHERE username = ?", (username,)
+        ).fetchone()
+        return row is not None
+
+    def restore_notice_sent(self, username: str) -> None:
+        self._execute("DELETE FROM restore_notices WHERE username = ?", (username,))
 
 
 _CONVERSATION_COLUMNS = "id, kind, peer, group_id, title, last_activity, unread, timer_seconds"
@@ -714,6 +827,17 @@ class GroupRepository(_Repository):
             (state, epoch, group_id),
         )
 
+    def drop_own_sender_keys(self) -> int:
+        """Forgets this device's own chain in every group (a restore: the backup's
+        chains may have been used past it, docs/protocol.md, "Restore"); the next
+        group message makes a fresh chain and distributes it. Own chains open
+        nothing (our own group messages never come back), so none is archived.
+        Members' chains stay: they only decrypt. Returns how many were dropped."""
+        cursor = self._execute(
+            "UPDATE groups SET own_sender_key = NULL WHERE own_sender_key IS NOT NULL"
+        )
+        return int(cursor.rowcount)
+
     def members(self, group_id: bytes) -> list[str]:
         rows = self._execute(
             "SELECT username FROM group_members WHERE group_id = ? ORDER BY username", (group_id,)
@@ -960,6 +1084,8 @@ class Store:
         self.session_starts = SessionStartRepository(self)
         self.handled_contents = HandledContentRepository(self)
         self.quarantine = QuarantineRepository(self)
+        # What waits for a changed identity to be accepted (trust.py).
+        self.held_sends = HeldSendRepository(self)
 
     # ---- opening --------------------------------------------------------------
     @staticmethod
@@ -1067,6 +1193,33 @@ class Store:
     def close(self) -> None:
         with self._lock:
             self._connection.close()
+
+    # Set when `erase_overwritten` could not finish (a reader was open); retry later.
+    erase_pending: bool = False
+
+    def erase_overwritten(self) -> bool:
+        """Makes deleted and overwritten rows (a deleted private prekey) unrecoverable
+        from the profile's files, not just unreferenced. `secure_delete` already
+        zeroes what a transaction frees, but the write-ahead log keeps earlier copies
+        of changed pages until they are overwritten; this checkpoints it and truncates
+        it to nothing. Call outside a transaction. Never waits for a reader (a
+        backup's snapshot): returns False, and sets `erase_pending`, if one kept it
+        from finishing."""
+        with self._lock:
+            if self._depth:
+                raise StoreError("erase_overwritten runs outside a transaction")
+            timeout = int(self._connection.execute("PRAGMA busy_timeout").fetchone()[0])
+            self._connection.execute("PRAGMA busy_timeout = 0")
+            try:
+                busy = int(
+                    self._connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+                )
+            except sqlcipher.OperationalError:
+                busy = 1
+            finally:
+                self._connection.execute(f"PRAGMA busy_timeout = {timeout}")
+            self.erase_pending = busy != 0
+            return not self.erase_pending
 
     # ---- statements -----------------------------------------------------------
     def execute(self, sql: str, params: tuple[Any, ...] = ()) -> sqlcipher.Cursor:

@@ -170,4 +170,40 @@ MIGRATIONS: list[str] = [
         conversation_id INTEGER REFERENCES conversations (id) ON DELETE SET NULL
     );
     """,
+    # 4: a verified contact's changed identity blocks sending until accepted (issue #18).
+    # contacts.identity_unaccepted: 1 from the moment a contact that was verified
+    #   presents another identity key until the user accepts the new safety number
+    #   (docs/protocol.md §8, "Identity changes").
+    # held_sends: what was automatic (receipts, sender keys, group updates, timer
+    #   changes) and addressed to such a contact, kept unencrypted in this encrypted
+    #   store and encrypted only once the new identity is accepted.
+    """
+    ALTER TABLE contacts ADD COLUMN identity_unaccepted INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE held_sends (
+        id INTEGER PRIMARY KEY,
+        recipient TEXT NOT NULL,
+        body BLOB NOT NULL,
+        held_at INTEGER NOT NULL
+    );
+    CREATE INDEX held_sends_by_recipient ON held_sends (recipient, id);
+    """,
+    # 5: a restore resumes no session (issue #18; docs/protocol.md, "Restore").
+    # archived_sessions: the pairwise sessions a restore retired, decrypt-only (no
+    #   sending chain), kept to open late messages of the old sessions; the newest
+    #   few per device.
+    # restore_notices: contacts whose next session must open with a restore notice.
+    """
+    CREATE TABLE archived_sessions (
+        id INTEGER PRIMARY KEY,
+        username TEXT NOT NULL,
+        device_id INTEGER NOT NULL,
+        state BLOB NOT NULL,
+        archived_at INTEGER NOT NULL
+    );
+    CREATE INDEX archived_sessions_by_device ON archived_sessions (username, device_id, id);
+    CREATE TABLE restore_notices (
+        username TEXT PRIMARY KEY,
+        restored_at INTEGER NOT NULL
+    );
+    """,
 ]

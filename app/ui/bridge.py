@@ -152,6 +152,12 @@ class ClientBridge(QObject):
     def acknowledge_identity(self, peer: str) -> None:
         self._when_done(self.client.acknowledge_identity(peer), self._ignore)
 
+    @Slot(str, bool)
+    def accept_identity(self, peer: str, verified: bool) -> None:
+        """The "Accept new safety number" action; the conversations event that
+        follows clears the banner and unblocks the composer."""
+        self._when_done(self.client.accept_identity(peer, verified=verified), self._ignore)
+
     def set_timer(self, conversation_id: int, seconds: int) -> None:
         self._when_done(self.client.set_timer(conversation_id, seconds), self._ignore)
 

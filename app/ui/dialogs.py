@@ -8,6 +8,7 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import (
     QButtonGroup,
+    QCheckBox,
     QDialog,
     QDialogButtonBox,
     QFormLayout,
@@ -229,15 +230,29 @@ class NewGroupDialog(QDialog):
 
 
 class SafetyNumberDialog(QDialog):
-    """The safety number in 12 groups of 5, its QR code, and "Mark as verified"."""
+    """The safety number in 12 groups of 5, its QR code, and "Mark as verified".
+
+    For a contact whose identity changed after it was verified (`view.unaccepted`)
+    it says so and offers "Accept new safety number", optionally marking the new
+    number verified too; accepting is what unblocks sending to the contact."""
 
     verified_toggled = Signal(str, bool)
+    accept_requested = Signal(str, bool)  # peer, also mark as verified
 
     def __init__(self, view: SafetyNumberView, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.view = view
         self.setWindowTitle(f"Safety number with {view.peer}")
         layout = QVBoxLayout(self)
+        self.changed_label = QLabel(
+            f"{view.peer}'s safety number has changed since you verified it. This can "
+            "mean they reinstalled Cipherline, or that someone is intercepting your "
+            f"chats. Nothing is sent to {view.peer} until you accept the new number."
+        )
+        self.changed_label.setWordWrap(True)
+        self.changed_label.setStyleSheet("color: #8a5a00; font-weight: bold;")
+        self.changed_label.setVisible(view.unaccepted)
+        layout.addWidget(self.changed_label)
         explanation = QLabel(
             f"Compare these numbers with {view.peer}, in person or on a call, or scan "
             "the code on their screen. If they match, your chat is end-to-end "
@@ -269,8 +284,24 @@ class SafetyNumberDialog(QDialog):
         row.addStretch(1)
         row.addWidget(self.verify_button)
         layout.addLayout(row)
+        accept_row = QHBoxLayout()
+        self.also_verify = QCheckBox("The numbers match: also mark as verified")
+        self.accept_button = QPushButton("Accept new safety number")
+        self.accept_button.clicked.connect(self._accept_new)
+        accept_row.addWidget(self.also_verify)
+        accept_row.addStretch(1)
+        accept_row.addWidget(self.accept_button)
+        layout.addLayout(accept_row)
+        for widget in (self.also_verify, self.accept_button):
+            widget.setVisible(view.unaccepted)
+        # While unaccepted, accepting (optionally verifying) is the one way forward.
+        self.verify_button.setVisible(not view.unaccepted)
         self._verified = view.verified
         self._refresh()
+
+    def _accept_new(self) -> None:
+        self.accept_requested.emit(self.view.peer, self.also_verify.isChecked())
+        self.accept()
 
     def _refresh(self) -> None:
         self.verify_button.setText("Clear verification" if self._verified else "Mark as verified")

@@ -61,6 +61,9 @@ class MainWindow(QMainWindow):
         self.resize(1100, 720)
         self._current: ConversationView | None = None
         self._pending_jump: int | None = None
+        # The contact whose safety number the banner's action opens, when it is
+        # about an identity change that blocks sending.
+        self._banner_peer: str | None = None
 
         self.conversations = ConversationListModel()
         self.messages = MessageListModel()
@@ -201,7 +204,7 @@ class MainWindow(QMainWindow):
         self.attach_button.clicked.connect(self._choose_files)
         self.details_button.clicked.connect(self.show_details)
         self.timer_combo.activated.connect(self._timer_chosen)
-        self.banner.primary_clicked.connect(self.show_details)
+        self.banner.primary_clicked.connect(self._banner_action)
         self.banner.dismissed.connect(self._dismiss_banner)
         self.message_view.verticalScrollBar().valueChanged.connect(self._scrolled)
         self.message_view.clicked.connect(self._message_clicked)
@@ -281,6 +284,7 @@ class MainWindow(QMainWindow):
     def _safety_number_ready(self, view: SafetyNumberView) -> None:
         dialog = SafetyNumberDialog(view, self)
         dialog.verified_toggled.connect(self.bridge.set_verified)
+        dialog.accept_requested.connect(self.bridge.accept_identity)
         self.safety_dialog = dialog
         dialog.show()
 
@@ -310,7 +314,22 @@ class MainWindow(QMainWindow):
             else 0
         )
         self.timer_combo.setCurrentIndex(index)
-        if conversation.identity_changed and conversation.peer:
+        # A verified contact's new identity blocks sending here (in a group, for every
+        # member) until it is accepted; a never-verified contact's only warns.
+        blocked = conversation.send_blocked
+        self.composer.set_blocked(blocked)
+        self.send_button.setEnabled(not blocked)
+        self.attach_button.setEnabled(not blocked)
+        self._banner_peer = conversation.unaccepted[0] if conversation.unaccepted else None
+        if self._banner_peer is not None:
+            group = conversation.kind == ConversationKind.GROUP
+            self.banner.show_message(
+                f"{blocked} This can mean they reinstalled Cipherline, or that someone "
+                "is intercepting your chats.",
+                f"Review {self._banner_peer}'s safety number" if group else "Review safety number",
+                dismissible=False,
+            )
+        elif conversation.identity_changed and conversation.peer:
             self.banner.show_message(
                 f"Your safety number with {conversation.peer} has changed. This can mean "
                 "they reinstalled Cipherline, or that someone is intercepting your chat. "
@@ -375,6 +394,12 @@ class MainWindow(QMainWindow):
     def _timer_chosen(self, index: int) -> None:
         if self._current is not None:
             self.bridge.set_timer(self._current.conversation_id, TIMER_CHOICES[index][1])
+
+    def _banner_action(self) -> None:
+        if self._banner_peer is not None:
+            self.bridge.request_safety_number(self._banner_peer)
+        else:
+            self.show_details()
 
     def _dismiss_banner(self) -> None:
         self.banner.hide()

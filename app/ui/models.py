@@ -62,7 +62,8 @@ class ConversationListModel(QAbstractListModel):
         if role == Qt.ItemDataRole.DisplayRole:
             return row.title
         if role == Qt.ItemDataRole.ToolTipRole:
-            return row.last_text
+            # A chat that cannot send says why before it is opened.
+            return row.send_blocked or row.last_text
         if role == VIEW_ROLE:
             return row
         return None

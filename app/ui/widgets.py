@@ -21,7 +21,11 @@ from PySide6.QtWidgets import (
 
 
 class Composer(QPlainTextEdit):
-    """Enter sends, Shift+Enter breaks the line; pasted or dropped files attach."""
+    """Enter sends, Shift+Enter breaks the line; pasted or dropped files attach.
+
+    While `blocked` (a sentence saying why nothing can be sent here) it takes no
+    input and shows the sentence in place of the text; the draft comes back when
+    it is unblocked."""
 
     send_requested = Signal(str)
     files_attached = Signal(list)  # list[Path]
@@ -33,6 +37,24 @@ class Composer(QPlainTextEdit):
         self.setTabChangesFocus(True)
         self.setMaximumHeight(72)
         self.setMinimumHeight(40)
+        self.blocked = ""
+        self._draft = ""
+
+    def set_blocked(self, sentence: str) -> None:
+        """Blocks sending with `sentence` as the reason, or unblocks with ""."""
+        if sentence == self.blocked:
+            return
+        if sentence and not self.blocked:
+            self._draft = self.toPlainText()
+            self.clear()
+        self.blocked = sentence
+        self.setReadOnly(bool(sentence))
+        self.setAcceptDrops(not sentence)
+        self.setPlaceholderText(sentence or "Message")
+        self.setToolTip(sentence)
+        if not sentence:
+            self.setPlainText(self._draft)
+            self._draft = ""
 
     def keyPressEvent(self, event: QKeyEvent) -> None:
         is_enter = event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter)
@@ -43,7 +65,7 @@ class Composer(QPlainTextEdit):
 
     def submit(self) -> None:
         text = self.toPlainText().strip()
-        if text:
+        if text and not self.blocked:
             self.send_requested.emit(text)
             self.clear()
 
@@ -56,7 +78,8 @@ class Composer(QPlainTextEdit):
     def insertFromMimeData(self, source: QMimeData) -> None:
         files = self._files_of(source)
         if files:
-            self.files_attached.emit(files)
+            if not self.blocked:
+                self.files_attached.emit(files)
             return
         super().insertFromMimeData(source)
 
@@ -76,7 +99,8 @@ class Composer(QPlainTextEdit):
 
 
 class Banner(QFrame):
-    """A warning strip with up to two actions, e.g. a changed safety number."""
+    """A warning strip with up to two actions, e.g. a changed safety number. A
+    banner that is not `dismissible` (sending blocked) has no "Dismiss"."""
 
     primary_clicked = Signal()
     dismissed = Signal()
@@ -101,9 +125,10 @@ class Banner(QFrame):
         layout.addWidget(self.dismiss)
         self.hide()
 
-    def show_message(self, text: str, action: str) -> None:
+    def show_message(self, text: str, action: str, *, dismissible: bool = True) -> None:
         self.text.setText(text)
         self.primary.setText(action)
+        self.dismiss.setVisible(dismissible)
         self.show()
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import enum
 import hashlib
 import importlib
 import inspect
@@ -24,7 +25,7 @@ import pkgutil
 import types
 import typing
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,15 @@ PUBLIC_FIELDS: dict[str, str] = {
         "a vault record id; the client stores it beside the backup settings in clear"
     ),
     "app.store.database.Contact.identity_key": "a contact's public identity key",
+    "app.protocol.group_state.GroupState.group_id": (
+        "a group id; it travels in clear in every group message header"
+    ),
+    "app.protocol.group_state.GroupState.parent": (
+        "the digest of the previous group state, which every member holds"
+    ),
+    "app.protocol.group_state.GroupChange.signature": (
+        "a signature over the group state, sent to every member"
+    ),
     "app.store.database.Conversation.group_id": (
         "a group id; it travels in clear in every group message header"
     ),
@@ -149,6 +159,13 @@ def _marker(path: str, length: int = 32) -> bytes:
     return hashlib.shake_256(path.encode()).digest(length)
 
 
+# Public fields that their record validates: a value of the shape it accepts.
+SHAPED_FIELDS: dict[str, Callable[[str], Any]] = {
+    "app.protocol.group_state.GroupState.group_id": lambda path: _marker(path, 16),
+    "app.protocol.group_state.GroupState.admins": lambda path: (),
+}
+
+
 class Builder:
     """Builds a record with markers in its leaves and remembers the secret ones."""
 
@@ -176,6 +193,10 @@ class Builder:
 
     def value(self, hint: Any, path: str, name: str, field_id: str) -> Any:
         public = field_id in PUBLIC_FIELDS
+        if field_id in SHAPED_FIELDS:
+            return SHAPED_FIELDS[field_id](path)
+        if inspect.isclass(hint) and issubclass(hint, enum.Enum):
+            return next(iter(hint))
         origin, args = typing.get_origin(hint), typing.get_args(hint)
         if origin in (typing.Union, types.UnionType):
             chosen = next(arg for arg in args if arg is not type(None))

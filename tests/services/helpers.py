@@ -6,9 +6,11 @@ from pathlib import Path
 
 from app.config import SERVER_CONFIG_NAME, ServerConfig
 from app.crypto import Argon2Params
-from app.services.account import Profile, create_account
+from app.services.account import Profile, create_account, protector_for
 from app.services.client import Client
 from app.services.events import Event
+from app.services.messenger import Messenger
+from app.store import Account, Store
 from tests.support.components import RelayProcess
 
 FAST_KDF = Argon2Params(time_cost=1, memory_cost_kib=8 * 1024, parallelism=1)
@@ -23,10 +25,18 @@ def make_profile(root: Path, name: str, relay: RelayProcess) -> Profile:
 
 
 class Person:
-    def __init__(self, root: Path, name: str, relay: RelayProcess) -> None:
+    def __init__(
+        self, root: Path, name: str, relay: RelayProcess, *, reinstalling: Person | None = None
+    ) -> None:
         self.name = name
-        self.profile = make_profile(root, name, relay)
-        messenger = create_account(self.profile, name, "laptop", f"{name} passphrase", kdf=FAST_KDF)
+        if reinstalling is None:
+            self.profile = make_profile(root, name, relay)
+            messenger = create_account(
+                self.profile, name, "laptop", f"{name} passphrase", kdf=FAST_KDF
+            )
+        else:
+            self.profile = make_profile(root, f"{name}-reinstalled", relay)
+            messenger = _reinstall(self.profile, reinstalling)
         self.client = Client(messenger, self.profile.relay(timeout=3), tick_seconds=0.2)
         self.events: list[Event] = []
         self.client.set_listener(self.events.append)
@@ -34,6 +44,41 @@ class Person:
 
     def stop(self) -> None:
         self.client.stop()
+
+    def reinstall(self, root: Path, relay: RelayProcess) -> Person:
+        """The same username on a fresh profile with a new identity key, as after a
+        reinstall: this device is stopped, a new one is added to the account with its
+        token and publishes new keys, and this one is removed from the relay."""
+        return Person(root, self.name, relay, reinstalling=self)
+
+
+def _reinstall(profile: Profile, old: Person) -> Messenger:
+    old_device = old.client.messenger.device_id
+    old_relay = old.profile.relay(token=old.client.messenger.relay_token)
+    old.stop()
+    added = old_relay.add_device("reinstalled")
+    identity, prekeys = Messenger.prepare_account()
+    passphrase = f"{old.name} passphrase"
+    store = Store.create(profile.path, protector_for(profile.path, passphrase, FAST_KDF))
+    relay = profile.relay(token=str(added["token"]))
+    relay.upload_keys(prekeys.upload_json(identity))
+    relay.close()
+    prekeys.mark_published()
+    with store.transaction():
+        store.account.save(
+            Account(
+                username=old.name,
+                device_id=int(added["device_id"]),
+                device_name="reinstalled",
+                relay_token=str(added["token"]),
+                identity=identity.to_bytes(),
+                prekeys=prekeys.to_bytes(),
+            ),
+            now=int(time.time() * 1000),
+        )
+    old_relay.remove_device(old_device)
+    old_relay.close()
+    return Messenger(store, profile.path)
 
 
 def wait_for(condition: Callable[[], object], timeout: float = 20, what: str = "condition") -> None:
