@@ -24,6 +24,7 @@ TARGET_NAMES = [
     "sender key distribution",
     "group message",
     "attachment stream",
+    "group change",
     "vault fleet bundle",
     "vault inner request",
     "vault sealed request",

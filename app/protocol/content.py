@@ -28,6 +28,7 @@ GROUP_UPDATE = 4
 SENDER_KEY = 5
 TIMER = 6
 RESTORE_NOTICE = 7
+GROUP_CHANGE = 8
 
 RECEIPT_DELIVERED = 1
 RECEIPT_READ = 2
@@ -105,7 +106,28 @@ class RestoreNotice:
     sent_at: int
 
 
-Content = Text | Receipt | AttachmentPointer | GroupUpdate | SenderKey | TimerUpdate | RestoreNotice
+@dataclass(frozen=True)
+class GroupChangeContent:
+    """A signed group state (app.protocol.group_state.GroupChange, as bytes): the way
+    membership changes travel since type 4 (`GroupUpdate`), which carried an
+    unsigned, unnumbered member list a relay could replay, is no longer applied."""
+
+    change: bytes
+
+    def __repr__(self) -> str:
+        return f"GroupChangeContent({len(self.change)} bytes)"
+
+
+Content = (
+    Text
+    | Receipt
+    | AttachmentPointer
+    | GroupUpdate
+    | SenderKey
+    | TimerUpdate
+    | RestoreNotice
+    | GroupChangeContent
+)
 
 
 def encode_content(content: Content) -> bytes:
@@ -134,6 +156,8 @@ def encode_content(content: Content) -> bytes:
             writer.u8(TIMER).text16(content.message_id).u64(content.sent_at).u32(content.seconds)
         case RestoreNotice():
             writer.u8(RESTORE_NOTICE).text16(content.message_id).u64(content.sent_at)
+        case GroupChangeContent():
+            writer.u8(GROUP_CHANGE).bytes32(content.change)
     return writer.getvalue()
 
 
@@ -175,6 +199,8 @@ def decode_content(data: bytes) -> Content:
         content = TimerUpdate(reader.text16(), reader.u64(), reader.u32())
     elif kind == RESTORE_NOTICE:
         content = RestoreNotice(reader.text16(), reader.u64())
+    elif kind == GROUP_CHANGE:
+        content = GroupChangeContent(reader.bytes32(1 << 20))
     else:
         raise MalformedMessage(f"unknown content type {kind}")
     reader.end()

@@ -269,12 +269,24 @@ def apply(
     return Applied(Outcome.APPLIED, new)
 
 
+def adopt(received: GroupChange, me: str) -> Applied:
+    """A state handed on by a member, for a group this member does not hold yet,
+    whose author's signature it cannot check (the author is an earlier install of
+    its own, or someone it holds no key for): taken on the word of the member who
+    sent it over their authenticated session, the trust of a first invitation. From
+    then on only changes `apply` accepts move it."""
+    if me not in received.state.members:
+        return Applied(Outcome.NOT_FOR_US, None)
+    return Applied(Outcome.APPLIED, received.state)
+
+
 __all__ = [
     "Applied",
     "GroupChange",
     "GroupState",
     "GroupStateError",
     "Outcome",
+    "adopt",
     "apply",
     "change",
     "create",

@@ -18,6 +18,7 @@ from typing import Any
 
 from app.crypto import sha256
 from app.protocol import AuthenticationError, NoSession, ProtocolError, ReplayError
+from app.protocol import group_state as gs
 from app.protocol.attachments import AttachmentSecret, decrypt_attachment, encrypt_attachment
 from app.protocol.content import (
     FRAME_GROUP,
@@ -26,6 +27,7 @@ from app.protocol.content import (
     RECEIPT_READ,
     AttachmentPointer,
     Content,
+    GroupChangeContent,
     GroupUpdate,
     Receipt,
     RestoreNotice,
@@ -37,7 +39,13 @@ from app.protocol.content import (
     encode_content,
     encode_frame,
 )
-from app.protocol.identity import DeviceIdentity, LocalPrekeys, PrekeyUpload, RemoteBundle
+from app.protocol.identity import (
+    DeviceIdentity,
+    LocalPrekeys,
+    PrekeyUpload,
+    PublicIdentity,
+    RemoteBundle,
+)
 from app.protocol.safety import qr_payload, safety_number
 from app.protocol.sender_keys import SenderKeyDistribution, SenderKeyState, group_message_chain
 from app.protocol.session import Session, SessionStart
@@ -523,7 +531,8 @@ class Messenger:
         with self.store.transaction():
             conversation = self.store.conversations.create_group(group_id, title, now=self.clock())
             self.store.groups.create(group_id, conversation.id, title)
-            self.store.groups.set_members(group_id, names)
+            created = gs.create(group_id, title, self.username, names, self.identity.signing_key)
+            self._hold_group_state(created, None)
             self._announce_group(conversation, f"You created the group “{title}”")
             self._rotate_sender_key(group_id)
         return self.conversation_view(self._conversation(conversation.id))
@@ -531,20 +540,44 @@ class Messenger:
     def _announce_group(
         self, conversation: Conversation, system_text: str, extra: list[str] | None = None
     ) -> None:
+        """Sends the signed change that made the group's state to every member (and
+        to `extra`: those it removed, so they learn it)."""
         assert conversation.group_id is not None
+        change, _parent = self.store.groups.state(conversation.group_id)
+        assert change is not None
+        payload = encode_content(GroupChangeContent(change))
         members = self.store.groups.members(conversation.group_id)
-        update = GroupUpdate(
-            str(uuid.uuid4()),
-            self.clock(),
-            conversation.group_id,
-            conversation.title,
-            tuple(members),
-        )
-        payload = encode_content(update)
         for member in sorted(set(members) | set(extra or [])):
             if member != self.username:
                 self._encrypt_for(member, payload, None)
         self._system_message(conversation.id, system_text)
+
+    def _hold_group_state(self, change: gs.GroupChange, previous: gs.GroupState | None) -> None:
+        state = change.state
+        self.store.groups.set_state(
+            state.group_id,
+            change.to_bytes(),
+            previous.to_bytes() if previous is not None else None,
+            state.title,
+        )
+        self.store.groups.set_members(state.group_id, state.members)
+
+    def _held_group_state(
+        self, group_id: bytes
+    ) -> tuple[gs.GroupState | None, gs.GroupState | None]:
+        """(the state this device holds, the one before it); (None, None) for a group
+        made before states were signed, until its next change."""
+        change, parent = self.store.groups.state(group_id)
+        return (
+            gs.GroupChange.from_bytes(change).state if change else None,
+            gs.GroupState.from_bytes(parent) if parent else None,
+        )
+
+    def _identity_of(self, username: str) -> PublicIdentity | None:
+        contact = self.store.contacts.get(username)
+        if contact is None or contact.identity_key is None:
+            return None
+        return PublicIdentity.from_bytes(contact.identity_key)
 
     def change_members(
         self, conversation_id: int, add: list[str], remove: list[str]
@@ -552,12 +585,30 @@ class Messenger:
         conversation = self._conversation(conversation_id)
         if conversation.group_id is None:
             raise ServiceError("members can be changed only in groups")
+        added = tuple(a.strip().lower() for a in add if a.strip())
+        removed = tuple(r.strip().lower() for r in remove if r.strip())
+        key = self.identity.signing_key
         with self.store.transaction():
-            current = set(self.store.groups.members(conversation.group_id))
-            updated = (current | {a.lower() for a in add}) - {r.lower() for r in remove}
-            self.store.groups.set_members(conversation.group_id, sorted(updated))
-            text = ", ".join([f"You added {a}" for a in add] + [f"You removed {r}" for r in remove])
-            self._announce_group(conversation, text, extra=[r.lower() for r in remove])
+            current, _parent = self._held_group_state(conversation.group_id)
+            if current is None:
+                # A group made before states were signed: its chain starts here, from
+                # the members this device knows, with this device's user as admin.
+                members = self.store.groups.members(conversation.group_id)
+                current = gs.create(
+                    conversation.group_id, conversation.title, self.username, members, key
+                ).state
+            try:
+                if removed == (self.username,) and not added:
+                    change = gs.leave(current, self.username, key)
+                else:
+                    change = gs.change(current, self.username, key, add=added, remove=removed)
+            except gs.GroupStateError:
+                raise ServiceError("only the group's admins can add or remove members") from None
+            self._hold_group_state(change, current)
+            text = ", ".join(
+                [f"You added {a}" for a in added] + [f"You removed {r}" for r in removed]
+            )
+            self._announce_group(conversation, text, extra=list(removed))
             # A departed member must not read what follows: new keys for everyone left.
             self._rotate_sender_key(conversation.group_id)
         return self.conversation_view(self._conversation(conversation_id))
@@ -640,7 +691,9 @@ class Messenger:
         idempotent; these three would otherwise be applied again (a membership or a
         timer put back, a sender key chain restarted), and a restore notice shown
         twice."""
-        if not isinstance(content, GroupUpdate | SenderKey | TimerUpdate | RestoreNotice):
+        if not isinstance(
+            content, GroupUpdate | GroupChangeContent | SenderKey | TimerUpdate | RestoreNotice
+        ):
             return True
         digest = sha256(HANDLED_CONTENT_LABEL + sender.encode("utf-8") + b"\x00" + plaintext)
         if self.store.handled_contents.seen(digest):
@@ -825,8 +878,12 @@ class Messenger:
                 if updated is not None:
                     result.new_messages.append((updated.conversation_id, updated))
                     result.changed_conversations.add(updated.conversation_id)
+        elif isinstance(content, GroupChangeContent):
+            self._apply_group_change(sender, content, result, server_time)
         elif isinstance(content, GroupUpdate):
-            self._apply_group_update(sender, content, result, min(content.sent_at, server_time))
+            # Version 1's unsigned, unnumbered member list: a relay could replay it to
+            # put a removed member back. No longer applied (docs/protocol.md §6).
+            return
         elif isinstance(content, SenderKey):
             distribution = SenderKeyDistribution.from_bytes(content.distribution)
             if self.store.groups.get(distribution.group_id) is None:
@@ -853,48 +910,91 @@ class Messenger:
             )
             result.changed_conversations.add(conversation.id)
 
-    def _apply_group_update(
-        self, sender: str, update: GroupUpdate, result: IncomingResult, at: int
+    def _apply_group_change(
+        self, sender: str, content: GroupChangeContent, result: IncomingResult, at: int
     ) -> None:
-        conversation = self.store.conversations.by_group(update.group_id)
-        members = sorted(set(update.members))
+        """A signed group state from `sender` (app/protocol/group_state.py says which
+        it takes); the members it adds get our sender key, the ones it removes make
+        us start a new one."""
+        received = gs.GroupChange.from_bytes(content.change)
+        group_id = received.state.group_id
+        conversation = self.store.conversations.by_group(group_id)
+        current, parent = self._held_group_state(group_id) if conversation else (None, None)
+        author = self._identity_of(received.author)
+        try:
+            if author is None or received.author == self.username:
+                # Handed on by a member, signed by someone we hold no key for (or by
+                # an earlier install of ours): only to join a group we do not hold.
+                if current is not None or sender not in received.state.members:
+                    return
+                applied = gs.adopt(received, self.username)
+            else:
+                applied = gs.apply(
+                    current, received, author.verify_key, self.username, parent=parent
+                )
+        except (gs.GroupStateError, AuthenticationError) as error:
+            if conversation is not None:
+                self._system_message(
+                    conversation.id, f"A group change from {sender} was refused: {error}", at
+                )
+                result.changed_conversations.add(conversation.id)
+            return
+        if applied.outcome is gs.Outcome.CONFLICT_KEPT and conversation is not None:
+            self._system_message(
+                conversation.id,
+                f"{received.author} changed the group at the same time as another admin;"
+                " that change did not take effect",
+                at,
+            )
+            result.changed_conversations.add(conversation.id)
+            return
+        new = applied.state
+        if not applied.changed or new is None:
+            return
         if conversation is None:
-            if self.username not in members:
-                return
             conversation = self.store.conversations.create_group(
-                update.group_id, update.title, now=self.clock()
+                group_id, new.title, now=self.clock()
             )
-            self.store.groups.create(update.group_id, conversation.id, update.title)
-            self.store.groups.set_members(update.group_id, members)
-            self._system_message(conversation.id, f"{sender} added you to “{update.title}”", at)
+            self.store.groups.create(group_id, conversation.id, new.title)
+            self._hold_group_state(received, None)
+            self._system_message(
+                conversation.id, f"{received.author} added you to “{new.title}”", at
+            )
             result.needs_sessions.update(
-                m for m in members if m != self.username and not self.has_sessions(m)
+                m for m in new.members if m != self.username and not self.has_sessions(m)
             )
-        else:
-            current = set(self.store.groups.members(update.group_id))
-            if sender not in current:
-                return
-            added = sorted(set(members) - current)
-            removed = sorted(current - set(members))
-            self.store.groups.set_members(update.group_id, members)
+            result.changed_conversations.add(conversation.id)
+            return
+        before = set(current.members) if current else set(self.store.groups.members(group_id))
+        self._hold_group_state(received, current)
+        actor = received.author
+        added = sorted(set(new.members) - before)
+        removed = sorted(before - set(new.members))
+        if applied.outcome is gs.Outcome.CONFLICT_SWITCHED:
+            self._system_message(
+                conversation.id,
+                f"Two admins changed the group at once; every member now has {actor}'s change",
+                at,
+            )
+        for name in added:
+            self._system_message(conversation.id, f"{actor} added {name}", at)
+        for name in removed:
+            text = f"{name} left" if name == actor else f"{actor} removed {name}"
+            self._system_message(conversation.id, text, at)
+            self.store.groups.set_member_sender_key(group_id, name, None)
+        if self.username not in new.members:
+            self.store.groups.set_own_sender_key(group_id, None, 0)
+        elif removed:
+            self._rotate_sender_key(group_id)
+        elif added:
+            state = self._own_sender_key(group_id)
+            distribution = encode_content(SenderKey(state.distribution().to_bytes()))
             for name in added:
-                self._system_message(conversation.id, f"{sender} added {name}", at)
-            for name in removed:
-                self._system_message(conversation.id, f"{sender} removed {name}", at)
-                self.store.groups.set_member_sender_key(update.group_id, name, None)
-            if self.username not in members:
-                self.store.groups.set_own_sender_key(update.group_id, None, 0)
-            elif removed:
-                self._rotate_sender_key(update.group_id)
-            elif added:
-                state = self._own_sender_key(update.group_id)
-                distribution = encode_content(SenderKey(state.distribution().to_bytes()))
-                for name in added:
-                    if name != self.username:
-                        self._encrypt_for(name, distribution, None)
-            result.needs_sessions.update(
-                m for m in added if m != self.username and not self.has_sessions(m)
-            )
+                if name != self.username:
+                    self._encrypt_for(name, distribution, None)
+        result.needs_sessions.update(
+            m for m in added if m != self.username and not self.has_sessions(m)
+        )
         result.changed_conversations.add(conversation.id)
 
     def attachment_secret(self, attachment_id: int) -> tuple[str, AttachmentSecret, Path]:
@@ -994,14 +1094,9 @@ class Messenger:
             members = self.store.groups.members(conversation.group_id)
             if peer not in members or self.username not in members:
                 continue
-            update = GroupUpdate(
-                str(uuid.uuid4()),
-                self.clock(),
-                conversation.group_id,
-                conversation.title,
-                tuple(members),
-            )
-            self._encrypt_for(peer, encode_content(update), None)
+            change, _parent = self.store.groups.state(conversation.group_id)
+            if change is not None:
+                self._encrypt_for(peer, encode_content(GroupChangeContent(change)), None)
             state = self._own_sender_key(conversation.group_id)
             distribution = encode_content(SenderKey(state.distribution().to_bytes()))
             self._encrypt_for(peer, distribution, None)

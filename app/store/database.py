@@ -821,6 +821,21 @@ class GroupRepository(_Repository):
             (group_id, conversation_id, title),
         )
 
+    def state(self, group_id: bytes) -> tuple[bytes | None, bytes | None]:
+        """(the signed change that made the held state, the state before it)."""
+        row = self._execute(
+            "SELECT state_change, parent_state FROM groups WHERE group_id = ?", (group_id,)
+        ).fetchone()
+        if row is None:
+            return None, None
+        return (bytes(row[0]) if row[0] else None), (bytes(row[1]) if row[1] else None)
+
+    def set_state(self, group_id: bytes, change: bytes, parent: bytes | None, title: str) -> None:
+        self._execute(
+            "UPDATE groups SET state_change = ?, parent_state = ?, title = ? WHERE group_id = ?",
+            (change, parent, title, group_id),
+        )
+
     def set_own_sender_key(self, group_id: bytes, state: bytes | None, epoch: int) -> None:
         self._execute(
             "UPDATE groups SET own_sender_key = ?, epoch = ? WHERE group_id = ?",

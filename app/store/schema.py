@@ -206,4 +206,13 @@ MIGRATIONS: list[str] = [
         restored_at INTEGER NOT NULL
     );
     """,
+    # 6: group membership as signed epochs (issue #18; docs/protocol.md §6, "Group
+    # state"). groups.state_change: the signed change that made the state this device
+    # holds (app.protocol.group_state.GroupChange), kept to check the next one and to
+    # hand to a member who lost it; groups.parent_state: the state before it, to judge
+    # a concurrent change. NULL for a group made before, until its next change.
+    """
+    ALTER TABLE groups ADD COLUMN state_change BLOB;
+    ALTER TABLE groups ADD COLUMN parent_state BLOB;
+    """,
 ]

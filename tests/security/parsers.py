@@ -14,8 +14,8 @@ from pathlib import Path
 
 from app.backup import format as backup_format
 from app.backup.errors import BackupError
-from app.crypto import DecryptionError, DeterministicRng, HpkePrivateKey, hpke_open
-from app.protocol import ProtocolError
+from app.crypto import DecryptionError, DeterministicRng, HpkePrivateKey, SigningKey, hpke_open
+from app.protocol import ProtocolError, group_state
 from app.protocol import vault as vault_protocol
 from app.protocol.attachments import AttachmentSecret, decrypt_attachment
 from app.protocol.content import decode_content
@@ -92,6 +92,9 @@ def _samples() -> dict[str, bytes]:
         "envelope": alice_session.encrypt(b"sample"),
         "content": encode_content(Text("m-1", 1_700_000_000_000, "sample text")),
         "public identity": DeviceIdentity.generate(_RNG).public.to_bytes(),
+        "group change": group_state.create(
+            bytes(16), "Trip", "alice", ["bob"], SigningKey.generate(_RNG)
+        ).to_bytes(),
         "vault fleet bundle": bytes.fromhex(vault_vectors["fleet"]["bundle"]),
         "vault sealed request": bytes.fromhex(vault_vectors["request"]["body"]),
         "vault response": bytes.fromhex(vault_vectors["response"]["sealed"]),
@@ -110,6 +113,7 @@ TARGETS = [
     Target("sender key distribution", SenderKeyDistribution.from_bytes, (ProtocolError,)),
     Target("group message", group_message_chain, (ProtocolError,)),
     Target("attachment stream", _attachment, (ProtocolError,)),
+    Target("group change", group_state.GroupChange.from_bytes, (ProtocolError,)),
     Target("vault fleet bundle", vault_protocol.Fleet.from_bytes, (ProtocolError,)),
     Target("vault inner request", vault_protocol.parse_inner_request, (ProtocolError,)),
     Target("vault sealed request", _vault_request, (ProtocolError, DecryptionError)),

@@ -24,9 +24,11 @@ from typing import Any, TypeVar
 
 import pytest
 
+from app.protocol import group_state as gs
 from app.protocol.content import (
     FRAME_PAIRWISE,
     Content,
+    GroupChangeContent,
     GroupUpdate,
     SenderKey,
     TimerUpdate,
@@ -39,6 +41,7 @@ from app.protocol.ratchet import Header
 from app.protocol.session import NORMAL_MESSAGE, Envelope, SessionStart
 from app.services.account import open_messenger
 from app.services.client import Client
+from app.services.messenger import ServiceError
 from app.services.views import MessageStatus
 from tests.services.helpers import Person, wait_for
 from tests.support.components import RelayProcess
@@ -345,13 +348,27 @@ def test_duplicate_group_update_sender_key_and_timer_change_in_new_messages_are_
         wait_for(lambda: text in rows(bob, "alice"), what=text)
 
     now = int(time.time() * 1000)
-    with_carol = GroupUpdate(str(uuid.uuid4()), now, gid, "Trip", ("alice", "bob", "carol"))
-    without = GroupUpdate(str(uuid.uuid4()), now + 1, gid, "Trip", ("alice", "bob"))
+
+    def signed_state() -> GroupChangeContent:
+        change = on_core(alice, lambda: alice.client.messenger.store.groups.state(gid)[0])
+        assert change is not None
+        return GroupChangeContent(change)
+
+    # Carol added, then removed: two real, signed changes of the group's state.
+    alice.client.add_member(group.conversation_id, "carol").result(20)
+    with_carol = signed_state()
+    alice.client.remove_member(group.conversation_id, "carol").result(20)
+    wait_for(
+        lambda: any("removed carol" in row for row in rows(bob, "Trip", system=True)),
+        what="bob sees carol removed",
+    )
     hour = TimerUpdate(str(uuid.uuid4()), now, 3600)
     off = TimerUpdate(str(uuid.uuid4()), now + 1, 0)
     own_key = on_core(alice, lambda: alice.client.messenger._own_sender_key(gid))
     distribution = SenderKey(own_key.distribution().to_bytes())
-    for content in (with_carol, without, hour, off, distribution):
+    # Version 1's unsigned member list is not applied at all any more.
+    unsigned = GroupUpdate(str(uuid.uuid4()), now, gid, "Trip", ("alice", "bob", "carol"))
+    for content in (hour, off, distribution):
         send_content(alice, "bob", content)
     alice.client.send_text(group.conversation_id, "moves alice's chain on").result(20)
     wait_for(lambda: "moves alice's chain on" in rows(bob, "Trip"), what="group text")
@@ -368,7 +385,7 @@ def test_duplicate_group_update_sender_key_and_timer_change_in_new_messages_are_
 
     before = snapshot()
     assert before[0][0] == 0 and before[0][1] == ("alice", "bob")
-    for content in (with_carol, hour, distribution):
+    for content in (with_carol, unsigned, hour, distribution):
         send_content(alice, "bob", content)
     marker("after the duplicates")
     assert snapshot() == before
@@ -508,3 +525,87 @@ def test_mutated_envelopes_never_escape_the_protocol_errors_nor_block_the_batch(
     cast.back(carol)
     wait_for(lambda: rows(carol, "bob") == ["hi carol"], what="carol gets bob's message")
     both_ways(carol, bob, "the noise")
+
+
+# ---- (e) group changes: signed, by admins, never replayed back --------------------
+def _members(person: Person, title: str) -> tuple[str, ...]:
+    trip = conversation_id(person, title)
+
+    def read() -> tuple[str, ...]:
+        group = person.client.messenger.store.groups.by_conversation(trip)
+        assert group is not None
+        return tuple(person.client.messenger.store.groups.members(group.group_id))
+
+    return on_core(person, read)
+
+
+def test_only_admins_change_members_a_forged_change_is_refused_and_anyone_may_leave(
+    cast: Cast,
+) -> None:
+    alice, bob, carol = cast["alice"], cast["bob"], cast["carol"]
+    group = alice.client.create_group("Trip", ["bob", "carol"]).result(20)
+    for person in (bob, carol):
+        wait_for(lambda person=person: rows(person, "Trip", system=True), what="joined")
+    bob_trip = conversation_id(bob, "Trip")
+    with pytest.raises(ServiceError, match="only the group's admins"):
+        bob.client.remove_member(bob_trip, "carol").result(20)
+
+    # Bob signs a change he may not make and sends it to Carol himself.
+    def forge() -> GroupChangeContent:
+        messenger = bob.client.messenger
+        held = messenger.store.groups.by_conversation(bob_trip)
+        assert held is not None
+        change_bytes, _parent = messenger.store.groups.state(held.group_id)
+        assert change_bytes is not None
+        current = gs.GroupChange.from_bytes(change_bytes).state
+        state = gs.GroupState(
+            current.group_id,
+            current.epoch + 1,
+            current.title,
+            tuple(sorted({*current.members, "dave"})),
+            current.admins,
+            current.digest(),
+        )
+        unsigned = gs.GroupChange(state, "bob", b"")
+        signature = messenger.identity.signing_key.sign(unsigned.signed_bytes())
+        return GroupChangeContent(gs.GroupChange(state, "bob", signature).to_bytes())
+
+    send_content(bob, "carol", on_core(bob, forge))
+    wait_for(
+        lambda: any("was refused" in row for row in rows(carol, "Trip", system=True)),
+        what="carol refuses bob's change",
+    )
+    assert _members(carol, "Trip") == ("alice", "bob", "carol")
+
+    # Anyone may leave, by a change they sign.
+    bob.client.remove_member(bob_trip, "bob").result(20)
+    for person in (alice, carol):
+        wait_for(
+            lambda person=person: any("bob left" in r for r in rows(person, "Trip", system=True)),
+            what=f"{person.name} sees bob leave",
+        )
+        assert _members(person, "Trip") == ("alice", "carol")
+    alice.client.send_text(group.conversation_id, "after bob left").result(20)
+    wait_for(lambda: "after bob left" in rows(carol, "Trip"), what="carol reads on")
+
+
+def test_a_replayed_creation_does_not_put_a_removed_member_back(
+    cast: Cast, mailbox: RecordingMailbox
+) -> None:
+    alice, bob, carol = cast["alice"], cast["bob"], cast["carol"]
+    group = alice.client.create_group("Trip", ["bob", "carol"]).result(20)
+    wait_for(lambda: rows(bob, "Trip", system=True), what="bob joined")
+    creation = mailbox.recorded(sender="alice", recipient="bob")
+    alice.client.remove_member(group.conversation_id, "carol").result(20)
+    wait_for(
+        lambda: any("removed carol" in r for r in rows(bob, "Trip", system=True)),
+        what="bob sees carol removed",
+    )
+    for envelope in creation:
+        mailbox.replay(envelope)
+    redeliver(bob)
+    wait_for(lambda: mailbox.pending("bob") == 0, what="the replays handled")
+    assert _members(bob, "Trip") == ("alice", "bob")
+    alice.client.send_text(group.conversation_id, "carol is gone").result(20)
+    wait_for(lambda: "carol is gone" in rows(bob, "Trip"), what="bob reads on")
+    assert "carol is gone" not in rows(carol, "Trip")
