@@ -561,6 +561,9 @@ class Messenger:
             state.title,
         )
         self.store.groups.set_members(state.group_id, state.members)
+        conversation = self.store.conversations.by_group(state.group_id)
+        if conversation is not None and conversation.title != state.title:
+            self.store.conversations.rename(conversation.id, state.title)
 
     def _held_group_state(
         self, group_id: bytes
@@ -940,17 +943,18 @@ class Messenger:
                 result.changed_conversations.add(conversation.id)
             return
         if applied.outcome is gs.Outcome.CONFLICT_KEPT and conversation is not None:
-            self._system_message(
-                conversation.id,
-                f"{received.author} changed the group at the same time as another admin;"
-                " that change did not take effect",
-                at,
-            )
+            self._system_message(conversation.id, _conflict_text(received), at)
             result.changed_conversations.add(conversation.id)
             return
         new = applied.state
         if not applied.changed or new is None:
             return
+        # Every member hands on each state it takes to the others (once: a state
+        # already held is a duplicate), so an admin who sent different states of one
+        # epoch to different members is seen by all of them, and all keep one.
+        for member in new.members:
+            if member not in (self.username, sender, received.author):
+                self._encrypt_for(member, encode_content(content), None)
         if conversation is None:
             conversation = self.store.conversations.create_group(
                 group_id, new.title, now=self.clock()
@@ -971,11 +975,9 @@ class Messenger:
         added = sorted(set(new.members) - before)
         removed = sorted(before - set(new.members))
         if applied.outcome is gs.Outcome.CONFLICT_SWITCHED:
-            self._system_message(
-                conversation.id,
-                f"Two admins changed the group at once; every member now has {actor}'s change",
-                at,
-            )
+            self._system_message(conversation.id, _conflict_text(received), at)
+        if current is not None and current.title != new.title:
+            self._system_message(conversation.id, f"{actor} renamed the group “{new.title}”", at)
         for name in added:
             self._system_message(conversation.id, f"{actor} added {name}", at)
         for name in removed:
@@ -1123,6 +1125,16 @@ class Messenger:
                 conversation
                 for _id, conversation in self.store.messages.delete_expired(self.clock())
             }
+
+
+def _conflict_text(received: gs.GroupChange) -> str:
+    """What a member says on seeing two states of one epoch (it keeps the one with
+    the lower digest, as every member does)."""
+    return (
+        f"{received.author} sent a member list that differs from another one for the same"
+        " change of this group (two admins at once, or one admin telling members"
+        " different things); every member now keeps the same one"
+    )
 
 
 def _timer_text(seconds: int) -> str:

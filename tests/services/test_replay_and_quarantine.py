@@ -609,3 +609,49 @@ def test_a_replayed_creation_does_not_put_a_removed_member_back(
     alice.client.send_text(group.conversation_id, "carol is gone").result(20)
     wait_for(lambda: "carol is gone" in rows(bob, "Trip"), what="bob reads on")
     assert "carol is gone" not in rows(carol, "Trip")
+
+
+def test_an_admin_telling_members_different_lists_is_seen_and_everyone_keeps_one(
+    cast: Cast,
+) -> None:
+    alice, bob, carol = cast["alice"], cast["bob"], cast["carol"]
+    bob.client.start_direct("carol").result(20)  # members hand states on to each other
+    bob.client.send_text(conversation_id(bob, "carol"), "hi carol").result(20)
+    wait_for(lambda: "hi carol" in rows(carol, "bob"), what="bob and carol talk")
+    group = alice.client.create_group("Trip", ["bob", "carol"]).result(20)
+    for person in (bob, carol):
+        wait_for(lambda person=person: rows(person, "Trip", system=True), what="joined")
+
+    # Alice signs two different next states and sends each to one member only.
+    def two_states() -> tuple[GroupChangeContent, GroupChangeContent]:
+        messenger = alice.client.messenger
+        held = messenger.store.groups.by_conversation(group.conversation_id)
+        assert held is not None
+        change_bytes, _parent = messenger.store.groups.state(held.group_id)
+        assert change_bytes is not None
+        current = gs.GroupChange.from_bytes(change_bytes).state
+        key = messenger.identity.signing_key
+        to_bob = gs.change(current, "alice", key, title="Trip (for bob)")
+        to_carol = gs.change(current, "alice", key, title="Trip (for carol)")
+        return GroupChangeContent(to_bob.to_bytes()), GroupChangeContent(to_carol.to_bytes())
+
+    for_bob, for_carol = on_core(alice, two_states)
+    send_content(alice, "bob", for_bob)
+    send_content(alice, "carol", for_carol)
+    kept = min(
+        (gs.GroupChange.from_bytes(c.change).state for c in (for_bob, for_carol)),
+        key=lambda state: state.digest(),
+    )
+
+    def title(person: Person) -> str:
+        views = person.client.conversations().result(timeout=20)
+        return next(v.title for v in views if v.title.startswith("Trip"))
+
+    for person in (bob, carol):
+        wait_for(lambda person=person: title(person) == kept.title, what=f"{person.name} converges")
+        wait_for(
+            lambda person=person: any(
+                "differs from another one" in r for r in rows(person, kept.title, system=True)
+            ),
+            what=f"{person.name} says what it saw",
+        )
