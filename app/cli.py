@@ -1,9 +1,16 @@
-"""`cipherline`: the desktop app, and headless commands for scripts."""
+"""`cipherline`: the desktop app, and headless commands for scripts.
+
+Exit codes of the desktop app: 0 when it was closed, 2 when it cannot start
+(a bad profile name or server config, or no display to show it on:
+`EXIT_NO_DISPLAY`). The `backup` commands document their own in app/backup/cli.py.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from app import __version__
@@ -12,8 +19,43 @@ from app.config import (
     SERVER_CONFIG_NAME,
     ConfigError,
     ServerConfig,
-    profile_dir,
+    ensure_profile_dir,
 )
+
+EXIT_NO_DISPLAY = 2
+NO_DISPLAY_MESSAGE = (
+    "cipherline: no display found (DISPLAY/WAYLAND_DISPLAY unset): run it in a desktop"
+    " session, or use the headless commands: cipherline backup …, cipherline --self-test"
+)
+# Qt platform plugins that need no display server.
+_HEADLESS_PLATFORMS = frozenset(
+    {"offscreen", "minimal", "minimalegl", "vnc", "eglfs", "linuxfb", "vkkhrdisplay"}
+)
+# Everything the app writes is the user's alone (app/config.py, app/store).
+APP_UMASK = 0o077
+
+
+def has_display(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether Qt can show a window here. Checked before a QApplication exists,
+    because Qt's own failure (a missing xcb library, "reinstalling may fix this")
+    aborts the process and points at the wrong cause. Only X11/Wayland systems
+    need a display server; elsewhere the answer is always yes."""
+    if not sys.platform.startswith(("linux", "freebsd", "openbsd", "netbsd")):
+        return True
+    env = os.environ if environ is None else environ
+    platforms = [
+        name.split(":", 1)[0].strip().lower()
+        for name in env.get("QT_QPA_PLATFORM", "").split(";")
+        if name.strip()
+    ]
+    if any(name in _HEADLESS_PLATFORMS for name in platforms):
+        return True
+    x11, wayland = bool(env.get("DISPLAY")), bool(env.get("WAYLAND_DISPLAY"))
+    if not platforms:
+        return x11 or wayland
+    return any(
+        (name == "xcb" and x11) or (name.startswith("wayland") and wayland) for name in platforms
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,7 +88,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    previous = os.umask(APP_UMASK)
+    try:
+        return _run(build_parser().parse_args(argv))
+    finally:
+        # The app has ended by now; this only matters to a caller in the same process.
+        os.umask(previous)
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.self_test:
         from app.selftest import run_self_test
 
@@ -55,14 +105,16 @@ def main(argv: list[str] | None = None) -> int:
         from app.backup.cli import run
 
         return run(args)
+    if not has_display():
+        print(NO_DISPLAY_MESSAGE, file=sys.stderr)
+        return EXIT_NO_DISPLAY
     try:
-        profile = profile_dir(args.profile)
+        profile = ensure_profile_dir(args.profile)
         if args.server_config is not None:
             ServerConfig.load(args.server_config).save(profile / SERVER_CONFIG_NAME)
     except ConfigError as error:
         print(f"cipherline: {error}", file=sys.stderr)
         return 2
-    profile.mkdir(parents=True, exist_ok=True, mode=0o700)
     from app.ui.application import run_gui
 
     return run_gui(profile)

@@ -6,6 +6,7 @@ the relay's certificate must chain to, and the vault fleet's public keys.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -17,6 +18,10 @@ import platformdirs
 APP_NAME = "cipherline"
 HOME_ENV = "CIPHERLINE_HOME"
 DEFAULT_PROFILE = "default"
+# Everything Cipherline writes is for the user alone, whatever the process umask:
+# folders 0700, files 0600 (the umask can only take bits away, never add them).
+PRIVATE_DIR_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
 _PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
 
 
@@ -42,6 +47,46 @@ def validate_profile_name(name: str) -> str:
 
 def profile_dir(name: str = DEFAULT_PROFILE, root: Path | None = None) -> Path:
     return (root or data_root()) / "profiles" / validate_profile_name(name)
+
+
+def make_private_dir(path: Path) -> Path:
+    """`path` and any missing parents, created 0700; `path` itself tightened to 0700
+    when it already existed looser. Parents that already existed are left alone."""
+    missing: list[Path] = []
+    folder = path
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for folder in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            folder.mkdir(mode=PRIVATE_DIR_MODE)
+    if path.stat().st_mode & 0o777 != PRIVATE_DIR_MODE:
+        os.chmod(path, PRIVATE_DIR_MODE)
+    for folder in missing[1:]:
+        if folder.stat().st_mode & 0o777 != PRIVATE_DIR_MODE:
+            os.chmod(folder, PRIVATE_DIR_MODE)
+    return path
+
+
+def ensure_profile_dir(name: str = DEFAULT_PROFILE, root: Path | None = None) -> Path:
+    """The profile folder, created if needed, with the data root and `profiles/`
+    above it: all three 0700 (and tightened to it when an older version left them
+    looser)."""
+    root = root or data_root()
+    profile = profile_dir(name, root)
+    for folder in (root, root / "profiles", profile):
+        make_private_dir(folder)
+    return profile
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Replaces `path` with `text` through a 0600 temporary file."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE)
+    with os.fdopen(fd, "w") as handle:
+        os.fchmod(handle.fileno(), PRIVATE_FILE_MODE)
+        handle.write(text)
+    os.replace(tmp, path)
 
 
 @dataclass(frozen=True)
@@ -85,10 +130,9 @@ class ServerConfig:
             raise ConfigError(f"server config is malformed: {error}") from None
 
     def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(self.to_json())
-        os.replace(tmp, path)
+        if not path.parent.exists():
+            make_private_dir(path.parent)
+        _write_private(path, self.to_json())
 
     @staticmethod
     def load(path: Path) -> ServerConfig:
@@ -105,8 +149,6 @@ def write_ca_file(profile: Path, config: ServerConfig) -> Path:
     """The relay CA as a file, because `requests` verifies against a path."""
     path = profile / "relay-ca.pem"
     if not path.exists() or path.read_text() != config.relay_ca_pem:
-        profile.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(config.relay_ca_pem)
-        os.replace(tmp, path)
+        make_private_dir(profile)
+        _write_private(path, config.relay_ca_pem)
     return path

@@ -6,6 +6,9 @@ installed, otherwise the software backend, loudly labelled insecure) and records
 them in the dev stack's state file. Further launchers (another --profile, so two
 people can chat on one machine) reuse them. When the last app closes, the
 services it started are stopped.
+
+Without a display (no DISPLAY or WAYLAND_DISPLAY, no headless QT_QPA_PLATFORM) it
+says so and exits 2 before starting anything, as `cipherline` itself does.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from app.config import ServerConfig, VaultNodeKey, data_root  # noqa: E402
+from app.cli import APP_UMASK, EXIT_NO_DISPLAY, NO_DISPLAY_MESSAGE, has_display  # noqa: E402
+from app.config import ServerConfig, VaultNodeKey, data_root, make_private_dir  # noqa: E402
 from tests.support.components import (  # noqa: E402
     RelayProcess,
     SoftHSMToken,
@@ -62,7 +66,7 @@ class DevStack:
 
     @contextlib.contextmanager
     def locked(self) -> Any:
-        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_private_dir(self.root)
         with (self.root / ".lock").open("w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             yield
@@ -156,6 +160,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--profile", default="default")
     args = parser.parse_args()
+    if not has_display():
+        print(NO_DISPLAY_MESSAGE, file=sys.stderr)
+        return EXIT_NO_DISPLAY
+    # The dev stack's files (and the relay's and vault's, which inherit it) are private.
+    os.umask(APP_UMASK)
 
     stack = DevStack(data_root() / "devstack")
     with stack.locked():

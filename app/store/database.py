@@ -15,6 +15,7 @@ import base64
 import contextlib
 import json
 import os
+import stat
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -24,6 +25,7 @@ from typing import Any
 
 import sqlcipher3.dbapi2 as sqlcipher
 
+from app.config import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, make_private_dir
 from app.crypto import Rng, SystemRng
 from app.store.durability import WritebackPacer, write_atomically
 from app.store.errors import StoreCorrupt, StoreError
@@ -1065,6 +1067,41 @@ def _copy_pages(
         os.close(fd)
 
 
+def _create_private_file(path: Path) -> None:
+    """Creates `path` empty and 0600 if it is missing, and tightens it to 0600.
+
+    SQLite creates a database file 0644 less the umask, and its -wal, -shm and
+    -journal files with the database file's mode (src/os_unix.c, findCreateFileMode
+    and unixOpenSharedMemory, which fchmod past the umask). So the database file is
+    made 0600 before SQLite ever opens it (an empty file is an empty database), and
+    the files beside it follow."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE_MODE)
+    try:
+        if os.fstat(fd).st_mode & 0o777 != PRIVATE_FILE_MODE:
+            os.fchmod(fd, PRIVATE_FILE_MODE)
+    finally:
+        os.close(fd)
+
+
+def _tighten_profile(profile: Path) -> None:
+    """Every folder under a profile 0700 and every file 0600: profiles written by
+    versions that left the -wal and -shm files 0644 and folders 0755 are fixed on
+    open. Symbolic links are neither followed nor changed."""
+    make_private_dir(profile)
+    for folder, folders, files in os.walk(profile):
+        for name in folders:
+            _chmod_if(Path(folder, name), PRIVATE_DIR_MODE)
+        for name in files:
+            _chmod_if(Path(folder, name), PRIVATE_FILE_MODE)
+
+
+def _chmod_if(path: Path, mode: int) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        info = path.lstat()
+        if not stat.S_ISLNK(info.st_mode) and info.st_mode & 0o777 != mode:
+            os.chmod(path, mode)
+
+
 def _process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -1112,7 +1149,7 @@ class Store:
         rng = rng or SystemRng()
         if (profile / KEY_FILE_NAME).exists() or (profile / DB_FILE_NAME).exists():
             raise StoreError(f"a store already exists in {profile}")
-        profile.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _tighten_profile(profile)
         db_key = new_db_key(rng)
         key_file = protector.wrap(db_key, rng)
         store = cls._open_with_key(profile / DB_FILE_NAME, db_key)
@@ -1129,6 +1166,7 @@ class Store:
         except FileNotFoundError:
             raise StoreError(f"no store in {profile}") from None
         db_key = protector.unwrap(key_file)
+        _tighten_profile(profile)
         return cls._open_with_key(profile / DB_FILE_NAME, db_key)
 
     @staticmethod
@@ -1154,6 +1192,9 @@ class Store:
 
     @classmethod
     def _open_with_key(cls, path: Path, db_key: bytes) -> Store:
+        _create_private_file(path)
+        for suffix in ("-wal", "-shm", "-journal"):
+            _chmod_if(path.with_name(path.name + suffix), PRIVATE_FILE_MODE)
         connection = sqlcipher.connect(
             str(path), isolation_level=None, check_same_thread=False, timeout=10
         )
@@ -1178,8 +1219,6 @@ class Store:
         except BaseException:
             connection.close()
             raise
-        if path.exists():
-            os.chmod(path, 0o600)
         return store
 
     def _migrate(self, migrations: list[str] | None = None) -> None:
@@ -1344,6 +1383,7 @@ class Store:
         path = self.path.parent / f"{IMAGE_PREFIX}{os.getpid()}-{time.time_ns()}.db"
         image = DatabaseImageFile(path, key, 0, 0, 0)
         try:
+            _create_private_file(path)
             source = self._snapshot_connection()
             try:
                 target = _connect_image(path, key)
@@ -1392,8 +1432,9 @@ class Store:
         rng = rng or SystemRng()
         source = _open_checked_image(image)
         try:
-            profile.mkdir(parents=True, exist_ok=True, mode=0o700)
+            _tighten_profile(profile)
             db_key = new_db_key(rng)
+            _create_private_file(profile / DB_FILE_NAME)
             target = sqlcipher.connect(str(profile / DB_FILE_NAME), isolation_level=None)
             try:
                 target.execute(f"PRAGMA key = \"x'{db_key.hex()}'\"")
