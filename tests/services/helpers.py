@@ -3,6 +3,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from app.config import SERVER_CONFIG_NAME, ServerConfig
 from app.crypto import Argon2Params
@@ -14,6 +15,8 @@ from app.store import Account, Store
 from tests.support.components import RelayProcess
 
 FAST_KDF = Argon2Params(time_cost=1, memory_cost_kib=8 * 1024, parallelism=1)
+
+T = TypeVar("T")
 
 
 def make_profile(root: Path, name: str, relay: RelayProcess) -> Profile:
@@ -88,3 +91,8 @@ def wait_for(condition: Callable[[], object], timeout: float = 20, what: str = "
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def on_core(person: Person, function: Callable[[], T]) -> T:
+    """Runs `function` on the person's core thread (where the store may be read)."""
+    return person.client.core(function).result(timeout=20)

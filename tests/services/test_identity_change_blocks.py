@@ -14,7 +14,7 @@ Real clients and a real relay whose mailbox is recorded (`RecordingMailbox`):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -24,7 +24,7 @@ from app.services.events import IdentityChanged
 from app.services.messenger import IdentityNotAccepted
 from app.services.views import ConversationView, MessageStatus
 from app.store.trust import IdentityTrust
-from tests.services.helpers import Person, wait_for
+from tests.services.helpers import Person, on_core, wait_for
 from tests.support.components import RelayProcess
 from tests.support.mailbox_adversary import RecordingMailbox
 
@@ -50,19 +50,10 @@ class Cast:
 
 
 @pytest.fixture
-def mailbox(relay: RelayProcess) -> RecordingMailbox:
-    return RecordingMailbox(relay)
-
-
-@pytest.fixture
 def cast(tmp_path: Path, relay: RelayProcess, mailbox: RecordingMailbox) -> Iterator[Cast]:
     people = Cast(tmp_path, relay)
     yield people
     people.stop()
-
-
-def on_core(person: Person, function: Callable[[], T]) -> T:
-    return person.client.core(function).result(timeout=20)
 
 
 def conversation(person: Person, title: str) -> ConversationView:

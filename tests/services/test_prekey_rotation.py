@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -37,7 +37,7 @@ from app.services.client import Client
 from app.services.messenger import Messenger, now_ms
 from app.store import Store
 from app.store.database import DB_FILE_NAME
-from tests.services.helpers import Person, wait_for
+from tests.services.helpers import Person, on_core, wait_for
 from tests.support.components import RelayProcess
 from tests.support.mailbox_adversary import RecordedEnvelope, RecordingMailbox
 
@@ -98,11 +98,6 @@ class Cast:
 
 
 @pytest.fixture
-def mailbox(relay: RelayProcess) -> RecordingMailbox:
-    return RecordingMailbox(relay)
-
-
-@pytest.fixture
 def cast(tmp_path: Path, relay: RelayProcess, mailbox: RecordingMailbox) -> Iterator[Cast]:
     people = Cast(tmp_path, relay)
     yield people
@@ -110,10 +105,6 @@ def cast(tmp_path: Path, relay: RelayProcess, mailbox: RecordingMailbox) -> Iter
 
 
 # ---- helpers ------------------------------------------------------------------
-def on_core(person: Person, function: Callable[[], T]) -> T:
-    return person.client.core(function).result(timeout=20)
-
-
 def prekeys_of(person: Person) -> LocalPrekeys:
     return on_core(person, person.client.messenger.prekeys)
 

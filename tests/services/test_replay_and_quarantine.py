@@ -18,7 +18,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -43,7 +43,7 @@ from app.services.account import open_messenger
 from app.services.client import Client
 from app.services.messenger import ServiceError
 from app.services.views import MessageStatus
-from tests.services.helpers import Person, wait_for
+from tests.services.helpers import Person, on_core, wait_for
 from tests.support.components import RelayProcess
 from tests.support.mailbox_adversary import RecordingMailbox
 
@@ -94,11 +94,6 @@ class Cast:
 
 
 @pytest.fixture
-def mailbox(relay: RelayProcess) -> RecordingMailbox:
-    return RecordingMailbox(relay)
-
-
-@pytest.fixture
 def cast(tmp_path: Path, relay: RelayProcess, mailbox: RecordingMailbox) -> Iterator[Cast]:
     people = Cast(tmp_path, relay)
     yield people
@@ -106,10 +101,6 @@ def cast(tmp_path: Path, relay: RelayProcess, mailbox: RecordingMailbox) -> Iter
 
 
 # ---- helpers ------------------------------------------------------------------
-def on_core(person: Person, function: Callable[[], T]) -> T:
-    return person.client.core(function).result(timeout=20)
-
-
 def conversation_id(person: Person, title: str) -> int:
     views = person.client.conversations().result(timeout=20)
     return next(v.conversation_id for v in views if v.title == title)
