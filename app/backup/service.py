@@ -19,7 +19,7 @@ from app.config import ServerConfig, write_ca_file
 from app.net import RelayClient
 from app.net.vault_transport import RelayTransport, fleet_key, pinned_nodes, run_flow
 from app.protocol import vault
-from app.store import Store
+from app.store import BackupState, Store
 
 METHOD_KEY = "key"
 METHOD_PASSWORD = "password"  # noqa: S105 - a method name, not a password
@@ -203,7 +203,32 @@ def key_for(
     return access.retrieve(info.record_id, password)
 
 
-def store_key_after_restore(store: Store, key: bytes) -> None:
-    """Scheduled backups go on with the same key after a restore."""
+def settle_after_restore(store: Store) -> BackupState:
+    """Makes a restored copy a device of its own: its backups are off until the user
+    sets them up, and the original's settings are returned so the app can say so.
+
+    The copy arrives with the original's settings. Left on, it would write into the
+    original's folder at once, and "keep the newest N" would let the two devices
+    prune each other's backups; "Back up now" there would do the same, and turning
+    off a password method would make the vault forget the original's key. So the
+    method, folder, schedule, vault record and key are all cleared here.
+    """
+    original = store.backup_state.get()
     with store.transaction():
-        store.backup_state.update(backup_key=key)
+        store.backup_state.update(
+            method=None,
+            folder=None,
+            schedule="off",
+            vault_record_id=None,
+            backup_key=None,
+            last_success=None,
+            last_size=None,
+        )
+    return original
+
+
+def store_key_after_restore(store: Store, key: bytes) -> None:
+    """The earlier name, kept for its callers: the restored copy's backups are
+    settled by `settle_after_restore`; the backup key is no longer carried over."""
+    del key
+    settle_after_restore(store)

@@ -113,10 +113,13 @@ class Launcher(QObject):
         def finished(result: int) -> None:
             if not Store.exists(profile):
                 return
+            # The wizard has just closed itself. The first-run screen stays up (and
+            # inert) until `_opened` shows the main window: with no window visible
+            # while the profile opens, Qt's quit-on-last-window rule would end the
+            # app, and the opening worker would report to objects being torn down.
             if self.dialog is not None:
-                self.dialog.close()
+                self.dialog.setEnabled(False)
             passphrase = None if use_keyring else wizard.secret_page.passphrase_edit.text()
-            self.dialog = None
             self._open(passphrase)
 
         wizard.finished.connect(finished)
@@ -145,9 +148,6 @@ class Launcher(QObject):
 
     # ---- running ----------------------------------------------------------------
     def _opened(self, messenger: Messenger) -> None:
-        if self.dialog is not None:
-            self.dialog.close()
-            self.dialog = None
         self.client = Client(messenger, self.profile.relay(timeout=5))
         bridge = ClientBridge(self.client)
         window = MainWindow(bridge, profile_name=f"{messenger.username}")
@@ -159,7 +159,12 @@ class Launcher(QObject):
         self.scheduler = BackupScheduler(messenger.store, messenger.profile)
         window.tray = self.tray
         self.client.start()
+        # The window shows before the dialog closes, so there is always a window
+        # and the last-window rule cannot quit the app in between.
         window.show()
+        if self.dialog is not None:
+            self.dialog.close()
+            self.dialog = None
         self.ready.emit(window)
 
     def shutdown(self) -> None:
@@ -188,20 +193,33 @@ def _exit_after_first_paint(application: QApplication, launcher: Launcher) -> No
     timer.start()
 
 
-def run_gui(profile: Path) -> int:
-    application = QApplication.instance() or QApplication(sys.argv[:1])
-    assert isinstance(application, QApplication)
+def configure_application(application: QApplication) -> None:
+    """Names, icon and the quit rule: the app ends when its last window closes."""
     application.setApplicationName("Cipherline")
     application.setDesktopFileName("cipherline")
     application.setWindowIcon(app_icon())
+    application.setQuitOnLastWindowClosed(True)
+
+
+def launch(application: QApplication, profile: Path, *, kdf: object = None) -> Launcher:
+    """A launcher for `profile` that starts once the event loop runs and shuts the
+    client down when the application quits."""
+    launcher = Launcher(profile, kdf=kdf)
+    QTimer.singleShot(0, launcher.start)
+    application.aboutToQuit.connect(launcher.shutdown)
+    return launcher
+
+
+def run_gui(profile: Path) -> int:
+    application = QApplication.instance() or QApplication(sys.argv[:1])
+    assert isinstance(application, QApplication)
+    configure_application(application)
     if not (profile / SERVER_CONFIG_NAME).exists():
         QMessageBox.critical(
             None, "Cipherline", "This profile has no server config; start it with `make run`."
         )
         return 2
-    launcher = Launcher(profile)
-    QTimer.singleShot(0, launcher.start)
+    launcher = launch(application, profile)
     if os.environ.get("CIPHERLINE_EXIT_AFTER_FIRST_PAINT") == "1":
         _exit_after_first_paint(application, launcher)
-    application.aboutToQuit.connect(launcher.shutdown)
     return application.exec()

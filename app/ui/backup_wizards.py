@@ -49,6 +49,11 @@ SCHEDULE_CHOICES = [
 ]
 # The meter's steps (service.password_strength): only the last one is strong enough.
 STRENGTH_WORDS = ["very weak", "weak", "still weak", "almost strong enough", "strong enough"]
+# Shown once a restore is done: the copy is a device of its own (service.settle_after_restore).
+RESTORED_BACKUPS_NOTICE = (
+    "Backups are off on this device: the original device's schedule was not carried "
+    "over; set up backups to choose a folder of this device's own."
+)
 
 
 class Progress(QObject):
@@ -702,7 +707,7 @@ class RestoreRunPage(QWizardPage):
             )
             store = Store.open(self.owner.profile, protector)
             try:
-                service.store_key_after_restore(store, key)
+                service.settle_after_restore(store)
             finally:
                 store.close()
             return report
@@ -716,7 +721,7 @@ class RestoreRunPage(QWizardPage):
         chats = report.counts.get("conversations", 0)
         self.status.setText(
             f"Restored {messages:,} messages in {chats:,} chats and {report.files:,} "
-            "attachments. Click Finish to open Cipherline."
+            f"attachments.\n\n{RESTORED_BACKUPS_NOTICE}\n\nClick Finish to open Cipherline."
         )
         self.completeChanged.emit()
         self.owner.restored.emit(report)

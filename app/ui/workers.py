@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal
+import shiboken6
+from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal, SignalInstance
 
 
 class _WorkerSignals(QObject):
@@ -29,9 +30,17 @@ class FunctionWorker(QRunnable):
         try:
             result = self._function()
         except Exception as error:  # noqa: BLE001 - handed to the UI, which shows it
-            self.signals.failed.emit(error)
+            self._emit(self.signals.failed, error)
         else:
-            self.signals.finished.emit(result)
+            self._emit(self.signals.finished, result)
+
+    def _emit(self, signal: SignalInstance, value: object) -> None:
+        # Once the application has quit and torn its objects down, nobody is left to
+        # hear the result: drop it rather than raise "Signal source has been
+        # deleted" on a pool thread.
+        if not shiboken6.isValid(self.signals):
+            return
+        signal.emit(value)
 
 
 # Workers in flight. Without a reference held here, a caller that drops the
