@@ -41,6 +41,7 @@ from app.services.events import (
     IdentityChanged,
     IncomingMessage,
     MessagesChanged,
+    MessagesExpired,
 )
 from app.services.events import (
     ServiceError as ServiceErrorEvent,
@@ -411,8 +412,8 @@ class Client:
         expired = self.messenger.expire()
         if expired:
             self._conversations_event()
-            for conversation_id in expired:
-                self._emit(MessagesChanged(conversation_id, []))
+            for conversation_id, message_ids in expired.items():
+                self._emit(MessagesExpired(conversation_id, tuple(message_ids)))
 
     # ---- what the UI asks for -------------------------------------------------
     def conversations(self) -> Future[list[ConversationView]]:

@@ -19,6 +19,14 @@ class MessagesChanged:
 
 
 @dataclass(frozen=True)
+class MessagesExpired:
+    """Disappearing messages whose timer ran out were deleted; views drop them."""
+
+    conversation_id: int
+    message_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class IncomingMessage:
     """A new message worth a notification (the UI decides whether to show text)."""
 
@@ -49,6 +57,7 @@ class ServiceError:
 Event = (
     ConversationsChanged
     | MessagesChanged
+    | MessagesExpired
     | IncomingMessage
     | ConnectionChanged
     | IdentityChanged

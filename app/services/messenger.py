@@ -212,6 +212,7 @@ class Messenger:
             status=MessageStatus(message.status),
             attachment=attachment,
             system=message.kind == "system",
+            expires_at_ms=message.expires_at,
         )
 
     def open_conversation(
@@ -906,11 +907,14 @@ class Messenger:
             result.changed_conversations.add(conversation.id)
         elif isinstance(content, TimerUpdate):
             conversation = self.store.conversations.direct(sender, now=self.clock())
+            if conversation.timer_seconds == content.seconds:
+                return  # the timer already set: nothing changes, nothing to say
             self.store.conversations.set_timer(conversation.id, content.seconds)
-            self._system_message(
+            notice = self._system_message(
                 conversation.id,
                 f"{sender} set disappearing messages to {_timer_text(content.seconds)}",
             )
+            result.new_messages.append((conversation.id, notice))
             result.changed_conversations.add(conversation.id)
 
     def _apply_group_change(
@@ -1109,7 +1113,11 @@ class Messenger:
             self.store.contacts.acknowledge_change(peer)
 
     def set_timer(self, conversation_id: int, seconds: int) -> None:
+        """Sets the conversation's timer; choosing the one already set does nothing
+        (no notice here, no update to the peer)."""
         conversation = self._conversation(conversation_id)
+        if conversation.timer_seconds == seconds:
+            return
         with self.store.transaction():
             self.store.conversations.set_timer(conversation_id, seconds)
             self._system_message(
@@ -1119,12 +1127,13 @@ class Messenger:
                 update = TimerUpdate(str(uuid.uuid4()), self.clock(), seconds)
                 self._encrypt_for(conversation.peer, encode_content(update), None)
 
-    def expire(self) -> set[int]:
+    def expire(self) -> dict[int, list[int]]:
+        """Deletes the messages whose timer ran out; returns their ids by conversation."""
+        expired: dict[int, list[int]] = {}
         with self.store.transaction():
-            return {
-                conversation
-                for _id, conversation in self.store.messages.delete_expired(self.clock())
-            }
+            for message_id, conversation in self.store.messages.delete_expired(self.clock()):
+                expired.setdefault(conversation, []).append(message_id)
+        return expired
 
 
 def _conflict_text(received: gs.GroupChange) -> str:

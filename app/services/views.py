@@ -44,6 +44,7 @@ class MessageView:
     status: MessageStatus
     attachment: AttachmentView | None = None
     system: bool = False
+    expires_at_ms: int | None = None  # a disappearing message's end, in ms
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from app.services.events import (
     IdentityChanged,
     IncomingMessage,
     MessagesChanged,
+    MessagesExpired,
     ServiceError,
 )
 from app.services.views import ConversationView, MessageView
@@ -32,6 +33,7 @@ class ClientBridge(QObject):
     conversation_opened = Signal(object, list, int)  # view, messages, message to focus or -1
     older_loaded = Signal(int, list)
     messages_changed = Signal(int, list)
+    messages_expired = Signal(int, list)  # conversation id, deleted message ids
     search_finished = Signal(str, list)
     safety_number_ready = Signal(object)
     connection_changed = Signal(bool)
@@ -74,6 +76,8 @@ class ClientBridge(QObject):
                 self.conversations_changed.emit(conversations)
             case MessagesChanged(conversation_id, messages):
                 self.messages_changed.emit(conversation_id, messages)
+            case MessagesExpired(conversation_id, message_ids):
+                self.messages_expired.emit(conversation_id, list(message_ids))
             case IncomingMessage():
                 self.incoming_message.emit(event)
             case ConnectionChanged(connected):

@@ -13,7 +13,13 @@ from PySide6.QtGui import QColor, QFont, QFontMetrics, QPainter, QPalette
 from PySide6.QtWidgets import QStyle, QStyledItemDelegate, QStyleOptionViewItem
 
 from app.services.views import ConversationView, MessageStatus, MessageView
-from app.ui.models import VIEW_ROLE, MessageListModel, format_day, format_time
+from app.ui.models import (
+    VIEW_ROLE,
+    MessageListModel,
+    format_day,
+    format_remaining,
+    format_time,
+)
 
 ModelIndex = QModelIndex | QPersistentModelIndex
 
@@ -149,8 +155,12 @@ class MessageDelegate(QStyledItemDelegate):
             return f"{label}\n{view.body}" if view.body else label
         return view.body
 
-    def _footer(self, view: MessageView) -> str:
+    def footer(self, view: MessageView) -> str:
+        """The meta line under a bubble: time, a disappearing message's time left,
+        and (outgoing) the delivery mark."""
         time_text = dt.datetime.fromtimestamp(view.sent_at_ms / 1000).strftime("%H:%M")
+        if view.expires_at_ms is not None:
+            time_text += f"  {format_remaining(view.expires_at_ms)}"
         if view.outgoing:
             return f"{time_text}  {STATUS_MARKS[view.status]}".rstrip()
         return time_text
@@ -201,7 +211,7 @@ class MessageDelegate(QStyledItemDelegate):
         text = self._text(view)
         inner = self._bubble_width(option) - 2 * self.PADDING
         text_rect = self._text_rect(metrics, text, inner)
-        footer = self._footer(view)
+        footer = self.footer(view)
         sender_height = metrics.height() if self._show_sender(view) else 0
         content_width = max(
             text_rect.width(),

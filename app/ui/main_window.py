@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QModelIndex, Qt, QTimer, Signal
+from PySide6.QtCore import QEvent, QModelIndex, Qt, QTimer, Signal
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QComboBox,
@@ -209,6 +209,11 @@ class MainWindow(QMainWindow):
         self.message_view.verticalScrollBar().valueChanged.connect(self._scrolled)
         self.message_view.clicked.connect(self._message_clicked)
         self.messages.older_requested.connect(self.bridge.load_older)
+        # Disappearing messages show their time left; repaint it every second.
+        self._countdown = QTimer(self)
+        self._countdown.setInterval(1000)
+        self._countdown.timeout.connect(self.messages.refresh_timed)
+        self._countdown.start()
         return self.chat_stack
 
     def _wire_bridge(self) -> None:
@@ -217,6 +222,7 @@ class MainWindow(QMainWindow):
         bridge.conversation_opened.connect(self._conversation_opened)
         bridge.older_loaded.connect(self._older_loaded)
         bridge.messages_changed.connect(self._messages_changed)
+        bridge.messages_expired.connect(self.messages.remove_messages)
         bridge.search_finished.connect(self._search_finished)
         bridge.safety_number_ready.connect(self._safety_number_ready)
         bridge.connection_changed.connect(self._connection_changed)
@@ -275,6 +281,19 @@ class MainWindow(QMainWindow):
             self.message_view.scrollToBottom()
         if self.isActiveWindow() and any(not message.outgoing for message in messages):
             self.bridge.mark_read(conversation_id)
+
+    def changeEvent(self, event: QEvent) -> None:
+        """Focused again: what arrived in the open chat meanwhile is read now (its
+        badge clears and read receipts go out); until then it counts as unread."""
+        super().changeEvent(event)
+        if (
+            event.type() == QEvent.Type.ActivationChange
+            and self.isActiveWindow()
+            and not self.locked
+            and self._current is not None
+            and self.chat_stack.currentIndex() == 1
+        ):
+            self.bridge.mark_read(self._current.conversation_id)
 
     def _search_finished(self, query: str, results: list[SearchResultView]) -> None:
         if query != self.search_edit.text().strip():
@@ -392,8 +411,9 @@ class MainWindow(QMainWindow):
             self.messages.request_older()
 
     def _timer_chosen(self, index: int) -> None:
-        if self._current is not None:
-            self.bridge.set_timer(self._current.conversation_id, TIMER_CHOICES[index][1])
+        seconds = TIMER_CHOICES[index][1]
+        if self._current is not None and seconds != self._current.timer_seconds:
+            self.bridge.set_timer(self._current.conversation_id, seconds)
 
     def _banner_action(self) -> None:
         if self._banner_peer is not None:

@@ -37,6 +37,16 @@ def format_time(ms: int | None, *, now: dt.datetime | None = None) -> str:
     return moment.strftime("%d %b %Y") if moment.year != today.year else moment.strftime("%d %b")
 
 
+def format_remaining(expires_at_ms: int, *, now_ms: int | None = None) -> str:
+    """A disappearing message's time left, in its largest unit: "⏱ 25 s", "⏱ 4 min"."""
+    now = dt.datetime.now().timestamp() * 1000 if now_ms is None else now_ms
+    seconds = max(0, int((expires_at_ms - now + 999) // 1000))
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"⏱ {seconds // size} {unit}"
+    return f"⏱ {seconds} s"
+
+
 def format_day(ms: int, *, now: dt.datetime | None = None) -> str:
     day = dt.datetime.fromtimestamp(ms / 1000).astimezone().date()
     today = (now or dt.datetime.now().astimezone()).date()
@@ -176,6 +186,24 @@ class MessageListModel(QAbstractListModel):
             self.beginInsertRows(QModelIndex(), start, start + len(fresh) - 1)
             self._rows.extend(fresh)
             self.endInsertRows()
+
+    def remove_messages(self, conversation_id: int, message_ids: list[int]) -> None:
+        """Drops deleted messages (disappearing ones whose timer ran out)."""
+        if conversation_id != self._conversation_id:
+            return
+        gone = set(message_ids)
+        for row in range(len(self._rows) - 1, -1, -1):
+            if self._rows[row].message_id in gone:
+                self.beginRemoveRows(QModelIndex(), row, row)
+                del self._rows[row]
+                self.endRemoveRows()
+
+    def refresh_timed(self) -> None:
+        """Repaints the rows that show a remaining time."""
+        for row, view in enumerate(self._rows):
+            if view.expires_at_ms is not None:
+                index = self.index(row)
+                self.dataChanged.emit(index, index)
 
     def row_of(self, message_id: int) -> int:
         for row, view in enumerate(self._rows):
