@@ -189,12 +189,13 @@ def test_three_nodes_on_etcd_enforce_one_limit_with_a_node_killed_mid_burst(
         list(pool.map(guess, range(200)))
     # A client sends login_finish only after an evaluated login_start: never more
     # than the limit. A node killed after counting an attempt and before answering
-    # loses that answer (the next node refuses the resent body as a replay, and the
-    # client says so): the attempt stays counted, unevaluated. So every one of the 10
-    # counted attempts was evaluated or surfaced as an error to its client.
+    # loses that answer: the resent body is refused by the next node (as a replay, or
+    # as locked out once the record is erased), so the attempt stays counted and
+    # unevaluated. Only the guesses in flight at the killed node can be cut off so:
+    # at most a third of the 24 threads.
     evaluated = sum(len(relay.bodies("login_finish")) for relay in relays)
-    assert evaluated <= 10 <= evaluated + outcomes.count("other")
-    assert outcomes.count("other") <= 24  # at most the guesses in flight at the kill
+    assert 10 - 8 <= evaluated <= 10
+    assert outcomes.count("other") <= 8
     assert outcomes.count("success") == 0
     assert outcomes.count("wrong") + outcomes.count("locked") + outcomes.count("other") == 200
     assert outcomes.count("wrong") <= 9
