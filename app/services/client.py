@@ -60,6 +60,10 @@ class Closing(ServiceError):
 
 
 T = TypeVar("T")
+# The mailbox is fetched every this many ticks (at least once a second) besides
+# what push delivers; how many seqs are remembered to receive each envelope once.
+CATCH_UP_TICKS = 25
+SEEN_SEQS = 20_000
 
 
 class Client:
@@ -91,6 +95,12 @@ class Client:
         self._inbox_lock = threading.Lock()
         self._inbox: collections.deque[Envelope] = collections.deque()
         self._drain_pending = False
+        # Envelopes taken in, by push or by the catch-up fetch, by seq: each is
+        # received once however it arrives. Acknowledged ones leave the relay, so
+        # only recent seqs can come twice; a batch that fails is forgotten here, so
+        # that it is received when the relay delivers it again.
+        self._seen_seqs: collections.OrderedDict[int, None] = collections.OrderedDict()
+        self._fetch_every = max(1.0, CATCH_UP_TICKS * tick_seconds)
         self._keys_lock = threading.Lock()  # one prekey check (and upload) at a time
 
     # ---- life cycle -----------------------------------------------------------
@@ -121,6 +131,11 @@ class Client:
 
     def _envelope_arrived(self, envelope: Envelope) -> None:
         with self._inbox_lock:
+            if envelope.seq in self._seen_seqs:
+                return
+            self._seen_seqs[envelope.seq] = None
+            while len(self._seen_seqs) > SEEN_SEQS:
+                self._seen_seqs.popitem(last=False)
             self._inbox.append(envelope)
             if self._drain_pending:
                 return
@@ -140,6 +155,11 @@ class Client:
             batch = [self._inbox.popleft() for _ in range(min(len(self._inbox), 200))]
         try:
             self._receive_batch(batch)
+        except BaseException:
+            with self._inbox_lock:
+                for envelope in batch:
+                    self._seen_seqs.pop(envelope.seq, None)
+            raise
         finally:
             # Even after an unexpected failure (the batch then stays unacknowledged
             # on the relay and comes again), later envelopes must not be stuck.
@@ -174,6 +194,17 @@ class Client:
         for result in results:
             self._after_receive(result)
 
+    def _catch_up(self) -> None:
+        """Fetches what waits in the mailbox. Push is the prompt and this the truth:
+        an envelope that a stalled or silently dropped push connection never
+        delivered still arrives, within a catch-up period."""
+        try:
+            envelopes = self.relay.fetch()
+        except RelayError:
+            return
+        for envelope in envelopes:
+            self._envelope_arrived(envelope)
+
     def _keys_low(self) -> None:
         self.check_prekeys(refill=True)
 
@@ -200,6 +231,7 @@ class Client:
     def _tick(self) -> None:
         expire_every = max(1, int(5 / self._tick_seconds))
         next_key_check = time.monotonic() + KEY_CHECK_SECONDS
+        next_catch_up = time.monotonic() + self._fetch_every
         count = 0
         while not self._stop.is_set():
             self._flush_wanted.wait(self._tick_seconds)
@@ -210,6 +242,9 @@ class Client:
             if time.monotonic() >= next_key_check:
                 next_key_check = time.monotonic() + KEY_CHECK_SECONDS
                 self.check_prekeys()
+            if time.monotonic() >= next_catch_up:
+                next_catch_up = time.monotonic() + self._fetch_every
+                self.net(self._catch_up)
             count += 1
             if count % expire_every == 0:
                 with contextlib.suppress(Exception):

@@ -126,3 +126,18 @@ def test_attachment_and_identity_change(people: dict[str, Person], tmp_path: Pat
     view = next(c for c in alice.client.conversations().result() if c.title == "bob")
     assert view.identity_changed
     assert not view.verified
+
+
+def test_messages_arrive_even_when_push_never_delivers_them(people: dict[str, Person]) -> None:
+    """Push is the prompt, the mailbox the truth: with Bob's push connection gone
+    (stalled, or dropped without a word), the catch-up fetch still brings Alice's
+    message, exactly once."""
+    alice, bob = people["alice"], people["bob"]
+    conversation = alice.client.start_direct("bob").result(timeout=20)
+    assert bob.client.push is not None
+    bob.client.push.stop()
+    alice.client.send_text(conversation.conversation_id, "no push needed").result(20)
+    wait_for(lambda: _messages(bob, "alice") == ["no push needed"], what="bob fetches it")
+    alice.client.send_text(conversation.conversation_id, "and again").result(20)
+    wait_for(lambda: "and again" in _messages(bob, "alice"), what="bob fetches the next")
+    assert _messages(bob, "alice") == ["no push needed", "and again"]
