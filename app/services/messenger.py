@@ -7,6 +7,7 @@ a crash leaves either all of it or none of it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import mimetypes
 import time
@@ -808,15 +809,13 @@ class Messenger:
     def _undecryptable_conversation(self, sender: str, body: bytes) -> Conversation:
         """The group chat a group message names, if the sender is in it; else the
         direct chat with the sender."""
-        try:
+        with contextlib.suppress(ProtocolError):
             kind, payload = decode_frame(body)
             if kind == FRAME_GROUP:
                 group_id, _chain = group_message_chain(payload)
                 conversation = self.store.conversations.by_group(group_id)
                 if conversation is not None and sender in self.store.groups.members(group_id):
                     return conversation
-        except ProtocolError:
-            pass
         return self.store.conversations.direct(sender, now=self.clock())
 
     def _handle(
