@@ -544,7 +544,12 @@ def create_app(settings: RelaySettings) -> FastAPI:
 
     @api.websocket("/v1/push")
     async def push(websocket: WebSocket) -> None:
-        token = websocket.query_params.get("token", "")
+        if "token" in websocket.query_params:
+            # A token in the URL lands in every proxy's and library's URL log.
+            await websocket.close(code=4400, reason="send the token in the Authorization header")
+            return
+        authorization = websocket.headers.get("authorization", "")
+        token = authorization[7:].strip() if authorization.startswith("Bearer ") else ""
         device = await gate.read(storage.device_for_token, token) if token else None
         if device is None or device.revoked:
             await websocket.close(code=4401, reason="the token is unknown or revoked")

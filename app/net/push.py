@@ -95,7 +95,9 @@ class PushListener:
         while not self._stop.is_set():
             try:
                 with connect(
-                    f"{self._url}?token={self._token}",
+                    self._url,
+                    # In a header, not the URL: URLs end up in access logs.
+                    additional_headers={"Authorization": f"Bearer {self._token}"},
                     ssl=self._ssl,
                     open_timeout=OPEN_TIMEOUT_SECONDS,
                     close_timeout=2,
