@@ -42,7 +42,8 @@ BLOB_ID = re.compile(r"^[0-9a-f]{32}$")
 VAULT_OP = re.compile(r"^[a-z_]{1,32}$")
 DAY_MS = 86_400_000
 PUSH_BATCH = 500
-PUSH_IDLE_SECONDS = 20  # a ping this often keeps middleboxes from dropping idle sockets
+PUSH_IDLE_SECONDS = 20
+MAILBOX_FULL_RETRY_SECONDS = 60  # a ping this often keeps middleboxes from dropping idle sockets
 
 
 @dataclass(frozen=True)
@@ -507,15 +508,18 @@ def create_app(settings: RelaySettings) -> FastAPI:
         results, to_store = await gate.read(recipients, body, device)
         envelopes = [envelope for _, envelope in to_store]
         statuses = await gate.enqueue(envelopes, settings.mailbox_quota) if envelopes else []
-        quota_reached = False
         for (result, envelope), status in zip(to_store, statuses, strict=True):
+            if status == "quota":
+                # Per recipient, not for the request: the other recipients of a group
+                # message were queued, and only this copy is to be sent again later.
+                result["status"] = "mailbox_full"
+                result["retry_after"] = MAILBOX_FULL_RETRY_SECONDS
+                metrics.count("mailbox_full_total")
+                continue
             result["status"] = status
             if status == "queued":
                 metrics.count("envelopes_queued_total")
                 hub.wake(envelope.account_id, envelope.device_id)
-            quota_reached |= status == "quota"
-        if quota_reached:
-            raise fail(429, "the recipient's mailbox is full", {"Retry-After": "60"})
         return {"results": results}
 
     def envelopes_for(device: DeviceRow, after: int, limit_count: int) -> list[dict[str, Any]]:

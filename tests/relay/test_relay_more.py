@@ -76,9 +76,12 @@ def test_a_thousand_request_burst_is_limited_and_others_keep_working(tmp_path: P
         assert statuses.count(429) >= 500
 
 
-def test_mailbox_quota_is_a_429(tmp_path: Path) -> None:
+def test_a_full_mailbox_is_refused_per_recipient_and_the_others_are_queued(
+    tmp_path: Path,
+) -> None:
     with TestClient(create_app(RelaySettings(tmp_path, mailbox_quota=3))) as http:
         alice, _bob = _register(http, "alice"), _register(http, "bob")
+        _register(http, "carol")
         for number in range(3):
             body = {
                 "messages": [
@@ -86,10 +89,20 @@ def test_mailbox_quota_is_a_429(tmp_path: Path) -> None:
                 ]
             }
             assert http.post("/v1/messages", json=body, headers=alice).status_code == 200
-        body = {"messages": [{"id": "over", "recipient": "bob", "device_id": 1, "body": "AA=="}]}
+        body = {
+            "messages": [
+                {"id": "over", "recipient": "bob", "device_id": 1, "body": "AA=="},
+                {"id": "fine", "recipient": "carol", "device_id": 1, "body": "AA=="},
+                {"id": "m0", "recipient": "bob", "device_id": 1, "body": "AA=="},
+            ]
+        }
         response = http.post("/v1/messages", json=body, headers=alice)
-        assert response.status_code == 429
-        assert response.headers["Retry-After"]
+        assert response.status_code == 200
+        results = {r["id"]: r for r in response.json()["results"]}
+        assert results["over"]["status"] == "mailbox_full"
+        assert results["over"]["retry_after"] > 0
+        assert results["fine"]["status"] == "queued"
+        assert results["m0"]["status"] == "duplicate"  # a retry of a queued one
 
 
 class _Upstream(http.server.ThreadingHTTPServer):
