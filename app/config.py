@@ -152,3 +152,27 @@ def write_ca_file(profile: Path, config: ServerConfig) -> Path:
         make_private_dir(profile)
         _write_private(path, config.relay_ca_pem)
     return path
+
+
+ACCOUNT_NAME_FILE = "account.json"
+_ACCOUNT_NAME = re.compile(r"^[a-z0-9_.-]{1,64}$")
+
+
+def account_name(profile: Path) -> str | None:
+    """The username this profile's store belongs to, for the unlock screen, which
+    shows before the store (where the account lives) can be read; None when the
+    profile has not been opened by a Cipherline that records it."""
+    try:
+        raw = json.loads((profile / ACCOUNT_NAME_FILE).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    name = raw.get("username") if isinstance(raw, dict) else None
+    return name if isinstance(name, str) and _ACCOUNT_NAME.match(name) else None
+
+
+def save_account_name(profile: Path, username: str) -> None:
+    """Records the username beside the store. Not a secret: the relay and every
+    contact know it, and the profile folder is often named after it anyway."""
+    if account_name(profile) == username or not _ACCOUNT_NAME.match(username):
+        return
+    _write_private(profile / ACCOUNT_NAME_FILE, json.dumps({"version": 1, "username": username}))

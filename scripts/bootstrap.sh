@@ -12,6 +12,9 @@ APT_PACKAGES=(
   libfontconfig1 libdbus-1-3 fonts-dejavu-core
   # desktop-file-validate checks the packaged desktop entry.
   desktop-file-utils
+  # A real Secret Service (OS keyring) for the tests and `make run` on a machine
+  # without a desktop session: gnome-keyring-daemon on a private D-Bus session bus.
+  gnome-keyring dbus-daemon
 )
 
 missing=()

@@ -7,6 +7,16 @@ them in the dev stack's state file. Further launchers (another --profile, so two
 people can chat on one machine) reuse them. When the last app closes, the
 services it started are stopped.
 
+The system keyring: when this session's D-Bus has a Secret Service (GNOME Keyring,
+KWallet, KeePassXC; running or activatable) the app uses it, as installed. When it
+has none (no desktop session, a container, a server), the launcher starts one for
+the dev stack: gnome-keyring-daemon on a private session bus
+(tests/support/secret_service.py), and points only the app at it. Its keyring
+lives in the dev stack's folder so that keyring-protected profiles open again on
+the next run; its password is generated once and kept beside it in a 0600 file,
+as the dev vault's SoftHSM PIN is. It stands in for a desktop keyring during
+development only.
+
 Without a display (no DISPLAY or WAYLAND_DISPLAY, no headless QT_QPA_PLATFORM) it
 says so and exits 2 before starting anything, as `cipherline` itself does.
 """
@@ -39,6 +49,11 @@ from tests.support.components import (  # noqa: E402
     softhsm_library,
 )
 from tests.support.processes import ComponentError, free_port, python_env  # noqa: E402
+from tests.support.secret_service import (  # noqa: E402
+    SecretService,
+    secret_service_reachable,
+    stop_detached,
+)
 
 
 def _alive(pid: int | None) -> bool:
@@ -143,7 +158,44 @@ class DevStack:
         state["vault"] = {"pid": node.process.pid, "port": node.port, "backend": node.backend}
         return node
 
+    def _keyring_password(self) -> str:
+        path = self.root / "secret-service-password"
+        if path.exists():
+            return path.read_text().strip()
+        password = secrets.token_urlsafe(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(password)
+        return password
+
+    def ensure_secret_service(self, state: dict[str, Any]) -> str | None:
+        """The session bus address to give the app for its keyring, or None when
+        this session already has a Secret Service (the user's own is kept)."""
+        if secret_service_reachable():
+            return None
+        info = state.get("secret_service", {})
+        address = info.get("address")
+        pids = info.get("pids", [])
+        alive = bool(pids) and all(_alive(pid) for pid in pids)
+        if address and alive and secret_service_reachable(address):
+            return str(address)
+        if pids:
+            stop_detached(pids, info.get("socket_dir"))
+        service = SecretService(
+            self.root / "secret-service", password=self._keyring_password()
+        ).start()
+        service.detach()
+        state["secret_service"] = {
+            "pids": service.pids,
+            "address": service.address,
+            "socket_dir": str(service.socket_dir),
+        }
+        return service.address
+
     def stop_services(self, state: dict[str, Any]) -> None:
+        info = state.pop("secret_service", None)
+        if info:
+            stop_detached(info.get("pids", []), info.get("socket_dir"))
         for name in ("relay", "vault"):
             pid = state.get(name, {}).get("pid")
             if _alive(pid):
@@ -189,6 +241,17 @@ def main() -> int:
         )
         config_path = stack.root / "server.json"
         config.save(config_path)
+        try:
+            bus_address = stack.ensure_secret_service(state)
+        except ComponentError as error:
+            # The app still runs; its first-run screen says why the keyring is off.
+            print(f"run: no system keyring for the app: {error}", file=sys.stderr)
+            bus_address = None
+        keyring_note = (
+            "the dev stack's keyring (gnome-keyring-daemon on a private bus)"
+            if bus_address
+            else "this session's keyring, if any"
+        )
         app = subprocess.Popen(
             [
                 sys.executable,
@@ -199,13 +262,14 @@ def main() -> int:
                 "--server-config",
                 str(config_path),
             ],
-            env=python_env(),
+            env=python_env({"DBUS_SESSION_BUS_ADDRESS": bus_address} if bus_address else None),
         )
         state.setdefault("clients", [])
         state["clients"] = [pid for pid in state["clients"] if _alive(pid)] + [app.pid]
         stack.save(state)
         print(
-            f"run: relay {relay.url}, vault {vault.url} ({vault.backend}); profile {args.profile!r}"
+            f"run: relay {relay.url}, vault {vault.url} ({vault.backend});"
+            f" profile {args.profile!r}; keyring: {keyring_note}"
         )
 
     try:

@@ -115,3 +115,26 @@ def vault_node(
 ) -> VaultProcess:
     """One vault node on a fresh SoftHSM2 token."""
     return vault_factory(backend="softhsm", token=softhsm_token)
+
+
+@pytest.fixture
+def secret_service(tmp_path: Path) -> Iterator[object]:
+    """A real Secret Service (gnome-keyring-daemon on a private D-Bus session bus,
+    tests/support/secret_service.py) as this test's system keyring: the bus address
+    is this process's for the test, and `keyring` chooses its backend again with
+    it, and again after."""
+    from tests.support.secret_service import SecretService, redetect_keyring
+
+    service = SecretService(tmp_path / "secret-service").start()
+    previous = os.environ.get("DBUS_SESSION_BUS_ADDRESS")
+    os.environ.update(service.env())
+    redetect_keyring()
+    try:
+        yield service
+    finally:
+        service.stop()
+        if previous is None:
+            os.environ.pop("DBUS_SESSION_BUS_ADDRESS", None)
+        else:
+            os.environ["DBUS_SESSION_BUS_ADDRESS"] = previous
+        redetect_keyring()

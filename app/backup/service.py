@@ -20,6 +20,13 @@ from app.net import RelayClient
 from app.net.vault_transport import RelayTransport, fleet_key, pinned_nodes, run_flow
 from app.protocol import vault
 from app.store import BackupState, Store
+from app.store.keyfile import (
+    RECOVERY_METHOD_KEY,
+    RECOVERY_METHOD_PASSWORD,
+    recovery_is_current,
+    remove_recovery,
+    write_recovery,
+)
 
 METHOD_KEY = "key"
 METHOD_PASSWORD = "password"  # noqa: S105 - a method name, not a password
@@ -93,6 +100,8 @@ def set_up_with_key(
             vault_record_id=None,
             backup_key=key,
         )
+    # The same key opens the store if the keyring entry or passphrase is ever lost.
+    write_recovery(store, key, method=RECOVERY_METHOD_KEY)
     return key
 
 
@@ -119,6 +128,7 @@ def set_up_with_password(
             vault_record_id=record_id.hex(),
             backup_key=key,
         )
+    write_recovery(store, key, method=RECOVERY_METHOD_PASSWORD, vault_record_id=record_id)
 
 
 def change_password(store: Store, access: VaultAccess, old: str, new: str) -> None:
@@ -144,6 +154,29 @@ def turn_off(store: Store, access: VaultAccess | None, password: str | None) -> 
         store.backup_state.update(
             method=None, schedule="off", vault_record_id=None, backup_key=None
         )
+    # The recovery wrapping follows the backup key the profile is set up with: a key
+    # the user was just told no longer matters must not go on opening the store.
+    remove_recovery(store.path.parent)
+
+
+def keep_recovery_current(store: Store) -> None:
+    """Writes `store.recovery` when backups are set up but it is missing or stale
+    (profiles set up before it existed), and removes it when they are not."""
+    state = store.backup_state.get()
+    if not state.method or not state.backup_key:
+        remove_recovery(store.path.parent)
+        return
+    if recovery_is_current(store, state.backup_key):
+        return
+    if state.method == METHOD_PASSWORD and state.vault_record_id:
+        write_recovery(
+            store,
+            state.backup_key,
+            method=RECOVERY_METHOD_PASSWORD,
+            vault_record_id=bytes.fromhex(state.vault_record_id),
+        )
+    else:
+        write_recovery(store, state.backup_key, method=RECOVERY_METHOD_KEY)
 
 
 def is_due(store: Store, now: float | None = None) -> bool:
@@ -224,6 +257,7 @@ def settle_after_restore(store: Store) -> BackupState:
             last_success=None,
             last_size=None,
         )
+    remove_recovery(store.path.parent)
     return original
 
 

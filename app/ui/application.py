@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import sys
@@ -11,18 +12,34 @@ from PySide6.QtCore import QObject, QTimer, Signal
 from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import QApplication, QMessageBox, QWidget
 
-from app.config import SERVER_CONFIG_NAME, ConfigError
-from app.services.account import Profile, create_account, open_messenger
+from app.backup.errors import BackupError, InvalidKeyFormat
+from app.config import SERVER_CONFIG_NAME, ConfigError, account_name, save_account_name
+from app.protocol.vault import LockedOut, VaultError, WrongPassword
+from app.services.account import Profile, create_account, open_messenger, protector_for
 from app.services.client import Client
 from app.services.messenger import Messenger
 from app.store import Store, StoreError, WrongPassphrase, keyring_usable
+from app.store.keyfile import (
+    KeyringKeyLost,
+    RecoveredKey,
+    WrongRecoveryKey,
+    keyring_problem,
+    read_recovery,
+)
 from app.ui.bridge import ClientBridge
-from app.ui.dialogs import AccountRequest, OnboardingDialog, UnlockDialog
+from app.ui.dialogs import (
+    AccountRequest,
+    KeyringLostDialog,
+    OnboardingDialog,
+    RecoveryRequest,
+    UnlockDialog,
+)
 from app.ui.main_window import MainWindow
 from app.ui.tray import TrayController
 from app.ui.workers import run_in_pool
 
 RESOURCES = Path(__file__).resolve().parent / "resources"
+log = logging.getLogger("cipherline.ui")
 
 
 def app_icon() -> QIcon:
@@ -66,10 +83,12 @@ class Launcher(QObject):
 
     # ---- first run --------------------------------------------------------------
     def _onboard(self) -> None:
+        problem = keyring_problem()
         dialog = OnboardingDialog(
             self.profile.config.relay_url,
             socket.gethostname(),
-            keyring_available=keyring_usable(),
+            keyring_available=problem is None,
+            keyring_problem=problem,
         )
         dialog.relay_edit.setReadOnly(True)
         dialog.relay_edit.setToolTip("The relay comes from this profile's server config.")
@@ -85,16 +104,19 @@ class Launcher(QObject):
 
         def work() -> Messenger:
             if kdf is not None:
-                return create_account(
+                messenger = create_account(
                     self.profile,
                     request.username,
                     request.device_name,
                     request.passphrase,
                     kdf=kdf,  # type: ignore[arg-type]
                 )
-            return create_account(
-                self.profile, request.username, request.device_name, request.passphrase
-            )
+            else:
+                messenger = create_account(
+                    self.profile, request.username, request.device_name, request.passphrase
+                )
+            self._after_open(messenger)
+            return messenger
 
         run_in_pool(work, self._opened, lambda error: dialog.show_error(str(error)))
 
@@ -128,14 +150,38 @@ class Launcher(QObject):
 
     # ---- unlock -----------------------------------------------------------------
     def _ask_passphrase(self) -> None:
-        dialog = UnlockDialog(self.profile_path.name)
+        dialog = UnlockDialog(account_name(self.profile_path), self.profile_path.name)
         dialog.unlock_requested.connect(self._open)
         self.dialog = dialog
         dialog.show()
 
+    def _after_open(self, messenger: Messenger) -> None:
+        """Bookkeeping once a store is open, on the worker that opened it: the
+        username for the next unlock screen, and the recovery wrapping brought in
+        line with the backup settings (profiles whose backups were set up before
+        it existed get theirs here). Neither may keep the profile from opening."""
+        from app.backup import service
+
+        try:
+            save_account_name(self.profile_path, messenger.username)
+        except OSError as error:
+            log.warning("could not record the account name: %s", error)
+        try:
+            service.keep_recovery_current(messenger.store)
+        except (OSError, StoreError) as error:
+            # Only the error's text: nothing in it is key material.
+            log.warning("could not update the store's recovery file: %s", error)
+
     def _open(self, passphrase: str | None) -> None:
+        def work() -> Messenger:
+            messenger = open_messenger(self.profile, passphrase)
+            self._after_open(messenger)
+            return messenger
+
         def failed(error: BaseException) -> None:
-            if isinstance(self.dialog, UnlockDialog):
+            if isinstance(error, KeyringKeyLost):
+                self._keyring_lost(error)
+            elif isinstance(self.dialog, UnlockDialog | KeyringLostDialog):
                 text = (
                     str(error) if isinstance(error, WrongPassphrase | StoreError) else repr(error)
                 )
@@ -144,7 +190,102 @@ class Launcher(QObject):
                 QMessageBox.critical(None, "Cipherline", f"Cannot open this profile: {error}")
                 QApplication.quit()
 
-        run_in_pool(lambda: open_messenger(self.profile, passphrase), self._opened, failed)
+        run_in_pool(work, self._opened, failed)
+
+    # ---- the keyring entry is gone --------------------------------------------------
+    def _keyring_lost(self, error: KeyringKeyLost) -> None:
+        if isinstance(self.dialog, KeyringLostDialog):
+            # "Try again" found no key either; the screen stays as it is.
+            self.dialog.show_error(
+                "Still no usable key in the system keyring"
+                + ("." if error.reason == KeyringKeyLost.MISSING else f": {error}.")
+            )
+            return
+        recovery_problem: str | None = None
+        try:
+            recovery = read_recovery(self.profile_path)
+        except StoreError as damaged:
+            recovery, recovery_problem = None, str(damaged)
+        dialog = KeyringLostDialog(
+            account_name(self.profile_path),
+            error.reason,
+            recovery_method=recovery.method if recovery is not None else None,
+            profile_path=self.profile_path,
+            keyring_problem=keyring_problem(),
+            recovery_problem=recovery_problem,
+        )
+        dialog.recover_requested.connect(self._recover)
+        dialog.retry_requested.connect(lambda: self._open(None))
+        previous, self.dialog = self.dialog, dialog
+        dialog.show()
+        if previous is not None:
+            previous.close()
+
+    def _recover(self, request: RecoveryRequest) -> None:
+        """Opens the store through `store.recovery` with the backup key (typed, or
+        from the vault for the backup password, as a restore gets it), then wraps
+        its key again: in the system keyring, or under a new passphrase."""
+        from app.backup.keys import parse_key
+        from app.ui.backup_wizards import vault_access_for
+
+        profile = self.profile_path
+        access = vault_access_for(profile) if request.by_password else None
+        kdf = self._kdf
+
+        def work() -> Messenger:
+            recovery = read_recovery(profile)
+            if recovery is None:
+                raise StoreError("this profile has no recovery file; nothing was changed")
+            if request.by_password:
+                if access is None:
+                    raise BackupError("this profile has no vault configured")
+                backup_key = access.retrieve(recovery.vault_record_id, request.secret)
+            else:
+                backup_key = parse_key(request.secret)
+            recovered = RecoveredKey(recovery.open(backup_key))
+            # Opened first, so the recovered key is proven on the database itself
+            # before the key file is rewritten: until then nothing is changed.
+            store = Store.open(profile, recovered)
+            try:
+                if kdf is not None and request.passphrase is not None:
+                    protector = protector_for(profile, request.passphrase, kdf)  # type: ignore[arg-type]
+                else:
+                    protector = protector_for(profile, request.passphrase)
+                Store.change_protection(profile, recovered, protector)
+                messenger = Messenger(store, profile)
+            except BaseException:
+                store.close()
+                raise
+            self._after_open(messenger)
+            return messenger
+
+        run_in_pool(work, self._opened, self._recovery_failed)
+
+    def _recovery_failed(self, error: BaseException) -> None:
+        dialog = self.dialog
+        if not isinstance(dialog, KeyringLostDialog):
+            return
+        if isinstance(error, InvalidKeyFormat):
+            text = str(error)[:1].upper() + str(error)[1:] + "."
+        elif isinstance(error, WrongRecoveryKey):
+            text = (
+                "The vault's key for that password does not open this profile; nothing was changed."
+                if dialog.recovery_method == "password"
+                else "That backup key does not open this profile; nothing was changed."
+            )
+        elif isinstance(error, WrongPassword):
+            noun = "attempt" if error.attempts_left == 1 else "attempts"
+            text = f"That password is not correct. {error.attempts_left} {noun} left."
+        elif isinstance(error, LockedOut):
+            text = (
+                "Too many wrong passwords: the vault has erased the backup key for good, so "
+                "it can no longer be fetched with a password."
+            )
+        elif isinstance(error, BackupError | VaultError | StoreError):
+            text = str(error)[:1].upper() + str(error)[1:]
+        else:
+            text = repr(error)
+        dialog.show_error(text)
 
     # ---- running ----------------------------------------------------------------
     def _opened(self, messenger: Messenger) -> None:

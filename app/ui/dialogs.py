@@ -1,18 +1,19 @@
-"""Dialogs: first run, new chat, new group, contact details, group members."""
+"""Dialogs: first run, unlock, keyring recovery, new chat, new group, contact
+details, group members."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from html import escape
+from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import (
     QButtonGroup,
-    QCheckBox,
     QDialog,
     QDialogButtonBox,
     QFormLayout,
-    QGridLayout,
     QHBoxLayout,
     QLabel,
     QLineEdit,
@@ -24,8 +25,30 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.services.views import SafetyNumberView
-from app.ui.widgets import QrLabel
+ERROR_STYLE = "color: #b3261e;"
+NOTE_STYLE = "color: palette(placeholder-text);"
+# The relay's rule (relay/server.py), applied to the lowercased name.
+USERNAME_PATTERN = re.compile(r"^[a-z0-9_.-]{3,32}$")
+USERNAME_HINT = "3–32 letters, digits, . _ or -. Usernames are lowercase."
+
+
+def username_hint(typed: str) -> tuple[str, bool]:
+    """What the username field's hint says for `typed`, and whether it is a problem.
+
+    Usernames are lowercase on the relay; rather than lowercase "Alice" silently,
+    the hint shows the name that will be registered as it is typed."""
+    name = typed.strip().lower()
+    if not name:
+        return USERNAME_HINT, False
+    if not USERNAME_PATTERN.match(name):
+        if len(name) < 3:
+            return "A username needs at least 3 characters.", True
+        if len(name) > 32:
+            return "A username has at most 32 characters.", True
+        return "Use only letters a–z, digits and . _ - (no spaces).", True
+    if name != typed.strip():
+        return f"Your username will be “{name}”: usernames are lowercase.", False
+    return f"Your username will be “{name}”.", False
 
 
 @dataclass(frozen=True)
@@ -42,7 +65,14 @@ class OnboardingDialog(QDialog):
     create_requested = Signal(object)  # AccountRequest
     restore_requested = Signal()
 
-    def __init__(self, default_relay: str, default_device: str, *, keyring_available: bool) -> None:
+    def __init__(
+        self,
+        default_relay: str,
+        default_device: str,
+        *,
+        keyring_available: bool,
+        keyring_problem: str | None = None,
+    ) -> None:
         super().__init__()
         self.setWindowTitle("Welcome to Cipherline")
         self.setMinimumWidth(480)
@@ -70,12 +100,18 @@ class OnboardingDialog(QDialog):
 
         form_page = QWidget()
         form = QFormLayout(form_page)
+        self.form_title = QLabel("<h2>Create your account</h2>")
+        form.addRow(self.form_title)
         self.relay_edit = QLineEdit(default_relay)
         self.username_edit = QLineEdit()
-        self.username_edit.setPlaceholderText("3–32 letters, digits, . _ -")
+        self.username_edit.setPlaceholderText("for example alice")
+        self.username_hint = QLabel(USERNAME_HINT)
+        self.username_hint.setWordWrap(True)
+        self.username_hint.setStyleSheet(NOTE_STYLE)
         self.device_edit = QLineEdit(default_device)
         form.addRow("Relay", self.relay_edit)
         form.addRow("Username", self.username_edit)
+        form.addRow("", self.username_hint)
         form.addRow("This device", self.device_edit)
         self.keyring_choice = QRadioButton("Protect my history with the system keyring")
         self.passphrase_choice = QRadioButton("Protect my history with a passphrase")
@@ -84,7 +120,20 @@ class OnboardingDialog(QDialog):
         choices.addButton(self.passphrase_choice)
         self.keyring_choice.setEnabled(keyring_available)
         (self.keyring_choice if keyring_available else self.passphrase_choice).setChecked(True)
+        # A greyed-out choice with no reason looks like a bug; say why it is off.
+        self.keyring_note = QLabel()
+        self.keyring_note.setWordWrap(True)
+        self.keyring_note.setStyleSheet(NOTE_STYLE)
+        if not keyring_available:
+            why = keyring_problem or "no system keyring was found on this computer"
+            self.keyring_choice.setToolTip(why[:1].upper() + why[1:] + ".")
+            self.keyring_note.setText(
+                f"The system keyring option is off: {why}. Your history will be "
+                "protected with a passphrase you choose instead."
+            )
+        self.keyring_note.setVisible(not keyring_available)
         form.addRow(self.keyring_choice)
+        form.addRow(self.keyring_note)
         form.addRow(self.passphrase_choice)
         self.passphrase_edit = QLineEdit()
         self.passphrase_edit.setEchoMode(QLineEdit.EchoMode.Password)
@@ -110,7 +159,13 @@ class OnboardingDialog(QDialog):
         self.back_button.clicked.connect(lambda: self.pages.setCurrentIndex(0))
         self.submit_button.clicked.connect(self._submit)
         self.passphrase_choice.toggled.connect(self._update_passphrase_fields)
+        self.username_edit.textChanged.connect(self._update_username_hint)
         self._update_passphrase_fields()
+
+    def _update_username_hint(self, text: str) -> None:
+        hint, problem = username_hint(text)
+        self.username_hint.setText(hint)
+        self.username_hint.setStyleSheet(ERROR_STYLE if problem else NOTE_STYLE)
 
     def _update_passphrase_fields(self) -> None:
         enabled = self.passphrase_choice.isChecked()
@@ -118,7 +173,8 @@ class OnboardingDialog(QDialog):
         self.passphrase_repeat.setEnabled(enabled)
 
     def _submit(self) -> None:
-        username = self.username_edit.text().strip()
+        typed = self.username_edit.text()
+        username = typed.strip().lower()
         device = self.device_edit.text().strip()
         relay = self.relay_edit.text().strip()
         passphrase: str | None = None
@@ -127,6 +183,10 @@ class OnboardingDialog(QDialog):
             return
         if not username:
             self.show_error("Choose a username.")
+            return
+        hint, problem = username_hint(typed)
+        if problem:
+            self.show_error(hint)
             return
         if not device:
             self.show_error("Name this device, for example “Laptop”.")
@@ -152,21 +212,40 @@ class OnboardingDialog(QDialog):
         self.error_label.setText(text)
 
 
+def _whose(username: str | None) -> str:
+    return f"{username}’s history" if username else "your history"
+
+
 class UnlockDialog(QDialog):
-    """Asks for the local passphrase; a wrong one says so and changes nothing."""
+    """Asks for the local passphrase; a wrong one says so and changes nothing.
+
+    It names the account (its username), which is what people know; the profile
+    folder's name is shown only when the username is not known yet."""
 
     unlock_requested = Signal(str)
 
-    def __init__(self, profile_name: str) -> None:
+    def __init__(self, username: str | None, profile_name: str = "") -> None:
         super().__init__()
         self.setWindowTitle("Unlock Cipherline")
+        self.setMinimumWidth(420)
         layout = QVBoxLayout(self)
-        layout.addWidget(QLabel(f"Enter the passphrase of profile “{profile_name}”."))
+        self.title = QLabel(f"<h2>Unlock {escape(_whose(username))}</h2>")
+        layout.addWidget(self.title)
+        if username:
+            prompt = f"Enter the passphrase that protects {username}’s messages on this computer."
+        elif profile_name:
+            prompt = f"Enter the passphrase of the Cipherline profile “{profile_name}”."
+        else:
+            prompt = "Enter the passphrase that protects your messages on this computer."
+        self.prompt = QLabel(prompt)
+        self.prompt.setWordWrap(True)
+        layout.addWidget(self.prompt)
         self.passphrase_edit = QLineEdit()
         self.passphrase_edit.setEchoMode(QLineEdit.EchoMode.Password)
         layout.addWidget(self.passphrase_edit)
         self.error_label = QLabel()
-        self.error_label.setStyleSheet("color: #b3261e;")
+        self.error_label.setStyleSheet(ERROR_STYLE)
+        self.error_label.setWordWrap(True)
         layout.addWidget(self.error_label)
         self.unlock_button = QPushButton("Unlock")
         self.unlock_button.setDefault(True)
@@ -182,6 +261,209 @@ class UnlockDialog(QDialog):
     def show_error(self, text: str) -> None:
         self.unlock_button.setEnabled(True)
         self.passphrase_edit.selectAll()
+        self.error_label.setText(text)
+
+
+# Why the keyring gave no key, by `KeyringKeyLost.reason` (app/store/keyfile.py).
+KEYRING_LOST_TEXT = {
+    "missing": (
+        "Cipherline’s key is no longer in your system keyring, so this computer cannot "
+        "open your history on its own. This happens when the keyring is reset or "
+        "replaced — after a new desktop or a reinstall, for example."
+    ),
+    "unreachable": (
+        "Cipherline cannot reach your system keyring, where the key to your history is "
+        "kept{why}. If the keyring is only locked or not started yet, start it and "
+        "click Try again."
+    ),
+    "mismatch": (
+        "The key in your system keyring no longer opens your history: the keyring "
+        "entry was replaced, so this computer cannot open your history on its own."
+    ),
+}
+NOTHING_DELETED = "Nothing has been deleted: your messages are still on this computer, encrypted."
+
+
+@dataclass(frozen=True)
+class RecoveryRequest:
+    """What the keyring-lost screen hands the launcher: the 64-digit backup key or
+    the backup password, and the passphrase to protect the store with from now on
+    (None: the system keyring takes the key back)."""
+
+    secret: str
+    by_password: bool
+    passphrase: str | None
+
+    def __repr__(self) -> str:
+        return f"RecoveryRequest(by_password={self.by_password}, <secrets hidden>)"
+
+
+class KeyringLostDialog(QDialog):
+    """The unlock screen for a profile whose keyring entry is gone.
+
+    With a recovery wrapping (`store.recovery`, written when backups were set up)
+    it offers the way back in: the 64-digit backup key, or the backup password,
+    which the vault exchanges for that key. The store is opened with it, and its
+    key put back in the system keyring (or under a new passphrase when no keyring
+    can be reached now). Without one it says plainly that the store cannot be
+    opened without the keyring entry, and what can be done; it deletes nothing.
+    """
+
+    recover_requested = Signal(object)  # RecoveryRequest
+    retry_requested = Signal()
+
+    def __init__(
+        self,
+        username: str | None,
+        reason: str,
+        *,
+        recovery_method: str | None,
+        profile_path: Path,
+        keyring_problem: str | None = None,
+        recovery_problem: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.setWindowTitle("Unlock Cipherline")
+        self.setMinimumWidth(560)
+        self.recovery_method = recovery_method
+        self.needs_passphrase = recovery_method is not None and keyring_problem is not None
+        layout = QVBoxLayout(self)
+        self.title = QLabel(f"<h2>Unlock {escape(_whose(username))}</h2>")
+        layout.addWidget(self.title)
+        why = f" ({keyring_problem})" if keyring_problem and reason == "unreachable" else ""
+        self.reason_label = QLabel(
+            KEYRING_LOST_TEXT.get(reason, KEYRING_LOST_TEXT["missing"]).format(why=why)
+            + " "
+            + NOTHING_DELETED
+        )
+        self.reason_label.setWordWrap(True)
+        layout.addWidget(self.reason_label)
+        self.way_in = QLabel(self._way_in_text(profile_path, recovery_problem))
+        self.way_in.setWordWrap(True)
+        self.way_in.setTextFormat(Qt.TextFormat.RichText)
+        self.way_in.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        layout.addWidget(self.way_in)
+
+        form = QFormLayout()
+        self.form = form
+        self.key_edit = QLineEdit()
+        self.key_edit.setPlaceholderText("64 digits, 0-9 and a-f; spaces and dashes are fine")
+        self.password_edit = QLineEdit()
+        self.password_edit.setEchoMode(QLineEdit.EchoMode.Password)
+        self.passphrase_edit = QLineEdit()
+        self.passphrase_edit.setEchoMode(QLineEdit.EchoMode.Password)
+        self.passphrase_edit.setPlaceholderText("at least 8 characters")
+        self.passphrase_repeat = QLineEdit()
+        self.passphrase_repeat.setEchoMode(QLineEdit.EchoMode.Password)
+        form.addRow("Backup key", self.key_edit)
+        form.addRow("Backup password", self.password_edit)
+        form.addRow("New passphrase", self.passphrase_edit)
+        form.addRow("Repeat", self.passphrase_repeat)
+        layout.addLayout(form)
+        form.setRowVisible(self.key_edit, recovery_method == "key")
+        form.setRowVisible(self.password_edit, recovery_method == "password")
+        form.setRowVisible(self.passphrase_edit, self.needs_passphrase)
+        form.setRowVisible(self.passphrase_repeat, self.needs_passphrase)
+
+        self.error_label = QLabel()
+        self.error_label.setStyleSheet(ERROR_STYLE)
+        self.error_label.setWordWrap(True)
+        layout.addWidget(self.error_label)
+        layout.addStretch(1)
+        buttons = QHBoxLayout()
+        self.quit_button = QPushButton("Quit")
+        self.retry_button = QPushButton("Try again")
+        self.unlock_button = QPushButton("Unlock")
+        buttons.addWidget(self.quit_button)
+        buttons.addStretch(1)
+        buttons.addWidget(self.retry_button)
+        buttons.addWidget(self.unlock_button)
+        layout.addLayout(buttons)
+        self.unlock_button.setVisible(recovery_method is not None)
+        (self.unlock_button if recovery_method else self.retry_button).setDefault(True)
+        self.quit_button.clicked.connect(self.close)
+        self.retry_button.clicked.connect(self._retry)
+        self.unlock_button.clicked.connect(self._submit)
+        for edit in (self.key_edit, self.password_edit, self.passphrase_repeat):
+            edit.returnPressed.connect(self._submit)
+
+    def _way_in_text(self, profile_path: Path, recovery_problem: str | None) -> str:
+        back = (
+            "protects it with a new passphrase you choose below, since no system keyring "
+            "can be reached now"
+            if self.needs_passphrase
+            else "puts its key back in the system keyring"
+        )
+        if self.recovery_method == "key":
+            return (
+                "<p><b>You can open it with your backup key.</b> Type the 64-digit key you "
+                "kept when you set up backups: Cipherline opens your history with it and "
+                f"{back}.</p>"
+            )
+        if self.recovery_method == "password":
+            return (
+                "<p><b>You can open it with your backup password.</b> Cipherline asks the "
+                "vault for your backup key (the vault allows a limited number of wrong "
+                f"attempts), opens your history with it and {back}.</p>"
+            )
+        if recovery_problem:
+            cause = (
+                f"<p><b>{escape(recovery_problem[:1].upper() + recovery_problem[1:])}</b>, so "
+                "your backup key cannot open it either: without that keyring entry this "
+                "history cannot be opened.</p>"
+            )
+        else:
+            cause = (
+                "<p><b>No backup was set up for this profile</b>, so nothing else can open "
+                "it: without that keyring entry this history cannot be opened.</p>"
+            )
+        return (
+            cause + "<p>What you can do:</p><ul>"
+            "<li>If your old keyring still exists (another login on this computer, or a "
+            "backup of your home folder), bring it back, then click Try again.</li>"
+            "<li>If you have a Cipherline backup of this account, restore it into a new "
+            "profile: start Cipherline with another profile "
+            "(<code>cipherline --profile restored</code>) and choose “Restore from a "
+            "backup”.</li></ul>"
+            f"<p>This profile’s files stay as they are in <code>{escape(str(profile_path))}"
+            "</code>.</p>"
+        )
+
+    def _retry(self) -> None:
+        self.set_busy(True)
+        self.error_label.clear()
+        self.retry_requested.emit()
+
+    def _submit(self) -> None:
+        if self.recovery_method is None:
+            return
+        by_password = self.recovery_method == "password"
+        secret = (self.password_edit if by_password else self.key_edit).text()
+        if not secret.strip():
+            self.show_error(
+                "Type your backup password." if by_password else "Type your 64-digit backup key."
+            )
+            return
+        passphrase: str | None = None
+        if self.needs_passphrase:
+            passphrase = self.passphrase_edit.text()
+            if len(passphrase) < 8:
+                self.show_error("The new passphrase needs at least 8 characters.")
+                return
+            if passphrase != self.passphrase_repeat.text():
+                self.show_error("The two passphrases differ.")
+                return
+        self.set_busy(True)
+        self.error_label.clear()
+        self.recover_requested.emit(RecoveryRequest(secret, by_password, passphrase))
+
+    def set_busy(self, busy: bool) -> None:
+        for widget in (self.unlock_button, self.retry_button):
+            widget.setEnabled(not busy)
+        self.unlock_button.setText("Unlocking…" if busy else "Unlock")
+
+    def show_error(self, text: str) -> None:
+        self.set_busy(False)
         self.error_label.setText(text)
 
 
@@ -227,93 +509,6 @@ class NewGroupDialog(QDialog):
 
     def members(self) -> list[str]:
         return [name.strip() for name in self.members_edit.text().split(",") if name.strip()]
-
-
-class SafetyNumberDialog(QDialog):
-    """The safety number in 12 groups of 5, its QR code, and "Mark as verified".
-
-    For a contact whose identity changed after it was verified (`view.unaccepted`)
-    it says so and offers "Accept new safety number", optionally marking the new
-    number verified too; accepting is what unblocks sending to the contact."""
-
-    verified_toggled = Signal(str, bool)
-    accept_requested = Signal(str, bool)  # peer, also mark as verified
-
-    def __init__(self, view: SafetyNumberView, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.view = view
-        self.setWindowTitle(f"Safety number with {view.peer}")
-        layout = QVBoxLayout(self)
-        self.changed_label = QLabel(
-            f"{view.peer}'s safety number has changed since you verified it. This can "
-            "mean they reinstalled Cipherline, or that someone is intercepting your "
-            f"chats. Nothing is sent to {view.peer} until you accept the new number."
-        )
-        self.changed_label.setWordWrap(True)
-        self.changed_label.setStyleSheet("color: #8a5a00; font-weight: bold;")
-        self.changed_label.setVisible(view.unaccepted)
-        layout.addWidget(self.changed_label)
-        explanation = QLabel(
-            f"Compare these numbers with {view.peer}, in person or on a call, or scan "
-            "the code on their screen. If they match, your chat is end-to-end "
-            "encrypted with no one in the middle."
-        )
-        explanation.setWordWrap(True)
-        layout.addWidget(explanation)
-        self.qr = QrLabel(view.qr_payload)
-        layout.addWidget(self.qr)
-        grid_widget = QWidget()
-        grid = QGridLayout(grid_widget)
-        self.group_labels: list[QLabel] = []
-        for position, group in enumerate(view.groups):
-            label = QLabel(group)
-            label.setStyleSheet("font-family: monospace; font-size: 16px;")
-            label.setAlignment(Qt.AlignmentFlag.AlignCenter)
-            label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-            grid.addWidget(label, position // 4, position % 4)
-            self.group_labels.append(label)
-        layout.addWidget(grid_widget)
-        row = QHBoxLayout()
-        self.copy_button = QPushButton("Copy")
-        self.copy_button.clicked.connect(
-            lambda: QGuiApplication.clipboard().setText(" ".join(view.groups))
-        )
-        self.verify_button = QPushButton()
-        self.verify_button.clicked.connect(self._toggle)
-        row.addWidget(self.copy_button)
-        row.addStretch(1)
-        row.addWidget(self.verify_button)
-        layout.addLayout(row)
-        accept_row = QHBoxLayout()
-        self.also_verify = QCheckBox("The numbers match: also mark as verified")
-        self.accept_button = QPushButton("Accept new safety number")
-        self.accept_button.clicked.connect(self._accept_new)
-        accept_row.addWidget(self.also_verify)
-        accept_row.addStretch(1)
-        accept_row.addWidget(self.accept_button)
-        layout.addLayout(accept_row)
-        for widget in (self.also_verify, self.accept_button):
-            widget.setVisible(view.unaccepted)
-        # While unaccepted, accepting (optionally verifying) is the one way forward.
-        self.verify_button.setVisible(not view.unaccepted)
-        self._verified = view.verified
-        self._refresh()
-
-    def _accept_new(self) -> None:
-        self.accept_requested.emit(self.view.peer, self.also_verify.isChecked())
-        self.accept()
-
-    def _refresh(self) -> None:
-        self.verify_button.setText("Clear verification" if self._verified else "Mark as verified")
-
-    def _toggle(self) -> None:
-        self._verified = not self._verified
-        self._refresh()
-        self.verified_toggled.emit(self.view.peer, self._verified)
-
-    @property
-    def verified(self) -> bool:
-        return self._verified
 
 
 class GroupMembersDialog(QDialog):
