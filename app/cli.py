@@ -1,8 +1,7 @@
 """`cipherline`: the desktop app, and headless commands for scripts.
 
-Exit codes of the desktop app: 0 when it was closed, 2 when it cannot start
-(a bad profile name or server config, or no display to show it on:
-`EXIT_NO_DISPLAY`). The `backup` commands document their own in app/backup/cli.py.
+Exit codes of the desktop app are in `EXIT_CODES_HELP`, which `--help` prints;
+the `backup` commands list their own in `cipherline backup --help`.
 """
 
 from __future__ import annotations
@@ -16,13 +15,22 @@ from pathlib import Path
 from app import __version__
 from app.config import (
     DEFAULT_PROFILE,
+    HOME_ENV,
     SERVER_CONFIG_NAME,
     ConfigError,
     ServerConfig,
+    data_root,
     ensure_profile_dir,
 )
 
 EXIT_NO_DISPLAY = 2
+EXIT_CODES_HELP = """\
+exit codes of the desktop app:
+  0   it was closed (or --self-test passed)
+  1   --self-test found a problem
+  2   it cannot start: a bad profile name or server config, or no display
+
+The backup commands have their own: cipherline backup --help"""
 NO_DISPLAY_MESSAGE = (
     "cipherline: no display found (DISPLAY/WAYLAND_DISPLAY unset): run it in a desktop"
     " session, or use the headless commands: cipherline backup …, cipherline --self-test"
@@ -62,12 +70,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cipherline",
         description="Cipherline: end-to-end encrypted messenger with encrypted backups.",
+        epilog=(
+            f"{EXIT_CODES_HELP}\n\nEach profile is a folder in {data_root() / 'profiles'};"
+            f"\nset {HOME_ENV} to keep them somewhere else."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"cipherline {__version__}")
     parser.add_argument(
         "--profile",
         default=DEFAULT_PROFILE,
-        help="keep this person's data apart from other profiles on the machine",
+        help=(
+            "a local name for this person's data on this machine, not their username"
+            " (default: default)"
+        ),
     )
     parser.add_argument(
         "--server-config",

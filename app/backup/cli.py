@@ -1,10 +1,9 @@
 """`cipherline backup now|verify|restore|status`: backups for scripts.
 
-Exit codes: 0 success; 2 bad usage or an invalid key; 3 wrong key or password;
-4 not a backup; 5 damaged backup; 6 cancelled; 7 not enough space; 8 the target
-profile is not empty; 9 backups not set up; 10 the vault refused (locked out,
-unreachable); 1 anything else. Secrets come from stdin, never from arguments,
-except `--key` which also accepts `-` for stdin.
+The exit codes and the order of the secrets on stdin are in `STDIN_HELP` and
+`EXIT_CODES_HELP`, which `--help` prints: documentation a script's author can
+read without the source. Secrets come from stdin, never from arguments, except
+`--key` which also accepts `-` for stdin.
 """
 
 from __future__ import annotations
@@ -20,10 +19,31 @@ from app.backup.errors import BackupError, NotABackup, ProfileNotEmpty
 from app.backup.keys import parse_key
 from app.config import SERVER_CONFIG_NAME, ConfigError, ServerConfig, profile_dir
 from app.protocol.vault import LockedOut, VaultError, WrongPassword
+from app.sizes import format_size
 from app.store import Store, StoreError, keyring_usable
 from app.store.keyfile import KeyringProtector, PassphraseProtector, Protector
 
 VAULT_EXIT = 10
+EXIT_CODES_HELP = """\
+exit codes:
+  0   success
+  1   anything else (no such profile, a file that cannot be read or written, ...)
+  2   bad usage, an invalid key, or a secret missing from stdin
+  3   wrong key or password
+  4   not a backup, or no backup in the folder
+  5   damaged backup
+  6   cancelled
+  7   not enough space
+  8   the target profile is not empty
+  9   backups are not set up for this profile
+  10  the vault refused (locked out, unreachable, no such key)"""
+STDIN_HELP = """\
+secrets on stdin, one per line, in this order:
+  1. the profile's local passphrase      (--passphrase-stdin)
+  2. the backup key or backup password   (--key - or --password-stdin)
+  A profile protected by the system keyring needs no passphrase line; then the
+  key or password is the first line. --key - and --password-stdin exclude each
+  other: a backup is opened by one or the other."""
 
 
 class UsageError(BackupError):
@@ -33,7 +53,14 @@ class UsageError(BackupError):
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    backup = commands.add_parser("backup", help="make, check and restore encrypted backups")
+    epilog = f"{STDIN_HELP}\n\n{EXIT_CODES_HELP}"
+    backup = commands.add_parser(
+        "backup",
+        help="make, check and restore encrypted backups",
+        description="Make, check and restore encrypted backups.",
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     actions = backup.add_subparsers(dest="action", required=True)
     for name, text in (
         ("now", "back up this profile now, with its configured method and folder"),
@@ -41,20 +68,33 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
         ("restore", "restore a backup into a new, empty profile"),
         ("status", "show the backup settings and the backups found"),
     ):
-        action = actions.add_parser(name, help=text, description=text)
+        action = actions.add_parser(
+            name,
+            help=text,
+            description=text[0].upper() + text[1:] + ".",
+            epilog=epilog,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         action.add_argument(
-            "--profile", dest="backup_profile", default=None, help="profile name (default: default)"
+            "--profile",
+            dest="backup_profile",
+            default=None,
+            help="the local profile name, as in `make run PROFILE=...` (default: default)",
         )
         action.add_argument("--folder", type=Path, default=None, help="the backup folder")
         action.add_argument("--file", type=Path, default=None, help="one backup file")
-        action.add_argument("--key", default=None, help="the 64-digit key, or - for stdin")
         action.add_argument(
-            "--password-stdin", action="store_true", help="read the backup password from stdin"
+            "--key", default=None, help="the 64-digit key, or - to read it from stdin"
+        )
+        action.add_argument(
+            "--password-stdin",
+            action="store_true",
+            help="read the backup password from stdin (after the passphrase, if both)",
         )
         action.add_argument(
             "--passphrase-stdin",
             action="store_true",
-            help="read the profile's local passphrase from stdin (first line)",
+            help="read the profile's local passphrase from stdin (always the first line)",
         )
 
 
@@ -81,6 +121,13 @@ def _open_store(profile: Path, args: argparse.Namespace, stdin: _Input) -> Store
     if not Store.exists(profile):
         raise BackupError(f"there is no profile in {profile}")
     try:
+        if Store.key_method(profile) == "passphrase" and not args.passphrase_stdin:
+            # Asking the keyring for a key it never held fails with a message
+            # about the keyring; what the caller has to do is pass the passphrase.
+            raise UsageError(
+                f"the profile {profile.name!r} is protected by a passphrase; pass "
+                "--passphrase-stdin and write the passphrase on the first line of stdin"
+            )
         return Store.open(profile, _protector(profile, args, stdin))
     except StoreError as error:
         raise BackupError(str(error)) from None
@@ -108,6 +155,8 @@ def _pick(args: argparse.Namespace, store_folder: str | None = None) -> engine.B
 
 
 def _key(info: engine.BackupInfo, profile: Path, args: argparse.Namespace, stdin: _Input) -> bytes:
+    if args.key is not None and args.password_stdin:
+        raise UsageError("pass either --key or --password-stdin, not both")
     if args.key is not None:
         text = stdin.line("the 64-digit key") if args.key == "-" else args.key
         return service.key_for(info, key=parse_key(text))
@@ -133,8 +182,10 @@ class _ProgressLine:
         if now - self._last < 1 and done < total:
             return
         self._last = now
-        speed = done / max(now - self._started, 1e-6) / 2**20
-        self._out.write(f"\r{done / 2**20:,.1f} / {total / 2**20:,.1f} MB, {speed:,.1f} MB/s")
+        speed = done / max(now - self._started, 1e-6)
+        # Padded: a shorter line must cover the end of the longer one before it.
+        line = f"{format_size(done)} of {format_size(total)}, {format_size(speed)}/s"
+        self._out.write(f"\r{line:<48}")
         self._out.flush()
         self._shown = True
 
@@ -167,16 +218,20 @@ def run(args: argparse.Namespace, stdin: TextIO | None = None, out: TextIO | Non
             finally:
                 store.close()
             progress.end()
-            out.write(f"backup written: {info.path} ({info.size:,} bytes)\n")
+            out.write(f"backup written: {info.path} ({format_size(info.size)})\n")
             return 0
         if args.action == "verify":
+            if args.passphrase_stdin:
+                # Verifying opens no profile, but the passphrase line is still the
+                # first one: the order on stdin is the same for every action.
+                lines.line("the profile passphrase")
             info = _pick(args)
             key = _key(info, profile, args, lines)
             report = engine.verify_backup(info.path, key, progress=progress)
             progress.end()
             out.write(
                 f"OK: {info.path} — {report.describe_contents()}, "
-                f"{report.size:,} bytes, every chunk authentic\n"
+                f"{format_size(report.size)}, every chunk authentic\n"
             )
             return 0
         if args.action == "restore":
@@ -227,7 +282,7 @@ def _status(profile: Path, args: argparse.Namespace, lines: _Input, out: TextIO)
         out.write(f"folder: {state.folder or '-'}\n")
         if state.last_success:
             stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(state.last_success))
-            out.write(f"last backup: {stamp} ({state.last_size or 0:,} bytes)\n")
+            out.write(f"last backup: {stamp} ({format_size(state.last_size or 0)})\n")
         folder = Path(state.folder) if state.folder else None
     if folder is None:
         raise NotABackup("no backup folder is set; pass --folder")
@@ -235,5 +290,5 @@ def _status(profile: Path, args: argparse.Namespace, lines: _Input, out: TextIO)
     out.write(f"{len(backups)} backup(s) in {folder}\n")
     for info in backups:
         stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(info.created))
-        out.write(f"  {stamp}  {info.size:>14,} bytes  {info.method}  {info.path.name}\n")
+        out.write(f"  {stamp}  {format_size(info.size):>12}  {info.method}  {info.path.name}\n")
     return 0

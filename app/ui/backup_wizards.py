@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QObject, Qt, Signal
-from PySide6.QtGui import QFont, QGuiApplication
+from PySide6.QtCore import QEvent, QObject, Qt, Signal
+from PySide6.QtGui import QFont, QGuiApplication, QKeyEvent
 from PySide6.QtWidgets import (
     QComboBox,
     QFileDialog,
@@ -34,11 +34,14 @@ from PySide6.QtWidgets import (
 )
 
 from app.backup import engine, service
+from app.backup import format as fmt
 from app.backup.errors import BackupCancelled, BackupError, InvalidKeyFormat
 from app.backup.format import check_key
 from app.backup.keys import format_key, generate_backup_key, parse_key
 from app.protocol.vault import DEFAULT_ATTEMPT_LIMIT, LockedOut, VaultError, WrongPassword
-from app.store import Protector, Store, StoreError
+from app.sizes import format_size
+from app.store import BackupState, Protector, Store, StoreError
+from app.ui.widgets import sentence
 from app.ui.workers import run_in_pool
 
 SCHEDULE_CHOICES = [
@@ -48,7 +51,12 @@ SCHEDULE_CHOICES = [
     ("Off", "off"),
 ]
 # The meter's steps (service.password_strength): only the last one is strong enough.
-STRENGTH_WORDS = ["very weak", "weak", "still weak", "almost strong enough", "strong enough"]
+STRENGTH_WORDS = ["Very weak", "Weak", "Still weak", "Almost strong enough", "Strong enough"]
+TOO_SHORT = "Too short"
+# Red to green; the last step alone is green because only it passes the rule.
+STRENGTH_COLOURS = ["#c0392b", "#d35400", "#e67e22", "#d4ac0d", "#1e8449"]
+# The store's own floor for a local passphrase (the first-run dialog asks the same).
+MIN_PASSPHRASE_LENGTH = 8
 # Shown once a restore is done: the copy is a device of its own (service.settle_after_restore).
 RESTORED_BACKUPS_NOTICE = (
     "Backups are off on this device: the original device's schedule was not carried "
@@ -73,53 +81,128 @@ class Progress(QObject):
         return self.cancel_requested
 
 
-def human_size(size: float) -> str:
-    for unit in ("bytes", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:,.0f} {unit}" if unit == "bytes" else f"{size:,.1f} {unit}"
-        size /= 1024
-    return f"{size:,.1f} GB"
+def describe_seconds(seconds: float) -> str:
+    """A duration as people say it: "4 s", "2 min 5 s", "1 h 3 min"."""
+    whole = max(0, round(seconds))
+    if whole < 60:
+        return f"{whole} s"
+    if whole < 3600:
+        minutes, rest = divmod(whole, 60)
+        return f"{minutes} min {rest} s" if rest else f"{minutes} min"
+    hours, rest = divmod(whole, 3600)
+    return f"{hours} h {rest // 60} min" if rest >= 60 else f"{hours} h"
 
 
 def describe_progress(done: int, total: int, seconds: float) -> str:
+    """The line under a running backup or restore."""
     speed = done / max(seconds, 1e-3)
-    left = (total - done) / speed if speed > 0 and total > done else 0
-    return (
-        f"{human_size(done)} of {human_size(total)} · {human_size(speed)}/s · "
-        f"about {left:,.0f} s left"
-    )
+    text = f"{format_size(done)} of {format_size(total)} · {format_size(speed)}/s"
+    if speed > 0 and total > done:
+        text += f" · about {describe_seconds((total - done) / speed)} left"
+    return text
+
+
+def describe_done(size: int, seconds: float) -> str:
+    """The line once it is over: no speed and no time left, which read as still running."""
+    # "in 0 s" reads as nothing happened: short runs get a tenth of a second.
+    took = f"{seconds:.1f} s" if seconds < 10 else describe_seconds(seconds)
+    return f"Done — {format_size(size)} in {took}."
 
 
 class ProgressPanel(QWidget):
-    def __init__(self) -> None:
+    """A bar, a line of detail and a button that stops the work in progress."""
+
+    def __init__(self, stop_text: str = "Stop") -> None:
         super().__init__()
         layout = QVBoxLayout(self)
         self.bar = QProgressBar()
         self.bar.setRange(0, 1000)
+        self.bar.setAccessibleName("Progress")
         self.detail = QLabel("")
-        self.cancel_button = QPushButton("Cancel")
+        # Not "Cancel": the wizards have a Cancel of their own, which closes them.
+        self.cancel_button = QPushButton(stop_text)
         layout.addWidget(self.bar)
         layout.addWidget(self.detail)
         layout.addWidget(self.cancel_button, alignment=Qt.AlignmentFlag.AlignLeft)
         self.progress: Progress | None = None
+        self._total = 0
+        self.finished = False
         self.cancel_button.clicked.connect(self._cancel)
 
     def attach(self) -> Progress:
         self.progress = Progress()
         self.progress.changed.connect(self._changed)
+        self._total = 0
+        self.finished = False
+        self.bar.setValue(0)
+        self.detail.setText("")
         self.cancel_button.setEnabled(True)
+        self.cancel_button.show()
         return self.progress
 
     def _changed(self, done: int, total: int) -> None:
+        if self.progress is None or self.finished:
+            return  # a late report must not bring back "about 0 s left"
+        self._total = total
         self.bar.setValue(int(1000 * done / total) if total else 0)
-        if self.progress is not None:
-            seconds = time.monotonic() - self.progress.started
-            self.detail.setText(describe_progress(done, total, seconds))
+        seconds = time.monotonic() - self.progress.started
+        self.detail.setText(describe_progress(done, total, seconds))
+
+    def finish(self, size: int | None = None) -> None:
+        """Full bar, "Done — 1.2 MiB in 3 s", and nothing left to stop."""
+        started = self.progress.started if self.progress is not None else time.monotonic()
+        self.finished = True
+        self.bar.setValue(self.bar.maximum())
+        self.detail.setText(
+            describe_done(self._total if size is None else size, time.monotonic() - started)
+        )
+        self.cancel_button.hide()
 
     def _cancel(self) -> None:
         if self.progress is not None:
             self.progress.cancel_requested = True
             self.cancel_button.setEnabled(False)
+
+
+class StrengthMeter(QWidget):
+    """A thin coloured bar and the word for it ("Strong enough").
+
+    A full-height QProgressBar with its text inside read as an empty text box;
+    this one is a few pixels high, so it reads as a gauge, and the word beside
+    it says what the colour means."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        self.bar = QProgressBar()
+        self.bar.setRange(0, 4)
+        self.bar.setTextVisible(False)
+        self.bar.setFixedHeight(8)
+        self.bar.setAccessibleName("Password strength")
+        self.label = QLabel(TOO_SHORT)
+        self.label.setMinimumWidth(self.label.fontMetrics().horizontalAdvance(STRENGTH_WORDS[3]))
+        layout.addWidget(self.bar, 1)
+        layout.addWidget(self.label)
+        self.set_strength(0, too_short=True)
+
+    def set_strength(self, strength: int, *, too_short: bool) -> None:
+        self.bar.setValue(0 if too_short else strength)
+        word = TOO_SHORT if too_short else STRENGTH_WORDS[strength]
+        colour = STRENGTH_COLOURS[0 if too_short else strength]
+        self.label.setText(word)
+        self.label.setStyleSheet(f"color: {colour}; font-weight: bold;")
+        self.bar.setStyleSheet(
+            f"QProgressBar {{ border: none; border-radius: 4px; background: palette(mid); }}"
+            f"QProgressBar::chunk {{ border-radius: 4px; background: {colour}; }}"
+        )
+        self.bar.setAccessibleDescription(word)
+
+    def value(self) -> int:
+        return self.bar.value()
+
+    def text(self) -> str:
+        return self.label.text()
 
 
 def _error_label() -> QLabel:
@@ -130,10 +213,26 @@ def _error_label() -> QLabel:
     return label
 
 
+def describe_error(error: BaseException) -> str:
+    """An error from a worker as a sentence for the page it failed on."""
+    if isinstance(error, BackupError | VaultError):
+        return sentence(str(error))
+    if isinstance(error, OSError) and error.strerror:
+        where = f": {error.filename}" if error.filename else ""
+        return sentence(f"{error.strerror}{where}")
+    return sentence(f"Something went wrong ({type(error).__name__}: {error})")
+
+
 class FolderChooser(QWidget):
-    """The cloud folders found under the home directory, or any folder."""
+    """The cloud folders found under the home directory, or any folder.
+
+    Return in the folder box settles the typed path (and so lists or checks it)
+    instead of reaching the wizard's default button: someone who typed a path and
+    pressed Return expects to see that folder, not to be moved on with whatever
+    backup happened to be selected."""
 
     changed = Signal()
+    return_pressed = Signal()
 
     def __init__(self, home: Path | None = None) -> None:
         super().__init__()
@@ -141,16 +240,39 @@ class FolderChooser(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         self.combo = QComboBox()
         self.combo.setEditable(True)
+        self.combo.setAccessibleName("Backup folder")
+        # Typed paths are not added to the list of cloud folders.
+        self.combo.setInsertPolicy(QComboBox.InsertPolicy.NoInsert)
         for service_name, path in engine.find_cloud_folders(home):
             self.combo.addItem(f"{path}", str(path))
             self.combo.setItemData(
                 self.combo.count() - 1, service_name, Qt.ItemDataRole.ToolTipRole
             )
         self.browse = QPushButton("Choose…")
+        self.browse.setAccessibleName("Choose a folder")
+        self.browse.setToolTip("Choose the backup folder in a file dialog")
         layout.addWidget(self.combo, 1)
         layout.addWidget(self.browse)
         self.browse.clicked.connect(self._browse)
         self.combo.currentTextChanged.connect(lambda _t: self.changed.emit())
+        self.combo.installEventFilter(self)
+        line = self.combo.lineEdit()
+        if line is not None:
+            line.installEventFilter(self)
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        if (
+            event.type() == QEvent.Type.KeyPress
+            and isinstance(event, QKeyEvent)
+            and event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter)
+        ):
+            # Consumed here, so neither the combo nor the dialog sees it.
+            text = self.path_text()
+            if text:
+                self.set_path(Path(text).expanduser())
+            self.return_pressed.emit()
+            return True
+        return super().eventFilter(watched, event)
 
     def _browse(self) -> None:
         chosen = QFileDialog.getExistingDirectory(self, "Backup folder", self.path_text())
@@ -225,7 +347,8 @@ class ShowKeyPage(QWizardPage):
         font.setPointSize(13)
         self.key_label.setFont(font)
         self.key_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        self.copy_button = QPushButton("Copy")
+        self.key_label.setAccessibleName("Your backup key")
+        self.copy_button = QPushButton("Copy key")
         layout.addWidget(self.key_label)
         layout.addWidget(self.copy_button, alignment=Qt.AlignmentFlag.AlignLeft)
         layout.addStretch(1)
@@ -253,6 +376,7 @@ class ConfirmKeyPage(QWizardPage):
         layout = QVBoxLayout(self)
         self.edit = QLineEdit()
         self.edit.setPlaceholderText("64 digits, 0-9 and a-f")
+        self.edit.setAccessibleName("Backup key")
         self.error = _error_label()
         layout.addWidget(self.edit)
         layout.addWidget(self.error)
@@ -284,25 +408,27 @@ class PasswordPage(QWizardPage):
         super().__init__()
         self.choices = choices
         self.setTitle("Choose a backup password")
-        self.setSubTitle(
+        # The wizard's subtitle does not wrap past two lines; the rules go in a label.
+        rules = QLabel(
             f"At least {service.MIN_PASSWORD_LENGTH} characters, and strong enough that someone "
             "holding the vault's data would need a century on 10,000 computers to guess it: "
             f"a few unusual words work best. After {DEFAULT_ATTEMPT_LIMIT} wrong attempts the "
             "key is erased and the backups can no longer be opened with a password."
         )
+        rules.setWordWrap(True)
         form = QFormLayout(self)
         self.password = QLineEdit()
         self.password.setEchoMode(QLineEdit.EchoMode.Password)
+        self.password.setAccessibleName("Backup password")
         self.confirm = QLineEdit()
         self.confirm.setEchoMode(QLineEdit.EchoMode.Password)
-        self.meter = QProgressBar()
-        self.meter.setRange(0, 4)
-        self.meter.setTextVisible(True)
-        self.meter.setFormat("too short")
+        self.confirm.setAccessibleName("Repeat the backup password")
+        self.meter = StrengthMeter()
         self.error = _error_label()
+        form.addRow(rules)
         form.addRow("Password", self.password)
         form.addRow("Strength", self.meter)
-        form.addRow("Again", self.confirm)
+        form.addRow("Repeat", self.confirm)
         form.addRow(self.error)
         self.password.textChanged.connect(self._changed)
         self.confirm.textChanged.connect(self._changed)
@@ -310,9 +436,7 @@ class PasswordPage(QWizardPage):
     def _changed(self) -> None:
         text = self.password.text()
         strength = service.password_strength(text)
-        self.meter.setValue(strength)
-        too_short = len(text) < service.MIN_PASSWORD_LENGTH
-        self.meter.setFormat("too short" if too_short else STRENGTH_WORDS[strength])
+        self.meter.set_strength(strength, too_short=len(text) < service.MIN_PASSWORD_LENGTH)
         problem = service.password_problem(text)
         if text and problem:
             self.error.setText(problem)
@@ -334,6 +458,36 @@ class PasswordPage(QWizardPage):
         return SetupWizard.FOLDER
 
 
+def existing_backups_note(backups: list[engine.BackupInfo], keep: int) -> str:
+    """One sentence on what becomes of the backups already in the chosen folder.
+
+    Setting up again makes a new key (or a new vault record for a password), so
+    the backups already there keep needing what they were made with; the newest
+    `keep` backups of any kind are kept (engine.prune), so new ones replace them."""
+    if not backups:
+        return ""
+    methods = {info.method for info in backups}
+    key_name = fmt.METHOD_NAMES[fmt.METHOD_KEY]
+    which = "it was" if len(backups) == 1 else "they were"
+    if methods == {key_name}:
+        made_with, opens_with = "a 64-digit key", "that earlier key"
+    elif key_name not in methods:
+        made_with, opens_with = "a password", f"the password {which} made with"
+    else:
+        made_with, opens_with = "a key or a password", f"the key or password {which} made with"
+    if len(backups) == 1:
+        return (
+            f"This folder already holds a backup made with {made_with}: it still opens "
+            f"only with {opens_with}, and is deleted as new backups take its place "
+            f"(Cipherline keeps the newest {keep})."
+        )
+    return (
+        f"This folder already holds {len(backups)} backups made with {made_with}: they "
+        f"still open only with {opens_with}, and are deleted as new backups take their "
+        f"place (Cipherline keeps the newest {keep})."
+    )
+
+
 class FolderPage(QWizardPage):
     def __init__(self, home: Path | None) -> None:
         super().__init__()
@@ -345,16 +499,43 @@ class FolderPage(QWizardPage):
         form = QFormLayout(self)
         self.folder = FolderChooser(home)
         self.schedule = QComboBox()
+        self.schedule.setAccessibleName("How often to back up")
         for label, _value in SCHEDULE_CHOICES:
             self.schedule.addItem(label)
         self.schedule.setCurrentIndex(1)
         self.keep = QSpinBox()
         self.keep.setRange(1, 30)
         self.keep.setValue(2)
+        self.keep.setAccessibleName("How many backups to keep")
+        self.existing = QLabel("")
+        self.existing.setWordWrap(True)
+        self.existing.setStyleSheet("color: #8a5a00;")
         form.addRow("Folder", self.folder)
         form.addRow("Back up", self.schedule)
         form.addRow("Keep the newest", self.keep)
+        form.addRow(self.existing)
         self.folder.changed.connect(self.completeChanged)
+        self.folder.changed.connect(self._describe_existing)
+        self.keep.valueChanged.connect(self._describe_existing)
+
+    def prefill(self, state: BackupState) -> None:
+        """The choices of an earlier set-up ("Set up again…"), so only what
+        changes needs changing."""
+        if state.folder:
+            self.folder.set_path(Path(state.folder))
+        schedules = [value for _label, value in SCHEDULE_CHOICES]
+        if state.schedule in schedules and state.method:
+            self.schedule.setCurrentIndex(schedules.index(state.schedule))
+        if state.keep:
+            self.keep.setValue(state.keep)
+
+    def initializePage(self) -> None:
+        self._describe_existing()
+
+    def _describe_existing(self) -> None:
+        text = self.folder.path_text()
+        backups = engine.list_backups(Path(text).expanduser()) if text else []
+        self.existing.setText(existing_backups_note(backups, self.keep.value()))
 
     def isComplete(self) -> bool:
         return bool(self.folder.path_text())
@@ -373,7 +554,7 @@ class RunPage(QWizardPage):
         layout = QVBoxLayout(self)
         self.status = QLabel("")
         self.status.setWordWrap(True)
-        self.panel = ProgressPanel()
+        self.panel = ProgressPanel("Stop backing up")
         self.error = _error_label()
         self.retry = QPushButton("Try again")
         self.retry.hide()
@@ -383,6 +564,7 @@ class RunPage(QWizardPage):
         layout.addWidget(self.retry, alignment=Qt.AlignmentFlag.AlignLeft)
         layout.addStretch(1)
         self.done = False
+        self.running = False
         self.result: engine.BackupInfo | None = None
         self.retry.clicked.connect(self._start)
 
@@ -390,6 +572,10 @@ class RunPage(QWizardPage):
         self._start()
 
     def _start(self) -> None:
+        if self.running or self.done:
+            # Back and Next again while it runs: one backup at a time.
+            return
+        self.running = True
         self.retry.hide()
         self.error.setText("")
         self.status.setText("Setting up and writing your first backup…")
@@ -430,24 +616,33 @@ class RunPage(QWizardPage):
 
     def _finished(self, info: engine.BackupInfo) -> None:
         self.result = info
+        self.running = False
         self.done = True
-        self.panel.cancel_button.setEnabled(False)
+        self.panel.finish(info.size)
         self.status.setText(
-            f"Backed up: {info.path.name}, {human_size(info.size)}, in {info.path.parent}."
+            f"Backed up: {info.path.name}, {format_size(info.size)}, in {info.path.parent}."
         )
+        finish_only(self.owner)
         self.completeChanged.emit()
         self.owner.backup_made.emit(info)
 
     def _failed(self, error: BaseException) -> None:
+        self.running = False
         self.status.setText("")
-        text = str(error) if isinstance(error, BackupError | VaultError) else repr(error)
+        text = describe_error(error)
         if isinstance(error, BackupCancelled):
-            text = "Cancelled. Backups are set up; the next one runs on schedule."
+            text = "Stopped. Backups are set up; the next one runs on schedule."
         self.error.setText(text)
         self.retry.show()
 
     def isComplete(self) -> bool:
         return self.done
+
+
+def finish_only(wizard: QWizard) -> None:
+    """Once the work is done there is nothing to go back to or cancel: Back and
+    Cancel would only suggest the backup or restore could still be undone."""
+    wizard.setButtonLayout([QWizard.WizardButton.Stretch, QWizard.WizardButton.FinishButton])
 
 
 class SetupWizard(QWizard):
@@ -490,6 +685,14 @@ class SetupWizard(QWizard):
         if access is None or not access.config.vault_nodes:
             self.method_page.password_radio.setEnabled(False)
             self.method_page.password_radio.setToolTip("No backup vault is configured.")
+        # "Set up again…" starts from the earlier choices rather than from scratch.
+        previous = store.backup_state.get()
+        self.folder_page.prefill(previous)
+        if (
+            previous.method == service.METHOD_PASSWORD
+            and self.method_page.password_radio.isEnabled()
+        ):
+            self.method_page.password_radio.setChecked(True)
 
 
 # ---- restore wizard -------------------------------------------------------------------
@@ -503,6 +706,7 @@ class ChooseBackupPage(QWizardPage):
         layout = QVBoxLayout(self)
         self.folder = FolderChooser(home)
         self.backups = QTreeWidget()
+        self.backups.setAccessibleName("Backups in this folder")
         self.backups.setHeaderLabels(["Date", "Size", "Protected by"])
         self.backups.setRootIsDecorated(False)
         self.empty = QLabel("")
@@ -520,7 +724,7 @@ class ChooseBackupPage(QWizardPage):
         self.backups.clear()
         for info in self.infos:
             stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(info.created))
-            QTreeWidgetItem(self.backups, [stamp, human_size(info.size), info.method])
+            QTreeWidgetItem(self.backups, [stamp, format_size(info.size), info.method])
         for column in range(3):
             self.backups.resizeColumnToContents(column)
         first = self.backups.topLevelItem(0)
@@ -553,13 +757,23 @@ class SecretPage(QWizardPage):
         self.form = form
         self.key_edit = QLineEdit()
         self.key_edit.setPlaceholderText("64 digits, 0-9 and a-f; spaces and dashes are fine")
+        self.key_edit.setAccessibleName("Backup key")
         self.password_edit = QLineEdit()
         self.password_edit.setEchoMode(QLineEdit.EchoMode.Password)
+        self.password_edit.setAccessibleName("Backup password")
         self.local_note = QLabel("")
         self.local_note.setWordWrap(True)
         self.passphrase_edit = QLineEdit()
         self.passphrase_edit.setEchoMode(QLineEdit.EchoMode.Password)
-        self.passphrase_edit.setPlaceholderText("protects this profile on this computer")
+        self.passphrase_edit.setPlaceholderText(
+            f"At least {MIN_PASSPHRASE_LENGTH} characters, for this computer only"
+        )
+        self.passphrase_edit.setAccessibleName("Local passphrase")
+        # Typed unseen, so typed twice: a slip here would lock the restored history.
+        self.passphrase_repeat = QLineEdit()
+        self.passphrase_repeat.setEchoMode(QLineEdit.EchoMode.Password)
+        self.passphrase_repeat.setAccessibleName("Repeat the local passphrase")
+        self.passphrase_problem = _error_label()
         self.error = _error_label()
         self.key_row = QLabel("Backup key")
         self.password_row = QLabel("Backup password")
@@ -567,10 +781,17 @@ class SecretPage(QWizardPage):
         form.addRow(self.password_row, self.password_edit)
         form.addRow(self.local_note)
         form.addRow("Local passphrase", self.passphrase_edit)
+        form.addRow("Repeat", self.passphrase_repeat)
+        form.addRow(self.passphrase_problem)
         form.addRow(self.error)
         self.key: bytes | None = None
         self._checking = False
-        for edit in (self.key_edit, self.password_edit, self.passphrase_edit):
+        for edit in (
+            self.key_edit,
+            self.password_edit,
+            self.passphrase_edit,
+            self.passphrase_repeat,
+        ):
             edit.textChanged.connect(self._edited)
 
     def initializePage(self) -> None:
@@ -585,8 +806,13 @@ class SecretPage(QWizardPage):
             else "Type your backup password. The vault allows a limited number of attempts."
         )
         needs_passphrase = self.owner.protector_factory is None
-        self.form.setRowVisible(self.passphrase_edit, needs_passphrase)
-        self.form.setRowVisible(self.local_note, needs_passphrase)
+        for row in (
+            self.passphrase_edit,
+            self.passphrase_repeat,
+            self.local_note,
+            self.passphrase_problem,
+        ):
+            self.form.setRowVisible(row, needs_passphrase)
         self.local_note.setText(
             "This computer has no usable keyring, so choose a passphrase to protect the "
             "restored profile."
@@ -599,7 +825,26 @@ class SecretPage(QWizardPage):
     def _edited(self) -> None:
         self.error.setText("")
         self.key = None
+        self.passphrase_problem.setText(self._passphrase_problem(live=True) or "")
         self.completeChanged.emit()
+
+    def _passphrase_problem(self, *, live: bool = False) -> str | None:
+        """Why the local passphrase cannot be used yet; None when it can (or when
+        the keyring protects the profile). `live`: only what is worth saying while
+        the person is still typing."""
+        if self.owner.protector_factory is not None:
+            return None
+        passphrase = self.passphrase_edit.text()
+        repeat = self.passphrase_repeat.text()
+        if len(passphrase) < MIN_PASSPHRASE_LENGTH:
+            if live and not passphrase:
+                return None
+            return f"The passphrase needs at least {MIN_PASSPHRASE_LENGTH} characters."
+        if repeat != passphrase:
+            if live and not repeat:
+                return None
+            return "The two passphrases differ."
+        return None
 
     def isComplete(self) -> bool:
         if self._checking:
@@ -610,7 +855,7 @@ class SecretPage(QWizardPage):
             if info and info.method == "64-digit key"
             else (self.password_edit.text())
         )
-        if self.owner.protector_factory is None and len(self.passphrase_edit.text()) < 8:
+        if self._passphrase_problem() is not None:
             return False
         return bool(secret.strip())
 
@@ -625,7 +870,7 @@ class SecretPage(QWizardPage):
                 header, _length = engine.read_header(info.path)
                 check_key(header, key)
             except BackupError as error:
-                self.error.setText(str(error).capitalize() + ".")
+                self.error.setText(sentence(str(error)))
                 return False
             self.key = key
             return True
@@ -663,10 +908,8 @@ class SecretPage(QWizardPage):
                 "Too many wrong passwords: the vault has erased the key for good. This "
                 "backup can no longer be opened with a password."
             )
-        elif isinstance(error, BackupError | VaultError):
-            text = str(error)
         else:
-            text = repr(error)
+            text = describe_error(error)
         self.error.setText(text)
         self.completeChanged.emit()
 
@@ -679,15 +922,22 @@ class RestoreRunPage(QWizardPage):
         layout = QVBoxLayout(self)
         self.status = QLabel("")
         self.status.setWordWrap(True)
-        self.panel = ProgressPanel()
+        self.panel = ProgressPanel("Stop restoring")
         self.error = _error_label()
         layout.addWidget(self.status)
         layout.addWidget(self.panel)
         layout.addWidget(self.error)
         layout.addStretch(1)
         self.done = False
+        self.running = False
 
     def initializePage(self) -> None:
+        if self.running or self.done:
+            # Back and Next again while it runs: a second restore into the same
+            # profile would race the first.
+            return
+        self.running = True
+        self.error.setText("")
         info = self.owner.choose_page.selected()
         key = self.owner.secret_page.key
         assert info is not None
@@ -715,8 +965,11 @@ class RestoreRunPage(QWizardPage):
         run_in_pool(work, self._finished, self._failed)
 
     def _finished(self, report: engine.RestoreReport) -> None:
+        self.running = False
         self.done = True
-        self.panel.cancel_button.setEnabled(False)
+        info = self.owner.choose_page.selected()
+        self.panel.finish(info.size if info is not None else None)
+        finish_only(self.owner)
         messages = report.counts.get("messages", 0)
         chats = report.counts.get("conversations", 0)
         self.status.setText(
@@ -727,8 +980,11 @@ class RestoreRunPage(QWizardPage):
         self.owner.restored.emit(report)
 
     def _failed(self, error: BaseException) -> None:
+        self.running = False
         self.status.setText("Nothing was restored; this profile is unchanged.")
-        self.error.setText(str(error) if isinstance(error, BackupError) else repr(error))
+        self.error.setText(
+            "Stopped." if isinstance(error, BackupCancelled) else describe_error(error)
+        )
 
     def isComplete(self) -> bool:
         return self.done
@@ -799,7 +1055,7 @@ class BackupsTab(QWidget):
         self.now_button = QPushButton("Back up now")
         self.password_button = QPushButton("Change password…")
         self.off_button = QPushButton("Turn off backups…")
-        self.panel = ProgressPanel()
+        self.panel = ProgressPanel("Stop backing up")
         self.panel.hide()
         self.message = QLabel("")
         self.message.setWordWrap(True)
@@ -827,9 +1083,14 @@ class BackupsTab(QWidget):
                 if state.last_success
                 else "never"
             )
+            size = (
+                f" ({format_size(state.last_size)})"
+                if state.last_success and state.last_size
+                else ""
+            )
             self.status.setText(
                 f"Protected by {method}, {state.schedule}, into {state.folder}.\n"
-                f"Last backup: {last}."
+                f"Last backup: {last}{size}."
             )
         on = bool(state.method)
         self.setup_button.setText("Set up again…" if on else "Set up backups…")
@@ -854,11 +1115,15 @@ class BackupsTab(QWidget):
             )
 
         def done(info: engine.BackupInfo) -> None:
-            self.message.setText(f"Backed up: {info.path.name}, {human_size(info.size)}.")
+            self.panel.finish(info.size)
+            self.message.setText(f"Backed up: {info.path.name}, {format_size(info.size)}.")
             self.refresh()
 
         def failed(error: BaseException) -> None:
-            self.message.setText(str(error) if isinstance(error, BackupError) else repr(error))
+            self.panel.hide()
+            self.message.setText(
+                "Stopped." if isinstance(error, BackupCancelled) else describe_error(error)
+            )
             self.refresh()
 
         run_in_pool(work, done, failed)
@@ -878,7 +1143,7 @@ class BackupsTab(QWidget):
         run_in_pool(
             lambda: service.change_password(self.store, access, old, new),
             lambda _r: self.message.setText("Password changed. Existing backups use it too."),
-            lambda error: self.message.setText(str(error)),
+            lambda error: self.message.setText(describe_error(error)),
         )
 
     def turn_off(self) -> None:
@@ -913,7 +1178,7 @@ class BackupsTab(QWidget):
         run_in_pool(
             lambda: service.turn_off(self.store, access, password),
             done,
-            lambda error: self.message.setText(str(error)),
+            lambda error: self.message.setText(describe_error(error)),
         )
 
 

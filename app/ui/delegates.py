@@ -7,12 +7,14 @@ palette decides the colours, so the system's dark or light theme just works.
 from __future__ import annotations
 
 import datetime as dt
+import zlib
 
 from PySide6.QtCore import QModelIndex, QPersistentModelIndex, QRect, QRectF, QSize, Qt
 from PySide6.QtGui import QColor, QFont, QFontMetrics, QPainter, QPalette
 from PySide6.QtWidgets import QStyle, QStyledItemDelegate, QStyleOptionViewItem
 
 from app.services.views import ConversationView, MessageStatus, MessageView
+from app.sizes import format_size
 from app.ui.models import (
     VIEW_ROLE,
     MessageListModel,
@@ -28,7 +30,7 @@ STATUS_MARKS = {
     MessageStatus.SENT: "✓",
     MessageStatus.DELIVERED: "✓✓",
     MessageStatus.READ: "✓✓",
-    MessageStatus.FAILED: "⚠ failed — click to retry",
+    MessageStatus.FAILED: "⚠ Not sent — click to retry",
     MessageStatus.RECEIVED: "",
 }
 ACCENT = QColor("#2c6bed")
@@ -38,11 +40,30 @@ def _is_dark(palette: QPalette) -> bool:
     return palette.color(QPalette.ColorRole.Window).lightness() < 128
 
 
+def stable_hue(name: str) -> int:
+    """A hue (0-359) that is the same for `name` on every launch and machine.
+
+    Python's `hash()` of a str is salted per process, so colours picked from it
+    changed at every start; CRC-32 is unsalted and plenty to spread names."""
+    return zlib.crc32(name.encode("utf-8")) % 360
+
+
+def avatar_color(name: str) -> QColor:
+    return QColor.fromHsl(stable_hue(name), 120, 140)
+
+
+def sender_color(name: str, *, dark: bool) -> QColor:
+    return QColor.fromHsl(stable_hue(name), 150, 170 if dark else 110)
+
+
 class ConversationDelegate(QStyledItemDelegate):
     HEIGHT = 64
 
     def sizeHint(self, option: QStyleOptionViewItem, index: ModelIndex) -> QSize:
-        return QSize(option.rect.width(), self.HEIGHT)
+        # No width of its own: the list stretches rows to its viewport and the
+        # painting elides, so a narrower list never grows a horizontal scrollbar
+        # (a width taken from `option.rect` stuck at the list's earlier width).
+        return QSize(0, self.HEIGHT)
 
     def paint(self, painter: QPainter, option: QStyleOptionViewItem, index: ModelIndex) -> None:
         view = index.data(VIEW_ROLE)
@@ -62,7 +83,7 @@ class ConversationDelegate(QStyledItemDelegate):
         painter.setRenderHint(QPainter.RenderHint.Antialiasing)
         avatar = QRectF(rect.left() + 10, rect.top() + 10, 44, 44)
         painter.setPen(Qt.PenStyle.NoPen)
-        painter.setBrush(QColor.fromHsl(hash(view.title) % 360, 120, 140))
+        painter.setBrush(avatar_color(view.title))
         painter.drawEllipse(avatar)
         painter.setPen(QColor("white"))
         initial_font = QFont(option.font)
@@ -148,7 +169,7 @@ class MessageDelegate(QStyledItemDelegate):
 
     def _text(self, view: MessageView) -> str:
         if view.attachment is not None:
-            size = _human_size(view.attachment.size)
+            size = format_size(view.attachment.size)
             label = f"▣ {view.attachment.filename} ({size})"
             if not view.attachment.ready:
                 label += " — downloading…"
@@ -250,7 +271,7 @@ class MessageDelegate(QStyledItemDelegate):
             sender_font = QFont(font)
             sender_font.setBold(True)
             painter.setFont(sender_font)
-            painter.setPen(QColor.fromHsl(hash(view.sender) % 360, 150, 110 if not dark else 170))
+            painter.setPen(sender_color(view.sender, dark=dark))
             painter.drawText(QRect(x, y, content_width, sender_height), 0, view.sender)
             y += sender_height
             painter.setFont(font)
@@ -272,12 +293,3 @@ class MessageDelegate(QStyledItemDelegate):
             footer,
         )
         painter.restore()
-
-
-def _human_size(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KB", "MB", "GB"):
-        if value < 1024 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} B"

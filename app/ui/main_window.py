@@ -6,8 +6,10 @@ from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import QEvent, QModelIndex, Qt, QTimer, Signal
+from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (
     QAbstractItemView,
+    QApplication,
     QComboBox,
     QFileDialog,
     QHBoxLayout,
@@ -36,10 +38,11 @@ from app.services.views import (
 )
 from app.ui.bridge import ClientBridge
 from app.ui.delegates import ConversationDelegate, MessageDelegate
-from app.ui.dialogs import GroupMembersDialog, NewChatDialog, NewGroupDialog, SafetyNumberDialog
+from app.ui.dialogs import GroupMembersDialog, NewChatDialog, NewGroupDialog
 from app.ui.models import ConversationListModel, MessageListModel, SearchResultModel
+from app.ui.safety import SafetyNumberDialog
 from app.ui.settings import SettingsDialog
-from app.ui.widgets import Banner, Composer, LockScreen
+from app.ui.widgets import Banner, Composer, ErrorBar, LockScreen
 
 TIMER_CHOICES = [
     ("Off", 0),
@@ -64,17 +67,28 @@ class MainWindow(QMainWindow):
         # The contact whose safety number the banner's action opens, when it is
         # about an identity change that blocks sending.
         self._banner_peer: str | None = None
+        self.last_error = ""
+        self.safety_dialog: SafetyNumberDialog | None = None
 
         self.conversations = ConversationListModel()
         self.messages = MessageListModel()
         self.search_results = SearchResultModel()
 
         splitter = QSplitter()
+        splitter.setChildrenCollapsible(False)
         splitter.addWidget(self._build_sidebar())
         splitter.addWidget(self._build_chat_area())
         splitter.setStretchFactor(1, 1)
         splitter.setSizes([320, 780])
-        self.setCentralWidget(splitter)
+        central = QWidget()
+        central_layout = QVBoxLayout(central)
+        central_layout.setContentsMargins(0, 0, 0, 0)
+        central_layout.setSpacing(0)
+        self.error_bar = ErrorBar()
+        central_layout.addWidget(self.error_bar)
+        central_layout.addWidget(splitter, 1)
+        self.setCentralWidget(central)
+        self._build_menus()
 
         self.connection_label = QLabel("Connecting…")
         status = QStatusBar()
@@ -92,23 +106,78 @@ class MainWindow(QMainWindow):
         self.bridge.refresh_conversations()
 
     # ---- layout -------------------------------------------------------------
+    def _build_menus(self) -> None:
+        """File and Help menus. Quit (Ctrl+Q) ends the whole app, not just this
+        window, whatever dialogs are open."""
+        file_menu = self.menuBar().addMenu("&File")
+        new_chat = QAction("New chat…", self)
+        new_chat.setShortcut(QKeySequence.StandardKey.New)
+        new_chat.triggered.connect(self.ask_new_chat)
+        new_group = QAction("New group…", self)
+        new_group.triggered.connect(self.ask_new_group)
+        settings = QAction("Settings…", self)
+        settings.setShortcut(QKeySequence.StandardKey.Preferences)
+        settings.setMenuRole(QAction.MenuRole.PreferencesRole)
+        settings.triggered.connect(self.show_settings)
+        self.quit_action = QAction("Quit", self)
+        # The platform's Quit keys; where it has none (Windows-style schemes, some
+        # minimal desktops) Ctrl+Q, which is what people try.
+        self.quit_action.setShortcuts(
+            QKeySequence.keyBindings(QKeySequence.StandardKey.Quit) or [QKeySequence("Ctrl+Q")]
+        )
+        # From the Settings dialog or a wizard too, as in other desktop apps.
+        self.quit_action.setShortcutContext(Qt.ShortcutContext.ApplicationShortcut)
+        self.quit_action.setMenuRole(QAction.MenuRole.QuitRole)
+        self.quit_action.triggered.connect(self.quit_app)
+        # What the lock screen must not let through: the menu outlives the widgets
+        # that lock() takes away.
+        self.unlocked_actions = [new_chat, new_group, settings]
+        for action in self.unlocked_actions:
+            file_menu.addAction(action)
+        file_menu.addSeparator()
+        file_menu.addAction(self.quit_action)
+        help_menu = self.menuBar().addMenu("&Help")
+        about = QAction("About Cipherline", self)
+        about.setMenuRole(QAction.MenuRole.AboutRole)
+        about.triggered.connect(self.show_about)
+        help_menu.addAction(about)
+
+    def quit_app(self) -> None:
+        """Ends the application, not only this window: the launcher's aboutToQuit
+        handler then stops the client and the backup scheduler."""
+        QApplication.quit()
+
+    def show_about(self) -> None:
+        from app.ui.settings import about_text
+
+        QMessageBox.about(self, "About Cipherline", about_text())
+
     def _build_sidebar(self) -> QWidget:
         sidebar = QWidget()
         layout = QVBoxLayout(sidebar)
         layout.setContentsMargins(6, 6, 0, 6)
+        # Who is signed in, where Signal shows it: over the chat list, not only in
+        # the title bar (which many desktops hide or truncate).
+        messenger = self.bridge.client.messenger
+        self.me_label = QLabel(messenger.username)
+        self.me_label.setStyleSheet("font-weight: bold; font-size: 15px;")
+        self.me_label.setAccessibleName(f"Signed in as {messenger.username}")
+        self.me_device = QLabel(messenger.device_name)
+        self.me_device.setStyleSheet("color: palette(placeholder-text);")
+        me = QVBoxLayout()
+        me.setContentsMargins(4, 0, 4, 4)
+        me.setSpacing(0)
+        me.addWidget(self.me_label)
+        me.addWidget(self.me_device)
+        layout.addLayout(me)
         top = QHBoxLayout()
         self.search_edit = QLineEdit()
         self.search_edit.setPlaceholderText("Search")
+        self.search_edit.setAccessibleName("Search messages")
         self.search_edit.setClearButtonEnabled(True)
-        self.new_chat_button = QToolButton()
-        self.new_chat_button.setText("✎")
-        self.new_chat_button.setToolTip("New chat")
-        self.new_group_button = QToolButton()
-        self.new_group_button.setText("+#")
-        self.new_group_button.setToolTip("New group")
-        self.settings_button = QToolButton()
-        self.settings_button.setText("⚙")
-        self.settings_button.setToolTip("Settings")
+        self.new_chat_button = self._tool_button("✎", "New chat")
+        self.new_group_button = self._tool_button("+#", "New group")
+        self.settings_button = self._tool_button("⚙", "Settings")
         top.addWidget(self.search_edit, 1)
         top.addWidget(self.new_chat_button)
         top.addWidget(self.new_group_button)
@@ -116,14 +185,21 @@ class MainWindow(QMainWindow):
         layout.addLayout(top)
         self.sidebar_stack = QStackedWidget()
         self.conversation_view = QListView()
+        self.conversation_view.setAccessibleName("Chats")
         self.conversation_view.setModel(self.conversations)
         self.conversation_view.setItemDelegate(ConversationDelegate())
         self.conversation_view.setUniformItemSizes(True)
         self.conversation_view.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.search_view = QListView()
+        self.search_view.setAccessibleName("Search results")
         self.search_view.setModel(self.search_results)
         self.search_view.setWordWrap(True)
         self.search_view.setSpacing(4)
+        # Rows elide or wrap to the list's width; sideways scrolling helps no one.
+        for view in (self.conversation_view, self.search_view):
+            view.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+            view.setTextElideMode(Qt.TextElideMode.ElideRight)
+            view.setResizeMode(QListView.ResizeMode.Adjust)
         self.sidebar_stack.addWidget(self.conversation_view)
         self.sidebar_stack.addWidget(self.search_view)
         layout.addWidget(self.sidebar_stack)
@@ -140,9 +216,20 @@ class MainWindow(QMainWindow):
         self.settings_button.clicked.connect(self.show_settings)
         return sidebar
 
+    def _tool_button(self, glyph: str, name: str) -> QToolButton:
+        """A glyph-only button: the glyph says nothing to a screen reader, the
+        name does, and the tooltip says it to everyone else."""
+        button = QToolButton()
+        button.setText(glyph)
+        button.setToolTip(name)
+        button.setAccessibleName(name)
+        return button
+
     def _build_chat_area(self) -> QWidget:
         self.chat_stack = QStackedWidget()
-        empty = QLabel(f"Cipherline {__version__}\n\nSelect a chat, or start a new one with ✎.")
+        empty = QLabel(
+            f"Cipherline {__version__}\n\nSelect a chat, or start a new one with ✎ (Ctrl+N)."
+        )
         empty.setAlignment(Qt.AlignmentFlag.AlignCenter)
         empty.setStyleSheet("color: palette(placeholder-text);")
         self.empty_label = empty
@@ -165,10 +252,12 @@ class MainWindow(QMainWindow):
         header_layout.addLayout(titles, 1)
         self.timer_combo = QComboBox()
         self.timer_combo.setToolTip("Disappearing messages")
+        self.timer_combo.setAccessibleName("Disappearing messages")
         for label, _seconds in TIMER_CHOICES:
             self.timer_combo.addItem(f"Disappearing: {label}")
         header_layout.addWidget(self.timer_combo)
         self.details_button = QPushButton("Details")
+        self.details_button.setToolTip("Safety number, or the group's members")
         header_layout.addWidget(self.details_button)
         layout.addWidget(header)
 
@@ -176,6 +265,7 @@ class MainWindow(QMainWindow):
         layout.addWidget(self.banner)
 
         self.message_view = QListView()
+        self.message_view.setAccessibleName("Messages")
         self.message_view.setModel(self.messages)
         self.message_delegate = MessageDelegate(self.messages)
         self.message_view.setItemDelegate(self.message_delegate)
@@ -187,9 +277,7 @@ class MainWindow(QMainWindow):
 
         composer_row = QHBoxLayout()
         composer_row.setContentsMargins(8, 8, 8, 8)
-        self.attach_button = QToolButton()
-        self.attach_button.setText("+")
-        self.attach_button.setToolTip("Attach a file")
+        self.attach_button = self._tool_button("+", "Attach a file")
         self.composer = Composer()
         self.send_button = QPushButton("Send")
         composer_row.addWidget(self.attach_button)
@@ -301,6 +389,9 @@ class MainWindow(QMainWindow):
         self.search_results.set_results(results)
 
     def _safety_number_ready(self, view: SafetyNumberView) -> None:
+        if self.safety_dialog is not None:
+            # One at a time: a second click on Details replaces the first dialog.
+            self.safety_dialog.close()
         dialog = SafetyNumberDialog(view, self)
         dialog.verified_toggled.connect(self.bridge.set_verified)
         dialog.accept_requested.connect(self.bridge.accept_identity)
@@ -314,8 +405,14 @@ class MainWindow(QMainWindow):
         self.connection_state_changed.emit(text)
 
     def show_error(self, text: str) -> None:
-        self.statusBar().showMessage(text, 8000)
+        """Shows `text` above the chats until it is dismissed or the next error
+        replaces it; transient notes use `show_note`."""
+        self.error_bar.show_error(text)
         self.last_error = text
+
+    def show_note(self, text: str, timeout_ms: int = 5000) -> None:
+        """A passing remark ("Saved") in the status bar, gone after `timeout_ms`."""
+        self.statusBar().showMessage(text, timeout_ms)
 
     # ---- user actions -------------------------------------------------------
     def _update_header(self, conversation: ConversationView) -> None:
@@ -473,6 +570,8 @@ class MainWindow(QMainWindow):
         if self.locked or not self.bridge.lock_available():
             return
         self.locked = True
+        for action in self.unlocked_actions:
+            action.setEnabled(False)
         self._unlocked_widget = self.takeCentralWidget()
         self.setCentralWidget(self.lock_screen)
         self.lock_screen = self.centralWidget()  # type: ignore[assignment]
@@ -486,6 +585,8 @@ class MainWindow(QMainWindow):
             self.lock_screen.show_error("That passphrase is not correct.")
             return
         self.locked = False
+        for action in self.unlocked_actions:
+            action.setEnabled(True)
         screen = self.takeCentralWidget()
         assert self._unlocked_widget is not None
         self.setCentralWidget(self._unlocked_widget)

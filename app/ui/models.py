@@ -74,6 +74,11 @@ class ConversationListModel(QAbstractListModel):
         if role == Qt.ItemDataRole.ToolTipRole:
             # A chat that cannot send says why before it is opened.
             return row.send_blocked or row.last_text
+        if role == Qt.ItemDataRole.AccessibleTextRole:
+            # What the painted row shows, for a screen reader that sees no pixels.
+            unread = f", {row.unread} unread" if row.unread else ""
+            last = f": {row.last_text}" if row.last_text else ""
+            return f"{row.title}{unread}{last}"
         if role == VIEW_ROLE:
             return row
         return None

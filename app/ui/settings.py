@@ -52,8 +52,11 @@ class SettingsDialog(QDialog):
     ) -> None:
         super().__init__(parent)
         self.setWindowTitle("Settings")
-        self.setMinimumWidth(460)
         tabs = QTabWidget()
+        # Every tab shows: without scroll buttons the tab bar's width is the
+        # dialog's minimum, instead of hiding "Appearance" and "About" behind
+        # arrows nobody notices.
+        tabs.setUsesScrollButtons(False)
         layout = QVBoxLayout(self)
         layout.addWidget(tabs)
 
@@ -66,6 +69,7 @@ class SettingsDialog(QDialog):
         devices = QWidget()
         devices_layout = QVBoxLayout(devices)
         self.devices = QListWidget()
+        self.devices.setAccessibleName("Devices on this account")
         devices_layout.addWidget(self.devices)
         self.remove_button = QPushButton("Remove selected device")
         devices_layout.addWidget(self.remove_button)
@@ -83,6 +87,7 @@ class SettingsDialog(QDialog):
         privacy = QWidget()
         privacy_form = QFormLayout(privacy)
         self.lock_combo = QComboBox()
+        self.lock_combo.setAccessibleName("Lock after being idle")
         for label, _minutes in LOCK_CHOICES:
             self.lock_combo.addItem(label)
         minutes = [m for _label, m in LOCK_CHOICES]
@@ -126,6 +131,8 @@ class SettingsDialog(QDialog):
         buttons.rejected.connect(self.reject)
         layout.addWidget(buttons)
         self.tabs = tabs
+        # Room for the Backups tab's status and buttons without a cramped look.
+        self.resize(max(self.minimumSizeHint().width(), 620), 460)
 
     def set_devices(self, devices: list[dict[str, object]]) -> None:
         self.devices.clear()

@@ -1,4 +1,6 @@
-"""Small reusable widgets: the composer, the identity banner, the QR label."""
+"""Small reusable widgets: the composer, the identity banner, the error bar, the
+QR label, the lock screen; and `sentence`, which makes service texts read as
+sentences."""
 
 from __future__ import annotations
 
@@ -15,9 +17,26 @@ from PySide6.QtWidgets import (
     QLineEdit,
     QPlainTextEdit,
     QPushButton,
+    QToolButton,
     QVBoxLayout,
     QWidget,
 )
+
+
+def sentence(text: str) -> str:
+    """`text` as a sentence: a capital first letter and a closing full stop.
+
+    The services and the backup engine word their errors as clauses ("there is no
+    Cipherline user called “x”"), fit for `cipherline: …` on a terminal; a window
+    shows them on their own, where a clause in lowercase reads as a glitch."""
+    text = text.strip()
+    if not text:
+        return text
+    if text[0].islower():
+        text = text[0].upper() + text[1:]
+    if text[-1] not in ".!?…":
+        text += "."
+    return text
 
 
 class Composer(QPlainTextEdit):
@@ -33,6 +52,7 @@ class Composer(QPlainTextEdit):
     def __init__(self) -> None:
         super().__init__()
         self.setPlaceholderText("Message")
+        self.setAccessibleName("Message")
         self.setAcceptDrops(True)
         self.setTabChangesFocus(True)
         self.setMaximumHeight(72)
@@ -132,6 +152,48 @@ class Banner(QFrame):
         self.show()
 
 
+class ErrorBar(QFrame):
+    """An error that stays until it is dismissed or replaced by the next one.
+
+    The status bar's timed messages vanish while the reader looks elsewhere; what
+    went wrong (a chat that could not start, a file that was not sent) must still
+    be there when they look back."""
+
+    dismissed = Signal()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setObjectName("errorBar")
+        self.setStyleSheet(
+            "#errorBar { background: #fde7e9; border-bottom: 1px solid #e8a0a6; }"
+            "#errorBar QLabel { color: #8c1d18; }"
+        )
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(12, 6, 6, 6)
+        self.text = QLabel()
+        self.text.setWordWrap(True)
+        self.text.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        layout.addWidget(self.text, 1)
+        self.close_button = QToolButton()
+        self.close_button.setText("✕")
+        self.close_button.setAutoRaise(True)
+        self.close_button.setToolTip("Dismiss this error")
+        self.close_button.setAccessibleName("Dismiss this error")
+        self.close_button.clicked.connect(self.dismiss)
+        layout.addWidget(self.close_button, 0, Qt.AlignmentFlag.AlignTop)
+        self.hide()
+
+    def show_error(self, text: str) -> None:
+        self.text.setText(sentence(text))
+        self.setAccessibleDescription(self.text.text())
+        self.show()
+
+    def dismiss(self) -> None:
+        self.hide()
+        self.text.clear()
+        self.dismissed.emit()
+
+
 def qr_pixmap(payload: bytes, *, scale: int = 5) -> QPixmap:
     """The QR code of a safety-number payload, drawn by segno (a maintained encoder)."""
     buffer = io.BytesIO()
@@ -164,6 +226,7 @@ class LockScreen(QWidget):
         self.passphrase = QLineEdit()
         self.passphrase.setEchoMode(QLineEdit.EchoMode.Password)
         self.passphrase.setPlaceholderText("Passphrase")
+        self.passphrase.setAccessibleName("Passphrase")
         self.passphrase.setFixedWidth(300)
         layout.addWidget(self.passphrase, 0, Qt.AlignmentFlag.AlignHCenter)
         self.error = QLabel()

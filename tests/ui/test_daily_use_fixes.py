@@ -17,8 +17,8 @@ from pytestqt.qtbot import QtBot
 
 from app.services.views import ConversationView, MessageStatus, MessageView
 from app.ui.bridge import ClientBridge
-from app.ui.dialogs import SafetyNumberDialog
 from app.ui.main_window import MainWindow
+from app.ui.safety import SafetyNumberDialog
 from tests.services.helpers import Person, wait_for
 from tests.support.components import RelayProcess
 

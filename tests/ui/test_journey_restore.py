@@ -154,6 +154,7 @@ def test_restore_from_first_run_opens_the_main_window_and_the_app_keeps_running(
         secret = wizard.secret_page
         if wizard.protector_factory is None:
             QTest.keyClicks(secret.passphrase_edit, "new machine passphrase")
+            QTest.keyClicks(secret.passphrase_repeat, "new machine passphrase")
         QTest.keyClicks(secret.key_edit, format_key(key))
         _button(wizard, QWizard.WizardButton.NextButton)
         yield Wait("the restore to finish", lambda: wizard.run_page.done, 60)

@@ -11,8 +11,9 @@ from pytestqt.qtbot import QtBot
 
 from app.services.views import MessageStatus
 from app.ui.application import Launcher
-from app.ui.dialogs import OnboardingDialog, SafetyNumberDialog, UnlockDialog
+from app.ui.dialogs import OnboardingDialog, UnlockDialog
 from app.ui.main_window import MainWindow
+from app.ui.safety import SafetyNumberDialog
 from tests.services.helpers import FAST_KDF, Person, make_profile, wait_for
 from tests.support.components import RelayProcess
 
