@@ -1,12 +1,16 @@
 """HTTPS client for the relay, on `requests`, trusting only the pinned relay CA.
 
 Idempotent calls (and message sends, which carry client-chosen ids) are retried
-with exponential backoff and jitter; the rest fail fast with a typed error.
+with exponential backoff and jitter; the rest fail fast with a typed error. A
+relay that names its own wait (`Retry-After` on a 429 or 503) is not retried
+here: the typed error carries the wait, and the caller schedules the retry.
 """
 
 from __future__ import annotations
 
 import base64
+import email.utils
+import math
 import random
 import time
 from collections.abc import Iterator
@@ -22,12 +26,29 @@ VAULT_RATE_LIMIT_RETRIES = 5
 VAULT_RATE_LIMIT_MAX_WAIT = 5.0
 
 
-def _retry_after(header: str | None) -> float:
+def parse_retry_after(header: str | None, now: float | None = None) -> float | None:
+    """Seconds from a `Retry-After` value (delay-seconds or an HTTP date), or None
+    when there is none or it cannot be read."""
+    if header is None or not header.strip():
+        return None
     try:
-        wait = float(header) if header is not None else 1.0
+        seconds = float(header)
     except ValueError:
-        wait = 1.0
-    return min(max(wait, 0.1), VAULT_RATE_LIMIT_MAX_WAIT)
+        pass
+    else:
+        return max(0.0, seconds) if math.isfinite(seconds) else None
+    try:
+        when = email.utils.parsedate_to_datetime(header)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def _retry_after(header: str | None) -> float:
+    wait = parse_retry_after(header)
+    return min(max(1.0 if wait is None else wait, 0.1), VAULT_RATE_LIMIT_MAX_WAIT)
 
 
 class RelayError(Exception):
@@ -39,10 +60,13 @@ class RelayError(Exception):
 
 
 class RelayUnavailable(RelayError):
-    """The relay could not be reached (refused, timed out, TLS failure)."""
+    """The relay could not be reached (refused, timed out, TLS failure; `status` 0)
+    or failed the request as a whole (5xx, e.g. 503 when overloaded, with the
+    `Retry-After` it named, if any). Nothing of the request was stored."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(0, message)
+    def __init__(self, message: str, *, status: int = 0, retry_after: float | None = None) -> None:
+        super().__init__(status, message)
+        self.retry_after = retry_after
 
 
 class AuthError(RelayError):
@@ -58,9 +82,28 @@ class Conflict(RelayError):
 
 
 class RateLimited(RelayError):
+    """429: this account or address sent too much; nothing of the request was stored."""
+
     def __init__(self, message: str, retry_after: float) -> None:
         super().__init__(429, message)
         self.retry_after = retry_after
+
+
+class SendOutcome(str):
+    """The relay's answer for one message of a send: the status itself (`queued`,
+    `duplicate`, `unknown_recipient`, `mailbox_full`, or one this client does not
+    know), so it compares equal to the plain status string, plus the `retry_after`
+    seconds the relay named for `mailbox_full`."""
+
+    retry_after: float | None
+
+    def __new__(cls, status: str, retry_after: float | None = None) -> SendOutcome:
+        outcome = super().__new__(cls, status)
+        outcome.retry_after = retry_after
+        return outcome
+
+    def __repr__(self) -> str:
+        return f"SendOutcome({str(self)!r}, retry_after={self.retry_after!r})"
 
 
 @dataclass(frozen=True)
@@ -163,7 +206,13 @@ class RelayClient:
                 raise RelayUnavailable(
                     f"cannot reach the relay at {self._base_url}: {type(error).__name__}"
                 ) from None
-            if response.status_code >= 500 and attempt + 1 < attempts:
+            # A relay that names its wait is not asked again sooner: the error
+            # carries the wait to the caller.
+            if (
+                response.status_code >= 500
+                and attempt + 1 < attempts
+                and parse_retry_after(response.headers.get("Retry-After")) is None
+            ):
                 time.sleep(delay * (1 + random.random()))  # noqa: S311
                 delay *= 2
                 continue
@@ -185,14 +234,13 @@ class RelayClient:
             return NotFound(status, message)
         if status == 409:
             return Conflict(status, message)
+        retry_after = parse_retry_after(response.headers.get("Retry-After"))
         if status == 429:
-            try:
-                retry_after = float(response.headers.get("Retry-After", "1"))
-            except ValueError:
-                retry_after = 1.0
-            return RateLimited(message, retry_after)
+            return RateLimited(message, 1.0 if retry_after is None else retry_after)
         if status >= 500:
-            return RelayUnavailable(f"the relay failed ({status}): {message}")
+            return RelayUnavailable(
+                f"the relay failed ({status}): {message}", status=status, retry_after=retry_after
+            )
         return RelayError(status, message)
 
     # ---- service ----------------------------------------------------------------
@@ -243,8 +291,13 @@ class RelayClient:
         return result
 
     # ---- mailbox ----------------------------------------------------------------
-    def send(self, envelopes: list[OutgoingEnvelope]) -> dict[str, str]:
-        """Sends a batch; returns client id -> status. Safe to retry: ids dedupe."""
+    def send(self, envelopes: list[OutgoingEnvelope]) -> dict[str, SendOutcome]:
+        """Sends a batch; returns client id -> outcome. Safe to retry: ids dedupe.
+
+        Raises RateLimited (429) or RelayUnavailable (unreachable, 5xx) when nothing
+        of the batch was stored, each with the relay's `Retry-After` if it named
+        one, and RelayError for another refusal of the whole request (a 4xx: the
+        batch holds something the relay does not take)."""
         body = {
             "messages": [
                 {
@@ -256,8 +309,19 @@ class RelayClient:
                 for e in envelopes
             ]
         }
-        results = self._request("POST", "/v1/messages", json_body=body, retry=True).json()
-        return {str(r["id"]): str(r["status"]) for r in results["results"]}
+        response = self._request("POST", "/v1/messages", json_body=body, retry=True)
+        outcomes: dict[str, SendOutcome] = {}
+        try:
+            for result in response.json()["results"]:
+                retry_after = result.get("retry_after")
+                outcomes[str(result["id"])] = SendOutcome(
+                    str(result["status"]),
+                    None if retry_after is None else parse_retry_after(str(retry_after)),
+                )
+        except (ValueError, KeyError, TypeError, AttributeError):
+            # Unreadable, so nothing is known to be stored: the same as no answer.
+            raise RelayUnavailable("the relay's answer to a send could not be read") from None
+        return outcomes
 
     def fetch(self, after: int = 0, limit: int = 500) -> list[Envelope]:
         raw = self._request(

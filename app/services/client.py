@@ -16,6 +16,7 @@ import collections
 import contextlib
 import logging
 import os
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -27,13 +28,16 @@ from app.net import (
     Envelope,
     NotFound,
     OutgoingEnvelope,
+    RateLimited,
     RelayClient,
     RelayError,
     RelayUnavailable,
 )
 from app.net.push import PushListener
+from app.net.relay_client import SendOutcome
 from app.protocol import ProtocolError
 from app.protocol.attachments import decrypt_attachment
+from app.services import delivery
 from app.services.events import (
     ConnectionChanged,
     ConversationsChanged,
@@ -48,7 +52,7 @@ from app.services.events import (
 )
 from app.services.messenger import IncomingResult, Messenger, ServiceError
 from app.services.views import ConversationView, MessageView, SafetyNumberView, SearchResultView
-from app.store import PassphraseProtector, Store, StoreError, WrongPassphrase
+from app.store import OutboxItem, PassphraseProtector, Store, StoreError, WrongPassphrase
 
 log = logging.getLogger("cipherline.client")
 # How often a running client checks its prekeys (rotation, retried uploads).
@@ -66,6 +70,13 @@ CATCH_UP_TICKS = 25
 SEEN_SEQS = 20_000
 
 
+def _whole_request(error: RelayError) -> bool:
+    """Whether a refused send says nothing about its items: the relay stored none
+    of them and would take them later (rate limit, overload, outage, a token to
+    renew). Any other 4xx is about what the request carries."""
+    return isinstance(error, RateLimited | RelayUnavailable) or error.status in (401, 403, 408)
+
+
 class Client:
     def __init__(
         self, messenger: Messenger, relay: RelayClient, *, tick_seconds: float = 2.0
@@ -79,6 +90,12 @@ class Client:
         self._listener: Callable[[Event], None] = lambda _event: None
         self._flush_lock = threading.Lock()
         self._flush_wanted = threading.Event()
+        # After the relay took none of a send: no flush before this (monotonic),
+        # the refusals in a row, and whether it was unreachable (see _flush_failed).
+        self._flush_not_before = 0.0
+        self._flush_failures = 0
+        self._flush_wait_unreachable = False
+        self.send_backoffs = 0  # sends the relay took none of (429, 503, unreachable)
         self._stop = threading.Event()
         self._tick_seconds = tick_seconds
         self._ticker: threading.Thread | None = None
@@ -225,6 +242,8 @@ class Client:
         self.connected = connected
         self._emit(ConnectionChanged(connected))
         if connected:
+            if self._flush_wait_unreachable:
+                self._flush_not_before = 0.0
             self.request_flush()
             self.check_prekeys()  # retries an upload that failed while offline
 
@@ -277,8 +296,8 @@ class Client:
         if isinstance(error, ServiceError | StoreError | RelayError):
             return str(error)
         if isinstance(error, ProtocolError):
-            return f"the message could not be processed: {error}"
-        return f"something went wrong ({type(error).__name__})"
+            return f"The message could not be processed: {error}"
+        return f"Something went wrong ({type(error).__name__})."
 
     def _messages_event(self, conversation_id: int, messages: list[MessageView]) -> None:
         self._emit(MessagesChanged(conversation_id, messages))
@@ -288,33 +307,103 @@ class Client:
 
     # ---- network: outbox, keys, attachments -----------------------------------
     def _flush(self) -> None:
+        """Sends what is due in the outbox (app/services/delivery.py has the policy).
+
+        Each item's answer is applied on its own: accepted ones leave, refused ones
+        fail, and those whose recipient's mailbox is full wait per device in the
+        store. A refusal of the whole request (429, 503, unreachable, a revoked
+        token) answers nothing about any item: the whole flush waits, in memory
+        (a restart may try at once), and every item stays."""
         if not self._flush_lock.acquire(blocking=False):
             return
         try:
-            while not self._stop.is_set():
-                items = self.core(self.messenger.store.outbox.pending, 200).result()
+            while not self._stop.is_set() and time.monotonic() >= self._flush_not_before:
+                items = self.core(self.messenger.outbox_due, 200).result()
                 if not items:
                     return
-                batch = [
-                    OutgoingEnvelope(i.client_id, i.recipient, i.device_id, i.body) for i in items
-                ]
+                outcomes: dict[str, SendOutcome] = {}
+                failure: RelayError | None = None
                 try:
-                    statuses = self.relay.send(batch)
-                except RelayUnavailable:
-                    return
+                    self._send_items(items, outcomes)
                 except RelayError as error:
-                    log.warning("relay refused a batch: %s", error.status)
-                    statuses = {i.client_id: "unknown_recipient" for i in items}
-                accepted = [cid for cid, s in statuses.items() if s in ("queued", "duplicate")]
-                refused = [cid for cid, s in statuses.items() if s not in ("queued", "duplicate")]
-                self.core(self._after_send, accepted, refused).result()
+                    failure = error
+                if outcomes:
+                    self.core(self._after_send, items, outcomes).result()
+                if failure is not None:
+                    self._flush_failed(failure)
+                    return
+                self._flush_failures = 0
         except RuntimeError:
             return  # shutting down
         finally:
             self._flush_lock.release()
 
-    def _after_send(self, accepted: list[str], refused: list[str]) -> None:
-        changed = self.messenger.sent(accepted) + self.messenger.undeliverable(refused)
+    def _send_items(self, items: list[OutboxItem], outcomes: dict[str, SendOutcome]) -> None:
+        """Sends `items`, filling in each one's outcome; raises the RelayError of a
+        refusal of the whole request, leaving the outcomes gathered so far.
+
+        A 4xx for the request (a malformed or oversized item) is bisected down to
+        the item that causes it, which alone is `rejected`: one bad item never
+        takes the rest of the outbox with it."""
+        batch = [OutgoingEnvelope(i.client_id, i.recipient, i.device_id, i.body) for i in items]
+        try:
+            answers = self.relay.send(batch)
+        except RelayError as error:
+            if _whole_request(error):
+                raise
+            if len(items) == 1:
+                log.warning("the relay refused an outbox item (%s)", error.status)
+                outcomes[items[0].client_id] = SendOutcome(delivery.REJECTED)
+                return
+            half = len(items) // 2
+            self._send_items(items[:half], outcomes)
+            self._send_items(items[half:], outcomes)
+            return
+        for item in items:
+            # One the answer left out was not stored: like an unknown status, it waits.
+            outcomes[item.client_id] = answers.get(item.client_id, SendOutcome(delivery.UNANSWERED))
+
+    def _flush_failed(self, error: RelayError) -> None:
+        self._flush_failures += 1
+        self.send_backoffs += 1
+        retry_after = getattr(error, "retry_after", None)
+        delay = delivery.retry_delay(
+            self._flush_failures,
+            retry_after,
+            random.random(),  # noqa: S311 - jitter only
+        )
+        # Only an unreachable relay is tried again as soon as push reconnects: a
+        # relay that answered asked for its wait.
+        self._flush_wait_unreachable = isinstance(error, RelayUnavailable) and error.status == 0
+        self._flush_not_before = time.monotonic() + delay
+        log.info(
+            "the relay took none of a send (%s); the outbox waits %.1f s",
+            type(error).__name__,
+            delay,
+        )
+
+    def _after_send(self, items: list[OutboxItem], outcomes: dict[str, SendOutcome]) -> None:
+        accepted: list[str] = []
+        refused: list[str] = []
+        later: dict[str, float | None] = {}
+        for item in items:
+            outcome = outcomes.get(item.client_id)
+            if outcome is None:
+                continue  # not answered: its request was refused as a whole
+            verdict = delivery.verdict(outcome)
+            if verdict is delivery.Verdict.SENT:
+                accepted.append(item.client_id)
+            elif verdict is delivery.Verdict.FAILED:
+                log.info("the relay cannot deliver an outbox item (%s)", outcome)
+                refused.append(item.client_id)
+            else:
+                later[item.client_id] = outcome.retry_after
+        with self.messenger.store.transaction():
+            changed = (
+                self.messenger.sent(accepted)
+                + self.messenger.undeliverable(refused)
+                + self.messenger.deferred(later)
+            )
         by_conversation: dict[int, list[MessageView]] = {}
         for message in changed:
             by_conversation.setdefault(message.conversation_id, []).append(
@@ -353,10 +442,10 @@ class Client:
             try:
                 fetched = self.relay.fetch_keys(name)
             except NotFound:
-                raise ServiceError(f"there is no Cipherline user called “{name}”") from None
+                raise ServiceError(f"There is no Cipherline user called “{name}”.") from None
             except RelayUnavailable:
                 raise ServiceError(
-                    f"cannot reach the relay to start a chat with {name}; try again when online"
+                    f"Cannot reach the relay to start a chat with {name}; try again when online."
                 ) from None
             warnings = self.core(self.messenger.install_bundles, name, fetched).result()
             for peer in warnings:
@@ -496,7 +585,7 @@ class Client:
                     blob_id = self.relay.upload_attachment(source)
             except RelayError as error:
                 local.unlink(missing_ok=True)
-                raise ServiceError(f"the file was not sent: {error}") from None
+                raise ServiceError(f"The file was not sent: {error}") from None
             return self.core(
                 lambda: self._after_local_send(
                     self.messenger.send_attachment(
@@ -525,7 +614,7 @@ class Client:
         def run() -> ConversationView:
             name = username.strip().lower()
             if name == self.messenger.username:
-                raise ServiceError("you cannot start a chat with yourself")
+                raise ServiceError("You cannot start a chat with yourself.")
             self._ensure_sessions([name])
             view = self.core(self.messenger.direct_conversation, name).result()
             self.core(self._conversations_event).result()
@@ -616,7 +705,7 @@ class Client:
     def remove_device(self, device_id: int) -> Future[None]:
         def run() -> None:
             if device_id == self.messenger.device_id:
-                raise ServiceError("this device cannot remove itself here")
+                raise ServiceError("This device cannot remove itself here.")
             self.relay.remove_device(device_id)
 
         return self.net(run)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import mimetypes
+import random
 import time
 import uuid
 from collections.abc import Callable
@@ -50,6 +51,7 @@ from app.protocol.identity import (
 from app.protocol.safety import qr_payload, safety_number
 from app.protocol.sender_keys import SenderKeyDistribution, SenderKeyState, group_message_chain
 from app.protocol.session import Session, SessionStart
+from app.services import delivery
 from app.services.views import (
     AttachmentView,
     ConversationKind,
@@ -60,7 +62,7 @@ from app.services.views import (
     SearchResultView,
     unaccepted_sentence,
 )
-from app.store import Conversation, Message, Store
+from app.store import Conversation, Message, OutboxItem, Store
 from app.store.receiving import is_device_failure
 
 log = logging.getLogger("cipherline.messenger")
@@ -482,16 +484,20 @@ class Messenger:
                 self._encrypt_for(member, distribution, None)
         return state
 
+    def outbox_due(self, limit: int) -> list[OutboxItem]:
+        """The outbox items to send now: all but those for a device that waits."""
+        return self.store.outbox.due(self.clock(), limit)
+
     def sent(self, client_ids: list[str]) -> list[Message]:
-        """Outbox entries the relay accepted; returns messages whose status changed."""
+        """Outbox entries the relay accepted; returns messages whose status changed.
+
+        A device that took something has room again: its wait ends."""
         changed = []
         with self.store.transaction():
-            message_ids = {
-                item.message_id
-                for item in self.store.outbox.pending(10_000)
-                if item.client_id in client_ids and item.message_id is not None
-            }
+            items = self.store.outbox.items(client_ids)
+            message_ids = {item.message_id for item in items if item.message_id is not None}
             self.store.outbox.remove(client_ids)
+            self.store.outbox.clear_backoff({(item.recipient, item.device_id) for item in items})
             for message_id in message_ids:
                 if self.store.outbox.count_for_message(message_id) == 0:
                     message = self.store.messages.get(message_id)
@@ -501,15 +507,53 @@ class Messenger:
         return [m for m in (self.store.messages.get(i) for i in changed) if m is not None]
 
     def undeliverable(self, client_ids: list[str]) -> list[Message]:
+        """Outbox entries that can never be delivered: their messages fail. An
+        automatic one (receipt, sender key, group update) has no message to show
+        that, so it is logged rather than dropped without a word."""
         changed = []
         with self.store.transaction():
-            items = [i for i in self.store.outbox.pending(10_000) if i.client_id in client_ids]
+            items = self.store.outbox.items(client_ids)
             self.store.outbox.remove(client_ids)
             for item in items:
                 if item.message_id is not None:
                     self.store.messages.set_status(item.message_id, MessageStatus.FAILED)
                     changed.append(item.message_id)
+            automatic = sum(1 for item in items if item.message_id is None)
+            if automatic:
+                log.warning("%d automatic envelopes could not be delivered", automatic)
         return [m for m in (self.store.messages.get(i) for i in changed) if m is not None]
+
+    def deferred(
+        self, refused: dict[str, float | None], rand: Callable[[], float] = random.random
+    ) -> list[Message]:
+        """Outbox entries the relay could not take for now (`Verdict.LATER`), by
+        client id, with the `retry_after` seconds it named, if any.
+
+        Each of their recipient devices waits `delivery.retry_delay`, one refusal
+        more however many of its items came back; the entries stay, and their
+        messages stay "sending". An entry refused although queued
+        `UNDELIVERABLE_AFTER_MS` ago fails instead. Returns the messages that failed.
+        """
+        now = self.clock()
+        with self.store.transaction():
+            items = self.store.outbox.items(refused)
+            expired = [i.client_id for i in items if delivery.expired(i.created_at, now)]
+            waits: dict[tuple[str, int], float | None] = {}
+            for item in items:
+                if item.client_id in expired:
+                    continue
+                device = (item.recipient, item.device_id)
+                asked = refused[item.client_id]
+                before = waits.get(device)
+                waits[device] = asked if before is None else max(before, asked or 0.0)
+            for (recipient, device_id), retry_after in waits.items():
+                previous = self.store.outbox.backoff(recipient, device_id)
+                failures = (previous.failures if previous is not None else 0) + 1
+                delay = delivery.retry_delay(failures, retry_after, rand())
+                self.store.outbox.defer(
+                    recipient, device_id, not_before=now + int(delay * 1000), failures=failures
+                )
+            return self.undeliverable(expired) if expired else []
 
     def retry(self, message_id: int) -> MessageView:
         message = self.store.messages.get(message_id)

@@ -167,6 +167,17 @@ class OutboxItem:
     device_id: int
     body: bytes = field(repr=False)
     attempts: int
+    created_at: int = 0
+
+
+@dataclass(frozen=True)
+class OutboxBackoff:
+    """A recipient device whose items wait (app/services/delivery.py)."""
+
+    recipient: str
+    device_id: int
+    not_before: int
+    failures: int
 
 
 @dataclass(frozen=True)
@@ -776,17 +787,68 @@ class OutboxRepository(_Repository):
             (client_id, message_id, recipient, device_id, body, now),
         )
 
+    _COLUMNS = "id, client_id, message_id, recipient, device_id, body, attempts, created_at"
+
+    @staticmethod
+    def _item(row: tuple[Any, ...]) -> OutboxItem:
+        return OutboxItem(row[0], row[1], row[2], row[3], row[4], bytes(row[5]), row[6], row[7])
+
     def pending(self, limit: int = 100) -> list[OutboxItem]:
+        """Every item, waiting or not, oldest first."""
         rows = self._execute(
-            "SELECT id, client_id, message_id, recipient, device_id, body, attempts FROM outbox"
-            " ORDER BY id LIMIT ?",
+            f"SELECT {self._COLUMNS} FROM outbox ORDER BY id LIMIT ?",  # noqa: S608
             (limit,),
         ).fetchall()
-        return [OutboxItem(r[0], r[1], r[2], r[3], r[4], bytes(r[5]), r[6]) for r in rows]
+        return [self._item(r) for r in rows]
+
+    def due(self, now: int, limit: int = 100) -> list[OutboxItem]:
+        """The items to send now, oldest first: all but those for a device that
+        waits until after `now` (`defer`)."""
+        rows = self._execute(
+            f"SELECT {self._COLUMNS} FROM outbox AS o WHERE NOT EXISTS"  # noqa: S608
+            " (SELECT 1 FROM outbox_backoff AS b WHERE b.recipient = o.recipient"
+            " AND b.device_id = o.device_id AND b.not_before > ?)"
+            " ORDER BY id LIMIT ?",
+            (now, limit),
+        ).fetchall()
+        return [self._item(r) for r in rows]
+
+    def items(self, client_ids: Iterable[str]) -> list[OutboxItem]:
+        found: list[OutboxItem] = []
+        for client_id in client_ids:
+            row = self._execute(
+                f"SELECT {self._COLUMNS} FROM outbox WHERE client_id = ?",  # noqa: S608
+                (client_id,),
+            ).fetchone()
+            if row is not None:
+                found.append(self._item(row))
+        return found
 
     def remove(self, client_ids: Iterable[str]) -> None:
         self._store.executemany(
             "DELETE FROM outbox WHERE client_id = ?", ((cid,) for cid in client_ids)
+        )
+
+    def backoff(self, recipient: str, device_id: int) -> OutboxBackoff | None:
+        row = self._execute(
+            "SELECT recipient, device_id, not_before, failures FROM outbox_backoff"
+            " WHERE recipient = ? AND device_id = ?",
+            (recipient, device_id),
+        ).fetchone()
+        return OutboxBackoff(row[0], row[1], row[2], row[3]) if row else None
+
+    def defer(self, recipient: str, device_id: int, *, not_before: int, failures: int) -> None:
+        """Holds every item for this device, queued now or later, until `not_before`."""
+        self._execute(
+            "INSERT INTO outbox_backoff (recipient, device_id, not_before, failures)"
+            " VALUES (?, ?, ?, ?) ON CONFLICT (recipient, device_id)"
+            " DO UPDATE SET not_before = excluded.not_before, failures = excluded.failures",
+            (recipient, device_id, not_before, failures),
+        )
+
+    def clear_backoff(self, devices: Iterable[tuple[str, int]]) -> None:
+        self._store.executemany(
+            "DELETE FROM outbox_backoff WHERE recipient = ? AND device_id = ?", devices
         )
 
     def count_for_message(self, message_id: int) -> int:
@@ -1393,6 +1455,7 @@ class Store:
                     source.backup(target)
                     target.execute("PRAGMA secure_delete = ON")
                     target.execute("DELETE FROM outbox")
+                    target.execute("DELETE FROM outbox_backoff")
                     # One self-contained file: no -wal beside it.
                     target.execute("PRAGMA journal_mode = DELETE")
                     page_size = int(target.execute("PRAGMA page_size").fetchone()[0])

@@ -215,4 +215,18 @@ MIGRATIONS: list[str] = [
     ALTER TABLE groups ADD COLUMN state_change BLOB;
     ALTER TABLE groups ADD COLUMN parent_state BLOB;
     """,
+    # 7: the outbox waits per recipient device (issue #21; app/services/delivery.py).
+    # outbox_backoff: a device whose mailbox was full; none of the outbox items for
+    #   it is sent before not_before (ms), so they still arrive in order, and
+    #   failures (refusals in a row) grows the next wait. Kept here, not in
+    #   memory, so a restart neither forgets a wait nor starts the backoff over.
+    """
+    CREATE TABLE outbox_backoff (
+        recipient TEXT NOT NULL,
+        device_id INTEGER NOT NULL,
+        not_before INTEGER NOT NULL,
+        failures INTEGER NOT NULL,
+        PRIMARY KEY (recipient, device_id)
+    ) WITHOUT ROWID;
+    """,
 ]
