@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from app.crypto import DeterministicRng, DhPrivateKey
-from app.protocol.content import Text, encode_content
+from app.protocol.content import Quote, Reaction, Text, encode_content
 from app.protocol.identity import DeviceIdentity, LocalPrekeys, RemoteBundle
 from app.protocol.ratchet import RatchetState
 from app.protocol.safety import qr_payload, safety_number
@@ -65,7 +65,22 @@ def deterministic() -> dict[str, Any]:
             "messages": group_messages,
         },
         "content": {
-            "text": encode_content(Text("00000000-vector", 1_700_000_000_000, "hello ✓", 0)).hex()
+            "text": encode_content(Text("00000000-vector", 1_700_000_000_000, "hello ✓", 0)).hex(),
+            "reply": encode_content(
+                Text(
+                    "00000001-vector",
+                    1_700_000_001_000,
+                    "yes",
+                    0,
+                    Quote("00000000-vector", "alice", "hello ✓"),
+                )
+            ).hex(),
+            "reaction": encode_content(
+                Reaction("00000000-vector", "alice", 1_700_000_002_000, "👍")
+            ).hex(),
+            "reaction_removed": encode_content(
+                Reaction("00000000-vector", "alice", 1_700_000_003_000, "")
+            ).hex(),
         },
     }
 

@@ -102,6 +102,8 @@ def _shoot(out: Path, work: Path, relay: RelayProcess) -> int:
         pump(0.3)
     until(lambda: any(c.title == "alice" for c in bob.client.conversations().result()))
     bob_view = next(c for c in bob.client.conversations().result() if c.title == "alice")
+    if hasattr(bob.client, "accept_request"):  # read receipts go to accepted chats only
+        bob.client.accept_request(bob_view.conversation_id).result(20)
     bob.client.mark_read(bob_view.conversation_id).result()
     for reply in ("Yes, got them — they look great.", "Lunch sounds good. The usual place at 1?"):
         bob.client.send_text(bob_view.conversation_id, reply).result(20)
@@ -110,6 +112,9 @@ def _shoot(out: Path, work: Path, relay: RelayProcess) -> int:
     carol.client.send_text(group.conversation_id, "Next book: The Left Hand of Darkness").result(20)
     until(lambda: window.conversations.rowCount() >= 2)
     pump(1.5)
+
+    def _rows(window: Any) -> list[Any]:
+        return [window.messages.message_at(r) for r in range(window.messages.rowCount())]
 
     def open_titled(title: str) -> None:
         for row in range(window.conversations.rowCount()):
@@ -122,8 +127,28 @@ def _shoot(out: Path, work: Path, relay: RelayProcess) -> int:
     window.show()
     open_titled("bob")
     shot(window, "03-chat")
+    # Message actions (issue #24): a reply quoting bob, reactions both ways.
+    rows = [window.messages.message_at(r) for r in range(window.messages.rowCount())]
+    lunch = next(m for m in rows if m is not None and m.body.startswith("Lunch sounds"))
+    slides = next(m for m in rows if m is not None and m.body.startswith("Yes, got them"))
+    window.start_reply(lunch)
+    window.composer.setPlainText("Perfect, see you there!")
+    window.composer.submit()
+    window.bridge.react(slides.message_id, "❤️")
+    _bob_view, bob_rows = bob.client.open_conversation(bob_view.conversation_id).result()
+    hi = next(m for m in bob_rows if m.body.startswith("Hi Bob"))
+    bob.client.react(hi.message_id, "👍").result(20)
+    until(lambda: any(m is not None and m.quote for m in _rows(window)))
+    until(lambda: sum(bool(m and m.reactions) for m in _rows(window)) >= 2)
+    pump(1.0)
+    shot(window, "03b-chat-reply-reactions")
     open_titled("Book club")
     until(lambda: window.messages.rowCount() >= 2)
+    # Carol is no contact of alice's: her group arrives as a request (issue #24).
+    until(window.request_bar.isVisible)
+    shot(window, "04a-group-request")
+    window.request_bar.accept_button.click()
+    until(lambda: not window.request_bar.isVisible())
     shot(window, "04-group")
     open_titled("bob")
     window.show_details()
@@ -150,12 +175,55 @@ def _shoot(out: Path, work: Path, relay: RelayProcess) -> int:
 
     _backup_screens(window, work, shot, until, pump)
 
+    _contact_screens(window, work, relay, shot, until=until, open_titled=open_titled)
+
     window.lock()
     shot(window, "09-locked")
     launcher.shutdown()
     bob.stop()
     carol.stop()
     return 0
+
+
+def _contact_screens(
+    window: Any, work: Path, relay: RelayProcess, shot: Any, *, until: Any, open_titled: Any
+) -> None:
+    """Issue #24: a stranger's message request, the new-chat and new-group pickers."""
+    from PySide6.QtCore import Qt
+
+    from tests.services.helpers import Person
+
+    dave = Person(work, "dave", relay)
+    try:
+        chat = dave.client.start_direct("alice").result(20)
+        dave.client.send_text(chat.conversation_id, "Hi! I found your name on the club list.")
+        until(
+            lambda: any(
+                (view := window.conversations.conversation_at(r)) is not None
+                and view.title == "dave"
+                for r in range(window.conversations.rowCount())
+            )
+        )
+        open_titled("dave")
+        until(window.request_bar.isVisible)
+        shot(window, "21-message-request")
+    finally:
+        dave.stop()
+    window.ask_new_chat()
+    picker = window.new_chat_dialog
+    until(lambda: picker.contact_list.count() >= 1)
+    picker.search_edit.setText("b")
+    shot(picker, "22-new-chat-picker")
+    picker.search_edit.setText("bobby")
+    shot(picker, "22b-new-chat-picker-username")
+    picker.reject()
+    window.ask_new_group()
+    group_dialog = window.new_group_dialog
+    until(lambda: group_dialog.member_list.count() >= 1)
+    group_dialog.title_edit.setText("Climbing")
+    group_dialog.member_list.item(0).setCheckState(Qt.CheckState.Checked)
+    shot(group_dialog, "23-new-group")
+    group_dialog.reject()
 
 
 def _backup_screens(window: object, work: Path, shot: Any, until: Any, pump: Any) -> None:

@@ -29,21 +29,56 @@ SENDER_KEY = 5
 TIMER = 6
 RESTORE_NOTICE = 7
 GROUP_CHANGE = 8
+REPLY = 9
+REACTION = 10
 
 RECEIPT_DELIVERED = 1
 RECEIPT_READ = 2
 MAX_BODY = 64 * 1024
+# A quote carries a short snippet of what it quotes, so it still shows where the
+# original was deleted (or never arrived); longer is cut by the sender.
+MAX_QUOTE_SNIPPET = 200
+MAX_EMOJI_BYTES = 32
+
+
+@dataclass(frozen=True)
+class Quote:
+    """The message a reply answers: named by its id and author (as Signal names it
+    by author and timestamp), with a snippet of its text."""
+
+    message_id: str
+    author: str
+    snippet: str
+
+    def __repr__(self) -> str:
+        return f"Quote({self.message_id!r}, by {self.author!r}, <snippet hidden>)"
 
 
 @dataclass(frozen=True)
 class Text:
+    """A text message; with `quote` it is a reply and travels as type 9, so a reader
+    that predates replies refuses only the replies."""
+
     message_id: str
     sent_at: int
     body: str
     timer_seconds: int = 0
+    quote: Quote | None = None
 
     def __repr__(self) -> str:
         return f"Text({self.message_id!r}, sent at {self.sent_at}, <body hidden>)"
+
+
+@dataclass(frozen=True)
+class Reaction:
+    """One emoji from the sender on a message (named by id and author); it replaces
+    the sender's earlier reaction there, and "" takes it away. `sent_at` orders a
+    person's reactions, so a late one never undoes a newer one."""
+
+    message_id: str
+    author: str
+    sent_at: int
+    emoji: str
 
 
 @dataclass(frozen=True)
@@ -127,6 +162,7 @@ Content = (
     | TimerUpdate
     | RestoreNotice
     | GroupChangeContent
+    | Reaction
 )
 
 
@@ -134,8 +170,18 @@ def encode_content(content: Content) -> bytes:
     writer = Writer().u8(CONTENT_VERSION)
     match content:
         case Text():
-            writer.u8(TEXT).text16(content.message_id).u64(content.sent_at)
+            writer.u8(TEXT if content.quote is None else REPLY)
+            writer.text16(content.message_id).u64(content.sent_at)
             writer.bytes32(content.body.encode("utf-8")).u32(content.timer_seconds)
+            if content.quote is not None:
+                writer.text16(content.quote.message_id).text16(content.quote.author)
+                writer.text16(content.quote.snippet[:MAX_QUOTE_SNIPPET])
+        case Reaction():
+            emoji = content.emoji.encode("utf-8")
+            if len(emoji) > MAX_EMOJI_BYTES:
+                raise ValueError("a reaction is one emoji")
+            writer.u8(REACTION).text16(content.message_id).text16(content.author)
+            writer.u64(content.sent_at).bytes8(emoji)
         case Receipt():
             writer.u8(RECEIPT).u8(content.kind).u16(len(content.message_ids))
             for message_id in content.message_ids:
@@ -166,10 +212,22 @@ def decode_content(data: bytes) -> Content:
     reader.version(CONTENT_VERSION)
     kind = reader.u8()
     content: Content
-    if kind == TEXT:
+    if kind in (TEXT, REPLY):
         message_id, sent_at = reader.text16(), reader.u64()
         body = _utf8(reader.bytes32(MAX_BODY))
-        content = Text(message_id, sent_at, body, reader.u32())
+        timer = reader.u32()
+        quote = None
+        if kind == REPLY:
+            quote = Quote(reader.text16(), reader.text16(), reader.text16())
+            if len(quote.snippet) > MAX_QUOTE_SNIPPET:
+                raise MalformedMessage("the quoted snippet is too long")
+        content = Text(message_id, sent_at, body, timer, quote)
+    elif kind == REACTION:
+        target, author, sent_at = reader.text16(), reader.text16(), reader.u64()
+        raw_emoji = reader.bytes8()
+        if len(raw_emoji) > MAX_EMOJI_BYTES:
+            raise MalformedMessage("a reaction is one emoji")
+        content = Reaction(target, author, sent_at, _utf8(raw_emoji))
     elif kind == RECEIPT:
         receipt_kind = reader.u8()
         if receipt_kind not in (RECEIPT_DELIVERED, RECEIPT_READ):

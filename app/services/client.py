@@ -201,6 +201,8 @@ class Client:
                 if result.quarantined:
                     self.undecryptable += 1
                     log.info("quarantined an envelope: %s", result.dropped)
+                elif result.blocked:
+                    pass  # from someone blocked: acknowledged, nothing kept
                 elif result.dropped is not None:
                     self.replayed += 1
                     log.info("dropped a replayed envelope: %s", result.dropped)
@@ -490,6 +492,10 @@ class Client:
                         view.body or (view.attachment.filename if view.attachment else ""),
                     )
                 )
+        for conversation_id, message in result.updated_messages:
+            by_conversation.setdefault(conversation_id, []).append(
+                self.messenger.message_view(message)
+            )
         for conversation_id, views in by_conversation.items():
             self._messages_event(conversation_id, views)
         if result.changed_conversations or result.identity_changed:
@@ -560,15 +566,43 @@ class Client:
         self.request_flush()
         return view
 
-    def send_text(self, conversation_id: int, text: str) -> Future[MessageView]:
+    def send_text(
+        self, conversation_id: int, text: str, reply_to: int | None = None
+    ) -> Future[MessageView]:
         def run() -> MessageView:
             missing = self.core(self.messenger.missing_sessions, conversation_id).result()
             if missing:
                 with contextlib.suppress(ServiceError):
                     self._ensure_sessions(missing)
             return self.core(
-                lambda: self._after_local_send(self.messenger.send_text(conversation_id, text))
+                lambda: self._after_local_send(
+                    self.messenger.send_text(conversation_id, text, reply_to)
+                )
             ).result()
+
+        return self.action(run)
+
+    def react(self, message_id: int, emoji: str) -> Future[MessageView]:
+        """Reacts (or, with the same emoji again, takes the reaction back)."""
+
+        def react() -> MessageView:
+            view = self.messenger.react(message_id, emoji)
+            self._messages_event(view.conversation_id, [view])
+            self.request_flush()
+            return view
+
+        def run() -> MessageView:
+            # As for a text: a group member we have no session with yet would get
+            # no copy at all, so sessions are made first.
+            message = self.core(self.messenger.store.messages.get, message_id).result()
+            if message is not None:
+                missing = self.core(
+                    self.messenger.missing_sessions, message.conversation_id
+                ).result()
+                if missing:
+                    with contextlib.suppress(ServiceError):
+                        self._ensure_sessions(missing)
+            return self.core(react).result()
 
         return self.action(run)
 
@@ -679,6 +713,46 @@ class Client:
             self._conversations_event()
             self.request_flush()
             return released
+
+        return self.core(run)
+
+    # ---- contacts, message requests, blocking (all local) ----------------------
+    def contacts(self) -> Future[list[str]]:
+        return self.core(self.messenger.contacts)
+
+    def blocked_contacts(self) -> Future[list[str]]:
+        return self.core(self.messenger.blocked_contacts)
+
+    def _after_request_change(self) -> None:
+        self._conversations_event()
+        self.request_flush()
+
+    def accept_request(self, conversation_id: int) -> Future[ConversationView]:
+        def run() -> ConversationView:
+            view = self.messenger.accept_request(conversation_id)
+            self._after_request_change()  # the read receipts held back go now
+            return view
+
+        return self.core(run)
+
+    def block_request(self, conversation_id: int) -> Future[None]:
+        def run() -> None:
+            self.messenger.block_request(conversation_id)
+            self._after_request_change()
+
+        return self.core(run)
+
+    def set_blocked(self, username: str, blocked: bool) -> Future[None]:
+        def run() -> None:
+            self.messenger.set_blocked(username, blocked)
+            self._after_request_change()
+
+        return self.core(run)
+
+    def delete_conversation(self, conversation_id: int) -> Future[None]:
+        def run() -> None:
+            self.messenger.delete_conversation(conversation_id)
+            self._after_request_change()  # a group left: the departure goes out
 
         return self.core(run)
 

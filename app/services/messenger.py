@@ -8,6 +8,7 @@ a crash leaves either all of it or none of it.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import mimetypes
 import random
@@ -25,12 +26,15 @@ from app.protocol.attachments import AttachmentSecret, decrypt_attachment, encry
 from app.protocol.content import (
     FRAME_GROUP,
     FRAME_PAIRWISE,
+    MAX_QUOTE_SNIPPET,
     RECEIPT_DELIVERED,
     RECEIPT_READ,
     AttachmentPointer,
     Content,
     GroupChangeContent,
     GroupUpdate,
+    Quote,
+    Reaction,
     Receipt,
     RestoreNotice,
     SenderKey,
@@ -58,6 +62,7 @@ from app.services.views import (
     ConversationView,
     MessageStatus,
     MessageView,
+    QuoteView,
     SafetyNumberView,
     SearchResultView,
     unaccepted_sentence,
@@ -67,6 +72,9 @@ from app.store.receiving import is_device_failure
 
 log = logging.getLogger("cipherline.messenger")
 HANDLED_CONTENT_LABEL = b"Cipherline_HandledContent_v1"
+# The reactions the picker offers (as Signal Desktop's default set); any single
+# emoji that arrives is shown.
+REACTION_CHOICES = ("👍", "❤️", "😂", "😮", "😢", "🙏")
 
 
 class ServiceError(Exception):
@@ -94,6 +102,8 @@ class IncomingResult:
 
     changed_conversations: set[int] = field(default_factory=set)
     new_messages: list[tuple[int, Message]] = field(default_factory=list)
+    # Messages already shown that changed (a reaction): repainted, never notified.
+    updated_messages: list[tuple[int, Message]] = field(default_factory=list)
     identity_changed: list[str] = field(default_factory=list)
     attachments_to_fetch: list[int] = field(default_factory=list)
     needs_sessions: set[str] = field(default_factory=set)
@@ -102,6 +112,8 @@ class IncomingResult:
     # True when it was kept in the quarantine and shown as "could not be decrypted";
     # False with `dropped` set means a replay, dropped without a trace in any chat.
     quarantined: bool = False
+    # True when the sender is blocked and what it carried was dropped unseen.
+    blocked: bool = False
 
 
 class Messenger:
@@ -192,7 +204,102 @@ class Messenger:
             verified=bool(contact and contact.verified),
             members=members,
             unaccepted=tuple(self._unaccepted_in(conversation)),
+            request=self._is_request(conversation),
+            blocked=bool(contact and contact.blocked),
         )
+
+    # ---- contacts, message requests, blocking ---------------------------------
+    # docs/protocol.md, "Message requests and blocking". All local: the relay is
+    # never told whom the user accepted or blocked.
+    def _is_request(self, conversation: Conversation) -> bool:
+        if conversation.peer is None:
+            return conversation.request
+        contact = self.store.contacts.get(conversation.peer)
+        return contact is None or not contact.accepted
+
+    def shares_presence(self, conversation_id: int) -> bool:
+        """Whether read receipts (and typing) may go to this chat: not while it is a
+        request, nor to a blocked peer. Delivery receipts are sent regardless."""
+        conversation = self._conversation(conversation_id)
+        if self._is_request(conversation):
+            return False
+        return conversation.peer is None or not self.store.contacts.is_blocked(conversation.peer)
+
+    def contacts(self) -> list[str]:
+        """The contacts' usernames, for the new-chat and new-group pickers."""
+        return [c.username for c in self.store.contacts.accepted() if c.username != self.username]
+
+    def blocked_contacts(self) -> list[str]:
+        return self.store.contacts.blocked()
+
+    def accept_request(self, conversation_id: int) -> ConversationView:
+        """The request bar's "Accept": the peer becomes a contact (a group stops
+        being a request), and read receipts for what was read meanwhile go out."""
+        conversation = self._conversation(conversation_id)
+        with self.store.transaction():
+            if conversation.peer is not None:
+                self.store.contacts.accept(conversation.peer, now=self.clock())
+            else:
+                self.store.conversations.set_request(conversation_id, False)
+            self._send_read_receipts(conversation, self._already_read(conversation_id))
+        return self.conversation_view(self._conversation(conversation_id))
+
+    def _already_read(self, conversation_id: int) -> list[Message]:
+        return [
+            m
+            for m in self.store.messages.newest(conversation_id, 200)
+            if not m.outgoing and m.status == MessageStatus.READ and m.kind != "system"
+        ]
+
+    def _send_read_receipts(self, conversation: Conversation, read: list[Message]) -> None:
+        if not read or not self.shares_presence(conversation.id):
+            return
+        by_sender: dict[str, list[str]] = {}
+        for message in read:
+            by_sender.setdefault(message.sender, []).append(message.uuid)
+        for sender, ids in by_sender.items():
+            if self.store.contacts.is_blocked(sender):
+                continue
+            if conversation.kind == "direct" or self.has_sessions(sender):
+                self._encrypt_for(sender, encode_content(Receipt(RECEIPT_READ, tuple(ids))), None)
+
+    def set_blocked(self, username: str, blocked: bool) -> None:
+        """Blocks or unblocks `username` on this device. Blocking does not make a
+        stranger a contact; unblocking leaves a request a request."""
+        username = username.strip().lower()
+        if username == self.username:
+            raise ServiceError("you cannot block yourself")
+        with self.store.transaction():
+            self.store.contacts.set_blocked(username, blocked, now=self.clock())
+
+    def block_request(self, conversation_id: int) -> None:
+        """The request bar's "Block": blocks the peer; for a group, also the member
+        whose change added the user, and leaves and deletes the group."""
+        conversation = self._conversation(conversation_id)
+        if conversation.peer is not None:
+            self.set_blocked(conversation.peer, True)
+            return
+        assert conversation.group_id is not None
+        change, _parent = self.store.groups.state(conversation.group_id)
+        if change is not None:
+            author = gs.GroupChange.from_bytes(change).author
+            if author != self.username:
+                self.set_blocked(author, True)
+        self.delete_conversation(conversation_id)
+
+    def delete_conversation(self, conversation_id: int) -> None:
+        """Deletes a chat on this device (the request bar's "Delete", or "Leave" for
+        a group, which leaves it first so the members stop sending to it)."""
+        conversation = self._conversation(conversation_id)
+        with self.store.transaction():
+            if conversation.group_id is not None:
+                members = self.store.groups.members(conversation.group_id)
+                if self.username in members and len(members) > 1:
+                    with contextlib.suppress(ServiceError, IdentityNotAccepted):
+                        self.change_members(conversation_id, [], [self.username])
+            files = self.store.conversations.delete(conversation_id)
+        for name in files:
+            (self.attachments_dir / name).unlink(missing_ok=True)
 
     def conversations(self) -> list[ConversationView]:
         return [self.conversation_view(c) for c in self.store.conversations.all()]
@@ -205,6 +312,22 @@ class Messenger:
                 attachment = AttachmentView(
                     row.id, row.filename, row.size, row.mime, row.state == "ready"
                 )
+        quote = None
+        if message.quote_uuid is not None:
+            # Only replies look their original up (by the unique uuid index), so a
+            # page without replies costs no query more.
+            original = self.store.messages.by_uuid(message.quote_uuid)
+            here = original is not None and original.conversation_id == message.conversation_id
+            quote = QuoteView(
+                author=message.quote_author or "",
+                snippet=message.quote_text or "",
+                message_id=original.id if here and original is not None else None,
+            )
+        reactions = _reactions(message.reactions)
+        counts: dict[str, int] = {}
+        for emoji, _at in reactions.values():
+            if emoji:
+                counts[emoji] = counts.get(emoji, 0) + 1
         return MessageView(
             message_id=message.id,
             conversation_id=message.conversation_id,
@@ -216,6 +339,9 @@ class Messenger:
             attachment=attachment,
             system=message.kind == "system",
             expires_at_ms=message.expires_at,
+            quote=quote,
+            reactions=tuple(sorted(counts.items(), key=lambda item: -item[1])),
+            own_reaction=reactions.get(self.username, ("", 0))[0],
         )
 
     def open_conversation(
@@ -325,6 +451,8 @@ class Messenger:
             raise ServiceError("you cannot start a chat with yourself")
         with self.store.transaction():
             conversation = self.store.conversations.direct(username, now=self.clock())
+            # Starting a chat is choosing the person: they are a contact now.
+            self.store.contacts.accept(username, now=self.clock())
         return self.conversation_view(conversation)
 
     def recipients(self, conversation_id: int) -> list[str]:
@@ -351,18 +479,57 @@ class Messenger:
         blocked = self._unaccepted_in(conversation)
         if blocked:
             raise IdentityNotAccepted(blocked, group=conversation.kind == "group")
+        if conversation.peer is not None and self.store.contacts.is_blocked(conversation.peer):
+            raise ServiceError(f"You blocked {conversation.peer}. Unblock them to send messages.")
 
     def missing_sessions(self, conversation_id: int) -> list[str]:
         return [name for name in self.recipients(conversation_id) if not self.has_sessions(name)]
 
-    def send_text(self, conversation_id: int, text: str) -> MessageView:
+    def send_text(
+        self, conversation_id: int, text: str, reply_to: int | None = None
+    ) -> MessageView:
+        """Sends `text`; with `reply_to` (a message of this conversation) as a reply
+        quoting it."""
         if not text.strip():
             raise ServiceError("an empty message is not sent")
         conversation = self._conversation(conversation_id)
         message_uuid = str(uuid.uuid4())
         sent_at = self.clock()
-        content = Text(message_uuid, sent_at, text, conversation.timer_seconds)
+        quote = self._quote_of(conversation, reply_to) if reply_to is not None else None
+        content = Text(message_uuid, sent_at, text, conversation.timer_seconds, quote)
         return self._send_content(conversation, content, text, "text")
+
+    def _quote_of(self, conversation: Conversation, message_id: int) -> Quote:
+        original = self.store.messages.get(message_id)
+        if (
+            original is None
+            or original.conversation_id != conversation.id
+            or original.kind == "system"
+        ):
+            raise ServiceError("that message can no longer be replied to")
+        snippet = original.body if original.kind != "attachment" else f"Attachment: {original.body}"
+        return Quote(original.uuid, original.sender, snippet[:MAX_QUOTE_SNIPPET])
+
+    def react(self, message_id: int, emoji: str) -> MessageView:
+        """Reacts to a message with `emoji`, replacing the user's earlier reaction;
+        the same emoji again takes it away (as in Signal)."""
+        message = self.store.messages.get(message_id)
+        if message is None or message.kind == "system":
+            raise ServiceError("that message can no longer be reacted to")
+        conversation = self._conversation(message.conversation_id)
+        reactions = _reactions(message.reactions)
+        current = reactions.get(self.username, ("", 0))[0]
+        chosen = "" if emoji == current else emoji
+        # Never earlier than the reaction it replaces, even if the clock went back.
+        at = max(self.clock(), reactions.get(self.username, ("", 0))[1] + 1)
+        with self.store.transaction():
+            reactions[self.username] = (chosen, at)
+            self.store.messages.set_reactions(message.id, json.dumps(reactions))
+            reaction = Reaction(message.uuid, message.sender, at, chosen)
+            self._deliver(conversation, encode_content(reaction), None)
+        updated = self.store.messages.get(message.id)
+        assert updated is not None
+        return self.message_view(updated)
 
     def send_attachment(
         self,
@@ -425,6 +592,7 @@ class Messenger:
         expires = (
             sent_at + conversation.timer_seconds * 1000 if conversation.timer_seconds else None
         )
+        quote = content.quote if isinstance(content, Text) else None
         with self.store.transaction():
             message = self.store.messages.add(
                 conversation_id=conversation.id,
@@ -436,8 +604,14 @@ class Messenger:
                 status=MessageStatus.SENDING,
                 kind=kind,
                 expires_at=expires,
+                quote=(quote.message_id, quote.author, quote.snippet) if quote else None,
             )
             self.store.conversations.touch(conversation.id, sent_at)
+            # Writing in a request answers it: the person (or group) is accepted.
+            if conversation.peer is not None:
+                self.store.contacts.accept(conversation.peer, now=self.clock())
+            elif conversation.request:
+                self.store.conversations.set_request(conversation.id, False)
             self._deliver(conversation, encode_content(content), message.id)
         return self.message_view(message)
 
@@ -562,7 +736,12 @@ class Messenger:
         conversation = self._conversation(message.conversation_id)
         if message.kind == "attachment":
             raise ServiceError("send the file again to retry it")
-        content = Text(message.uuid, message.sent_at, message.body, conversation.timer_seconds)
+        quote = None
+        if message.quote_uuid is not None:
+            quote = Quote(message.quote_uuid, message.quote_author or "", message.quote_text or "")
+        content = Text(
+            message.uuid, message.sent_at, message.body, conversation.timer_seconds, quote
+        )
         with self.store.transaction():
             self.store.messages.set_status(message_id, MessageStatus.SENDING)
             self._deliver(conversation, encode_content(content), message_id)
@@ -577,6 +756,10 @@ class Messenger:
         with self.store.transaction():
             conversation = self.store.conversations.create_group(group_id, title, now=self.clock())
             self.store.groups.create(group_id, conversation.id, title)
+            # Whom the user puts in a group they chose: contacts from now on.
+            for name in names:
+                if name != self.username:
+                    self.store.contacts.accept(name, now=self.clock())
             created = gs.create(group_id, title, self.username, names, self.identity.signing_key)
             self._hold_group_state(created, None)
             self._announce_group(conversation, f"You created the group “{title}”")
@@ -638,6 +821,9 @@ class Messenger:
         removed = tuple(r.strip().lower() for r in remove if r.strip())
         key = self.identity.signing_key
         with self.store.transaction():
+            for name in added:
+                if name != self.username:
+                    self.store.contacts.accept(name, now=self.clock())
             current, _parent = self._held_group_state(conversation.group_id)
             if current is None:
                 # A group made before states were signed: its chain starts here, from
@@ -703,6 +889,9 @@ class Messenger:
             reason = type(error).__name__
             # The type only: the text or a traceback could quote what it carried.
             log.warning("opening an envelope failed unexpectedly (%s); quarantined", reason)
+        if self.store.contacts.is_blocked(sender):
+            # Not even a "could not be decrypted" row: nothing of theirs is kept.
+            return IncomingResult(dropped=reason, blocked=True)
         with self.store.transaction():
             return self._quarantine(sender, sender_device, body, server_time, reason)
 
@@ -729,6 +918,14 @@ class Messenger:
                 plaintext = state.decrypt(payload)
                 self.store.groups.set_member_sender_key(group_id, sender, state.to_bytes())
             content = decode_content(plaintext)
+            # Decrypted all the same, so the session stays in step for an unblock.
+            # Only group state and sender keys are kept from a blocked member: the
+            # groups shared with them must stay consistent (docs/protocol.md).
+            if self.store.contacts.is_blocked(sender) and not isinstance(
+                content, GroupChangeContent | SenderKey
+            ):
+                result.blocked = True
+                return result
             if self._first_delivery(sender, content, plaintext):
                 self._handle(sender, content, group_id, result, server_time)
         return result
@@ -882,6 +1079,7 @@ class Messenger:
             timer = content.timer_seconds
             expires = self.clock() + timer * 1000 if timer else None
             is_text = isinstance(content, Text)
+            quote = content.quote if isinstance(content, Text) else None
             message = self.store.messages.add(
                 conversation_id=conversation.id,
                 uuid=content.message_id,
@@ -893,6 +1091,7 @@ class Messenger:
                 kind="text" if is_text else "attachment",
                 received_at=self.clock(),
                 expires_at=expires,
+                quote=(quote.message_id, quote.author, quote.snippet) if quote else None,
             )
             if isinstance(content, AttachmentPointer):
                 row = self.store.attachments.add(
@@ -925,6 +1124,8 @@ class Messenger:
                 if updated is not None:
                     result.new_messages.append((updated.conversation_id, updated))
                     result.changed_conversations.add(updated.conversation_id)
+        elif isinstance(content, Reaction):
+            self._apply_reaction(sender, content, group_id, result)
         elif isinstance(content, GroupChangeContent):
             self._apply_group_change(sender, content, result, server_time)
         elif isinstance(content, GroupUpdate):
@@ -959,6 +1160,39 @@ class Messenger:
             )
             result.new_messages.append((conversation.id, notice))
             result.changed_conversations.add(conversation.id)
+
+    def _target_in_chat(
+        self, sender: str, message_id: str, author: str, group_id: bytes | None
+    ) -> Message | None:
+        """The message that content from `sender` names (by id and author), if it is
+        in the chat the content came through: the group it was sent to, or else the
+        direct chat with `sender`. None otherwise — a crafted reference to a
+        message of another chat, or one with a wrong author, is ignored."""
+        target = self.store.messages.by_uuid(message_id)
+        if target is None or target.kind == "system" or target.sender != author:
+            return None
+        if group_id is not None:
+            conversation = self.store.conversations.by_group(group_id)
+        else:
+            conversation = self.store.conversations.by_peer(sender)
+        if conversation is None or target.conversation_id != conversation.id:
+            return None
+        return target
+
+    def _apply_reaction(
+        self, sender: str, content: Reaction, group_id: bytes | None, result: IncomingResult
+    ) -> None:
+        target = self._target_in_chat(sender, content.message_id, content.author, group_id)
+        if target is None:
+            return
+        reactions = _reactions(target.reactions)
+        if reactions.get(sender, ("", -1))[1] >= content.sent_at:
+            return  # a late reaction older than the one shown, or a repeat
+        reactions[sender] = (content.emoji, content.sent_at)
+        self.store.messages.set_reactions(target.id, json.dumps(reactions))
+        updated = self.store.messages.get(target.id)
+        assert updated is not None
+        result.updated_messages.append((updated.conversation_id, updated))
 
     def _apply_group_change(
         self, sender: str, content: GroupChangeContent, result: IncomingResult, at: int
@@ -996,6 +1230,8 @@ class Messenger:
         new = applied.state
         if not applied.changed or new is None:
             return
+        if conversation is None and self.store.contacts.is_blocked(received.author):
+            return  # an invitation from someone blocked: not joined, not shown
         # Every member hands on each state it takes to the others (once: a state
         # already held is a duplicate), so an admin who sent different states of one
         # epoch to different members is seen by all of them, and all keep one.
@@ -1008,6 +1244,10 @@ class Messenger:
             )
             self.store.groups.create(group_id, conversation.id, new.title)
             self._hold_group_state(received, None)
+            # Added by someone who is not a contact: a request, until accepted.
+            inviter = self.store.contacts.get(received.author)
+            if inviter is None or not inviter.accepted:
+                self.store.conversations.set_request(conversation.id, True)
             self._system_message(
                 conversation.id, f"{received.author} added you to “{new.title}”", at
             )
@@ -1086,15 +1326,10 @@ class Messenger:
                 for m in self.store.messages.newest(conversation_id, 200)
                 if not m.outgoing and m.status == MessageStatus.RECEIVED and m.kind != "system"
             ]
-            by_sender: dict[str, list[str]] = {}
             for message in unread:
                 self.store.messages.set_status(message.id, MessageStatus.READ)
-                by_sender.setdefault(message.sender, []).append(message.uuid)
-            for sender, ids in by_sender.items():
-                if conversation.kind == "direct" or self.has_sessions(sender):
-                    self._encrypt_for(
-                        sender, encode_content(Receipt(RECEIPT_READ, tuple(ids))), None
-                    )
+            # Not while a request (nor to someone blocked): accepting sends them.
+            self._send_read_receipts(conversation, unread)
         return changed
 
     def safety_number(self, peer: str) -> SafetyNumberView:
@@ -1177,6 +1412,17 @@ class Messenger:
             for message_id, conversation in self.store.messages.delete_expired(self.clock()):
                 expired.setdefault(conversation, []).append(message_id)
         return expired
+
+
+def _reactions(stored: str | None) -> dict[str, tuple[str, int]]:
+    """A message's reactions column (schema.py, migration 8): {username: (emoji, at)}."""
+    if not stored:
+        return {}
+    try:
+        raw = json.loads(stored)
+        return {str(name): (str(value[0]), int(value[1])) for name, value in raw.items()}
+    except (ValueError, TypeError, IndexError, AttributeError):
+        return {}
 
 
 def _conflict_text(received: gs.GroupChange) -> str:

@@ -34,6 +34,16 @@ class AttachmentView:
 
 
 @dataclass(frozen=True)
+class QuoteView:
+    """What a reply shows of the message it answers."""
+
+    author: str
+    snippet: str
+    # The quoted message here, to scroll to; None when it is gone or never arrived.
+    message_id: int | None
+
+
+@dataclass(frozen=True)
 class MessageView:
     message_id: int
     conversation_id: int
@@ -45,6 +55,10 @@ class MessageView:
     attachment: AttachmentView | None = None
     system: bool = False
     expires_at_ms: int | None = None  # a disappearing message's end, in ms
+    quote: QuoteView | None = None
+    # (emoji, how many reacted with it), most first; and the user's own, or "".
+    reactions: tuple[tuple[str, int], ...] = ()
+    own_reaction: str = ""
 
 
 @dataclass(frozen=True)
@@ -63,6 +77,11 @@ class ConversationView:
     # The peer, or the members, whose identity changed after it was verified and is
     # not yet accepted: nothing is sent to this conversation until they are.
     unaccepted: tuple[str, ...] = ()
+    # A message request (docs/protocol.md, "Message requests and blocking"): a
+    # stranger's chat, or a group a stranger added the user to, not yet accepted.
+    request: bool = False
+    # The peer is blocked: nothing they send is kept and nothing is sent to them.
+    blocked: bool = False
 
     @property
     def send_blocked(self) -> str:

@@ -40,6 +40,13 @@ from app.store.trust import HeldSendRepository, IdentityTrust, TrustEvent, next_
 
 DB_FILE_NAME = "store.db"
 SCHEMA_VERSION = len(MIGRATIONS)
+# The migration that brought contacts and message requests (schema.py, 9).
+CONTACTS_SCHEMA = 9
+GRANDFATHER_CONTACTS = (
+    "INSERT INTO contacts (username, accepted, added_at)"
+    " SELECT peer, 1, last_activity FROM conversations WHERE peer IS NOT NULL"
+    " ON CONFLICT (username) DO NOTHING"
+)
 IMPORT_BATCH = 2000
 IMAGE_PREFIX = ".backup-image-"
 IMAGE_KEY_LENGTH = 32
@@ -102,6 +109,10 @@ class Contact:
     # Verified, then another identity key: nothing is encrypted to the contact until
     # the user accepts it (app/store/trust.py).
     identity_unaccepted: bool = False
+    # A contact proper (docs/protocol.md, "Message requests and blocking"): not a
+    # stranger whose chat is a request. Blocked: what they send is dropped.
+    accepted: bool = False
+    blocked: bool = False
 
     @property
     def trust(self) -> IdentityTrust:
@@ -118,6 +129,9 @@ class Conversation:
     last_activity: int
     unread: int
     timer_seconds: int
+    # A group a non-contact added the user to, not yet accepted (a direct chat's
+    # request state is its peer's, `Contact.accepted`).
+    request: bool = False
 
 
 @dataclass(frozen=True)
@@ -133,6 +147,10 @@ class Message:
     received_at: int | None
     status: str
     expires_at: int | None
+    quote_uuid: str | None = None
+    quote_author: str | None = None
+    quote_text: str | None = field(default=None, repr=False)
+    reactions: str | None = field(default=None, repr=False)  # JSON, schema.py migration 8
 
 
 @dataclass(frozen=True)
@@ -206,7 +224,7 @@ class BackupState:
 
 _MESSAGE_COLUMNS = (
     "id, conversation_id, uuid, sender, outgoing, kind, body, sent_at, received_at,"
-    " status, expires_at"
+    " status, expires_at, quote_uuid, quote_author, quote_text, reactions"
 )
 
 
@@ -223,6 +241,10 @@ def _message(row: tuple[Any, ...]) -> Message:
         received_at=row[8],
         status=row[9],
         expires_at=row[10],
+        quote_uuid=row[11],
+        quote_author=row[12],
+        quote_text=row[13],
+        reactions=row[14],
     )
 
 
@@ -271,12 +293,58 @@ class ContactRepository(_Repository):
 
     _COLUMNS = (
         "SELECT username, display_name, identity_key, verified, identity_changed,"
-        " identity_unaccepted FROM contacts"
+        " identity_unaccepted, accepted, blocked FROM contacts"
     )
 
     @staticmethod
     def _contact(row: Any) -> Contact:
-        return Contact(row[0], row[1], row[2], bool(row[3]), bool(row[4]), bool(row[5]))
+        return Contact(
+            row[0],
+            row[1],
+            row[2],
+            bool(row[3]),
+            bool(row[4]),
+            bool(row[5]),
+            bool(row[6]),
+            bool(row[7]),
+        )
+
+    def accepted(self) -> list[Contact]:
+        """The contacts proper, by name: what the new-chat and group pickers offer."""
+        rows = self._execute(
+            self._COLUMNS + " WHERE accepted = 1 AND blocked = 0 ORDER BY username"
+        ).fetchall()
+        return [self._contact(r) for r in rows]
+
+    def blocked(self) -> list[str]:
+        rows = self._execute(
+            "SELECT username FROM contacts WHERE blocked = 1 ORDER BY username"
+        ).fetchall()
+        return [str(r[0]) for r in rows]
+
+    def is_blocked(self, username: str) -> bool:
+        row = self._execute(
+            "SELECT 1 FROM contacts WHERE username = ? AND blocked = 1", (username,)
+        ).fetchone()
+        return row is not None
+
+    def accept(self, username: str, *, now: int) -> bool:
+        """Makes `username` a contact (a row without a key yet if we hold none);
+        True when they were not one."""
+        before = self.get(username)
+        self._execute(
+            "INSERT INTO contacts (username, accepted, added_at) VALUES (?, 1, ?)"
+            " ON CONFLICT (username) DO UPDATE SET accepted = 1",
+            (username, now),
+        )
+        return before is None or not before.accepted
+
+    def set_blocked(self, username: str, blocked: bool, *, now: int) -> None:
+        self._execute(
+            "INSERT INTO contacts (username, blocked, added_at) VALUES (?, ?, ?)"
+            " ON CONFLICT (username) DO UPDATE SET blocked = excluded.blocked",
+            (username, int(blocked), now),
+        )
 
     def get(self, username: str) -> Contact | None:
         row = self._execute(self._COLUMNS + " WHERE username = ?", (username,)).fetchone()
@@ -467,7 +535,23 @@ class SessionRepository(_Repository):
         self._execute("DELETE FROM restore_notices WHERE username = ?", (username,))
 
 
-_CONVERSATION_COLUMNS = "id, kind, peer, group_id, title, last_activity, unread, timer_seconds"
+_CONVERSATION_COLUMNS = (
+    "id, kind, peer, group_id, title, last_activity, unread, timer_seconds, request"
+)
+
+
+def _conversation(row: tuple[Any, ...]) -> Conversation:
+    return Conversation(
+        id=row[0],
+        kind=row[1],
+        peer=row[2],
+        group_id=row[3],
+        title=row[4],
+        last_activity=row[5],
+        unread=row[6],
+        timer_seconds=row[7],
+        request=bool(row[8]),
+    )
 
 
 class ConversationRepository(_Repository):
@@ -476,7 +560,7 @@ class ConversationRepository(_Repository):
             f"SELECT {_CONVERSATION_COLUMNS} FROM conversations WHERE {where}",  # noqa: S608
             params,
         ).fetchone()
-        return Conversation(*row) if row else None
+        return _conversation(row) if row else None
 
     def get(self, conversation_id: int) -> Conversation | None:
         return self._one("id = ?", (conversation_id,))
@@ -515,7 +599,7 @@ class ConversationRepository(_Repository):
             f"SELECT {_CONVERSATION_COLUMNS} FROM conversations WHERE archived = 0"  # noqa: S608
             " ORDER BY last_activity DESC, id DESC"
         ).fetchall()
-        return [Conversation(*row) for row in rows]
+        return [_conversation(row) for row in rows]
 
     def touch(self, conversation_id: int, at: int, *, unread_delta: int = 0) -> None:
         self._execute(
@@ -535,6 +619,23 @@ class ConversationRepository(_Repository):
     def rename(self, conversation_id: int, title: str) -> None:
         self._execute("UPDATE conversations SET title = ? WHERE id = ?", (title, conversation_id))
 
+    def set_request(self, conversation_id: int, request: bool) -> None:
+        self._execute(
+            "UPDATE conversations SET request = ? WHERE id = ?", (int(request), conversation_id)
+        )
+
+    def delete(self, conversation_id: int) -> list[str]:
+        """Deletes the chat with its messages, attachments and group rows (the
+        foreign keys cascade); returns the attachments' local file names, for the
+        caller to remove."""
+        rows = self._execute(
+            "SELECT a.local_path FROM attachments a JOIN messages m ON m.id = a.message_id"
+            " WHERE m.conversation_id = ? AND a.local_path IS NOT NULL",
+            (conversation_id,),
+        ).fetchall()
+        self._execute("DELETE FROM conversations WHERE id = ?", (conversation_id,))
+        return [str(r[0]) for r in rows]
+
 
 class MessageRepository(_Repository):
     def add(
@@ -550,10 +651,14 @@ class MessageRepository(_Repository):
         kind: str = "text",
         received_at: int | None = None,
         expires_at: int | None = None,
+        quote: tuple[str, str, str] | None = None,
     ) -> Message:
+        """`quote`: (message uuid, author, snippet) of the message this one answers."""
+        quote_uuid, quote_author, quote_text = quote if quote is not None else (None, None, None)
         cursor = self._execute(
             "INSERT INTO messages (conversation_id, uuid, sender, outgoing, kind, body, sent_at,"
-            " received_at, status, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " received_at, status, expires_at, quote_uuid, quote_author, quote_text)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 conversation_id,
                 uuid,
@@ -565,6 +670,9 @@ class MessageRepository(_Repository):
                 received_at,
                 status,
                 expires_at,
+                quote_uuid,
+                quote_author,
+                quote_text,
             ),
         )
         message_id = cursor.lastrowid
@@ -581,6 +689,9 @@ class MessageRepository(_Repository):
             received_at,
             status,
             expires_at,
+            quote_uuid,
+            quote_author,
+            quote_text,
         )
 
     def add_many(self, rows: Iterable[tuple[int, str, str, bool, str, int, str]]) -> None:
@@ -706,6 +817,9 @@ class MessageRepository(_Repository):
 
     def set_expiry(self, message_id: int, expires_at: int) -> None:
         self._execute("UPDATE messages SET expires_at = ? WHERE id = ?", (expires_at, message_id))
+
+    def set_reactions(self, message_id: int, reactions: str | None) -> None:
+        self._execute("UPDATE messages SET reactions = ? WHERE id = ?", (reactions, message_id))
 
 
 class AttachmentRepository(_Repository):
@@ -1544,6 +1658,7 @@ class Store:
         }
         imported = dict.fromkeys(BACKUP_TABLES, 0)
         expected: dict[str, int] | None = None
+        backup_schema = SCHEMA_VERSION
         # Consecutive rows of one table share one executemany: restoring a million
         # messages is then bound by SQLite and the FTS triggers, not by Python.
         batch: list[tuple[Any, ...]] = []
@@ -1579,6 +1694,7 @@ class Store:
                     schema = meta.get("schema")
                     if not isinstance(schema, int) or schema > SCHEMA_VERSION:
                         raise StoreError("the backup was made by a newer Cipherline")
+                    backup_schema = schema
                     counts = meta.get("counts")
                     if not isinstance(counts, dict):
                         raise StoreError("the backup's table of contents is malformed")
@@ -1611,6 +1727,11 @@ class Store:
                     )
             if not self.execute("SELECT 1 FROM backup_state").fetchone():
                 self.execute("INSERT INTO backup_state (id) VALUES (1)")
+            if backup_schema < CONTACTS_SCHEMA:
+                # Made before message requests: its people were contacts then and
+                # stay so, as the migration does for a store (app/store/schema.py).
+                self.execute("UPDATE contacts SET accepted = 1")
+                self.execute(GRANDFATHER_CONTACTS)
             if fts_trigger:
                 self.execute("INSERT INTO messages_fts (messages_fts) VALUES ('rebuild')")
                 self.execute(fts_trigger[0])

@@ -229,4 +229,32 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (recipient, device_id)
     ) WITHOUT ROWID;
     """,
+    # 8: message actions (issue #24; docs/protocol.md §5, types 9 and 10).
+    # messages.quote_*: the message a reply answers (its id and author) and the
+    #   snippet the reply carried, shown even when the original is gone here.
+    # messages.reactions: JSON {username: [emoji, sent_at ms]}, "" for a reaction
+    #   taken back (its time still orders later ones). On the row, not in a table
+    #   of its own, so a page of bubbles is read with the one query that reads it.
+    """
+    ALTER TABLE messages ADD COLUMN quote_uuid TEXT;
+    ALTER TABLE messages ADD COLUMN quote_author TEXT;
+    ALTER TABLE messages ADD COLUMN quote_text TEXT;
+    ALTER TABLE messages ADD COLUMN reactions TEXT;
+    """,
+    # 9: contacts, message requests and blocking (issue #24; docs/protocol.md,
+    # "Message requests and blocking"). All of it local: the relay is never told.
+    # contacts.accepted: 1 for a contact (someone the user wrote to, started a chat
+    #   or a group with, or accepted); a direct chat with anyone else is a request.
+    #   Everyone known before this migration is grandfathered in as a contact.
+    # contacts.blocked: 1 while blocked: what they send is dropped on arrival.
+    # conversations.request: 1 for a group a non-contact added the user to, until
+    #   the user accepts it (or speaks in it).
+    """
+    ALTER TABLE contacts ADD COLUMN accepted INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE contacts ADD COLUMN blocked INTEGER NOT NULL DEFAULT 0;
+    UPDATE contacts SET accepted = 1;
+    INSERT OR IGNORE INTO contacts (username, accepted, added_at)
+        SELECT peer, 1, last_activity FROM conversations WHERE peer IS NOT NULL;
+    ALTER TABLE conversations ADD COLUMN request INTEGER NOT NULL DEFAULT 0;
+    """,
 ]

@@ -41,6 +41,8 @@ class ClientBridge(QObject):
     identity_changed = Signal(str)
     error = Signal(str)
     devices_listed = Signal(list)
+    contacts_listed = Signal(list)  # usernames
+    blocked_listed = Signal(list)  # usernames
 
     _event_arrived = Signal(object)
     _call_finished = Signal(object, object)  # callback, result
@@ -108,8 +110,12 @@ class ClientBridge(QObject):
             lambda older: self.older_loaded.emit(conversation_id, older),
         )
 
-    def send_text(self, conversation_id: int, text: str) -> None:
-        self._when_done(self.client.send_text(conversation_id, text), self._ignore)
+    def send_text(self, conversation_id: int, text: str, reply_to: int | None = None) -> None:
+        self._when_done(self.client.send_text(conversation_id, text, reply_to), self._ignore)
+
+    @Slot(int, str)
+    def react(self, message_id: int, emoji: str) -> None:
+        self._when_done(self.client.react(message_id, emoji), self._ignore)
 
     def send_file(self, conversation_id: int, path: Path) -> None:
         self._when_done(self.client.send_file(conversation_id, path), self._ignore)
@@ -164,6 +170,28 @@ class ClientBridge(QObject):
 
     def set_timer(self, conversation_id: int, seconds: int) -> None:
         self._when_done(self.client.set_timer(conversation_id, seconds), self._ignore)
+
+    # ---- contacts, message requests, blocking -------------------------------------
+    def list_contacts(self) -> None:
+        self._when_done(self.client.contacts(), self.contacts_listed.emit)
+
+    def list_blocked(self) -> None:
+        self._when_done(self.client.blocked_contacts(), self.blocked_listed.emit)
+
+    def accept_request(self, conversation_id: int) -> None:
+        self._when_done(self.client.accept_request(conversation_id), self._ignore)
+
+    def block_request(self, conversation_id: int) -> None:
+        self._when_done(self.client.block_request(conversation_id), self._ignore)
+
+    def delete_conversation(self, conversation_id: int) -> None:
+        self._when_done(self.client.delete_conversation(conversation_id), self._ignore)
+
+    def set_blocked(self, username: str, blocked: bool) -> None:
+        """Blocks or unblocks; the lists of blocked people and the chats follow."""
+        self._when_done(
+            self.client.set_blocked(username, blocked), lambda _result: self.list_blocked()
+        )
 
     # ---- devices and the app lock -------------------------------------------------
     def list_devices(self) -> None:

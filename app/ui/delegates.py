@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import datetime as dt
 import zlib
+from dataclasses import dataclass
 
 from PySide6.QtCore import QModelIndex, QPersistentModelIndex, QRect, QRectF, QSize, Qt
-from PySide6.QtGui import QColor, QFont, QFontMetrics, QPainter, QPalette
+from PySide6.QtGui import QColor, QFont, QFontMetrics, QPainter, QPalette, QPen
 from PySide6.QtWidgets import QStyle, QStyledItemDelegate, QStyleOptionViewItem
 
 from app.services.views import ConversationView, MessageStatus, MessageView
@@ -29,11 +30,15 @@ STATUS_MARKS = {
     MessageStatus.SENDING: "◷",
     MessageStatus.SENT: "✓",
     MessageStatus.DELIVERED: "✓✓",
-    MessageStatus.READ: "✓✓",
+    # Heavy checks in their own colour (READ_INK): told apart from "delivered" by
+    # shape as well as colour, for those who do not see the difference in hue.
+    MessageStatus.READ: "✔✔",
     MessageStatus.FAILED: "⚠ Not sent — click to retry",
     MessageStatus.RECEIVED: "",
 }
+# What the marks say to a screen reader: models.STATUS_WORDS.
 ACCENT = QColor("#2c6bed")
+READ_INK = QColor("#9be7ff")
 
 
 def _is_dark(palette: QPalette) -> bool:
@@ -133,6 +138,10 @@ class ConversationDelegate(QStyledItemDelegate):
         preview = view.last_text.replace("\n", " ")
         if view.identity_changed:
             preview = "⚠ Safety number changed"
+        elif view.blocked:
+            preview = "Blocked"
+        elif view.request:
+            preview = f"Message request · {preview}" if preview else "Message request"
         painter.drawText(
             preview_rect,
             int(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter),
@@ -143,19 +152,43 @@ class ConversationDelegate(QStyledItemDelegate):
         painter.restore()
 
 
+@dataclass(frozen=True)
+class BubbleLayout:
+    """Where a bubble's parts go in its row: one computation for painting, sizing
+    and telling what a click hit."""
+
+    day: bool
+    bubble: QRectF
+    sender_height: int
+    quote: QRect | None  # the quoted message's box, clickable
+    text: QRect
+    footer: QRect
+    reactions: QRectF | None  # the pill under the bubble
+    height: int
+
+
+def reactions_text(view: MessageView) -> str:
+    return "  ".join(f"{emoji} {count}" if count > 1 else emoji for emoji, count in view.reactions)
+
+
 class MessageDelegate(QStyledItemDelegate):
     """Bubbles: outgoing right in the accent colour, incoming left; a day header
-    above the first message of each day; time and delivery marks under the text."""
+    above the first message of each day; a reply's quote over its text; time and
+    delivery marks under the text; reactions in a pill under the bubble."""
 
     MARGIN = 8
     PADDING = 10
     DAY_HEIGHT = 34
     MAX_FRACTION = 0.68
+    QUOTE_LINES = 2
+    REACTION_HEIGHT = 24
 
-    def __init__(self, model: MessageListModel, *, group: bool = False) -> None:
+    def __init__(self, model: MessageListModel, *, group: bool = False, own_name: str = "") -> None:
         super().__init__()
         self._model = model
         self.group = group
+        # A quote of the user's own message says "You", as Signal's do.
+        self.own_name = own_name
 
     def _needs_day_header(self, index: ModelIndex, view: MessageView) -> bool:
         previous = self._model.previous_of(index.row())
@@ -193,19 +226,67 @@ class MessageDelegate(QStyledItemDelegate):
         flags = int(Qt.TextFlag.TextWordWrap | Qt.TextFlag.TextWrapAnywhere)
         return metrics.boundingRect(QRect(0, 0, width, 100_000), flags, text)
 
-    def sizeHint(self, option: QStyleOptionViewItem, index: ModelIndex) -> QSize:
+    def layout(self, option: QStyleOptionViewItem, index: ModelIndex) -> BubbleLayout | None:
         view = index.data(VIEW_ROLE)
         if not isinstance(view, MessageView):
-            return QSize(0, 0)
+            return None
+        rect: QRect = option.rect
         metrics = QFontMetrics(option.font)
+        day = self._needs_day_header(index, view)
+        top = rect.top() + (self.DAY_HEIGHT if day else 0)
         inner = self._bubble_width(option) - 2 * self.PADDING
-        text_height = self._text_rect(metrics, self._text(view), inner).height()
-        height = text_height + metrics.height() + 2 * self.PADDING + self.MARGIN
-        if self._show_sender(view):
-            height += metrics.height()
-        if self._needs_day_header(index, view):
-            height += self.DAY_HEIGHT
-        return QSize(option.rect.width(), height)
+        text_rect = self._text_rect(metrics, self._text(view), inner)
+        sender_height = metrics.height() if self._show_sender(view) else 0
+        content_width = max(
+            text_rect.width(),
+            metrics.horizontalAdvance(self.footer(view)),
+            metrics.horizontalAdvance(view.sender) if sender_height else 0,
+        )
+        quote_height = 0
+        if view.quote is not None:
+            quote_height = metrics.height() * (1 + self.QUOTE_LINES) + 8
+            content_width = max(content_width, min(inner, 180))
+        bubble_width = content_width + 2 * self.PADDING
+        bubble_height = (
+            text_rect.height() + metrics.height() + sender_height + quote_height + 2 * self.PADDING
+        )
+        if view.system:
+            left = rect.center().x() - bubble_width / 2
+        elif view.outgoing:
+            left = rect.right() - bubble_width - 12
+        else:
+            left = rect.left() + 12
+        bubble = QRectF(left, top + 2, bubble_width, bubble_height)
+        x = int(bubble.left()) + self.PADDING
+        y = int(bubble.top()) + self.PADDING + sender_height
+        quote = None
+        if view.quote is not None:
+            quote = QRect(x, y, content_width, quote_height - 6)
+            y += quote_height
+        text = QRect(x, y, inner, text_rect.height())
+        y += text_rect.height()
+        footer = QRect(x, y, content_width, metrics.height())
+        height = int(bubble.bottom()) - rect.top() + self.MARGIN
+        reactions = None
+        if view.reactions:
+            width = metrics.horizontalAdvance(reactions_text(view)) + 20
+            pill_left = bubble.right() - width - 6 if view.outgoing else bubble.left() + 6
+            reactions = QRectF(pill_left, bubble.bottom() - 4, width, self.REACTION_HEIGHT)
+            height += self.REACTION_HEIGHT - 4
+        return BubbleLayout(
+            day, bubble, sender_height, quote, text, footer, reactions, max(height, 0)
+        )
+
+    def quote_at(self, option: QStyleOptionViewItem, index: ModelIndex, x: int, y: int) -> bool:
+        """Whether (x, y) in the view falls on the row's quote."""
+        layout = self.layout(option, index)
+        return layout is not None and layout.quote is not None and layout.quote.contains(x, y)
+
+    def sizeHint(self, option: QStyleOptionViewItem, index: ModelIndex) -> QSize:
+        layout = self.layout(option, index)
+        if layout is None:
+            return QSize(0, 0)
+        return QSize(option.rect.width(), layout.height)
 
     def paint(self, painter: QPainter, option: QStyleOptionViewItem, index: ModelIndex) -> None:
         view = index.data(VIEW_ROLE)
@@ -217,37 +298,21 @@ class MessageDelegate(QStyledItemDelegate):
         rect: QRect = option.rect
         font: QFont = option.font
         metrics = QFontMetrics(font)
-        top = rect.top()
         if self._needs_day_header(index, view):
             label = format_day(view.sent_at_ms)
             width = metrics.horizontalAdvance(label) + 24
-            pill = QRectF(rect.center().x() - width / 2, top + 6, width, 22)
+            pill = QRectF(rect.center().x() - width / 2, rect.top() + 6, width, 22)
             painter.setPen(Qt.PenStyle.NoPen)
             painter.setBrush(palette.color(QPalette.ColorRole.AlternateBase))
             painter.drawRoundedRect(pill, 11, 11)
             painter.setPen(palette.color(QPalette.ColorRole.PlaceholderText))
             painter.drawText(pill, Qt.AlignmentFlag.AlignCenter, label)
-            top += self.DAY_HEIGHT
 
+        layout = self.layout(option, index)
+        assert layout is not None
         text = self._text(view)
-        inner = self._bubble_width(option) - 2 * self.PADDING
-        text_rect = self._text_rect(metrics, text, inner)
         footer = self.footer(view)
-        sender_height = metrics.height() if self._show_sender(view) else 0
-        content_width = max(
-            text_rect.width(),
-            metrics.horizontalAdvance(footer),
-            metrics.horizontalAdvance(view.sender) if sender_height else 0,
-        )
-        bubble_width = content_width + 2 * self.PADDING
-        bubble_height = text_rect.height() + metrics.height() + sender_height + 2 * self.PADDING
-        if view.system:
-            left = rect.center().x() - bubble_width / 2
-        elif view.outgoing:
-            left = rect.right() - bubble_width - 12
-        else:
-            left = rect.left() + 12
-        bubble = QRectF(left, top + 2, bubble_width, bubble_height)
+        bubble = layout.bubble
         dark = _is_dark(palette)
         if view.system:
             fill, ink = (
@@ -265,31 +330,95 @@ class MessageDelegate(QStyledItemDelegate):
         painter.setPen(Qt.PenStyle.NoPen)
         painter.setBrush(fill)
         painter.drawRoundedRect(bubble, 14, 14)
-        x = int(bubble.left()) + self.PADDING
-        y = int(bubble.top()) + self.PADDING
-        if sender_height:
+        x = layout.text.left()
+        content_width = layout.footer.width()
+        if layout.sender_height:
             sender_font = QFont(font)
             sender_font.setBold(True)
             painter.setFont(sender_font)
             painter.setPen(sender_color(view.sender, dark=dark))
-            painter.drawText(QRect(x, y, content_width, sender_height), 0, view.sender)
-            y += sender_height
+            painter.drawText(
+                QRect(x, int(bubble.top()) + self.PADDING, content_width, layout.sender_height),
+                0,
+                view.sender,
+            )
             painter.setFont(font)
+        if layout.quote is not None and view.quote is not None:
+            self._paint_quote(painter, layout.quote, view, font, ink, dark=dark)
         painter.setPen(ink)
         flags = int(Qt.TextFlag.TextWordWrap | Qt.TextFlag.TextWrapAnywhere)
-        painter.drawText(QRect(x, y, inner, text_rect.height()), flags, text)
-        y += text_rect.height()
+        painter.drawText(layout.text, flags, text)
         footer_color = QColor(ink)
         footer_color.setAlpha(170)
-        if view.outgoing and view.status == MessageStatus.READ:
-            footer_color = QColor("#b8e0ff")
-        painter.setPen(footer_color)
         small = QFont(font)
         small.setPointSizeF(font.pointSizeF() * 0.85)
+        if view.outgoing and view.status == MessageStatus.READ:
+            footer_color = READ_INK
+            small.setBold(True)
+        painter.setPen(footer_color)
         painter.setFont(small)
         painter.drawText(
-            QRect(x, y, content_width, metrics.height()),
+            layout.footer,
             int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter),
             footer,
         )
+        if layout.reactions is not None:
+            painter.setFont(font)
+            painter.setPen(QPen(palette.color(QPalette.ColorRole.Base), 2))
+            painter.setBrush(QColor("#4a4a4c") if dark else QColor("#f4f4f6"))
+            painter.drawRoundedRect(layout.reactions, 11, 11)
+            painter.setPen(palette.color(QPalette.ColorRole.Text))
+            painter.drawText(layout.reactions, Qt.AlignmentFlag.AlignCenter, reactions_text(view))
         painter.restore()
+
+    def _paint_quote(
+        self,
+        painter: QPainter,
+        box: QRect,
+        view: MessageView,
+        font: QFont,
+        ink: QColor,
+        *,
+        dark: bool,
+    ) -> None:
+        """The quoted message: a tinted box with a bar in its author's colour, the
+        author, and up to QUOTE_LINES lines of the snippet."""
+        assert view.quote is not None
+        quote = view.quote
+        tint = QColor(0, 0, 0, 40) if view.outgoing or not dark else QColor(255, 255, 255, 30)
+        painter.setPen(Qt.PenStyle.NoPen)
+        painter.setBrush(tint)
+        painter.drawRoundedRect(QRectF(box), 6, 6)
+        author = "You" if quote.author == self.own_name else quote.author
+        bar = QColor("white") if view.outgoing else sender_color(quote.author, dark=dark)
+        painter.setBrush(bar)
+        painter.drawRect(QRectF(box.left(), box.top(), 3, box.height()))
+        metrics = QFontMetrics(font)
+        inner = box.adjusted(10, 3, -6, -3)
+        bold = QFont(font)
+        bold.setBold(True)
+        painter.setFont(bold)
+        painter.setPen(ink)
+        painter.drawText(
+            QRect(inner.left(), inner.top(), inner.width(), metrics.height()), 0, author
+        )
+        painter.setFont(font)
+        snippet = quote.snippet.replace("\n", " ") or "Original message not found"
+        # Elided to QUOTE_LINES lines: as much of the start as fits, then "…".
+        limit = inner.width() * self.QUOTE_LINES - metrics.horizontalAdvance("…") * 2
+        elided = metrics.elidedText(snippet, Qt.TextElideMode.ElideRight, max(limit, 10))
+        faded = QColor(ink)
+        faded.setAlpha(210)
+        painter.setPen(faded)
+        # Whole words (a third line, if the elision left one, is clipped by the box).
+        flags = int(Qt.TextFlag.TextWordWrap)
+        painter.drawText(
+            QRect(
+                inner.left(),
+                inner.top() + metrics.height(),
+                inner.width(),
+                metrics.height() * self.QUOTE_LINES,
+            ),
+            flags,
+            elided,
+        )

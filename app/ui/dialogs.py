@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from html import escape
 from pathlib import Path
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import QStringListModel, Qt, Signal
 from PySide6.QtWidgets import (
     QButtonGroup,
+    QCompleter,
     QDialog,
     QDialogButtonBox,
     QFormLayout,
@@ -18,6 +19,7 @@ from PySide6.QtWidgets import (
     QLabel,
     QLineEdit,
     QListWidget,
+    QListWidgetItem,
     QPushButton,
     QRadioButton,
     QStackedWidget,
@@ -468,63 +470,231 @@ class KeyringLostDialog(QDialog):
 
 
 class NewChatDialog(QDialog):
+    """The contact picker: the contacts, filtered as you type; a typed username
+    that is no contact is offered as a new chat (the relay then checks it exists,
+    by serving its keys). Non-blocking: `chosen` carries the pick."""
+
+    chosen = Signal(str)
+
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setWindowTitle("New chat")
+        self.setMinimumWidth(380)
+        self._contacts: list[str] = []
         layout = QVBoxLayout(self)
-        layout.addWidget(QLabel("Start a chat with"))
-        self.username_edit = QLineEdit()
-        self.username_edit.setPlaceholderText("username")
-        layout.addWidget(self.username_edit)
-        buttons = QDialogButtonBox(
-            QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel
-        )
+        self.search_edit = QLineEdit()
+        self.search_edit.setPlaceholderText("Search contacts or type a username")
+        self.search_edit.setAccessibleName("Search contacts or type a username")
+        self.search_edit.setClearButtonEnabled(True)
+        layout.addWidget(self.search_edit)
+        self.contact_list = QListWidget()
+        self.contact_list.setAccessibleName("Contacts")
+        layout.addWidget(self.contact_list, 1)
+        self.hint = QLabel()
+        self.hint.setWordWrap(True)
+        self.hint.setStyleSheet(NOTE_STYLE)
+        layout.addWidget(self.hint)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Cancel)
+        self.start_button = buttons.addButton("Start chat", QDialogButtonBox.ButtonRole.AcceptRole)
         buttons.accepted.connect(self.accept)
         buttons.rejected.connect(self.reject)
         layout.addWidget(buttons)
+        self.search_edit.textChanged.connect(self._refilter)
+        self.search_edit.returnPressed.connect(self.accept)
+        self.contact_list.currentRowChanged.connect(lambda _row: self._update_start())
+        self.contact_list.itemDoubleClicked.connect(lambda _item: self.accept())
+        self._refilter()
+
+    def set_contacts(self, contacts: list[str]) -> None:
+        self._contacts = list(contacts)
+        self._refilter()
+
+    def visible_names(self) -> list[str]:
+        """The usernames the list offers now, in order (a new one last)."""
+        return [
+            str(self.contact_list.item(row).data(Qt.ItemDataRole.UserRole))
+            for row in range(self.contact_list.count())
+        ]
+
+    def _refilter(self) -> None:
+        typed = self.search_edit.text().strip().lower()
+        self.contact_list.clear()
+        for name in (name for name in self._contacts if typed in name):
+            item = QListWidgetItem(name)
+            item.setData(Qt.ItemDataRole.UserRole, name)
+            self.contact_list.addItem(item)
+        # After the contacts (as Signal's "find by username"), so Enter on a
+        # partly typed name picks the contact rather than a stranger's name.
+        if typed and typed not in self._contacts and USERNAME_PATTERN.match(typed):
+            item = QListWidgetItem(f"New chat with “{typed}”")
+            item.setData(Qt.ItemDataRole.UserRole, typed)
+            self.contact_list.addItem(item)
+        if self.contact_list.count():
+            self.contact_list.setCurrentRow(0)
+        if not self._contacts and not typed:
+            self.hint.setText("No contacts yet: type the username of the person to write to.")
+        elif typed and not self.contact_list.count():
+            self.hint.setText(username_hint(typed)[0])
+        else:
+            self.hint.setText("")
+        self._update_start()
+
+    def _update_start(self) -> None:
+        self.start_button.setEnabled(self.contact_list.currentItem() is not None)
 
     def username(self) -> str:
-        return self.username_edit.text().strip()
+        item = self.contact_list.currentItem()
+        return "" if item is None else str(item.data(Qt.ItemDataRole.UserRole))
+
+    def accept(self) -> None:
+        name = self.username()
+        if not name:
+            return
+        super().accept()
+        self.chosen.emit(name)
 
 
 class NewGroupDialog(QDialog):
+    """A group's name and its members: contacts ticked in a list (filtered as you
+    type), plus anyone added by username. Non-blocking: `chosen` carries the
+    title and the members."""
+
+    chosen = Signal(str, list)
+
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setWindowTitle("New group")
-        form = QFormLayout(self)
+        self.setMinimumWidth(400)
+        layout = QVBoxLayout(self)
+        form = QFormLayout()
         self.title_edit = QLineEdit()
-        self.members_edit = QLineEdit()
-        self.members_edit.setPlaceholderText("usernames, separated by commas")
         form.addRow("Group name", self.title_edit)
-        form.addRow("Members", self.members_edit)
-        buttons = QDialogButtonBox(
-            QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel
-        )
+        layout.addLayout(form)
+        self.filter_edit = QLineEdit()
+        self.filter_edit.setPlaceholderText("Search contacts")
+        self.filter_edit.setAccessibleName("Search contacts")
+        self.filter_edit.setClearButtonEnabled(True)
+        layout.addWidget(self.filter_edit)
+        self.member_list = QListWidget()
+        self.member_list.setAccessibleName("Members: tick the contacts to add")
+        layout.addWidget(self.member_list, 1)
+        row = QHBoxLayout()
+        self.add_edit = QLineEdit()
+        self.add_edit.setPlaceholderText("Add someone by username")
+        self.add_edit.setAccessibleName("Add someone by username")
+        self.add_button = QPushButton("Add")
+        row.addWidget(self.add_edit, 1)
+        row.addWidget(self.add_button)
+        layout.addLayout(row)
+        self.error_label = QLabel()
+        self.error_label.setStyleSheet(ERROR_STYLE)
+        self.error_label.setWordWrap(True)
+        layout.addWidget(self.error_label)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Cancel)
+        self.create_button = buttons.addButton("Create", QDialogButtonBox.ButtonRole.AcceptRole)
         buttons.accepted.connect(self.accept)
         buttons.rejected.connect(self.reject)
-        form.addRow(buttons)
+        layout.addWidget(buttons)
+        self.filter_edit.textChanged.connect(self._refilter)
+        self.add_button.clicked.connect(self._add_typed)
+        self.add_edit.returnPressed.connect(self._add_typed)
+
+    def set_contacts(self, contacts: list[str]) -> None:
+        ticked = set(self.members())
+        for name in contacts:
+            if self._item(name) is None:
+                self._add_item(name, checked=name in ticked)
+        self._refilter()
+
+    def _item(self, name: str) -> QListWidgetItem | None:
+        for row in range(self.member_list.count()):
+            item = self.member_list.item(row)
+            if item.text() == name:
+                return item
+        return None
+
+    def _add_item(self, name: str, *, checked: bool) -> None:
+        item = QListWidgetItem(name)
+        item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+        item.setCheckState(Qt.CheckState.Checked if checked else Qt.CheckState.Unchecked)
+        self.member_list.addItem(item)
+
+    def _refilter(self) -> None:
+        typed = self.filter_edit.text().strip().lower()
+        for row in range(self.member_list.count()):
+            item = self.member_list.item(row)
+            # A ticked member stays in sight whatever the filter.
+            checked = item.checkState() == Qt.CheckState.Checked
+            item.setHidden(bool(typed) and typed not in item.text() and not checked)
+
+    def _add_typed(self) -> None:
+        name = self.add_edit.text().strip().lower()
+        if not name:
+            return
+        hint, problem = username_hint(name)
+        if problem:
+            self.error_label.setText(hint)
+            return
+        self.error_label.clear()
+        existing = self._item(name)
+        if existing is not None:
+            existing.setCheckState(Qt.CheckState.Checked)
+        else:
+            self._add_item(name, checked=True)
+        self.add_edit.clear()
+        self._refilter()
 
     def title(self) -> str:
         return self.title_edit.text().strip()
 
     def members(self) -> list[str]:
-        return [name.strip() for name in self.members_edit.text().split(",") if name.strip()]
+        return [
+            self.member_list.item(row).text()
+            for row in range(self.member_list.count())
+            if self.member_list.item(row).checkState() == Qt.CheckState.Checked
+        ]
+
+    def accept(self) -> None:
+        if self.add_edit.text().strip():
+            self._add_typed()  # typed but not yet added: meant to be in
+        if not self.title():
+            self.error_label.setText("Name the group.")
+            return
+        if not self.members():
+            self.error_label.setText("Tick at least one contact, or add someone by username.")
+            return
+        super().accept()
+        self.chosen.emit(self.title(), self.members())
 
 
 class GroupMembersDialog(QDialog):
     add_requested = Signal(str)
     remove_requested = Signal(str)
 
-    def __init__(self, title: str, members: list[str], parent: QWidget | None = None) -> None:
+    def __init__(
+        self,
+        title: str,
+        members: list[str],
+        parent: QWidget | None = None,
+        contacts: list[str] | None = None,
+    ) -> None:
         super().__init__(parent)
         self.setWindowTitle(f"Members of {title}")
         layout = QVBoxLayout(self)
         self.members = QListWidget()
+        self.members.setAccessibleName("Members")
         self.members.addItems(members)
         layout.addWidget(self.members)
         row = QHBoxLayout()
         self.add_edit = QLineEdit()
-        self.add_edit.setPlaceholderText("username")
+        self.add_edit.setPlaceholderText("contact or username")
+        self.add_edit.setAccessibleName("Add a member: a contact or a username")
+        self._completions = QStringListModel(self)
+        completer = QCompleter(self._completions, self)
+        completer.setCaseSensitivity(Qt.CaseSensitivity.CaseInsensitive)
+        completer.setFilterMode(Qt.MatchFlag.MatchContains)
+        self.add_edit.setCompleter(completer)
+        self.set_contacts(contacts or [])
         add_button = QPushButton("Add")
         remove_button = QPushButton("Remove selected")
         row.addWidget(self.add_edit)
@@ -532,10 +702,16 @@ class GroupMembersDialog(QDialog):
         row.addWidget(remove_button)
         layout.addLayout(row)
         add_button.clicked.connect(self._add)
+        self.add_edit.returnPressed.connect(self._add)
         remove_button.clicked.connect(self._remove)
 
+    def set_contacts(self, contacts: list[str]) -> None:
+        """Contacts not yet in the group, offered as the add field completes."""
+        present = {self.members.item(row).text() for row in range(self.members.count())}
+        self._completions.setStringList([name for name in contacts if name not in present])
+
     def _add(self) -> None:
-        name = self.add_edit.text().strip()
+        name = self.add_edit.text().strip().lower()
         if name:
             self.add_requested.emit(name)
             self.members.addItem(name)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QEvent, QModelIndex, Qt, QTimer, Signal
+from PySide6.QtCore import QEvent, QModelIndex, QPoint, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -39,7 +39,9 @@ from app.services.views import (
 from app.ui.bridge import ClientBridge
 from app.ui.delegates import ConversationDelegate, MessageDelegate
 from app.ui.dialogs import GroupMembersDialog, NewChatDialog, NewGroupDialog
+from app.ui.message_actions import MessageListView, MessageMenu, ReplyBar
 from app.ui.models import ConversationListModel, MessageListModel, SearchResultModel
+from app.ui.requests import ChatMenuButton, RequestBar
 from app.ui.safety import SafetyNumberDialog
 from app.ui.settings import SettingsDialog
 from app.ui.widgets import Banner, Composer, ErrorBar, LockScreen
@@ -259,21 +261,28 @@ class MainWindow(QMainWindow):
         self.details_button = QPushButton("Details")
         self.details_button.setToolTip("Safety number, or the group's members")
         header_layout.addWidget(self.details_button)
+        self.chat_menu_button = ChatMenuButton()
+        header_layout.addWidget(self.chat_menu_button)
         layout.addWidget(header)
 
         self.banner = Banner()
         layout.addWidget(self.banner)
 
-        self.message_view = QListView()
+        self.message_view = MessageListView()
         self.message_view.setAccessibleName("Messages")
         self.message_view.setModel(self.messages)
-        self.message_delegate = MessageDelegate(self.messages)
+        self.message_delegate = MessageDelegate(
+            self.messages, own_name=self.bridge.client.messenger.username
+        )
         self.message_view.setItemDelegate(self.message_delegate)
         self.message_view.setVerticalScrollMode(QAbstractItemView.ScrollMode.ScrollPerPixel)
         self.message_view.setSelectionMode(QAbstractItemView.SelectionMode.NoSelection)
         self.message_view.setResizeMode(QListView.ResizeMode.Adjust)
         self.message_view.setFrameShape(QListView.Shape.NoFrame)
         layout.addWidget(self.message_view, 1)
+        self.reply_bar = ReplyBar()
+        layout.addWidget(self.reply_bar)
+        self.message_menu: MessageMenu | None = None
 
         composer_row = QHBoxLayout()
         composer_row.setContentsMargins(8, 8, 8, 8)
@@ -284,6 +293,15 @@ class MainWindow(QMainWindow):
         composer_row.addWidget(self.composer, 1)
         composer_row.addWidget(self.send_button)
         layout.addLayout(composer_row)
+        # In the composer's place while the chat is a request or the peer blocked.
+        self.request_bar = RequestBar()
+        layout.addWidget(self.request_bar)
+        self.request_bar.accept_clicked.connect(self._accept_request)
+        self.request_bar.block_clicked.connect(self._block_request)
+        self.request_bar.delete_clicked.connect(self._delete_chat)
+        self.request_bar.unblock_clicked.connect(lambda: self._set_peer_blocked(False))
+        self.chat_menu_button.block_toggled.connect(self._set_peer_blocked)
+        self.chat_menu_button.delete_requested.connect(self._delete_chat)
         self.chat_stack.addWidget(chat)
 
         self.composer.send_requested.connect(self._send_text)
@@ -296,6 +314,10 @@ class MainWindow(QMainWindow):
         self.banner.dismissed.connect(self._dismiss_banner)
         self.message_view.verticalScrollBar().valueChanged.connect(self._scrolled)
         self.message_view.clicked.connect(self._message_clicked)
+        self.message_view.quote_clicked.connect(self._quote_clicked)
+        self.message_view.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+        self.message_view.customContextMenuRequested.connect(self._message_context_menu)
+        self.reply_bar.cancelled.connect(self.composer.setFocus)
         self.messages.older_requested.connect(self.bridge.load_older)
         # Disappearing messages show their time left; repaint it every second.
         self._countdown = QTimer(self)
@@ -328,10 +350,16 @@ class MainWindow(QMainWindow):
                 if current is not None:
                     self._current = current
                     self._update_header(current)
+            else:
+                # Deleted (or left): nothing to show in its place.
+                self._current = None
+                self.chat_stack.setCurrentIndex(0)
 
     def _conversation_opened(
         self, conversation: ConversationView, messages: list[MessageView], focus: int
     ) -> None:
+        if self._current is None or self._current.conversation_id != conversation.conversation_id:
+            self.reply_bar.take()  # a reply belongs to the chat it was started in
         self._current = conversation
         self.chat_stack.setCurrentIndex(1)
         self.message_delegate.group = conversation.kind == ConversationKind.GROUP
@@ -436,6 +464,10 @@ class MainWindow(QMainWindow):
         self.composer.set_blocked(blocked)
         self.send_button.setEnabled(not blocked)
         self.attach_button.setEnabled(not blocked)
+        self.chat_menu_button.show_for(conversation)
+        gated = self.request_bar.show_for(conversation)
+        for widget in (self.attach_button, self.composer, self.send_button):
+            widget.setVisible(not gated)
         self._banner_peer = conversation.unaccepted[0] if conversation.unaccepted else None
         if self._banner_peer is not None:
             group = conversation.kind == ConversationKind.GROUP
@@ -479,7 +511,37 @@ class MainWindow(QMainWindow):
 
     def _send_text(self, text: str) -> None:
         if self._current is not None:
-            self.bridge.send_text(self._current.conversation_id, text)
+            self.bridge.send_text(self._current.conversation_id, text, self.reply_bar.take())
+
+    def _message_context_menu(self, point: QPoint) -> None:
+        """Right-click on a bubble: Reply, React (issue #24)."""
+        index = self.message_view.indexAt(point)
+        message = self.messages.message_at(index.row()) if index.isValid() else None
+        if message is None or message.system or self._current is None:
+            return
+        menu = MessageMenu(message, self)
+        menu.reply_requested.connect(self.start_reply)
+        menu.react_requested.connect(self.bridge.react)
+        self.message_menu = menu  # kept so tests (and screen readers) can reach it
+        menu.popup(self.message_view.viewport().mapToGlobal(point))
+
+    def start_reply(self, message: MessageView) -> None:
+        self.reply_bar.reply_to(message)
+        self.composer.setFocus()
+
+    def _quote_clicked(self, row: int) -> None:
+        """A reply's quote: scroll to the quoted message, loading it if needed."""
+        message = self.messages.message_at(row)
+        if message is None or message.quote is None or message.quote.message_id is None:
+            self.show_note("The original message is not available")
+            return
+        target = self.messages.row_of(message.quote.message_id)
+        if target >= 0:
+            self.message_view.scrollTo(
+                self.messages.index(target), QAbstractItemView.ScrollHint.PositionAtCenter
+            )
+        else:
+            self.bridge.open_conversation(message.conversation_id, message.quote.message_id)
 
     def _send_files(self, paths: list[Path]) -> None:
         if self._current is not None:
@@ -529,6 +591,8 @@ class MainWindow(QMainWindow):
             return
         if current.kind == ConversationKind.GROUP:
             dialog = GroupMembersDialog(current.title, list(current.members), self)
+            self.bridge.contacts_listed.connect(dialog.set_contacts)
+            self.bridge.list_contacts()
             conversation_id = current.conversation_id
             dialog.add_requested.connect(lambda name: self.bridge.add_member(conversation_id, name))
             dialog.remove_requested.connect(
@@ -557,6 +621,9 @@ class MainWindow(QMainWindow):
         dialog.remove_device.connect(self.bridge.remove_device)
         self.bridge.devices_listed.connect(dialog.set_devices)
         self.bridge.list_devices()
+        dialog.unblock_requested.connect(lambda name: self.bridge.set_blocked(name, False))
+        self.bridge.blocked_listed.connect(dialog.set_blocked)
+        self.bridge.list_blocked()
         self.settings_dialog = dialog
         dialog.show()
 
@@ -593,14 +660,35 @@ class MainWindow(QMainWindow):
         self.lock_screen = screen  # type: ignore[assignment]
 
     def ask_new_chat(self) -> None:
+        """The contact picker; its list fills in when the contacts arrive."""
         dialog = NewChatDialog(self)
-        if dialog.exec() and dialog.username():
-            self.bridge.start_direct(dialog.username())
+        dialog.chosen.connect(self.bridge.start_direct)
+        self.bridge.contacts_listed.connect(dialog.set_contacts)
+        self.bridge.list_contacts()
+        self.new_chat_dialog = dialog
+        dialog.open()
 
     def ask_new_group(self) -> None:
         dialog = NewGroupDialog(self)
-        if dialog.exec() and dialog.title():
-            if not dialog.members():
-                QMessageBox.information(self, "New group", "Add at least one member.")
-                return
-            self.bridge.create_group(dialog.title(), dialog.members())
+        dialog.chosen.connect(self.bridge.create_group)
+        self.bridge.contacts_listed.connect(dialog.set_contacts)
+        self.bridge.list_contacts()
+        self.new_group_dialog = dialog
+        dialog.open()
+
+    # ---- message requests and blocking ---------------------------------------
+    def _accept_request(self) -> None:
+        if self._current is not None:
+            self.bridge.accept_request(self._current.conversation_id)
+
+    def _block_request(self) -> None:
+        if self._current is not None:
+            self.bridge.block_request(self._current.conversation_id)
+
+    def _delete_chat(self) -> None:
+        if self._current is not None:
+            self.bridge.delete_conversation(self._current.conversation_id)
+
+    def _set_peer_blocked(self, blocked: bool) -> None:
+        if self._current is not None and self._current.peer:
+            self.bridge.set_blocked(self._current.peer, blocked)

@@ -19,7 +19,7 @@ from PySide6.QtCore import (
     Signal,
 )
 
-from app.services.views import ConversationView, MessageView, SearchResultView
+from app.services.views import ConversationView, MessageStatus, MessageView, SearchResultView
 
 ModelIndex = QModelIndex | QPersistentModelIndex
 VIEW_ROLE = int(Qt.ItemDataRole.UserRole) + 1
@@ -57,6 +57,38 @@ def format_day(ms: int, *, now: dt.datetime | None = None) -> str:
     return day.strftime("%A, %d %B %Y")
 
 
+STATUS_WORDS = {
+    MessageStatus.SENDING: "sending",
+    MessageStatus.SENT: "sent",
+    MessageStatus.DELIVERED: "delivered",
+    MessageStatus.READ: "read",
+    MessageStatus.FAILED: "not sent",
+    MessageStatus.RECEIVED: "",
+}
+
+
+def message_sentence(view: MessageView) -> str:
+    """What a painted bubble shows, for a screen reader that sees no pixels: who,
+    the quote it answers, the text, its reactions and (own) whether it was read."""
+    if view.system:
+        return view.body
+    parts = ["You" if view.outgoing else view.sender]
+    if view.quote is not None:
+        parts.append(f"replying to {view.quote.author}: {view.quote.snippet}")
+    text = view.body
+    if view.attachment is not None:
+        text = f"attachment {view.attachment.filename}" + (f", {text}" if text else "")
+    parts.append(text)
+    if view.reactions:
+        parts.append(
+            "reactions " + ", ".join(f"{emoji} {count}" for emoji, count in view.reactions)
+        )
+    parts.append(format_time(view.sent_at_ms))
+    if view.outgoing:
+        parts.append(STATUS_WORDS[view.status])
+    return ", ".join(part for part in parts if part)
+
+
 class ConversationListModel(QAbstractListModel):
     def __init__(self) -> None:
         super().__init__()
@@ -78,7 +110,8 @@ class ConversationListModel(QAbstractListModel):
             # What the painted row shows, for a screen reader that sees no pixels.
             unread = f", {row.unread} unread" if row.unread else ""
             last = f": {row.last_text}" if row.last_text else ""
-            return f"{row.title}{unread}{last}"
+            state = ", blocked" if row.blocked else ", message request" if row.request else ""
+            return f"{row.title}{state}{unread}{last}"
         if role == VIEW_ROLE:
             return row
         return None
@@ -125,6 +158,8 @@ class MessageListModel(QAbstractListModel):
         row = self._rows[index.row()]
         if role == Qt.ItemDataRole.DisplayRole:
             return row.body
+        if role == Qt.ItemDataRole.AccessibleTextRole:
+            return message_sentence(row)
         if role == VIEW_ROLE:
             return row
         return None

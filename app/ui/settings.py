@@ -38,6 +38,7 @@ class SettingsDialog(QDialog):
     previews_changed = Signal(bool)
     lock_changed = Signal(int)
     remove_device = Signal(int)
+    unblock_requested = Signal(str)
 
     def __init__(
         self,
@@ -106,6 +107,23 @@ class SettingsDialog(QDialog):
             )
             note.setWordWrap(True)
             privacy_form.addRow(note)
+        privacy_form.addRow(QLabel("<b>Blocked people</b>"))
+        blocked_note = QLabel(
+            "What they send is dropped as it arrives, and nothing is sent to them. "
+            "Blocking is kept on this device only: they and the relay are not told."
+        )
+        blocked_note.setWordWrap(True)
+        privacy_form.addRow(blocked_note)
+        self.blocked_list = QListWidget()
+        self.blocked_list.setAccessibleName("Blocked people")
+        privacy_form.addRow(self.blocked_list)
+        self.unblock_button = QPushButton("Unblock selected")
+        self.unblock_button.setEnabled(False)
+        privacy_form.addRow(self.unblock_button)
+        self.blocked_list.currentRowChanged.connect(
+            lambda row: self.unblock_button.setEnabled(row >= 0)
+        )
+        self.unblock_button.clicked.connect(self._unblock)
         tabs.addTab(privacy, "Privacy")
 
         if backups is not None:
@@ -143,6 +161,17 @@ class SettingsDialog(QDialog):
                 label += " — this device"
             self.devices.addItem(label)
             self._device_ids.append(int(str(device["device_id"])))
+
+    def set_blocked(self, usernames: list[str]) -> None:
+        self.blocked_list.clear()
+        self.blocked_list.addItems(usernames)
+        if not usernames:
+            self.unblock_button.setEnabled(False)
+
+    def _unblock(self) -> None:
+        item = self.blocked_list.currentItem()
+        if item is not None:
+            self.unblock_requested.emit(item.text())
 
     def _remove(self) -> None:
         row = self.devices.currentRow()

@@ -177,6 +177,48 @@ def test_main_window_settings_and_safety_number_name_every_control(
     window.close()
 
 
+def test_contact_pickers_and_the_request_bar_name_every_control(
+    qtbot: QtBot, people: dict[str, Person]
+) -> None:
+    """Issue #24's dialogs: the new-chat picker, the new-group member picker, the
+    group members dialog, the request bar and the chat menu."""
+    alice, bob = people["alice"], people["bob"]
+    chat = alice.client.start_direct("bob").result(20)
+    alice.client.send_text(chat.conversation_id, "hello bob").result(20)
+    wait_for(lambda: any(c.title == "alice" for c in bob.client.conversations().result(20)))
+    window = MainWindow(ClientBridge(bob.client))
+    qtbot.addWidget(window)
+    window.show()
+    request = next(c for c in bob.client.conversations().result(20) if c.title == "alice")
+    window.open_conversation(request.conversation_id)
+    qtbot.waitUntil(window.request_bar.isVisible, timeout=15_000)
+    assert unnamed_controls(window) == []
+    assert window.chat_menu_button.toolTip() == "Chat menu"
+
+    window.ask_new_chat()
+    picker = window.new_chat_dialog
+    qtbot.waitExposed(picker)
+    picker.search_edit.setText("someone")  # the "new chat with" row and the hint
+    assert unnamed_controls(picker) == []
+    picker.reject()
+
+    window.ask_new_group()
+    group_dialog = window.new_group_dialog
+    qtbot.waitExposed(group_dialog)
+    assert unnamed_controls(group_dialog) == []
+    group_dialog.reject()
+
+    group = bob.client.create_group("Walks", ["alice"]).result(20)
+    window.open_conversation(group.conversation_id)
+    qtbot.waitUntil(lambda: window.chat_title.text() == "Walks", timeout=15_000)
+    window.show_details()
+    members = window.members_dialog
+    qtbot.waitExposed(members)
+    assert unnamed_controls(members) == []
+    members.close()
+    window.close()
+
+
 def test_both_backup_wizards_name_every_control(qtbot: QtBot, tmp_path: Path) -> None:
     profile = tmp_path / "profiles" / "alice"
     store = Store.create(profile, protector())
