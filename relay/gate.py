@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from relay.storage import NewEnvelope, Storage
+from relay.storage import MailboxQuota, NewEnvelope, Storage
 
 T = TypeVar("T")
 
@@ -49,7 +49,7 @@ class StorageGate:
     async def write(self, call: Callable[..., T], *args: Any) -> T:
         return await asyncio.to_thread(call, *args)
 
-    async def enqueue(self, envelopes: Sequence[NewEnvelope], quota: int) -> list[str]:
+    async def enqueue(self, envelopes: Sequence[NewEnvelope], quota: MailboxQuota) -> list[str]:
         return await asyncio.to_thread(self.storage.enqueue, envelopes, quota)
 
 
@@ -61,7 +61,7 @@ class _Job:
         future: asyncio.Future[Any],
         call: Callable[..., Any] | None,
         args: tuple[Any, ...],
-        send: tuple[Sequence[NewEnvelope], int] | None,
+        send: tuple[Sequence[NewEnvelope], MailboxQuota] | None,
     ) -> None:
         self.future = future
         self.call = call
@@ -95,14 +95,14 @@ class SqliteGate(StorageGate):
     async def write(self, call: Callable[..., T], *args: Any) -> T:
         return await self._submit(call, args, None)  # type: ignore[no-any-return]
 
-    async def enqueue(self, envelopes: Sequence[NewEnvelope], quota: int) -> list[str]:
+    async def enqueue(self, envelopes: Sequence[NewEnvelope], quota: MailboxQuota) -> list[str]:
         return await self._submit(None, (), (envelopes, quota))  # type: ignore[no-any-return]
 
     def _submit(
         self,
         call: Callable[..., Any] | None,
         args: tuple[Any, ...],
-        send: tuple[Sequence[NewEnvelope], int] | None,
+        send: tuple[Sequence[NewEnvelope], MailboxQuota] | None,
     ) -> asyncio.Future[Any]:
         if self._loop is None or self._thread is None:
             raise RuntimeError("the storage writer is not running")

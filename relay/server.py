@@ -7,21 +7,25 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import dataclasses
 import json
 import logging
+import math
 import os
 import re
 import secrets
 import threading
 import time
+import traceback
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, BinaryIO, TypeVar
 
 import httpx
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, WebSocket
+from fastapi import Path as PathParameter
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, Field
@@ -32,18 +36,51 @@ from starlette.websockets import WebSocketDisconnect
 from app import __version__
 from relay.gate import gate_for
 from relay.metrics import Metrics
-from relay.storage import DeviceRow, NewEnvelope, PostgresStorage, Storage, open_storage
+from relay.storage import (
+    PRIVATE_FILE_MODE,
+    DeviceRow,
+    HandoutLimits,
+    MailboxQuota,
+    NewEnvelope,
+    PostgresStorage,
+    QuotaExceeded,
+    Storage,
+    open_storage,
+    private_directory,
+    tighten,
+)
 
 log = logging.getLogger("relay")
+T = TypeVar("T")
+_RELAY_PACKAGE = Path(__file__).resolve().parent
 
 USERNAME = re.compile(r"^[a-z0-9_.-]{3,32}$")
 CLIENT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 BLOB_ID = re.compile(r"^[0-9a-f]{32}$")
 VAULT_OP = re.compile(r"^[a-z_]{1,32}$")
 DAY_MS = 86_400_000
+HOUR_MS = 3_600_000
 PUSH_BATCH = 500
-PUSH_IDLE_SECONDS = 20
-MAILBOX_FULL_RETRY_SECONDS = 60  # a ping this often keeps middleboxes from dropping idle sockets
+PUSH_IDLE_SECONDS = 20  # a ping this often keeps middleboxes from dropping idle sockets
+MAILBOX_FULL_RETRY_SECONDS = 60
+# Every integer a request carries is bounded to what storage holds: SQLite's INTEGER
+# and PostgreSQL's BIGINT are signed 64-bit, and a larger Python int overflows in the
+# driver (a 500) before any row is compared.
+MAX_STORED_INT = 2**63 - 1
+MAX_DEVICE_ID = 2**31 - 1
+# A prekey upload at its schema's most: 2 x 500 keys of 4,096 base64 characters, the
+# identity, signed and last-resort keys, and the JSON around them, with room to spare.
+KEY_UPLOAD_BYTES = 5 * 1024 * 1024
+VAULT_BODY_BYTES = 64 * 1024
+PURGE_SECONDS = 60
+# /metrics is unauthenticated: its storage-derived gauges are computed at most this often.
+DEPTH_REFRESH_SECONDS = 5.0
+QUOTA_KINDS = ("device", "prekey", "mailbox_envelopes", "mailbox_bytes", "attachment")
+# Set on the ASGI scope by LimitRequestBodies so a 413 it answers itself (before any
+# route matched) is still logged and counted under its route template.
+ROUTE_TEMPLATE_KEY = "cipherline.route_template"
+# (token, DeviceRow) of a bearer token LimitRequestBodies has already looked up.
+AUTHENTICATED_KEY = "cipherline.authenticated"
 
 
 @dataclass(frozen=True)
@@ -55,7 +92,28 @@ class RelaySettings:
     attachment_retention_ms: int = 30 * DAY_MS
     max_attachment_bytes: int = 100 * 1024 * 1024
     max_envelope_bytes: int = 256 * 1024
+    # ---- request bodies: checked while they are read, before anything is buffered
+    # Every JSON route not named below (accounts, devices, acknowledgements).
+    max_request_bytes: int = 64 * 1024
+    # POST /v1/messages: a batch of envelopes (each at most max_envelope_bytes).
+    max_send_request_bytes: int = 16 * 1024 * 1024
+    # ---- quotas (docs/relay-api.md, "Limits and quotas")
+    # Active (not removed) devices of one account.
+    max_devices_per_account: int = 5
+    # One-time prekeys stored per device, of each kind (X25519 and ML-KEM).
+    max_one_time_prekeys: int = 1000
+    # What waits in one device's mailbox: envelopes, and their bodies' bytes.
     mailbox_quota: int = 10_000
+    mailbox_quota_bytes: int = 100 * 1024 * 1024
+    # Attachment bytes one account may upload in any 24 hours.
+    attachment_bytes_per_day: int = 1024 * 1024 * 1024
+    # Fetches of one account's bundle per hour that hand out one-time prekeys: to one
+    # requesting account, and to everyone together. Beyond them the bundle is served
+    # without one-time keys (a session then starts on the signed and last-resort keys).
+    prekey_fetches_per_requester: int = 5
+    prekey_handouts_per_account: int = 50
+    # How soon an acknowledged or expired envelope's body is scrubbed from SQLite's WAL.
+    scrub_seconds: float = 5.0
     rate_per_second: float = 50.0
     rate_burst: float = 200.0
     # Many people can share one address (NAT, an office); the address bucket only
@@ -67,13 +125,37 @@ class RelaySettings:
     bench_echo: bool = False
     clock: Callable[[], int] = field(default=lambda: int(time.time() * 1000))
 
+    def __post_init__(self) -> None:
+        if self.attachment_bytes_per_day < self.max_attachment_bytes:
+            raise ValueError(
+                "the daily attachment allowance must hold at least one attachment of the"
+                " largest size accepted"
+            )
+        if self.mailbox_quota_bytes < self.max_envelope_bytes:
+            raise ValueError("a mailbox must hold at least one envelope of the largest size")
+        # In a send an envelope is base64 in JSON: a third larger, and then some.
+        if self.max_send_request_bytes < self.max_envelope_bytes * 4 // 3 + 1024:
+            raise ValueError("a send request must fit at least one envelope of the largest size")
+
 
 class RelayHTTPError(HTTPException):
-    pass
+    def __init__(
+        self, status: int, message: str, headers: dict[str, str] | None, code: str | None
+    ) -> None:
+        super().__init__(status_code=status, detail=message, headers=headers)
+        self.code = code
 
 
-def fail(status: int, message: str, headers: dict[str, str] | None = None) -> RelayHTTPError:
-    return RelayHTTPError(status_code=status, detail=message, headers=headers)
+def fail(
+    status: int, message: str, headers: dict[str, str] | None = None, *, code: str | None = None
+) -> RelayHTTPError:
+    """An error answer: `{"error": message}`, plus `"code"` for a refusal a client
+    acts on (a quota, a rate limit, a size limit: docs/relay-api.md)."""
+    return RelayHTTPError(status, message, headers, code)
+
+
+def _wait_seconds(milliseconds: float) -> int:
+    return max(1, math.ceil(milliseconds / 1000))
 
 
 class TokenBucket:
@@ -172,7 +254,7 @@ class KeyUpload(BaseModel):
 class OutgoingEnvelope(BaseModel):
     id: str = Field(max_length=64)
     recipient: str = Field(max_length=64)
-    device_id: int = Field(ge=1, le=2**31)
+    device_id: int = Field(ge=1, le=MAX_DEVICE_ID)
     body: str = Field(max_length=400_000)
 
 
@@ -181,7 +263,7 @@ class SendRequest(BaseModel):
 
 
 class AckRequest(BaseModel):
-    seqs: list[int] = Field(max_length=1000)
+    seqs: list[Annotated[int, Field(ge=0, le=MAX_STORED_INT)]] = Field(max_length=1000)
 
 
 def _b64(data: bytes) -> str:
@@ -204,9 +286,42 @@ def _json_log(**fields: Any) -> None:
     log.info(json.dumps(fields, separators=(",", ":")))
 
 
+async def _send_json(
+    send: Send, status: int, body: dict[str, Any], headers: Sequence[tuple[bytes, bytes]] = ()
+) -> None:
+    payload = json.dumps(body, separators=(",", ":")).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})
+
+
+def _where(error: BaseException) -> str:
+    """The innermost of the relay's own frames an error passed, as file:line: enough
+    to find the bug from a log line, without a traceback's locals or request data."""
+    frames = traceback.extract_tb(error.__traceback__)
+    own = [frame for frame in frames if Path(frame.filename).parent == _RELAY_PACKAGE]
+    if not (own or frames):
+        return "unknown"
+    frame = (own or frames)[-1]
+    return f"{Path(frame.filename).name}:{frame.lineno}"
+
+
 class ObserveRequests:
     """Counts and times every HTTP request and logs one JSON line: method, route
     template, status and milliseconds, never a body, token or username.
+
+    An error escaping the app is answered here with a JSON 500 and logged on that
+    same line (its type and innermost file:line), not as a traceback: Starlette's
+    own handler would answer and then raise the error again, for uvicorn to print.
 
     Plain ASGI rather than `@app.middleware("http")`: Starlette's BaseHTTPMiddleware
     runs every request through an extra task and memory streams, which cost the
@@ -223,28 +338,217 @@ class ObserveRequests:
             return
         started = time.perf_counter()
         status = 500  # unless a response starts: an error escaping the app is a 500
+        responded = False
+        failure: dict[str, str] = {}
 
         async def observed(message: Message) -> None:
-            nonlocal status
+            nonlocal status, responded
             if message["type"] == "http.response.start":
                 status = int(message["status"])
+                responded = True
             await send(message)
 
         try:
             await self.app(scope, receive, observed)
+        except Exception as error:  # noqa: BLE001 - answered and logged, see the docstring
+            failure = {"error": type(error).__name__, "at": _where(error)}
+            if not responded:
+                status = 500
+                await _send_json(send, 500, {"error": "the relay hit an internal error"})
         finally:
-            template = getattr(scope.get("route"), "path", "unmatched")
+            template = getattr(scope.get("route"), "path", None) or scope.get(
+                ROUTE_TEMPLATE_KEY, "unmatched"
+            )
             elapsed = time.perf_counter() - started
             self.metrics.observe(scope["method"], template, status, elapsed)
             _json_log(
-                method=scope["method"], route=template, status=status, ms=round(elapsed * 1000, 2)
+                method=scope["method"],
+                route=template,
+                status=status,
+                ms=round(elapsed * 1000, 2),
+                **failure,
             )
 
 
+@dataclass(frozen=True)
+class BodyLimit:
+    """The largest body one route accepts."""
+
+    method: str
+    template: str
+    max_bytes: int
+    what: str  # names the body in the refusal: "{what} is limited to N bytes"
+    # For a route whose handler needs a token but whose body FastAPI reads before
+    # the token is checked: the limit without a valid token (None: max_bytes).
+    anonymous_bytes: int | None = None
+
+    @property
+    def pattern(self) -> re.Pattern[str]:
+        return re.compile("^" + re.sub(r"\{[^/}]+\}", "[^/]+", self.template) + "$")
+
+
+class BodyTooLarge(Exception):
+    """Raised into the app by `receive` once a body passes its route's limit, so the
+    handler stops reading; LimitRequestBodies answers the 413."""
+
+
+class LimitRequestBodies:
+    """Refuses a request body larger than its route allows with a 413, before it is
+    buffered: at once when Content-Length declares it, else (chunked, or a client
+    sending more than it declared) as soon as the bytes received cross the limit,
+    without reading on. The 413 closes the connection, so the rest of the body is
+    never read either.
+
+    It comes before authentication, which FastAPI runs only after reading a JSON
+    body. So a route with a large limit and an `anonymous_bytes` one looks the bearer
+    token up first (`authenticate`): without a valid one the small limit applies,
+    and an anonymous request cannot make the relay hold more than that. The device
+    found is left on the scope (AUTHENTICATED_KEY) for the handler's own check.
+
+    Plain ASGI for the reason given on ObserveRequests.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        limits: Sequence[BodyLimit],
+        default_bytes: int,
+        metrics: Metrics,
+        authenticate: Callable[[str], Awaitable[DeviceRow | None]],
+    ) -> None:
+        self.app = app
+        self.limits = [(limit, limit.pattern) for limit in limits]
+        self.default = BodyLimit("*", "", default_bytes, "a request body")
+        self.metrics = metrics
+        self.authenticate = authenticate
+
+    async def _without_valid_token(self, scope: Scope) -> bool:
+        authorization = next(
+            (value for name, value in scope["headers"] if name == b"authorization"), b""
+        ).decode("latin-1")
+        if not authorization.startswith("Bearer "):
+            return True
+        token = authorization[7:].strip()
+        device = await self.authenticate(token)
+        if device is None or device.revoked:
+            return True
+        scope[AUTHENTICATED_KEY] = (token, device)
+        return False
+
+    def limit_for(self, method: str, path: str) -> BodyLimit:
+        for limit, pattern in self.limits:
+            if limit.method == method and pattern.match(path):
+                return limit
+        return self.default
+
+    async def refuse(self, send: Send, limit: BodyLimit) -> None:
+        self.metrics.count("body_too_large_total", route=limit.template or "other")
+        await _send_json(
+            send,
+            413,
+            {
+                "error": f"{limit.what} is limited to {limit.max_bytes:,} bytes",
+                "code": "body_too_large",
+            },
+            # Not reading the rest of a body means not keeping its connection.
+            [(b"connection", b"close")],
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit_for(scope["method"], scope["path"])
+        if limit.template:
+            scope[ROUTE_TEMPLATE_KEY] = limit.template
+        if limit.anonymous_bytes is not None and await self._without_valid_token(scope):
+            limit = dataclasses.replace(
+                limit,
+                max_bytes=limit.anonymous_bytes,
+                what=f"{limit.what} without a valid token",
+                anonymous_bytes=None,
+            )
+        declared = next(
+            (value for name, value in scope["headers"] if name == b"content-length"), None
+        )
+        if declared is not None and declared.isdigit() and int(declared) > limit.max_bytes:
+            await self.refuse(send, limit)
+            return
+        received = 0
+        exceeded = False
+        responded = False
+
+        async def counted() -> Message:
+            nonlocal received, exceeded
+            if exceeded:
+                raise BodyTooLarge
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit.max_bytes:
+                    exceeded = True
+                    raise BodyTooLarge
+            return message
+
+        async def guarded(message: Message) -> None:
+            nonlocal responded
+            if exceeded:
+                return  # the app's answer to a body cut short gives way to the 413
+            responded |= message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, guarded)
+        except Exception:
+            # Whatever the handler made of BodyTooLarge (FastAPI wraps errors reading
+            # a body as a 400); any other error goes on to ObserveRequests.
+            if not exceeded:
+                raise
+        if exceeded and not responded:
+            await self.refuse(send, limit)
+
+
+def _every(seconds: float, compute: Callable[[], T]) -> Callable[[], T]:
+    """`compute`, run again only once its last answer is `seconds` old."""
+    lock = threading.Lock()
+    last: list[tuple[float, T]] = []
+
+    def cached() -> T:
+        with lock:
+            now = time.monotonic()
+            if not last or now - last[0][0] >= seconds:
+                last[:] = [(now, compute())]
+            return last[0][1]
+
+    return cached
+
+
+def _depth_gauges(storage: Storage) -> dict[str, float]:
+    depth = storage.mailbox_depth()
+    return {
+        "mailbox_devices": depth.mailboxes,
+        "mailbox_envelopes": depth.envelopes,
+        "mailbox_bytes": depth.bytes,
+        "mailbox_max_device_envelopes": depth.max_device_envelopes,
+        "mailbox_max_device_bytes": depth.max_device_bytes,
+    }
+
+
+def _create_private(path: Path) -> BinaryIO:
+    """A new file only its owner can read, whatever the umask."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
+    os.fchmod(descriptor, PRIVATE_FILE_MODE)
+    return os.fdopen(descriptor, "wb")
+
+
 def create_app(settings: RelaySettings) -> FastAPI:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    blobs_dir = settings.data_dir / "attachments"
-    blobs_dir.mkdir(exist_ok=True)
+    # Owner-only whatever the umask, and tightened at every start for data dirs
+    # made by older versions (whose files and directories followed the umask).
+    private_directory(settings.data_dir)
+    blobs_dir = private_directory(settings.data_dir / "attachments")
+    for entry in [*settings.data_dir.iterdir(), *blobs_dir.iterdir()]:
+        if entry.name != "tls":  # its certificates are public; the directory is 0700
+            tighten(entry)
     storage: Storage = open_storage(settings.data_dir, settings.database_url)
     gate = gate_for(storage)
     hub = PushHub()
@@ -252,6 +556,32 @@ def create_app(settings: RelaySettings) -> FastAPI:
     limiter = TokenBucket(settings.rate_per_second, settings.rate_burst)
     address_limiter = TokenBucket(settings.address_rate_per_second, settings.address_rate_burst)
     vault_limiter = TokenBucket(settings.vault_rate_per_second, settings.vault_rate_burst)
+    mailbox_quota = MailboxQuota(settings.mailbox_quota, settings.mailbox_quota_bytes)
+    handout_limits = HandoutLimits(
+        settings.prekey_fetches_per_requester, settings.prekey_handouts_per_account, HOUR_MS
+    )
+    body_limits = [
+        BodyLimit("POST", "/v1/accounts", settings.max_request_bytes, "an account request"),
+        BodyLimit("POST", "/v1/devices", settings.max_request_bytes, "a device request"),
+        BodyLimit(
+            "PUT",
+            "/v1/keys",
+            KEY_UPLOAD_BYTES,
+            "a prekey upload",
+            anonymous_bytes=settings.max_request_bytes,
+        ),
+        BodyLimit(
+            "POST",
+            "/v1/messages",
+            settings.max_send_request_bytes,
+            "a send request",
+            anonymous_bytes=settings.max_request_bytes,
+        ),
+        BodyLimit("POST", "/v1/messages/ack", settings.max_request_bytes, "an acknowledgement"),
+        BodyLimit("POST", "/v1/attachments", settings.max_attachment_bytes, "an attachment"),
+        BodyLimit("POST", "/v1/vault/{op}", VAULT_BODY_BYTES, "a vault request"),
+        BodyLimit("POST", "/v1/bench/echo", settings.max_send_request_bytes, "an echo request"),
+    ]
     stop = threading.Event()
 
     @contextlib.asynccontextmanager
@@ -267,24 +597,39 @@ def create_app(settings: RelaySettings) -> FastAPI:
             threads.append(listener)
 
         def janitor() -> None:
-            while not stop.wait(60):
-                purge()
+            next_purge = time.monotonic() + PURGE_SECONDS
+            while not stop.wait(settings.scrub_seconds):
+                if time.monotonic() >= next_purge:
+                    next_purge = time.monotonic() + PURGE_SECONDS
+                    purge()
+                scrub()
 
         cleaner = threading.Thread(target=janitor, daemon=True, name="janitor")
         cleaner.start()
         purge()
         yield
         stop.set()
+        cleaner.join(timeout=10)  # not mid-purge when storage closes
         gate.stop()
         storage.close()
 
     def purge() -> None:
         now = settings.clock()
-        with contextlib.suppress(Exception):
+        try:
             storage.purge(now - settings.envelope_retention_ms)
+            storage.purge_handouts(now - HOUR_MS)
             for blob_id in storage.expired_attachments(now - settings.attachment_retention_ms):
                 with contextlib.suppress(FileNotFoundError):
                     (blobs_dir / blob_id).unlink()
+        except Exception as error:  # noqa: BLE001 - the next round tries again
+            _json_log(event="purge_failed", error=type(error).__name__, at=_where(error))
+        scrub()
+
+    def scrub() -> None:
+        try:
+            storage.scrub_deleted()
+        except Exception as error:  # noqa: BLE001 - the next round tries again
+            _json_log(event="scrub_failed", error=type(error).__name__, at=_where(error))
 
     api = FastAPI(
         title="Cipherline relay",
@@ -294,13 +639,16 @@ def create_app(settings: RelaySettings) -> FastAPI:
     )
     api.state.storage = storage
     api.state.purge = purge
+    api.state.scrub = scrub
 
     # ---- errors: always JSON with a sentence, never a traceback ------------------
     @api.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, error: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse(
-            {"error": str(error.detail)}, status_code=error.status_code, headers=error.headers
-        )
+        body = {"error": str(error.detail)}
+        code = getattr(error, "code", None)
+        if code:
+            body["code"] = code
+        return JSONResponse(body, status_code=error.status_code, headers=error.headers)
 
     @api.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, error: RequestValidationError) -> JSONResponse:
@@ -309,25 +657,48 @@ def create_app(settings: RelaySettings) -> FastAPI:
         message = first.get("msg", "invalid request")
         return JSONResponse({"error": f"{where or 'request'}: {message}"[:300]}, status_code=422)
 
-    @api.exception_handler(Exception)
-    async def unexpected(_request: Request, error: Exception) -> JSONResponse:
-        log.error("unexpected %s", type(error).__name__)
-        return JSONResponse({"error": "the relay hit an internal error"}, status_code=500)
-
+    # Errors escaping a handler are answered by ObserveRequests (the outermost of the
+    # two): JSON, one log line, no traceback.
+    api.add_middleware(
+        LimitRequestBodies,
+        limits=body_limits,
+        default_bytes=settings.max_request_bytes,
+        metrics=metrics,
+        authenticate=lambda token: gate.read(storage.device_for_token, token),
+    )
     api.add_middleware(ObserveRequests, metrics=metrics)
+
+    metrics.declare("quota_refusals_total", "kind", QUOTA_KINDS)
+    metrics.declare("rate_limited_total", "kind", ("account", "address", "vault"))
+    metrics.declare("body_too_large_total", "route", [limit.template for limit in body_limits])
+    metrics.declare("prekey_withheld_total", "limit", ("requester", "target"))
+    metrics.declare("prekey_drain_suspected_total")
+    metrics.gauge_add("push_connections", 0)
+    metrics.collect(_every(DEPTH_REFRESH_SECONDS, lambda: _depth_gauges(storage)))
+
+    def refuse_quota(
+        kind: str, status: int, code: str, message: str, retry_after_ms: int | None = None
+    ) -> RelayHTTPError:
+        metrics.count("quota_refusals_total", kind=kind)
+        headers = (
+            None if retry_after_ms is None else {"Retry-After": str(_wait_seconds(retry_after_ms))}
+        )
+        return fail(status, message, headers, code=code)
 
     # ---- auth --------------------------------------------------------------------
     def client_key(request: Request) -> str:
         return request.client.host if request.client else "unknown"
 
     def limit(key: str) -> None:
-        wait = (address_limiter if key.startswith("ip:") else limiter).take(key)
+        kind = "address" if key.startswith("ip:") else "account"
+        wait = (address_limiter if kind == "address" else limiter).take(key)
         if wait:
-            metrics.count("rate_limited_total")
+            metrics.count("rate_limited_total", kind=kind)
             raise fail(
                 429,
                 "too many requests; slow down",
                 {"Retry-After": str(max(1, int(wait + 0.999)))},
+                code="rate_limited",
             )
 
     async def authenticated(
@@ -336,7 +707,13 @@ def create_app(settings: RelaySettings) -> FastAPI:
         limit("ip:" + client_key(request))
         if not authorization or not authorization.startswith("Bearer "):
             raise fail(401, "missing bearer token")
-        device = await gate.read(storage.device_for_token, authorization[7:].strip())
+        token = authorization[7:].strip()
+        looked_up = request.scope.get(AUTHENTICATED_KEY)
+        device: DeviceRow | None
+        if looked_up is not None and looked_up[0] == token:
+            device = looked_up[1]  # by LimitRequestBodies, moments ago
+        else:
+            device = await gate.read(storage.device_for_token, token)
         if device is None or device.revoked:
             raise fail(401, "the token is unknown or revoked")
         limit(f"account:{device.account_id}")
@@ -378,7 +755,22 @@ def create_app(settings: RelaySettings) -> FastAPI:
     @api.post("/v1/devices", status_code=201)
     def add_device(body: NewDevice, device: Auth) -> dict[str, Any]:
         token = secrets.token_urlsafe(32)
-        device_id = storage.add_device(device.account_id, body.device_name, token, settings.clock())
+        try:
+            device_id = storage.add_device(
+                device.account_id,
+                body.device_name,
+                token,
+                settings.clock(),
+                settings.max_devices_per_account,
+            )
+        except QuotaExceeded as refusal:
+            raise refuse_quota(
+                "device",
+                409,
+                "device_quota",
+                f"this account already has {refusal.limit} active devices, the most allowed;"
+                " remove one before adding another",
+            ) from None
         return {"device_id": device_id, "token": token}
 
     @api.get("/v1/devices")
@@ -392,7 +784,9 @@ def create_app(settings: RelaySettings) -> FastAPI:
         }
 
     @api.delete("/v1/devices/{device_id}")
-    def remove_device(device_id: int, device: Auth) -> dict[str, Any]:
+    def remove_device(
+        device_id: Annotated[int, PathParameter(ge=1, le=MAX_DEVICE_ID)], device: Auth
+    ) -> dict[str, Any]:
         if not storage.revoke_device(device.account_id, device_id):
             raise fail(404, "no such device on this account")
         return {"removed": device_id}
@@ -415,17 +809,27 @@ def create_app(settings: RelaySettings) -> FastAPI:
         def entries(items: list[KeyEntry], what: str) -> list[tuple[int, bytes]]:
             return [(item.id, _unb64(item.key, what, 4096)) for item in items]
 
-        stock = storage.upload_keys(
-            device.account_id,
-            device.device_id,
-            _unb64(body.identity, "identity", 512) if body.identity else None,
-            _unb64(body.signed_prekey, "signed_prekey", 512) if body.signed_prekey else None,
-            _unb64(body.last_resort_kem_prekey, "last_resort_kem_prekey", 4096)
-            if body.last_resort_kem_prekey
-            else None,
-            entries(body.one_time_prekeys, "one_time_prekeys"),
-            entries(body.one_time_kem_prekeys, "one_time_kem_prekeys"),
-        )
+        try:
+            stock = storage.upload_keys(
+                device.account_id,
+                device.device_id,
+                _unb64(body.identity, "identity", 512) if body.identity else None,
+                _unb64(body.signed_prekey, "signed_prekey", 512) if body.signed_prekey else None,
+                _unb64(body.last_resort_kem_prekey, "last_resort_kem_prekey", 4096)
+                if body.last_resort_kem_prekey
+                else None,
+                entries(body.one_time_prekeys, "one_time_prekeys"),
+                entries(body.one_time_kem_prekeys, "one_time_kem_prekeys"),
+                settings.max_one_time_prekeys,
+            )
+        except QuotaExceeded as refusal:
+            raise refuse_quota(
+                "prekey",
+                409,
+                "prekey_quota",
+                f"a device stores at most {refusal.limit} one-time prekeys of each kind;"
+                " nothing of this upload was stored: upload more when the stock runs low",
+            ) from None
         if stock is None:
             raise fail(409, "a device's identity key cannot change; register a new device")
         return stock_body(stock)
@@ -435,13 +839,24 @@ def create_app(settings: RelaySettings) -> FastAPI:
         return stock_body(storage.stock(device.account_id, device.device_id))
 
     @api.get("/v1/users/{username}/keys")
-    def fetch_keys(username: str, device: Auth) -> dict[str, Any]:
+    def fetch_keys(
+        username: Annotated[str, PathParameter(max_length=64)], device: Auth
+    ) -> dict[str, Any]:
         account_id = storage.account_id(username.lower())
         if account_id is None:
             raise fail(404, "no such user")
-        bundles = storage.fetch_bundles(account_id)
+        fetched = storage.fetch_bundles(
+            account_id, device.account_id, settings.clock(), handout_limits
+        )
+        bundles = fetched.bundles
         if not bundles:
             raise fail(404, "that user has no device with published keys")
+        if fetched.withheld:
+            # Served all the same: a session starts on the signed and last-resort keys.
+            metrics.count("prekey_withheld_total", limit=fetched.withheld)
+        if fetched.allowance_used_up:
+            metrics.count("prekey_drain_suspected_total")
+        # Low stock wakes the owner's devices to refill, whoever drained it.
         for bundle in bundles:
             stock = storage.stock(account_id, bundle["device_id"])
             if min(stock) < 10:
@@ -507,14 +922,18 @@ def create_app(settings: RelaySettings) -> FastAPI:
     async def send(body: SendRequest, device: Auth) -> dict[str, Any]:
         results, to_store = await gate.read(recipients, body, device)
         envelopes = [envelope for _, envelope in to_store]
-        statuses = await gate.enqueue(envelopes, settings.mailbox_quota) if envelopes else []
+        statuses = await gate.enqueue(envelopes, mailbox_quota) if envelopes else []
         for (result, envelope), status in zip(to_store, statuses, strict=True):
-            if status == "quota":
+            if status in {"quota", "quota_bytes"}:
                 # Per recipient, not for the request: the other recipients of a group
                 # message were queued, and only this copy is to be sent again later.
                 result["status"] = "mailbox_full"
                 result["retry_after"] = MAILBOX_FULL_RETRY_SECONDS
                 metrics.count("mailbox_full_total")
+                metrics.count(
+                    "quota_refusals_total",
+                    kind="mailbox_envelopes" if status == "quota" else "mailbox_bytes",
+                )
                 continue
             result["status"] = status
             if status == "queued":
@@ -535,7 +954,7 @@ def create_app(settings: RelaySettings) -> FastAPI:
     @api.get("/v1/messages")
     async def fetch_messages(
         device: Auth,
-        after: Annotated[int, Query(ge=0)] = 0,
+        after: Annotated[int, Query(ge=0, le=MAX_STORED_INT)] = 0,
         limit_count: Annotated[int, Query(alias="limit", ge=1, le=1000)] = 500,
     ) -> dict[str, Any]:
         return {"envelopes": await gate.read(envelopes_for, device, after, limit_count)}
@@ -588,23 +1007,48 @@ def create_app(settings: RelaySettings) -> FastAPI:
             metrics.gauge_add("push_connections", -1)
 
     # ---- attachments -------------------------------------------------------------
+    def attachment_refusal(retry_after_ms: int) -> RelayHTTPError:
+        refusal = refuse_quota(
+            "attachment",
+            429,
+            "attachment_quota",
+            f"an account may upload {settings.attachment_bytes_per_day:,} bytes of attachments"
+            " in any 24 hours, and this one does not fit in what is left; try again in"
+            " Retry-After seconds",
+            retry_after_ms,
+        )
+        # Refused before the body was read to its end: the rest is not read either.
+        refusal.headers = {**(refusal.headers or {}), "Connection": "close"}
+        return refusal
+
     @api.post("/v1/attachments", status_code=201)
     async def upload_attachment(request: Request, device: Auth) -> dict[str, Any]:
+        # Its size limit is LimitRequestBodies's; the daily allowance is checked
+        # before the body is read, while it streams, and when it is recorded.
+        daily = settings.attachment_bytes_per_day
         declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > settings.max_attachment_bytes:
-            raise fail(413, f"attachments are limited to {settings.max_attachment_bytes} bytes")
+        wanted = int(declared) if declared and declared.isdigit() else 1
+        allowance, wait_ms = await gate.read(
+            storage.attachment_allowance, device.account_id, settings.clock(), daily, wanted
+        )
+        if wait_ms:
+            raise attachment_refusal(wait_ms)
         blob_id = secrets.token_hex(16)
         tmp = blobs_dir / f".{blob_id}.part"
         size = 0
         try:
-            with tmp.open("wb") as handle:
+            with _create_private(tmp) as handle:
                 async for chunk in request.stream():
                     size += len(chunk)
-                    if size > settings.max_attachment_bytes:
-                        raise fail(
-                            413,
-                            f"attachments are limited to {settings.max_attachment_bytes} bytes",
+                    if size > allowance:
+                        _, wait_ms = await gate.read(
+                            storage.attachment_allowance,
+                            device.account_id,
+                            settings.clock(),
+                            daily,
+                            size,
                         )
+                        raise attachment_refusal(wait_ms)
                     handle.write(chunk)
                 handle.flush()
                 os.fsync(handle.fileno())
@@ -612,9 +1056,18 @@ def create_app(settings: RelaySettings) -> FastAPI:
                 raise fail(400, "the attachment is empty")
             os.replace(tmp, blobs_dir / blob_id)
         finally:
-            with contextlib.suppress(FileNotFoundError):
+            # Best effort: a failing clean-up must not hide the error that led here.
+            with contextlib.suppress(OSError):
                 tmp.unlink()
-        await asyncio.to_thread(storage.add_attachment, blob_id, size, settings.clock())
+        try:
+            # Checked again as it is recorded: concurrent uploads of one account
+            # could each have fitted the allowance read before they started.
+            await gate.write(
+                storage.add_attachment, blob_id, size, settings.clock(), device.account_id, daily
+            )
+        except QuotaExceeded as refusal:
+            (blobs_dir / blob_id).unlink(missing_ok=True)
+            raise attachment_refusal(refusal.retry_after_ms) from None
         metrics.count("attachments_uploaded_total")
         return {"id": blob_id, "size": size}
 
@@ -632,8 +1085,12 @@ def create_app(settings: RelaySettings) -> FastAPI:
     async def forward(method: str, path: str, body: bytes | None, request: Request) -> Response:
         wait = vault_limiter.take("vault:" + client_key(request))
         if wait:
+            metrics.count("rate_limited_total", kind="vault")
             raise fail(
-                429, "too many vault requests; slow down", {"Retry-After": str(int(wait) + 1)}
+                429,
+                "too many vault requests; slow down",
+                {"Retry-After": str(int(wait) + 1)},
+                code="rate_limited",
             )
         if not settings.vault_urls:
             raise fail(503, "this relay has no backup vault configured")
@@ -663,9 +1120,7 @@ def create_app(settings: RelaySettings) -> FastAPI:
     async def vault_call(op: str, request: Request) -> Response:
         if not VAULT_OP.match(op):
             raise fail(400, "unknown vault operation")
-        body = await request.body()
-        if len(body) > 64 * 1024:
-            raise fail(413, "vault requests are limited to 64 KiB")
+        body = await request.body()  # at most VAULT_BODY_BYTES: LimitRequestBodies
         return await forward("POST", f"/v1/vault/{op}", body, request)
 
     @api.get("/v1/vault/fleet")

@@ -2,13 +2,15 @@
 
 SQL is written once with `?` placeholders; the PostgreSQL backend rewrites them
 to `%s`. Each backend hands out a connection inside `transaction()`; everything
-that must be atomic (consuming a one-time prekey, idempotent sends) happens in one.
+that must be atomic (consuming a one-time prekey, idempotent sends, a quota check
+and the write it allows) happens in one.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -16,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-SQLITE_SCHEMA = """
+SQLITE_TABLES = """
 CREATE TABLE IF NOT EXISTS accounts (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     username TEXT NOT NULL UNIQUE,
@@ -51,22 +53,84 @@ CREATE TABLE IF NOT EXISTS envelopes (
     sender_device INTEGER NOT NULL,
     body BLOB NOT NULL,
     created_at INTEGER NOT NULL,
+    size INTEGER NOT NULL DEFAULT 0,
     UNIQUE (account_id, device_id, sender, client_id)
 );
-CREATE INDEX IF NOT EXISTS envelopes_by_device ON envelopes (account_id, device_id, seq);
-CREATE INDEX IF NOT EXISTS envelopes_by_age ON envelopes (created_at);
 CREATE TABLE IF NOT EXISTS attachments (
     id TEXT PRIMARY KEY,
     size INTEGER NOT NULL,
-    created_at INTEGER NOT NULL
+    created_at INTEGER NOT NULL,
+    account_id INTEGER
+);
+CREATE TABLE IF NOT EXISTS prekey_handouts (
+    target_account INTEGER NOT NULL,
+    requester_account INTEGER NOT NULL,
+    handed_at INTEGER NOT NULL
 );
 """
 
-POSTGRES_SCHEMA = (
-    SQLITE_SCHEMA.replace("INTEGER PRIMARY KEY AUTOINCREMENT", "BIGSERIAL PRIMARY KEY")
-    .replace("INTEGER", "BIGINT")
-    .replace("BLOB", "BYTEA")
+# Created after the columns they cover exist (see ADDED_COLUMNS).
+SQLITE_INDEXES = """
+CREATE INDEX IF NOT EXISTS envelopes_by_device ON envelopes (account_id, device_id, seq);
+CREATE INDEX IF NOT EXISTS envelopes_by_age ON envelopes (created_at);
+CREATE INDEX IF NOT EXISTS envelopes_by_mailbox_size ON envelopes (account_id, device_id, size);
+CREATE INDEX IF NOT EXISTS attachments_by_account ON attachments (account_id, created_at);
+CREATE INDEX IF NOT EXISTS prekey_handouts_by_target ON prekey_handouts (target_account, handed_at);
+CREATE INDEX IF NOT EXISTS prekey_handouts_by_pair
+    ON prekey_handouts (target_account, requester_account, handed_at);
+"""
+
+# Columns added since the first release: CREATE TABLE IF NOT EXISTS leaves an older
+# database's tables as they were. (table, column, type, backfill for existing rows)
+ADDED_COLUMNS: tuple[tuple[str, str, str, str | None], ...] = (
+    ("envelopes", "size", "INTEGER NOT NULL DEFAULT 0", "UPDATE envelopes SET size = LENGTH(body)"),
+    ("attachments", "account_id", "INTEGER", None),
 )
+
+
+def _postgres_types(sql: str) -> str:
+    return (
+        sql.replace("INTEGER PRIMARY KEY AUTOINCREMENT", "BIGSERIAL PRIMARY KEY")
+        .replace("INTEGER", "BIGINT")
+        .replace("BLOB", "BYTEA")
+    )
+
+
+POSTGRES_TABLES = _postgres_types(SQLITE_TABLES)
+POSTGRES_INDEXES = _postgres_types(SQLITE_INDEXES)
+
+PRIVATE_DIRECTORY_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
+# A WAL this large after a deletion is checkpointed at once rather than at the
+# janitor's next round: it would otherwise keep many deleted bodies' old pages.
+WAL_SCRUB_BYTES = 4 * 1024 * 1024
+ATTACHMENT_WINDOW_MS = 86_400_000
+
+
+def private_directory(path: Path) -> Path:
+    """`path` as a directory only its owner can open, whatever the umask."""
+    path.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIRECTORY_MODE)
+    # mkdir's mode passes through the umask, and an existing directory keeps its own.
+    path.chmod(PRIVATE_DIRECTORY_MODE)
+    return path
+
+
+def private_file(path: Path) -> None:
+    """Creates `path` (empty) if missing; either way only its owner may read it."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, PRIVATE_FILE_MODE)
+    try:
+        os.fchmod(descriptor, PRIVATE_FILE_MODE)
+    finally:
+        os.close(descriptor)
+
+
+def tighten(path: Path) -> None:
+    """Owner-only mode for an existing file or directory (a symlink is left alone)."""
+    with contextlib.suppress(FileNotFoundError):
+        if path.is_symlink():
+            return
+        path.chmod(PRIVATE_DIRECTORY_MODE if path.is_dir() else PRIVATE_FILE_MODE)
+
 
 ONE_TIME_PREKEY = 1
 ONE_TIME_KEM_PREKEY = 2
@@ -94,6 +158,54 @@ class NewEnvelope:
     sender_device: int
     body: bytes
     created_at: int
+
+
+@dataclass(frozen=True)
+class MailboxQuota:
+    """What one device's mailbox holds at most: envelopes, and their bodies' bytes."""
+
+    envelopes: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class HandoutLimits:
+    """How many fetches of one account's bundle hand out one-time prekeys per window:
+    to one requester, and to everyone together. Beyond them the bundle goes out
+    without one-time keys, and sessions start on the signed and last-resort prekeys."""
+
+    per_requester: int
+    per_target: int
+    window_ms: int
+
+
+@dataclass(frozen=True)
+class KeyFetch:
+    bundles: list[dict[str, Any]]
+    # None when one-time keys were handed out, else the limit that withheld them:
+    # "requester" or "target".
+    withheld: str | None
+    # This fetch took the last handout an allowance had left for the window.
+    allowance_used_up: bool
+
+
+@dataclass(frozen=True)
+class MailboxDepth:
+    mailboxes: int
+    envelopes: int
+    bytes: int
+    max_device_envelopes: int
+    max_device_bytes: int
+
+
+class QuotaExceeded(Exception):
+    """A write would pass a per-account or per-device quota; nothing of it was stored."""
+
+    def __init__(self, kind: str, limit: int, retry_after_ms: int = 0) -> None:
+        super().__init__(f"the {kind} quota of {limit} is reached")
+        self.kind = kind
+        self.limit = limit
+        self.retry_after_ms = retry_after_ms
 
 
 class Connection(Protocol):
@@ -125,6 +237,32 @@ class Storage:
     def close(self) -> None:
         pass
 
+    def _lock_account(self, conn: Any, account_id: int) -> None:
+        """Serialises the writes that count an account's rows before adding one, so
+        two at once cannot both pass a quota. SQLite's writes are serial already."""
+        if self.dialect == "postgres":
+            self.run(conn, "SELECT id FROM accounts WHERE id = ? FOR UPDATE", (account_id,))
+
+    def _content_deleted(self) -> None:
+        """Envelope bodies were deleted; a backend that keeps old page images (SQLite's
+        WAL) scrubs them soon after."""
+
+    def scrub_deleted(self) -> bool:
+        """Makes deleted content unreadable in the backend's files; True when done."""
+        return True
+
+    def _columns(self, conn: Any, table: str) -> set[str]:
+        raise NotImplementedError
+
+    def _migrate(self, conn: Any) -> None:
+        for table, column, kind, backfill in ADDED_COLUMNS:
+            if column in self._columns(conn, table):
+                continue
+            column_type = kind if self.dialect == "sqlite" else _postgres_types(kind)
+            self.run(conn, f"ALTER TABLE {table} ADD COLUMN {column} {column_type}")
+            if backfill:
+                self.run(conn, backfill)
+
     # ---- accounts -----------------------------------------------------------------
     def create_account(self, username: str, device_name: str, token: str, now: int) -> int:
         with self.transaction() as conn:
@@ -142,8 +280,21 @@ class Storage:
             )
         return account_id
 
-    def add_device(self, account_id: int, device_name: str, token: str, now: int) -> int:
+    def add_device(
+        self, account_id: int, device_name: str, token: str, now: int, max_active: int
+    ) -> int:
+        """The new device's id; QuotaExceeded("device") if `max_active` are active."""
         with self.transaction() as conn:
+            self._lock_account(conn, account_id)
+            active = int(
+                self.run(
+                    conn,
+                    "SELECT COUNT(*) FROM devices WHERE account_id = ? AND revoked = 0",
+                    (account_id,),
+                ).fetchone()[0]
+            )
+            if active >= max_active:
+                raise QuotaExceeded("device", max_active)
             row = self.run(
                 conn,
                 "SELECT COALESCE(MAX(device_id), 0) + 1 FROM devices WHERE account_id = ?",
@@ -206,6 +357,7 @@ class Storage:
                 "DELETE FROM envelopes WHERE account_id = ? AND device_id = ?",
                 (account_id, device_id),
             )
+        self._content_deleted()
         return changed
 
     # ---- prekeys ------------------------------------------------------------------
@@ -218,8 +370,12 @@ class Storage:
         last_resort: bytes | None,
         one_time: list[tuple[int, bytes]],
         one_time_kem: list[tuple[int, bytes]],
+        max_one_time: int,
     ) -> tuple[int, int] | None:
-        """Returns the stock after the upload, or None if the identity would change."""
+        """Returns the stock after the upload, or None if the identity would change.
+
+        QuotaExceeded("prekey") when either kind's stock would pass `max_one_time`;
+        then nothing of the upload is stored."""
         with self.transaction() as conn:
             row = self.run(
                 conn,
@@ -255,7 +411,12 @@ class Storage:
                         " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                         (account_id, device_id, kind, key_id, blob),
                     )
-            return self._stock(conn, account_id, device_id)
+            # Counted after the inserts, so re-uploaded ids (which store nothing) do
+            # not count twice; raising rolls the whole upload back.
+            stock = self._stock(conn, account_id, device_id)
+            if max(stock) > max_one_time:
+                raise QuotaExceeded("prekey", max_one_time)
+            return stock
 
     def _stock(self, conn: Any, account_id: int, device_id: int) -> tuple[int, int]:
         rows = self.run(
@@ -285,10 +446,27 @@ class Storage:
         ).fetchone()
         return (int(row[0]), bytes(row[1])) if row else None
 
-    def fetch_bundles(self, account_id: int) -> list[dict[str, Any]]:
-        """Every active device's keys, consuming one one-time key of each kind."""
+    def _handouts(self, conn: Any, target: int, requester: int | None, since: int) -> int:
+        if requester is None:
+            sql = "SELECT COUNT(*) FROM prekey_handouts WHERE target_account = ? AND handed_at >= ?"
+            params: tuple[int, ...] = (target, since)
+        else:
+            sql = (
+                "SELECT COUNT(*) FROM prekey_handouts WHERE target_account = ?"
+                " AND requester_account = ? AND handed_at >= ?"
+            )
+            params = (target, requester, since)
+        return int(self.run(conn, sql, params).fetchone()[0])
+
+    def fetch_bundles(
+        self, account_id: int, requester: int, now: int, limits: HandoutLimits
+    ) -> KeyFetch:
+        """Every active device's keys, consuming one one-time key of each kind per
+        device, unless `requester`'s or everyone's handouts of this account in the
+        window have reached `limits`: then without one-time keys."""
         bundles: list[dict[str, Any]] = []
         with self.transaction() as conn:
+            self._lock_account(conn, account_id)
             rows = self.run(
                 conn,
                 "SELECT device_id, identity, signed_prekey, last_resort_kem FROM devices"
@@ -297,8 +475,32 @@ class Storage:
                 " ORDER BY device_id",
                 (account_id,),
             ).fetchall()
+            if not rows:
+                return KeyFetch([], None, allowance_used_up=False)
+            since = now - limits.window_ms
+            withheld: str | None = None
+            used_up = False
+            by_requester = self._handouts(conn, account_id, requester, since)
+            if by_requester >= limits.per_requester:
+                withheld = "requester"
+            else:
+                by_everyone = self._handouts(conn, account_id, None, since)
+                if by_everyone >= limits.per_target:
+                    withheld = "target"
+                else:
+                    self.run(
+                        conn,
+                        "INSERT INTO prekey_handouts (target_account, requester_account,"
+                        " handed_at) VALUES (?, ?, ?)",
+                        (account_id, requester, now),
+                    )
+                    used_up = (
+                        by_requester + 1 >= limits.per_requester
+                        or by_everyone + 1 >= limits.per_target
+                    )
             for row in rows:
                 device_id = int(row[0])
+                handing_out = withheld is None
                 bundles.append(
                     {
                         "device_id": device_id,
@@ -307,13 +509,24 @@ class Storage:
                         "last_resort_kem_prekey": bytes(row[3]),
                         "one_time_prekey": self._take_one_time(
                             conn, account_id, device_id, ONE_TIME_PREKEY
-                        ),
+                        )
+                        if handing_out
+                        else None,
                         "one_time_kem_prekey": self._take_one_time(
                             conn, account_id, device_id, ONE_TIME_KEM_PREKEY
-                        ),
+                        )
+                        if handing_out
+                        else None,
                     }
                 )
-        return bundles
+        return KeyFetch(bundles, withheld, allowance_used_up=used_up)
+
+    def purge_handouts(self, older_than: int) -> int:
+        with self.transaction() as conn:
+            cursor = self.run(
+                conn, "DELETE FROM prekey_handouts WHERE handed_at < ?", (older_than,)
+            )
+            return max(int(cursor.rowcount), 0)
 
     # ---- mailbox --------------------------------------------------------------
     def active_device(self, account_id: int, device_id: int) -> bool:
@@ -325,13 +538,14 @@ class Storage:
             ).fetchone()
         return row is not None
 
-    def enqueue(self, envelopes: Sequence[NewEnvelope], quota: int) -> list[str]:
-        """Per envelope 'queued', 'duplicate' or 'quota'; one transaction for all."""
+    def enqueue(self, envelopes: Sequence[NewEnvelope], quota: MailboxQuota) -> list[str]:
+        """Per envelope 'queued', 'duplicate', 'quota' (the mailbox holds its most
+        envelopes) or 'quota_bytes' (its most bytes); one transaction for all."""
         with self.transaction() as conn:
             return self.enqueue_in(conn, envelopes, quota)
 
     def enqueue_group(
-        self, sends: Sequence[tuple[Sequence[NewEnvelope], int]]
+        self, sends: Sequence[tuple[Sequence[NewEnvelope], MailboxQuota]]
     ) -> list[list[str] | Exception]:
         """Several requests' sends in one transaction (one fsync), each with its outcome.
 
@@ -349,27 +563,37 @@ class Storage:
             outcomes += self.enqueue_group([(envelopes, quota)])
         return outcomes
 
-    def enqueue_in(self, conn: Any, envelopes: Sequence[NewEnvelope], quota: int) -> list[str]:
-        waiting: dict[tuple[int, int], int] = {}
+    def enqueue_in(
+        self, conn: Any, envelopes: Sequence[NewEnvelope], quota: MailboxQuota
+    ) -> list[str]:
+        # Per mailbox: [envelopes waiting, their bytes], read once per transaction
+        # from the covering (account, device, size) index, then kept up to date here.
+        waiting: dict[tuple[int, int], list[int]] = {}
         statuses: list[str] = []
         for envelope in envelopes:
             mailbox = (envelope.account_id, envelope.device_id)
             if mailbox not in waiting:
-                waiting[mailbox] = int(
-                    self.run(
-                        conn,
-                        "SELECT COUNT(*) FROM envelopes WHERE account_id = ? AND device_id = ?",
-                        mailbox,
-                    ).fetchone()[0]
-                )
-            if waiting[mailbox] >= quota:
-                # A retry of something already queued is still a duplicate, not a 429.
-                statuses.append("duplicate" if self._queued(conn, envelope) else "quota")
+                row = self.run(
+                    conn,
+                    "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM envelopes"
+                    " WHERE account_id = ? AND device_id = ?",
+                    mailbox,
+                ).fetchone()
+                waiting[mailbox] = [int(row[0]), int(row[1])]
+            count, size = waiting[mailbox]
+            refusal = None
+            if count >= quota.envelopes:
+                refusal = "quota"
+            elif size + len(envelope.body) > quota.bytes:
+                refusal = "quota_bytes"
+            if refusal is not None:
+                # A retry of something already queued is still a duplicate, not a refusal.
+                statuses.append("duplicate" if self._queued(conn, envelope) else refusal)
                 continue
             inserted = self.run(
                 conn,
                 "INSERT INTO envelopes (account_id, device_id, client_id, sender, sender_device,"
-                " body, created_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                " body, created_at, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 (
                     envelope.account_id,
                     envelope.device_id,
@@ -378,10 +602,11 @@ class Storage:
                     envelope.sender_device,
                     envelope.body,
                     envelope.created_at,
+                    len(envelope.body),
                 ),
             ).rowcount
             if inserted:
-                waiting[mailbox] += 1
+                waiting[mailbox] = [count + 1, size + len(envelope.body)]
                 statuses.append("queued")
             else:
                 statuses.append("duplicate")
@@ -438,20 +663,83 @@ class Storage:
                     (account_id, device_id, seq),
                 )
                 removed += max(cursor.rowcount, 0)
+        if removed:
+            self._content_deleted()
         return removed
 
     def purge(self, older_than: int) -> int:
         with self.transaction() as conn:
             cursor = self.run(conn, "DELETE FROM envelopes WHERE created_at < ?", (older_than,))
-            return max(int(cursor.rowcount), 0)
+            removed = max(int(cursor.rowcount), 0)
+        if removed:
+            self._content_deleted()
+        return removed
+
+    def mailbox_depth(self) -> MailboxDepth:
+        """Pending envelopes and bytes, in all and in the fullest device's mailbox:
+        read from the covering (account, device, size) index, not the bodies."""
+        with self.read() as conn:
+            row = self.run(
+                conn,
+                "SELECT COUNT(*), COALESCE(SUM(n), 0), COALESCE(SUM(b), 0),"
+                " COALESCE(MAX(n), 0), COALESCE(MAX(b), 0) FROM ("
+                " SELECT COUNT(*) AS n, SUM(size) AS b FROM envelopes"
+                " GROUP BY account_id, device_id) AS mailboxes",
+            ).fetchone()
+        return MailboxDepth(*(int(value) for value in row))
 
     # ---- attachments ----------------------------------------------------------
-    def add_attachment(self, blob_id: str, size: int, now: int) -> None:
+    def _attachment_bytes(self, conn: Any, account_id: int, since: int) -> int:
+        """Bytes uploaded after `since`: an upload counts for 24 hours to the
+        millisecond, so it has left the window exactly when Retry-After says."""
+        row = self.run(
+            conn,
+            "SELECT COALESCE(SUM(size), 0) FROM attachments WHERE account_id = ?"
+            " AND created_at > ?",
+            (account_id, since),
+        ).fetchone()
+        return int(row[0])
+
+    def _attachment_wait(self, conn: Any, account_id: int, now: int, excess: int) -> int:
+        """Milliseconds until uploads of `excess` bytes have left the 24-hour window."""
+        row = self.run(
+            conn,
+            "SELECT created_at FROM ("
+            " SELECT created_at, SUM(size) OVER (ORDER BY created_at, id) AS freed"
+            " FROM attachments WHERE account_id = ? AND created_at > ?) AS past"
+            " WHERE freed >= ? ORDER BY created_at LIMIT 1",
+            (account_id, now - ATTACHMENT_WINDOW_MS, excess),
+        ).fetchone()
+        if row is None:  # even the whole window's uploads are not enough
+            return ATTACHMENT_WINDOW_MS
+        return max(int(row[0]) + ATTACHMENT_WINDOW_MS - now, 1)
+
+    def attachment_allowance(
+        self, account_id: int, now: int, daily_bytes: int, wanted: int
+    ) -> tuple[int, int]:
+        """(bytes the account may still upload in the current 24-hour window,
+        milliseconds until `wanted` more bytes would fit, 0 if they fit now)."""
+        with self.read() as conn:
+            used = self._attachment_bytes(conn, account_id, now - ATTACHMENT_WINDOW_MS)
+            excess = used + wanted - daily_bytes
+            wait = self._attachment_wait(conn, account_id, now, excess) if excess > 0 else 0
+        return daily_bytes - used, wait
+
+    def add_attachment(
+        self, blob_id: str, size: int, now: int, account_id: int, daily_bytes: int
+    ) -> None:
+        """QuotaExceeded("attachment") when the account's uploads in the past 24 hours
+        and this one together pass `daily_bytes`; then nothing is recorded."""
         with self.transaction() as conn:
+            self._lock_account(conn, account_id)
+            used = self._attachment_bytes(conn, account_id, now - ATTACHMENT_WINDOW_MS)
+            if used + size > daily_bytes:
+                wait = self._attachment_wait(conn, account_id, now, used + size - daily_bytes)
+                raise QuotaExceeded("attachment", daily_bytes, retry_after_ms=wait)
             self.run(
                 conn,
-                "INSERT INTO attachments (id, size, created_at) VALUES (?, ?, ?)",
-                (blob_id, size, now),
+                "INSERT INTO attachments (id, size, created_at, account_id) VALUES (?, ?, ?, ?)",
+                (blob_id, size, now, account_id),
             )
 
     def attachment(self, blob_id: str) -> tuple[int, int] | None:
@@ -473,6 +761,11 @@ class Storage:
 
 class SqliteStorage(Storage):
     def __init__(self, path: Path) -> None:
+        # Created owner-only before SQLite opens it: SQLite gives the WAL and SHM it
+        # creates the database file's mode. Files from an older start are tightened.
+        private_file(path)
+        for companion in ("-wal", "-shm", "-journal"):
+            tighten(path.with_name(path.name + companion))
         self._connection = sqlite3.connect(
             str(path), isolation_level=None, check_same_thread=False, timeout=30
         )
@@ -480,11 +773,23 @@ class SqliteStorage(Storage):
         self._connection.execute("PRAGMA journal_mode = WAL")
         self._connection.execute("PRAGMA synchronous = FULL")
         self._connection.execute("PRAGMA foreign_keys = ON")
-        self._connection.executescript(SQLITE_SCHEMA)
+        # Deleted rows (acknowledged and expired envelopes) are overwritten with
+        # zeros instead of lingering in free space; all deletes go through this
+        # connection. scrub_deleted() then takes their old images out of the WAL.
+        self._connection.execute("PRAGMA secure_delete = ON")
+        self._connection.executescript(SQLITE_TABLES)
         self._path = path
+        self._wal = path.with_name(path.name + "-wal")
+        self._scrub_wanted = False
+        with self.transaction() as conn:
+            self._migrate(conn)
+        self._connection.executescript(SQLITE_INDEXES)
         self._readers = threading.local()
         self._readers_lock = threading.Lock()
         self._all_readers: list[sqlite3.Connection] = []
+
+    def _columns(self, conn: Any, table: str) -> set[str]:
+        return {str(row[1]) for row in conn.execute(f"PRAGMA table_info({table})").fetchall()}
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Any]:
@@ -517,6 +822,31 @@ class SqliteStorage(Storage):
         finally:
             reader.execute("COMMIT")
 
+    def _content_deleted(self) -> None:
+        self._scrub_wanted = True
+        try:
+            large = self._wal.stat().st_size > WAL_SCRUB_BYTES
+        except FileNotFoundError:
+            large = False
+        if large:
+            self.scrub_deleted()
+
+    def scrub_deleted(self) -> bool:
+        """Checkpoints the WAL into the database and truncates it: secure_delete has
+        zeroed the deleted rows in the current pages, but the WAL still holds the
+        pages as they were until then. False if a reader kept it from finishing
+        (the next call tries again)."""
+        with self._lock:
+            if not self._scrub_wanted:
+                return True
+            self._scrub_wanted = False
+            busy, _frames, _copied = self._connection.execute(
+                "PRAGMA wal_checkpoint(TRUNCATE)"
+            ).fetchone()
+            if busy:
+                self._scrub_wanted = True
+            return not busy
+
     def close(self) -> None:
         with self._readers_lock:
             for reader in self._all_readers:
@@ -540,13 +870,25 @@ class PostgresStorage(Storage):
         self._all_lock = threading.Lock()
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("SELECT pg_advisory_lock(4242)")
-            for statement in POSTGRES_SCHEMA.split(";"):
+            for statement in POSTGRES_TABLES.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            self._migrate(conn)
+            for statement in POSTGRES_INDEXES.split(";"):
                 if statement.strip():
                     conn.execute(statement)
             conn.execute("SELECT pg_advisory_unlock(4242)")
 
     def _sql(self, sql: str) -> str:
         return sql.replace("?", "%s")
+
+    def _columns(self, conn: Any, table: str) -> set[str]:
+        rows = conn.execute(
+            "SELECT column_name FROM information_schema.columns"
+            " WHERE table_schema = current_schema() AND table_name = %s",
+            (table,),
+        ).fetchall()
+        return {str(row[0]) for row in rows}
 
     def _connection(self) -> Any:
         conn = getattr(self._local, "conn", None)

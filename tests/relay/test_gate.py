@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from relay.gate import SqliteGate, gate_for
-from relay.storage import NewEnvelope, Storage, open_storage
+from relay.storage import MailboxQuota, NewEnvelope, Storage, open_storage
 
 
 @pytest.fixture
@@ -20,12 +20,17 @@ def storage(tmp_path: Path, backend: str | None) -> Iterator[Storage]:
     opened.close()
 
 
+def _quota(envelopes: int) -> MailboxQuota:
+    return MailboxQuota(envelopes, bytes=1 << 30)
+
+
 def _mailbox(storage: Storage, name: str) -> int:
     return storage.create_account(name, "laptop", f"token-{name}", 0)
 
 
-def _envelope(account_id: int, client_id: str, body: bytes | None = b"cipher") -> NewEnvelope:
-    return NewEnvelope(account_id, 1, client_id, "alice", 1, body, 0)  # type: ignore[arg-type]
+def _envelope(account_id: int, client_id: str | None) -> NewEnvelope:
+    """A None `client_id` makes the insert violate NOT NULL inside the transaction."""
+    return NewEnvelope(account_id, 1, client_id, "alice", 1, b"cipher", 0)  # type: ignore[arg-type]
 
 
 def _ids(storage: Storage, account_id: int) -> list[str]:
@@ -37,16 +42,16 @@ def test_a_group_keeps_each_sends_outcome_and_order(storage: Storage) -> None:
     carol = _mailbox(storage, "carol")
     outcomes = storage.enqueue_group(
         [
-            ([_envelope(bob, "a"), _envelope(carol, "a")], 10),
-            ([_envelope(bob, "a")], 10),  # the same message again, in the same transaction
-            ([_envelope(bob, "b"), _envelope(bob, "c"), _envelope(bob, "d")], 3),
+            ([_envelope(bob, "a"), _envelope(carol, "a")], _quota(10)),
+            ([_envelope(bob, "a")], _quota(10)),  # the same message again, in the same transaction
+            ([_envelope(bob, "b"), _envelope(bob, "c"), _envelope(bob, "d")], _quota(3)),
         ]
     )
     assert outcomes == [["queued", "queued"], ["duplicate"], ["queued", "queued", "quota"]]
     assert _ids(storage, bob) == ["a", "b", "c"]
     assert _ids(storage, carol) == ["a"]
     # A retry of something already queued is a duplicate even when the mailbox is full.
-    assert storage.enqueue([_envelope(bob, "b"), _envelope(bob, "e")], 3) == [
+    assert storage.enqueue([_envelope(bob, "b"), _envelope(bob, "e")], _quota(3)) == [
         "duplicate",
         "quota",
     ]
@@ -56,9 +61,12 @@ def test_one_failing_send_does_not_fail_its_neighbours(storage: Storage) -> None
     bob = _mailbox(storage, "bob")
     outcomes = storage.enqueue_group(
         [
-            ([_envelope(bob, "before")], 10),
-            ([_envelope(bob, "broken", body=None)], 10),  # violates NOT NULL
-            ([_envelope(bob, "after")], 10),
+            ([_envelope(bob, "before")], _quota(10)),
+            (
+                [_envelope(bob, None)],
+                _quota(10),
+            ),  # violates NOT NULL
+            ([_envelope(bob, "after")], _quota(10)),
         ]
     )
     assert outcomes[0] == ["queued"]
@@ -79,8 +87,10 @@ def test_concurrent_sends_through_the_gate_are_all_stored_once(storage: Storage)
     async def scenario() -> list[Any]:
         gate.start(asyncio.get_running_loop())
         try:
-            sends = [gate.enqueue([_envelope(bob, f"m{i % 150}")], 1000) for i in range(300)]
-            broken = gate.enqueue([_envelope(bob, "broken", body=None)], 1000)
+            sends = [
+                gate.enqueue([_envelope(bob, f"m{i % 150}")], _quota(1000)) for i in range(300)
+            ]
+            broken = gate.enqueue([_envelope(bob, None)], _quota(1000))
             acked = gate.write(storage.ack, bob, 1, [])
             return await asyncio.gather(*sends, broken, acked, return_exceptions=True)
         finally:
@@ -102,10 +112,10 @@ def test_a_request_that_goes_away_does_not_stop_the_writer(tmp_path: Path) -> No
     async def scenario() -> list[str]:
         gate.start(asyncio.get_running_loop())
         try:
-            abandoned = asyncio.ensure_future(gate.enqueue([_envelope(bob, "gone")], 10))
+            abandoned = asyncio.ensure_future(gate.enqueue([_envelope(bob, "gone")], _quota(10)))
             await asyncio.sleep(0)
             abandoned.cancel()
-            return await gate.enqueue([_envelope(bob, "next")], 10)
+            return await gate.enqueue([_envelope(bob, "next")], _quota(10))
         finally:
             gate.stop()
 
@@ -118,5 +128,5 @@ def test_a_request_that_goes_away_does_not_stop_the_writer(tmp_path: Path) -> No
 def test_the_gate_refuses_writes_when_not_started(tmp_path: Path) -> None:
     storage = open_storage(tmp_path, None)
     with pytest.raises(RuntimeError, match="not running"):
-        asyncio.run(SqliteGate(storage).enqueue([], 1))
+        asyncio.run(SqliteGate(storage).enqueue([], _quota(1)))
     storage.close()

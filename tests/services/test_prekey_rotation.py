@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -125,15 +126,19 @@ def served_signed_prekey(thief: Person, of: str) -> int:
 
 
 def drain_one_time_keys(thief: Person, victim: str) -> None:
-    """Any account can: each fetch of a bundle hands out one of each kind."""
-    relay = thief.profile.relay(token=thief.client.messenger.relay_token)
-    try:
-        for _ in range(500):
-            device = relay.fetch_keys(victim)["devices"][0]
-            if device["one_time_prekey"] is None and device["one_time_kem_prekey"] is None:
-                return
-    finally:
-        relay.close()
+    """Fetches the victim's bundle until the relay hands out no one-time keys. The
+    relay hands one account only a few an hour, so the thief signs up a fresh
+    account for each fetch; then the victim's stock, or its hourly allowance for
+    everyone, runs out, and the next contact's bundle has none either."""
+    for _ in range(500):
+        sybil = thief.profile.relay()
+        try:
+            sybil.register(f"sybil-{uuid.uuid4().hex[:12]}", "drainer")
+            device = sybil.fetch_keys(victim)["devices"][0]
+        finally:
+            sybil.close()
+        if device["one_time_prekey"] is None and device["one_time_kem_prekey"] is None:
+            return
     raise AssertionError("the one-time keys did not run out")
 
 

@@ -126,7 +126,11 @@ class ManagedProcess:
 
     def start(self) -> ManagedProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = self.log_path.open("ab")
+        # Owner-only whatever the umask (and tightened if an earlier run left it
+        # looser): a component's log (relay.log, vault.log) is the operator's.
+        descriptor = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.fchmod(descriptor, 0o600)
+        log = os.fdopen(descriptor, "ab")
         try:
             self.popen = subprocess.Popen(
                 self.argv,
