@@ -243,6 +243,24 @@ class Storage:
         if self.dialect == "postgres":
             self.run(conn, "SELECT id FROM accounts WHERE id = ? FOR UPDATE", (account_id,))
 
+    def _lock_mailboxes(self, conn: Any, mailboxes: set[tuple[int, int]]) -> None:
+        """Serialises the sends into one mailbox until commit. A push connection asks
+        for `seq > last sent`; on PostgreSQL a seq is drawn at insert, so without this
+        a send that drew 151 and committed after one that drew 152 was never pushed.
+        Holding the mailbox's lock from before the insert until commit makes seqs
+        commit in order per mailbox (and makes its quota exact). Sorted, so two
+        fan-outs over the same mailboxes cannot deadlock. SQLite's writes are serial
+        already."""
+        if self.dialect != "postgres":
+            return
+        for account_id, device_id in sorted(mailboxes):
+            # One bigint key; a collision of two mailboxes only serialises them.
+            self.run(
+                conn,
+                "SELECT pg_advisory_xact_lock((?::bigint << 31) # ?::bigint)",
+                (account_id, device_id),
+            )
+
     def _content_deleted(self) -> None:
         """Envelope bodies were deleted; a backend that keeps old page images (SQLite's
         WAL) scrubs them soon after."""
@@ -570,6 +588,7 @@ class Storage:
         # from the covering (account, device, size) index, then kept up to date here.
         waiting: dict[tuple[int, int], list[int]] = {}
         statuses: list[str] = []
+        self._lock_mailboxes(conn, {(e.account_id, e.device_id) for e in envelopes})
         for envelope in envelopes:
             mailbox = (envelope.account_id, envelope.device_id)
             if mailbox not in waiting:

@@ -295,6 +295,46 @@ def test_two_relays_on_one_postgres_share_users_and_push(
     assert received == ["cross"]
 
 
+def test_concurrent_sends_through_two_relays_are_all_pushed_in_order(
+    postgres_server: object, relay_factory: object
+) -> None:
+    """On PostgreSQL a seq is drawn at insert, not at commit: a send that drew a lower
+    seq but committed later was skipped by a push connection already past it."""
+    from tests.relay.conftest import fresh_database
+
+    dsn = fresh_database(postgres_server)  # type: ignore[arg-type]
+    relays = [
+        relay_factory("one", database_url=dsn),  # type: ignore[operator]
+        relay_factory("two", database_url=dsn),  # type: ignore[operator]
+    ]
+    bob = _register(relays[1], "bob")
+    senders = [_register(relays[number % 2], f"sender{number}") for number in range(8)]
+    per_sender = 60
+    expected = {f"s{n}-{i}" for n in range(len(senders)) for i in range(per_sender)}
+    context = ssl.create_default_context(cafile=str(relays[1].ca_file))
+    pushed: list[tuple[int, str]] = []
+
+    def send_all(number: int) -> None:
+        for index in range(per_sender):
+            senders[number].send([OutgoingEnvelope(f"s{number}-{index}", "bob", 1, b"x" * 64)])
+
+    with connect(
+        bob.push_url(), additional_headers=_bearer(bob.token), ssl=context, open_timeout=10
+    ) as connection:
+        with ThreadPoolExecutor(len(senders)) as pool:
+            for future in [pool.submit(send_all, n) for n in range(len(senders))]:
+                future.result()
+        with pytest.raises(TimeoutError):
+            while True:  # until nothing more arrives for 3 s
+                frame = json.loads(connection.recv(timeout=3))
+                if frame["type"] == "envelope":
+                    pushed.append((frame["seq"], frame["id"]))
+    assert len(bob.fetch(limit=1000)) == len(expected)
+    assert {client_id for _, client_id in pushed} == expected
+    seqs = [seq for seq, _ in pushed]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+
+
 def test_one_account_cannot_touch_another_accounts_devices_or_keys(relay: RelayProcess) -> None:
     alice = _register(relay, "alice", keys=3)
     mallory = _register(relay, "mallory", keys=3)
