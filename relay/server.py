@@ -982,8 +982,21 @@ def create_app(settings: RelaySettings) -> FastAPI:
         subscription = hub.subscribe(key)
         metrics.gauge_add("push_connections", 1)
         last_sent = 0
+        closed = asyncio.Event()
+
+        async def notice_close() -> None:
+            # Clients send nothing on this socket, so a receive only ever returns its
+            # close. Without it a handler learned of a gone client at its next send,
+            # up to PUSH_IDLE_SECONDS later, holding its memory and subscription.
+            with contextlib.suppress(Exception):
+                while (await websocket.receive())["type"] != "websocket.disconnect":
+                    pass
+            closed.set()
+            subscription.event.set()
+
+        watcher = asyncio.create_task(notice_close())
         try:
-            while True:
+            while not closed.is_set():
                 subscription.event.clear()
                 batch = await gate.read(envelopes_for, device, last_sent, PUSH_BATCH)
                 for envelope in batch:
@@ -1003,6 +1016,7 @@ def create_app(settings: RelaySettings) -> FastAPI:
         except (WebSocketDisconnect, RuntimeError):
             pass
         finally:
+            watcher.cancel()
             hub.unsubscribe(key, subscription)
             metrics.gauge_add("push_connections", -1)
 

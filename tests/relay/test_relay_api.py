@@ -6,6 +6,7 @@ import base64
 import json
 import ssl
 import threading
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -159,6 +160,32 @@ def test_push_delivers_live_and_catches_up(any_relay: RelayProcess) -> None:
             connect(url, additional_headers=headers, ssl=context, open_timeout=10) as bad,
         ):
             bad.recv(timeout=5)
+
+
+def test_a_closed_push_connection_is_let_go_at_once(any_relay: RelayProcess) -> None:
+    """Not at the next ping up to 20 s later: until then the handler held its memory
+    and subscription, and a relay stopping waited for it."""
+    bob = _register(any_relay, "bob")
+    context = ssl.create_default_context(cafile=str(any_relay.ca_file))
+
+    def open_pushes() -> float:
+        text = requests.get(f"{any_relay.url}/metrics", verify=str(any_relay.ca_file)).text
+        for line in text.splitlines():
+            if line.startswith("relay_push_connections "):
+                return float(line.split()[1])
+        return 0.0
+
+    with connect(
+        bob.push_url(), additional_headers=_bearer(bob.token), ssl=context, open_timeout=10
+    ):
+        deadline = time.monotonic() + 5
+        while open_pushes() != 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert open_pushes() == 1
+    deadline = time.monotonic() + 3
+    while open_pushes() != 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert open_pushes() == 0
 
 
 def test_push_says_when_the_prekey_stock_runs_low(any_relay: RelayProcess) -> None:
