@@ -9,13 +9,23 @@ Run with `--check` to compare without writing.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from app.crypto import DeterministicRng, DhPrivateKey
-from app.protocol.content import Quote, Reaction, Text, encode_content
+from app.protocol.content import (
+    AttachmentPointer,
+    Delete,
+    Edit,
+    Quote,
+    Reaction,
+    Text,
+    Typing,
+    encode_content,
+)
 from app.protocol.identity import DeviceIdentity, LocalPrekeys, RemoteBundle
 from app.protocol.ratchet import RatchetState
 from app.protocol.safety import qr_payload, safety_number
@@ -81,8 +91,37 @@ def deterministic() -> dict[str, Any]:
             "reaction_removed": encode_content(
                 Reaction("00000000-vector", "alice", 1_700_000_003_000, "")
             ).hex(),
+            "delete": encode_content(Delete("00000000-vector", "alice", 1_700_000_005_000)).hex(),
+            "edit": encode_content(
+                Edit("00000000-vector", "alice", 1_700_000_006_000, "hello again ✓")
+            ).hex(),
+            "typing_started": encode_content(Typing(1_700_000_007_000, True)).hex(),
+            "typing_stopped": encode_content(Typing(1_700_000_008_000, False)).hex(),
+            "attachment": encode_content(_attachment()).hex(),
+            "attachment_thumbnail": encode_content(
+                dataclasses.replace(
+                    _attachment(),
+                    thumbnail=bytes.fromhex("ffd8ffe000104a464946") + b"vector",
+                    thumbnail_width=256,
+                    thumbnail_height=171,
+                )
+            ).hex(),
         },
     }
+
+
+def _attachment() -> AttachmentPointer:
+    return AttachmentPointer(
+        "00000002-vector",
+        1_700_000_004_000,
+        "the view ✓",
+        "blob-vector",
+        bytes(range(32)),
+        bytes(range(32, 64)),
+        123_456,
+        "photo.jpg",
+        "image/jpeg",
+    )
 
 
 def recorded_session_start() -> dict[str, Any]:

@@ -142,6 +142,10 @@ def _shoot(out: Path, work: Path, relay: RelayProcess) -> int:
     until(lambda: sum(bool(m and m.reactions) for m in _rows(window)) >= 2)
     pump(1.0)
     shot(window, "03b-chat-reply-reactions")
+    _attachment_screens(
+        window, work, bob, bob_view.conversation_id, shot=shot, until=until, pump=pump
+    )
+    _edit_delete_typing_screen(window, bob, bob_view.conversation_id, shot=shot, until=until)
     open_titled("Book club")
     until(lambda: window.messages.rowCount() >= 2)
     # Carol is no contact of alice's: her group arrives as a request (issue #24).
@@ -183,6 +187,88 @@ def _shoot(out: Path, work: Path, relay: RelayProcess) -> int:
     bob.stop()
     carol.stop()
     return 0
+
+
+def _picture(path: Path, hue: int) -> Path:
+    """A made-up photo: a sky gradient over a darker ground, with a sun."""
+    from PySide6.QtCore import QPointF
+    from PySide6.QtGui import QColor, QImage, QLinearGradient, QPainter
+
+    image = QImage(1200, 800, QImage.Format.Format_RGB32)
+    painter = QPainter(image)
+    sky = QLinearGradient(QPointF(0, 0), QPointF(0, 800))
+    sky.setColorAt(0, QColor.fromHsl(hue, 170, 150))
+    sky.setColorAt(1, QColor.fromHsl((hue + 30) % 360, 200, 210))
+    painter.fillRect(image.rect(), sky)
+    painter.setBrush(QColor("#ffd45c"))
+    painter.drawEllipse(QPointF(820, 330), 90, 90)
+    painter.fillRect(0, 560, 1200, 240, QColor.fromHsl((hue + 180) % 360, 60, 60))
+    painter.end()
+    image.save(str(path), "PNG")  # type: ignore[call-overload]
+    return path
+
+
+def _attachment_screens(
+    window: Any, work: Path, bob: Any, bob_chat: int, *, shot: Any, until: Any, pump: Any
+) -> None:
+    """Issue #24: the staging bar with a picture and its caption, then image
+    bubbles both ways (thumbnails shown before and after the download)."""
+    from PySide6.QtGui import QImage
+
+    from app.ui.attachments import make_thumbnail
+
+    harbour = _picture(work / "harbour.png", 200)
+    window.stage_files([harbour])
+    until(lambda: window.staging_bar.ready)
+    window.staging_bar.caption.setText("The harbour last night")
+    shot(window, "03c-attachment-staging")
+    window.staging_bar.submit()
+    hills = _picture(work / "hills.png", 20)
+    bob.client.send_file(
+        bob_chat,
+        hills,
+        caption="And the hills this morning",
+        thumbnail=make_thumbnail(QImage(str(hills))),
+    ).result(30)
+
+    def both_shown() -> bool:
+        rows = [window.messages.message_at(r) for r in range(window.messages.rowCount())]
+        images = [m for m in rows if m is not None and m.attachment and m.attachment.thumbnail]
+        return len(images) >= 2 and all(m.attachment.ready for m in images)
+
+    until(both_shown, 30)
+    window.message_view.scrollToBottom()
+    until(window.message_delegate.thumbnails.idle)
+    pump(0.5)
+    shot(window, "03d-image-bubbles")
+
+
+def _edit_delete_typing_screen(
+    window: Any, bob: Any, bob_chat: int, *, shot: Any, until: Any
+) -> None:
+    """Issue #24: an edited message, one deleted for everyone, and bob typing."""
+
+    def find(body: str) -> Any:
+        rows = [window.messages.message_at(r) for r in range(window.messages.rowCount())]
+        return next((m for m in rows if m is not None and m.body == body), None)
+
+    window.composer.setPlainText("Running 5 minutes late")
+    window.composer.submit()
+    until(lambda: find("Running 5 minutes late"))
+    window.start_edit(find("Running 5 minutes late"))
+    window.composer.setPlainText("Running 10 minutes late, sorry")
+    window.composer.submit()
+    until(lambda: find("Running 10 minutes late, sorry"))
+    window.composer.setPlainText("Meant for someone else")
+    window.composer.submit()
+    until(lambda: find("Meant for someone else"))
+    window.confirm_delete_for_everyone(find("Meant for someone else"))
+    window.delete_bar.delete_button.click()
+    until(lambda: find("This message was deleted"))
+    bob.client.send_typing(bob_chat, True).result(20)
+    until(window.typing_line.isVisible)
+    window.message_view.scrollToBottom()
+    shot(window, "03e-chat-edit-delete-typing")
 
 
 def _contact_screens(

@@ -11,6 +11,7 @@ end-to-end encrypted too.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from app.protocol.encoding import Reader, Writer
@@ -31,6 +32,13 @@ RESTORE_NOTICE = 7
 GROUP_CHANGE = 8
 REPLY = 9
 REACTION = 10
+# An attachment with a thumbnail (issue #24): type 3's fields, then the thumbnail.
+# Without a thumbnail an attachment still travels as type 3, so a reader that
+# predates type 11 loses only the attachments that carry one.
+ATTACHMENT_THUMBNAIL = 11
+DELETE = 12
+EDIT = 13
+TYPING = 14
 
 RECEIPT_DELIVERED = 1
 RECEIPT_READ = 2
@@ -39,6 +47,13 @@ MAX_BODY = 64 * 1024
 # original was deleted (or never arrived); longer is cut by the sender.
 MAX_QUOTE_SNIPPET = 200
 MAX_EMOJI_BYTES = 32
+# How long after sending its author may delete a message for everyone or edit it
+# (as Signal allows); receivers check it against the times the contents carry.
+CHANGE_WINDOW_MS = 24 * 3600 * 1000
+# A thumbnail is a preview, not the picture: small enough to travel inside the
+# message and to keep in the store for every image in a chat.
+MAX_THUMBNAIL_BYTES = 16 * 1024
+MAX_THUMBNAIL_SIDE = 256
 
 
 @dataclass(frozen=True)
@@ -82,6 +97,39 @@ class Reaction:
 
 
 @dataclass(frozen=True)
+class Delete:
+    """Delete for everyone: the author takes back their message (named by id and
+    author, as reactions name theirs); `sent_at` is when, for the 24 h limit."""
+
+    message_id: str
+    author: str
+    sent_at: int
+
+
+@dataclass(frozen=True)
+class Edit:
+    """The author replaces the text of their message (named by id and author);
+    `sent_at` orders edits, so a late one never undoes a newer one."""
+
+    message_id: str
+    author: str
+    sent_at: int
+    body: str
+
+    def __repr__(self) -> str:
+        return f"Edit({self.message_id!r}, at {self.sent_at}, <body hidden>)"
+
+
+@dataclass(frozen=True)
+class Typing:
+    """The sender started (or stopped) typing in the chat this came through.
+    Ephemeral: never stored, never retried."""
+
+    sent_at: int
+    started: bool
+
+
+@dataclass(frozen=True)
 class Receipt:
     kind: int
     message_ids: tuple[str, ...]
@@ -99,6 +147,11 @@ class AttachmentPointer:
     filename: str
     mime: str
     timer_seconds: int = 0
+    # A JPEG or PNG of at most MAX_THUMBNAIL_SIDE pixels a side (b"" for none), and
+    # its size in pixels, so a bubble is laid out before the image is decoded.
+    thumbnail: bytes = b""
+    thumbnail_width: int = 0
+    thumbnail_height: int = 0
 
     def __repr__(self) -> str:
         return f"AttachmentPointer({self.filename!r}, {self.size} bytes, <key hidden>)"
@@ -163,6 +216,9 @@ Content = (
     | RestoreNotice
     | GroupChangeContent
     | Reaction
+    | Delete
+    | Edit
+    | Typing
 )
 
 
@@ -182,15 +238,28 @@ def encode_content(content: Content) -> bytes:
                 raise ValueError("a reaction is one emoji")
             writer.u8(REACTION).text16(content.message_id).text16(content.author)
             writer.u64(content.sent_at).bytes8(emoji)
+        case Delete():
+            writer.u8(DELETE).text16(content.message_id).text16(content.author)
+            writer.u64(content.sent_at)
+        case Edit():
+            writer.u8(EDIT).text16(content.message_id).text16(content.author)
+            writer.u64(content.sent_at).bytes32(content.body.encode("utf-8"))
+        case Typing():
+            writer.u8(TYPING).u64(content.sent_at).u8(1 if content.started else 0)
         case Receipt():
             writer.u8(RECEIPT).u8(content.kind).u16(len(content.message_ids))
             for message_id in content.message_ids:
                 writer.text16(message_id)
         case AttachmentPointer():
-            writer.u8(ATTACHMENT).text16(content.message_id).u64(content.sent_at)
+            _check_thumbnail(content, ValueError)
+            writer.u8(ATTACHMENT_THUMBNAIL if content.thumbnail else ATTACHMENT)
+            writer.text16(content.message_id).u64(content.sent_at)
             writer.bytes32(content.caption.encode("utf-8")).text16(content.blob_id)
             writer.raw(content.key).raw(content.digest).u64(content.size)
             writer.text16(content.filename).text16(content.mime).u32(content.timer_seconds)
+            if content.thumbnail:
+                writer.bytes16(content.thumbnail)
+                writer.u16(content.thumbnail_width).u16(content.thumbnail_height)
         case GroupUpdate():
             writer.u8(GROUP_UPDATE).text16(content.message_id).u64(content.sent_at)
             writer.bytes16(content.group_id).text16(content.title).u16(len(content.members))
@@ -228,12 +297,22 @@ def decode_content(data: bytes) -> Content:
         if len(raw_emoji) > MAX_EMOJI_BYTES:
             raise MalformedMessage("a reaction is one emoji")
         content = Reaction(target, author, sent_at, _utf8(raw_emoji))
+    elif kind == DELETE:
+        content = Delete(reader.text16(), reader.text16(), reader.u64())
+    elif kind == EDIT:
+        target, author, sent_at = reader.text16(), reader.text16(), reader.u64()
+        content = Edit(target, author, sent_at, _utf8(reader.bytes32(MAX_BODY)))
+    elif kind == TYPING:
+        sent_at, action = reader.u64(), reader.u8()
+        if action not in (0, 1):
+            raise MalformedMessage("unknown typing action")
+        content = Typing(sent_at, action == 1)
     elif kind == RECEIPT:
         receipt_kind = reader.u8()
         if receipt_kind not in (RECEIPT_DELIVERED, RECEIPT_READ):
             raise MalformedMessage("unknown receipt type")
         content = Receipt(receipt_kind, tuple(reader.text16() for _ in range(reader.u16())))
-    elif kind == ATTACHMENT:
+    elif kind in (ATTACHMENT, ATTACHMENT_THUMBNAIL):
         content = AttachmentPointer(
             message_id=reader.text16(),
             sent_at=reader.u64(),
@@ -246,6 +325,15 @@ def decode_content(data: bytes) -> Content:
             mime=reader.text16(),
             timer_seconds=reader.u32(),
         )
+        if kind == ATTACHMENT_THUMBNAIL:
+            thumbnail = reader.bytes16()
+            width, height = reader.u16(), reader.u16()
+            content = dataclasses.replace(
+                content, thumbnail=thumbnail, thumbnail_width=width, thumbnail_height=height
+            )
+            if not thumbnail:
+                raise MalformedMessage("a type 11 attachment carries a thumbnail")
+            _check_thumbnail(content, MalformedMessage)
     elif kind == GROUP_UPDATE:
         message_id, sent_at = reader.text16(), reader.u64()
         group_id, title = reader.bytes16(), reader.text16()
@@ -263,6 +351,16 @@ def decode_content(data: bytes) -> Content:
         raise MalformedMessage(f"unknown content type {kind}")
     reader.end()
     return content
+
+
+def _check_thumbnail(content: AttachmentPointer, error: type[Exception]) -> None:
+    if not content.thumbnail:
+        return
+    if len(content.thumbnail) > MAX_THUMBNAIL_BYTES:
+        raise error("the thumbnail is too large")
+    sides = (content.thumbnail_width, content.thumbnail_height)
+    if not all(1 <= side <= MAX_THUMBNAIL_SIDE for side in sides):
+        raise error("the thumbnail's size is out of range")
 
 
 def _utf8(data: bytes) -> str:

@@ -19,6 +19,7 @@ import os
 import random
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -46,12 +47,19 @@ from app.services.events import (
     IncomingMessage,
     MessagesChanged,
     MessagesExpired,
+    TypingChanged,
 )
 from app.services.events import (
     ServiceError as ServiceErrorEvent,
 )
 from app.services.messenger import IncomingResult, Messenger, ServiceError
-from app.services.views import ConversationView, MessageView, SafetyNumberView, SearchResultView
+from app.services.views import (
+    ConversationView,
+    MessageView,
+    SafetyNumberView,
+    SearchResultView,
+    Thumbnail,
+)
 from app.store import OutboxItem, PassphraseProtector, Store, StoreError, WrongPassphrase
 
 log = logging.getLogger("cipherline.client")
@@ -473,6 +481,12 @@ class Client:
             log.warning("attachment download failed: %s", type(error).__name__)
             with contextlib.suppress(Exception):
                 tmp.unlink(missing_ok=True)
+            # Left for a click, which tries again (the bubble says so).
+            with contextlib.suppress(Exception):
+                failed = self.core(self.messenger.download_failed, attachment_id).result()
+                if failed is not None:
+                    view = self.core(self.messenger.message_view, failed).result()
+                    self._messages_event(failed.conversation_id, [view])
 
     # ---- receiving ------------------------------------------------------------
     def _after_receive(self, result: IncomingResult) -> None:
@@ -482,7 +496,7 @@ class Client:
         for conversation_id, message in result.new_messages:
             view = self.messenger.message_view(message)
             by_conversation.setdefault(conversation_id, []).append(view)
-            if not message.outgoing and message.kind != "system":
+            if not message.outgoing and message.kind not in ("system", "deleted"):
                 conversation = self.messenger.store.conversations.get(conversation_id)
                 self._emit(
                     IncomingMessage(
@@ -498,6 +512,11 @@ class Client:
             )
         for conversation_id, views in by_conversation.items():
             self._messages_event(conversation_id, views)
+        for conversation_id, sender, started in result.typing:
+            self._emit(TypingChanged(conversation_id, sender, started))
+        if result.erase:
+            # The text a delete or edit replaced leaves the write-ahead log too.
+            self.messenger.store.erase_overwritten()
         if result.changed_conversations or result.identity_changed:
             self._conversations_event_soon()
         for attachment_id in result.attachments_to_fetch:
@@ -606,14 +625,29 @@ class Client:
 
         return self.action(run)
 
-    def send_file(self, conversation_id: int, path: Path) -> Future[MessageView]:
+    def send_file(
+        self,
+        conversation_id: int,
+        path: Path,
+        *,
+        caption: str = "",
+        thumbnail: Thumbnail | None = None,
+        data: bytes | None = None,
+    ) -> Future[MessageView]:
+        """Sends the file at `path`, or `data` under `path`'s name (a pasted image,
+        which has no file), with its caption and thumbnail (docs/protocol.md §5)."""
+
         def run() -> MessageView:
             missing = self.core(self.messenger.missing_sessions, conversation_id).result()
             if missing:
                 self._ensure_sessions(missing)
             # Refused before anything is uploaded (IdentityNotAccepted), not after.
             self.core(self.messenger.require_sendable, conversation_id).result()
-            local, secret = self.core(self.messenger.encrypt_attachment_file, path).result()
+            if data is not None:
+                encrypted = self.core(self.messenger.encrypt_attachment_data, data)
+            else:
+                encrypted = self.core(self.messenger.encrypt_attachment_file, path)
+            local, secret = encrypted.result()
             try:
                 with local.open("rb") as source:
                     blob_id = self.relay.upload_attachment(source)
@@ -623,15 +657,82 @@ class Client:
             return self.core(
                 lambda: self._after_local_send(
                     self.messenger.send_attachment(
-                        conversation_id, path, blob_id, secret, local.name
+                        conversation_id,
+                        path,
+                        blob_id,
+                        secret,
+                        local.name,
+                        caption=caption,
+                        thumbnail=thumbnail,
                     )
                 )
             ).result()
 
         return self.action(run)
 
+    def download_attachment(self, attachment_id: int) -> Future[bool]:
+        """Fetches an attachment left for a click (messenger.AUTO_DOWNLOAD_BYTES);
+        its bubble repaints when it is ready. False if there was nothing to fetch."""
+
+        def run() -> bool:
+            if not self.messenger.request_download(attachment_id):
+                return False
+            self.net(self._download, attachment_id)
+            return True
+
+        return self.core(run)
+
+    def read_attachment(self, attachment_id: int) -> Future[bytes]:
+        return self.core(self.messenger.read_attachment, attachment_id)
+
     def save_attachment(self, attachment_id: int, target: Path) -> Future[None]:
         return self.core(self.messenger.save_attachment, attachment_id, target)
+
+    # ---- delete, edit, typing (issue #24) ---------------------------------------
+    def delete_for_me(self, message_id: int) -> Future[None]:
+        def run() -> None:
+            conversation_id = self.messenger.delete_for_me(message_id)
+            self._emit(MessagesExpired(conversation_id, (message_id,)))
+            self._conversations_event()
+
+        return self.core(run)
+
+    def delete_for_everyone(self, message_id: int) -> Future[MessageView]:
+        return self.core(
+            lambda: self._after_local_send(self.messenger.delete_for_everyone(message_id))
+        )
+
+    def edit_text(self, message_id: int, text: str) -> Future[MessageView]:
+        return self.core(lambda: self._after_local_send(self.messenger.edit_text(message_id, text)))
+
+    def send_typing(self, conversation_id: int, started: bool) -> Future[int]:
+        """Sends a typing indicator straight to the relay, never through the outbox:
+        one that fails is dropped, as it would be stale by any retry. The result
+        is how many envelopes the relay took."""
+
+        def send(envelopes: list[tuple[str, int, bytes]]) -> int:
+            batch = [
+                OutgoingEnvelope(uuid.uuid4().hex, recipient, device_id, body)
+                for recipient, device_id, body in envelopes
+            ]
+            try:
+                answers = self.relay.send(batch)
+            except RelayError:
+                return 0
+            return sum(1 for a in answers.values() if delivery.verdict(a) is delivery.Verdict.SENT)
+
+        def run() -> int:
+            envelopes = self.core(self.messenger.typing_envelopes, conversation_id, started)
+            found = envelopes.result()
+            return send(found) if found else 0
+
+        return self.net(run)
+
+    def typing_indicators(self) -> Future[bool]:
+        return self.core(lambda: self.messenger.typing_indicators)
+
+    def set_typing_indicators(self, on: bool) -> Future[None]:
+        return self.core(self.messenger.set_typing_indicators, on)
 
     def retry(self, message_id: int) -> Future[MessageView]:
         return self.core(lambda: self._after_local_send(self.messenger.retry(message_id)))

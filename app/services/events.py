@@ -48,6 +48,15 @@ class IdentityChanged:
 
 
 @dataclass(frozen=True)
+class TypingChanged:
+    """`sender` started (or stopped) typing in a chat; ephemeral, never stored."""
+
+    conversation_id: int
+    sender: str
+    started: bool
+
+
+@dataclass(frozen=True)
 class ServiceError:
     """An operation failed; `text` is a sentence for the user."""
 
@@ -61,5 +70,6 @@ Event = (
     | IncomingMessage
     | ConnectionChanged
     | IdentityChanged
+    | TypingChanged
     | ServiceError
 )

@@ -8,6 +8,7 @@ a crash leaves either all of it or none of it.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import mimetypes
@@ -24,6 +25,7 @@ from app.protocol import AuthenticationError, NoSession, ProtocolError, ReplayEr
 from app.protocol import group_state as gs
 from app.protocol.attachments import AttachmentSecret, decrypt_attachment, encrypt_attachment
 from app.protocol.content import (
+    CHANGE_WINDOW_MS,
     FRAME_GROUP,
     FRAME_PAIRWISE,
     MAX_QUOTE_SNIPPET,
@@ -31,6 +33,8 @@ from app.protocol.content import (
     RECEIPT_READ,
     AttachmentPointer,
     Content,
+    Delete,
+    Edit,
     GroupChangeContent,
     GroupUpdate,
     Quote,
@@ -40,6 +44,7 @@ from app.protocol.content import (
     SenderKey,
     Text,
     TimerUpdate,
+    Typing,
     decode_content,
     decode_frame,
     encode_content,
@@ -57,6 +62,7 @@ from app.protocol.sender_keys import SenderKeyDistribution, SenderKeyState, grou
 from app.protocol.session import Session, SessionStart
 from app.services import delivery
 from app.services.views import (
+    DELETED_TEXT,
     AttachmentView,
     ConversationKind,
     ConversationView,
@@ -65,6 +71,7 @@ from app.services.views import (
     QuoteView,
     SafetyNumberView,
     SearchResultView,
+    Thumbnail,
     unaccepted_sentence,
 )
 from app.store import Conversation, Message, OutboxItem, Store
@@ -74,7 +81,14 @@ log = logging.getLogger("cipherline.messenger")
 HANDLED_CONTENT_LABEL = b"Cipherline_HandledContent_v1"
 # The reactions the picker offers (as Signal Desktop's default set); any single
 # emoji that arrives is shown.
+# Incoming files up to this size are fetched as they arrive (the thumbnail shows
+# meanwhile); larger ones wait for a click, as Signal's auto-download limits do,
+# so a stranger's 2 GiB file does not fill the disk or the data plan unasked.
+AUTO_DOWNLOAD_BYTES = 8 * 1024 * 1024
 REACTION_CHOICES = ("👍", "❤️", "😂", "😮", "😢", "🙏")
+# A typing indicator that waited this long (the recipient was offline) is old news.
+TYPING_STALE_MS = 20_000
+TYPING_SETTING = "typing_indicators"
 
 
 class ServiceError(Exception):
@@ -114,6 +128,11 @@ class IncomingResult:
     quarantined: bool = False
     # True when the sender is blocked and what it carried was dropped unseen.
     blocked: bool = False
+    # (conversation id, who, started): typing indicators, shown and never stored.
+    typing: list[tuple[int, str, bool]] = field(default_factory=list)
+    # A delete or edit overwrote text: the caller erases the old pages from the
+    # write-ahead log (Store.erase_overwritten) once the transaction committed.
+    erase: bool = False
 
 
 class Messenger:
@@ -189,6 +208,8 @@ class Messenger:
         preview = ""
         if last is not None:
             preview = last.body if last.kind != "attachment" else f"Attachment: {last.body}"
+            if last.kind == "deleted":
+                preview = DELETED_TEXT
             if conversation.kind == "group" and not last.outgoing and last.kind != "system":
                 preview = f"{last.sender}: {preview}"
         return ConversationView(
@@ -305,13 +326,38 @@ class Messenger:
         return [self.conversation_view(c) for c in self.store.conversations.all()]
 
     def message_view(self, message: Message) -> MessageView:
+        if message.kind == "deleted":
+            return MessageView(
+                message_id=message.id,
+                conversation_id=message.conversation_id,
+                outgoing=message.outgoing,
+                sender=message.sender,
+                body=DELETED_TEXT,
+                sent_at_ms=message.sent_at,
+                status=MessageStatus(message.status),
+                expires_at_ms=message.expires_at,
+                deleted=True,
+            )
         attachment = None
+        caption = ""
         if message.kind == "attachment":
             row = self.store.attachments.for_message(message.id)
             if row is not None:
-                attachment = AttachmentView(
-                    row.id, row.filename, row.size, row.mime, row.state == "ready"
+                thumbnail = (
+                    Thumbnail(row.thumbnail, row.thumbnail_width, row.thumbnail_height)
+                    if row.thumbnail
+                    else None
                 )
+                attachment = AttachmentView(
+                    row.id,
+                    row.filename,
+                    row.size,
+                    row.mime,
+                    row.state == "ready",
+                    thumbnail,
+                    on_request=row.state == "remote",
+                )
+                caption = row.caption
         quote = None
         if message.quote_uuid is not None:
             # Only replies look their original up (by the unique uuid index), so a
@@ -333,7 +379,9 @@ class Messenger:
             conversation_id=message.conversation_id,
             outgoing=message.outgoing,
             sender=message.sender,
-            body=message.body if message.kind != "attachment" else "",
+            # An attachment's row body is its file name (for previews and search);
+            # the bubble shows the name from `attachment` and the caption as text.
+            body=message.body if message.kind != "attachment" else caption,
             sent_at_ms=message.sent_at,
             status=MessageStatus(message.status),
             attachment=attachment,
@@ -342,6 +390,7 @@ class Messenger:
             quote=quote,
             reactions=tuple(sorted(counts.items(), key=lambda item: -item[1])),
             own_reaction=reactions.get(self.username, ("", 0))[0],
+            edited=message.edited_at is not None,
         )
 
     def open_conversation(
@@ -531,6 +580,121 @@ class Messenger:
         assert updated is not None
         return self.message_view(updated)
 
+    # ---- delete, edit, typing (issue #24; docs/protocol.md §5, types 12-14) ----
+    def _own_changeable(self, message_id: int, what: str) -> tuple[Message, Conversation]:
+        message = self.store.messages.get(message_id)
+        if message is None or not message.outgoing or message.kind not in ("text", "attachment"):
+            raise ServiceError(f"only your own messages can be {what}")
+        if self.clock() - message.sent_at >= CHANGE_WINDOW_MS:
+            raise ServiceError(f"messages can be {what} only within 24 hours of sending")
+        return message, self._conversation(message.conversation_id)
+
+    def delete_for_me(self, message_id: int) -> int:
+        """Deletes a message on this device only (any message); nothing is sent.
+        Returns its conversation's id."""
+        message = self.store.messages.get(message_id)
+        if message is None:
+            raise ServiceError("that message no longer exists")
+        with self.store.transaction():
+            files = self.store.messages.delete(message_id)
+        self._erase(files)
+        return message.conversation_id
+
+    def delete_for_everyone(self, message_id: int) -> MessageView:
+        """Takes back one of the user's messages, within CHANGE_WINDOW_MS of sending:
+        here it becomes "This message was deleted" at once, and every recipient that
+        accepts the delete (type 12) does the same."""
+        message, conversation = self._own_changeable(message_id, "deleted for everyone")
+        with self.store.transaction():
+            files = self.store.messages.tombstone(message.id)
+            delete = Delete(message.uuid, self.username, self.clock())
+            self._deliver(conversation, encode_content(delete), None)
+        self._erase(files)
+        updated = self.store.messages.get(message.id)
+        assert updated is not None
+        return self.message_view(updated)
+
+    def edit_text(self, message_id: int, text: str) -> MessageView:
+        """Replaces the text of one of the user's text messages, within
+        CHANGE_WINDOW_MS of sending; the previous text is not kept."""
+        if not text.strip():
+            raise ServiceError("a message cannot be edited to nothing; delete it instead")
+        message, conversation = self._own_changeable(message_id, "edited")
+        if message.kind != "text":
+            raise ServiceError("only text messages can be edited")
+        # Never earlier than the edit it replaces, even if the clock went back.
+        at = max(self.clock(), (message.edited_at or message.sent_at) + 1)
+        with self.store.transaction():
+            self.store.messages.edit(message.id, text, at, text[:MAX_QUOTE_SNIPPET])
+            edit = Edit(message.uuid, self.username, at, text)
+            self._deliver(conversation, encode_content(edit), None)
+        self._erase([])
+        updated = self.store.messages.get(message.id)
+        assert updated is not None
+        return self.message_view(updated)
+
+    def _erase(self, files: list[str]) -> None:
+        """After a delete or an edit committed: the attachment files go, and the old
+        text leaves the write-ahead log too (secure_delete zeroes the freed pages)."""
+        for name in files:
+            (self.attachments_dir / name).unlink(missing_ok=True)
+        self.store.erase_overwritten()
+
+    @property
+    def typing_indicators(self) -> bool:
+        """Settings → Privacy, "Send typing indicators": off, none is sent and
+        none is shown (as in Signal)."""
+        return bool(self.store.settings.get(TYPING_SETTING, True))
+
+    def set_typing_indicators(self, on: bool) -> None:
+        with self.store.transaction():
+            self.store.settings.set(TYPING_SETTING, bool(on))
+
+    def typing_envelopes(self, conversation_id: int, started: bool) -> list[tuple[str, int, bytes]]:
+        """A typing indicator for this chat, encrypted, as (recipient, device id,
+        transport frame) to send at once; never put in the outbox, so never
+        retried. None while the setting is off, to a request or someone blocked
+        (`shares_presence`), or to anyone whose identity is not accepted. In a
+        group, none to a device the outbox still holds something for: it could
+        overtake the sender key it needs and be quarantined as undecryptable
+        (pairwise, the ratchet takes envelopes out of order, and one that overtakes
+        a session's first message carries the same session start)."""
+        if not self.typing_indicators or not self.shares_presence(conversation_id):
+            return []
+        conversation = self._conversation(conversation_id)
+        if self._unaccepted_in(conversation):
+            return []
+        plaintext = encode_content(Typing(self.clock(), started))
+        envelopes: list[tuple[str, int, bytes]] = []
+        with self.store.transaction():
+            if conversation.peer is not None:
+                peer = conversation.peer
+                if self.store.sessions.restore_notice_due(peer):
+                    return []  # the notice must open the new session
+                for device_id in self.store.sessions.devices(peer):
+                    state = self.store.sessions.get(peer, device_id)
+                    assert state is not None
+                    session = Session.from_bytes(state)
+                    frame = encode_frame(FRAME_PAIRWISE, session.encrypt(plaintext))
+                    self.store.sessions.save(peer, device_id, session.to_bytes(), now=self.clock())
+                    envelopes.append((peer, device_id, frame))
+                return envelopes
+            assert conversation.group_id is not None
+            if self.username not in self.store.groups.members(conversation.group_id):
+                return []
+            targets = [
+                (member, device_id)
+                for member in self.recipients(conversation_id)
+                for device_id in self.store.sessions.devices(member)
+                if not self.store.outbox.holds_for(member, device_id)
+            ]
+            if not targets:
+                return []
+            sender_key = self._own_sender_key(conversation.group_id)
+            frame = encode_frame(FRAME_GROUP, sender_key.encrypt(plaintext))
+            self.store.groups.set_own_sender_key(conversation.group_id, sender_key.to_bytes(), 0)
+            return [(member, device_id, frame) for member, device_id in targets]
+
     def send_attachment(
         self,
         conversation_id: int,
@@ -538,6 +702,9 @@ class Messenger:
         blob_id: str,
         secret: AttachmentSecret,
         local_name: str,
+        *,
+        caption: str = "",
+        thumbnail: Thumbnail | None = None,
     ) -> MessageView:
         conversation = self._conversation(conversation_id)
         message_uuid = str(uuid.uuid4())
@@ -545,7 +712,7 @@ class Messenger:
         pointer = AttachmentPointer(
             message_uuid,
             self.clock(),
-            "",
+            caption,
             blob_id,
             secret.key,
             secret.digest,
@@ -553,6 +720,9 @@ class Messenger:
             path.name,
             mime,
             conversation.timer_seconds,
+            thumbnail.data if thumbnail else b"",
+            thumbnail.width if thumbnail else 0,
+            thumbnail.height if thumbnail else 0,
         )
         view = self._send_content(conversation, pointer, path.name, "attachment")
         with self.store.transaction():
@@ -566,6 +736,10 @@ class Messenger:
                 blob_id=blob_id,
                 local_path=local_name,
                 state="ready",
+                caption=caption,
+                thumbnail=pointer.thumbnail,
+                thumbnail_width=pointer.thumbnail_width,
+                thumbnail_height=pointer.thumbnail_height,
             )
         message = self.store.messages.get(view.message_id)
         assert message is not None
@@ -582,6 +756,20 @@ class Messenger:
         except OSError as error:
             tmp.unlink(missing_ok=True)
             raise ServiceError(f"cannot read {path.name}: {error.strerror}") from None
+        return local, secret
+
+    def encrypt_attachment_data(self, data: bytes) -> tuple[Path, AttachmentSecret]:
+        """As `encrypt_attachment_file`, for bytes that have no file (a pasted
+        image): they go into the profile encrypted, never through a plaintext file."""
+        local = self.attachments_dir / f"{uuid.uuid4().hex}.enc"
+        tmp = local.with_suffix(".part")
+        try:
+            with tmp.open("wb") as target:
+                secret = encrypt_attachment(io.BytesIO(data), target)
+            tmp.replace(local)
+        except OSError as error:
+            tmp.unlink(missing_ok=True)
+            raise ServiceError(f"cannot store the attachment: {error.strerror}") from None
         return local, secret
 
     def _send_content(
@@ -1103,9 +1291,15 @@ class Messenger:
                     digest=content.digest,
                     blob_id=content.blob_id,
                     local_path=None,
-                    state="pending",
+                    state="pending" if content.size <= AUTO_DOWNLOAD_BYTES else "remote",
+                    caption=content.caption,
+                    thumbnail=content.thumbnail,
+                    thumbnail_width=content.thumbnail_width,
+                    thumbnail_height=content.thumbnail_height,
                 )
-                result.attachments_to_fetch.append(row.id)
+                if row.state == "pending":
+                    result.attachments_to_fetch.append(row.id)
+            message = self._apply_early_changes(sender, group_id, message, result)
             self.store.conversations.touch(conversation.id, message.sent_at, unread_delta=1)
             if conversation.timer_seconds != timer and group_id is None:
                 self.store.conversations.set_timer(conversation.id, timer)
@@ -1126,6 +1320,10 @@ class Messenger:
                     result.changed_conversations.add(updated.conversation_id)
         elif isinstance(content, Reaction):
             self._apply_reaction(sender, content, group_id, result)
+        elif isinstance(content, Delete | Edit):
+            self._apply_change(sender, content, group_id, result)
+        elif isinstance(content, Typing):
+            self._apply_typing(sender, content, group_id, result, server_time)
         elif isinstance(content, GroupChangeContent):
             self._apply_group_change(sender, content, result, server_time)
         elif isinstance(content, GroupUpdate):
@@ -1193,6 +1391,97 @@ class Messenger:
         updated = self.store.messages.get(target.id)
         assert updated is not None
         result.updated_messages.append((updated.conversation_id, updated))
+
+    def _apply_change(
+        self, sender: str, content: Delete | Edit, group_id: bytes | None, result: IncomingResult
+    ) -> None:
+        """A delete for everyone or an edit: honoured only from the message's author
+        (the sender must be the author it names), for a message in the chat it came
+        through, within CHANGE_WINDOW_MS of the message's sent-at. One whose message
+        is not here yet is kept for it (app/store/early_changes.py)."""
+        if content.author != sender:
+            return
+        target = self._target_in_chat(sender, content.message_id, content.author, group_id)
+        if target is None:
+            if self.store.messages.by_uuid(content.message_id) is not None:
+                return  # another chat's message, or someone else's: ignored
+            kind, body = ("delete", "") if isinstance(content, Delete) else ("edit", content.body)
+            self.store.early_changes.add(
+                content.message_id,
+                sender,
+                group_id,
+                kind=kind,
+                sent_at=content.sent_at,
+                body=body,
+                now=self.clock(),
+            )
+            return
+        changed = self._change(target, content)
+        if changed is not None:
+            result.updated_messages.append((changed.conversation_id, changed))
+            result.changed_conversations.add(changed.conversation_id)
+            result.erase = True
+
+    def _change(self, target: Message, content: Delete | Edit) -> Message | None:
+        """Applies a delete or an edit its author sent to `target`; the message as it
+        is now, or None when it does not apply."""
+        if target.kind == "deleted" or content.sent_at - target.sent_at > CHANGE_WINDOW_MS:
+            return None
+        if isinstance(content, Delete):
+            for name in self.store.messages.tombstone(target.id):
+                (self.attachments_dir / name).unlink(missing_ok=True)
+        else:
+            if target.kind != "text" or not content.body.strip():
+                return None
+            if content.sent_at <= (target.edited_at or 0):
+                return None  # a late edit older than the one shown, or a repeat
+            snippet = content.body[:MAX_QUOTE_SNIPPET]
+            self.store.messages.edit(target.id, content.body, content.sent_at, snippet)
+        return self.store.messages.get(target.id)
+
+    def _apply_early_changes(
+        self, sender: str, group_id: bytes | None, message: Message, result: IncomingResult
+    ) -> Message:
+        """A message just stored: the deletes and edits for it that came first."""
+        for early in self.store.early_changes.take(message.uuid, sender, group_id):
+            content: Delete | Edit = (
+                Delete(message.uuid, sender, early.sent_at)
+                if early.kind == "delete"
+                else Edit(message.uuid, sender, early.sent_at, early.body)
+            )
+            changed = self._change(message, content)
+            if changed is not None:
+                message = changed
+                result.erase = True
+        if message.kind == "deleted":
+            pending = {a.id for a in self.store.attachments.pending_downloads()}
+            result.attachments_to_fetch[:] = [
+                a for a in result.attachments_to_fetch if a in pending
+            ]
+        return message
+
+    def _apply_typing(
+        self,
+        sender: str,
+        content: Typing,
+        group_id: bytes | None,
+        result: IncomingResult,
+        server_time: int,
+    ) -> None:
+        """Shown for a chat that shares presence, never stored; not at all while the
+        user turned typing indicators off, nor when it waited on the relay."""
+        if not self.typing_indicators or self.clock() - server_time > TYPING_STALE_MS:
+            return
+        if group_id is not None:
+            conversation = self.store.conversations.by_group(group_id)
+            if conversation is None or sender not in self.store.groups.members(group_id):
+                return
+        else:
+            conversation = self.store.conversations.by_peer(sender)
+            if conversation is None:
+                return
+        if self.shares_presence(conversation.id):
+            result.typing.append((conversation.id, sender, content.started))
 
     def _apply_group_change(
         self, sender: str, content: GroupChangeContent, result: IncomingResult, at: int
@@ -1293,11 +1582,45 @@ class Messenger:
         target = self.attachments_dir / f"{uuid.uuid4().hex}.enc"
         return row.blob_id, AttachmentSecret(row.key, row.digest, row.size), target
 
+    def request_download(self, attachment_id: int) -> bool:
+        """A click on an attachment left for one (AUTO_DOWNLOAD_BYTES): it is fetched
+        now. False when there is nothing to fetch (ready, or already on its way)."""
+        row = self.store.attachments.get(attachment_id)
+        if row is None or row.state != "remote":
+            return False
+        self.store.attachments.update(attachment_id, state="pending")
+        return True
+
+    def download_failed(self, attachment_id: int) -> Message | None:
+        """A fetch that failed: the attachment waits for a click to try again."""
+        row = self.store.attachments.get(attachment_id)
+        if row is None or row.state != "pending":
+            return None
+        self.store.attachments.update(attachment_id, state="remote")
+        return self.store.messages.get(row.message_id)
+
     def attachment_stored(self, attachment_id: int, local: Path) -> Message | None:
         with self.store.transaction():
             self.store.attachments.update(attachment_id, state="ready", local_path=local.name)
             row = self.store.attachments.get(attachment_id)
             return self.store.messages.get(row.message_id) if row else None
+
+    def read_attachment(self, attachment_id: int) -> bytes:
+        """A downloaded attachment decrypted into memory, never into a file: what the
+        in-app viewer shows. Only for files up to AUTO_DOWNLOAD_BYTES × 4, so a
+        huge one is saved rather than held in memory."""
+        row = self.store.attachments.get(attachment_id)
+        if row is None or row.local_path is None:
+            raise ServiceError("that attachment has not been downloaded yet")
+        if row.size > 4 * AUTO_DOWNLOAD_BYTES:
+            raise ServiceError("that file is too large to show here; save it instead")
+        out = io.BytesIO()
+        try:
+            with (self.attachments_dir / row.local_path).open("rb") as source:
+                decrypt_attachment(source, out, AttachmentSecret(row.key, row.digest, row.size))
+        except ProtocolError:
+            raise ServiceError("the attachment is damaged") from None
+        return out.getvalue()
 
     def save_attachment(self, attachment_id: int, target: Path) -> None:
         row = self.store.attachments.get(attachment_id)

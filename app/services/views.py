@@ -7,7 +7,12 @@ so no SQL, key or ratchet state ever reaches the UI layer.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from app.protocol.content import CHANGE_WINDOW_MS
+
+# What a message deleted for everyone shows in its place.
+DELETED_TEXT = "This message was deleted"
 
 
 class MessageStatus(enum.StrEnum):
@@ -25,12 +30,25 @@ class ConversationKind(enum.StrEnum):
 
 
 @dataclass(frozen=True)
+class Thumbnail:
+    """An image's preview as it travels (docs/protocol.md §5, type 11): JPEG or PNG
+    bytes and their size in pixels. The UI makes it; the services only carry it."""
+
+    data: bytes = field(repr=False)
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
 class AttachmentView:
     attachment_id: int
     filename: str
     size: int
     mime: str
     ready: bool
+    thumbnail: Thumbnail | None = None
+    # Too large to fetch unasked (messenger.AUTO_DOWNLOAD_BYTES): a click fetches it.
+    on_request: bool = False
 
 
 @dataclass(frozen=True)
@@ -59,6 +77,23 @@ class MessageView:
     # (emoji, how many reacted with it), most first; and the user's own, or "".
     reactions: tuple[tuple[str, int], ...] = ()
     own_reaction: str = ""
+    # Deleted for everyone: `body` is DELETED_TEXT and nothing else is left.
+    deleted: bool = False
+    edited: bool = False
+
+    def changeable(self, now_ms: int) -> bool:
+        """Whether the user may still edit it (if text) or delete it for everyone:
+        their own, not deleted, sent less than CHANGE_WINDOW_MS ago."""
+        return (
+            self.outgoing
+            and not self.system
+            and not self.deleted
+            and now_ms - self.sent_at_ms < CHANGE_WINDOW_MS
+        )
+
+    @property
+    def editable_kind(self) -> bool:
+        return self.attachment is None and not self.system and not self.deleted
 
 
 @dataclass(frozen=True)

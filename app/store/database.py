@@ -28,6 +28,7 @@ import sqlcipher3.dbapi2 as sqlcipher
 from app.config import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, make_private_dir
 from app.crypto import Rng, SystemRng
 from app.store.durability import WritebackPacer, write_atomically
+from app.store.early_changes import EarlyChangeRepository
 from app.store.errors import StoreCorrupt, StoreError
 from app.store.keyfile import KEY_FILE_NAME, KeyFile, Protector, new_db_key
 from app.store.receiving import (
@@ -151,6 +152,7 @@ class Message:
     quote_author: str | None = None
     quote_text: str | None = field(default=None, repr=False)
     reactions: str | None = field(default=None, repr=False)  # JSON, schema.py migration 8
+    edited_at: int | None = None  # the shown edit's sent-at (schema.py, migration 11)
 
 
 @dataclass(frozen=True)
@@ -174,6 +176,11 @@ class Attachment:
     digest: bytes = field(repr=False)
     local_path: str | None
     state: str
+    caption: str = field(default="", repr=False)
+    # Inside the encrypted store only (docs/protocol.md §5, type 11).
+    thumbnail: bytes | None = field(default=None, repr=False)
+    thumbnail_width: int = 0
+    thumbnail_height: int = 0
 
 
 @dataclass(frozen=True)
@@ -224,7 +231,7 @@ class BackupState:
 
 _MESSAGE_COLUMNS = (
     "id, conversation_id, uuid, sender, outgoing, kind, body, sent_at, received_at,"
-    " status, expires_at, quote_uuid, quote_author, quote_text, reactions"
+    " status, expires_at, quote_uuid, quote_author, quote_text, reactions, edited_at"
 )
 
 
@@ -245,6 +252,7 @@ def _message(row: tuple[Any, ...]) -> Message:
         quote_author=row[12],
         quote_text=row[13],
         reactions=row[14],
+        edited_at=row[15],
     )
 
 
@@ -821,9 +829,63 @@ class MessageRepository(_Repository):
     def set_reactions(self, message_id: int, reactions: str | None) -> None:
         self._execute("UPDATE messages SET reactions = ? WHERE id = ?", (reactions, message_id))
 
+    def delete(self, message_id: int) -> list[str]:
+        """Deletes one message (with its attachment row); returns the attachment's
+        local file name, if any, for the caller to remove."""
+        files = self._attachment_files(message_id)
+        self._execute("DELETE FROM messages WHERE id = ?", (message_id,))
+        return files
+
+    def tombstone(self, message_id: int) -> list[str]:
+        """Deleted for everyone: the row stays (the bubble says it was deleted) but
+        its text, quote, reactions and attachment (with its key) are gone, and so is
+        the snippet of it that replies in its chat quote. Returns the attachment's
+        local file name, if any, for the caller to remove."""
+        message = self.get(message_id)
+        if message is None:
+            return []
+        files = self._attachment_files(message_id)
+        self._execute("DELETE FROM attachments WHERE message_id = ?", (message_id,))
+        self._execute(
+            "UPDATE messages SET kind = 'deleted', body = '', quote_uuid = NULL,"
+            " quote_author = NULL, quote_text = NULL, reactions = NULL, edited_at = NULL"
+            " WHERE id = ?",
+            (message_id,),
+        )
+        self._execute(
+            "UPDATE messages SET quote_text = '' WHERE quote_uuid = ? AND conversation_id = ?",
+            (message.uuid, message.conversation_id),
+        )
+        return files
+
+    def edit(self, message_id: int, body: str, edited_at: int, snippet: str) -> None:
+        """Replaces the text (the old one is not kept, nor in the quotes of it:
+        replies in its chat quote `snippet` instead)."""
+        message = self.get(message_id)
+        if message is None:
+            return
+        self._execute(
+            "UPDATE messages SET body = ?, edited_at = ? WHERE id = ?",
+            (body, edited_at, message_id),
+        )
+        self._execute(
+            "UPDATE messages SET quote_text = ? WHERE quote_uuid = ? AND conversation_id = ?",
+            (snippet, message.uuid, message.conversation_id),
+        )
+
+    def _attachment_files(self, message_id: int) -> list[str]:
+        rows = self._execute(
+            "SELECT local_path FROM attachments WHERE message_id = ? AND local_path IS NOT NULL",
+            (message_id,),
+        ).fetchall()
+        return [str(r[0]) for r in rows]
+
 
 class AttachmentRepository(_Repository):
-    _COLUMNS = "id, message_id, filename, mime, size, blob_id, key, digest, local_path, state"
+    _COLUMNS = (
+        "id, message_id, filename, mime, size, blob_id, key, digest, local_path, state,"
+        " caption, thumbnail, thumbnail_width, thumbnail_height"
+    )
 
     def add(
         self,
@@ -837,16 +899,48 @@ class AttachmentRepository(_Repository):
         blob_id: str | None,
         local_path: str | None,
         state: str,
+        caption: str = "",
+        thumbnail: bytes | None = None,
+        thumbnail_width: int = 0,
+        thumbnail_height: int = 0,
     ) -> Attachment:
         cursor = self._execute(
             "INSERT INTO attachments (message_id, filename, mime, size, blob_id, key, digest,"
-            " local_path, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (message_id, filename, mime, size, blob_id, key, digest, local_path, state),
+            " local_path, state, caption, thumbnail, thumbnail_width, thumbnail_height)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                message_id,
+                filename,
+                mime,
+                size,
+                blob_id,
+                key,
+                digest,
+                local_path,
+                state,
+                caption,
+                thumbnail or None,
+                thumbnail_width,
+                thumbnail_height,
+            ),
         )
         attachment_id = cursor.lastrowid
         assert attachment_id is not None
         return Attachment(
-            attachment_id, message_id, filename, mime, size, blob_id, key, digest, local_path, state
+            attachment_id,
+            message_id,
+            filename,
+            mime,
+            size,
+            blob_id,
+            key,
+            digest,
+            local_path,
+            state,
+            caption,
+            thumbnail or None,
+            thumbnail_width,
+            thumbnail_height,
         )
 
     def get(self, attachment_id: int) -> Attachment | None:
@@ -906,6 +1000,14 @@ class OutboxRepository(_Repository):
     @staticmethod
     def _item(row: tuple[Any, ...]) -> OutboxItem:
         return OutboxItem(row[0], row[1], row[2], row[3], row[4], bytes(row[5]), row[6], row[7])
+
+    def holds_for(self, recipient: str, device_id: int) -> bool:
+        """Whether anything waits for that device (sent or not yet)."""
+        row = self._execute(
+            "SELECT 1 FROM outbox WHERE recipient = ? AND device_id = ? LIMIT 1",
+            (recipient, device_id),
+        ).fetchone()
+        return row is not None
 
     def pending(self, limit: int = 100) -> list[OutboxItem]:
         """Every item, waiting or not, oldest first."""
@@ -1311,6 +1413,7 @@ class Store:
         # What receiving remembers (receiving.py): replay memory and quarantine.
         self.session_starts = SessionStartRepository(self)
         self.handled_contents = HandledContentRepository(self)
+        self.early_changes = EarlyChangeRepository(self)
         self.quarantine = QuarantineRepository(self)
         # What waits for a changed identity to be accepted (trust.py).
         self.held_sends = HeldSendRepository(self)

@@ -257,4 +257,39 @@ MIGRATIONS: list[str] = [
         SELECT peer, 1, last_activity FROM conversations WHERE peer IS NOT NULL;
     ALTER TABLE conversations ADD COLUMN request INTEGER NOT NULL DEFAULT 0;
     """,
+    # 10: attachment captions and thumbnails (issue #24; docs/protocol.md §5, type 11).
+    # attachments.caption: the text sent with the file ("" for none).
+    # attachments.thumbnail: the small JPEG/PNG preview an image arrives with, and
+    #   its size in pixels. In the (encrypted) store, never in a file: the preview
+    #   of a picture is as private as the picture.
+    """
+    ALTER TABLE attachments ADD COLUMN caption TEXT NOT NULL DEFAULT '';
+    ALTER TABLE attachments ADD COLUMN thumbnail BLOB;
+    ALTER TABLE attachments ADD COLUMN thumbnail_width INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE attachments ADD COLUMN thumbnail_height INTEGER NOT NULL DEFAULT 0;
+    """,
+    # 11: delete for everyone and edits (issue #24; docs/protocol.md §5, types 12 and
+    # 13). A message deleted for everyone keeps its row (the bubble says so) as kind
+    # 'deleted', with its body, quote, reactions and attachment gone.
+    # messages.edited_at: the sent-at of the edit shown (NULL: never edited); only a
+    #   newer edit replaces it, so a late one never undoes a newer one.
+    # early_changes: a delete or edit that arrived before the message it names
+    #   (envelopes can overtake each other), kept to apply when the message comes:
+    #   the chat it came through (sender, and group id or NULL for a direct chat),
+    #   and for an edit its text. The newest 1000, none older than the relay keeps
+    #   envelopes (30 days).
+    """
+    ALTER TABLE messages ADD COLUMN edited_at INTEGER;
+    CREATE TABLE early_changes (
+        id INTEGER PRIMARY KEY,
+        message_uuid TEXT NOT NULL,
+        sender TEXT NOT NULL,
+        group_id BLOB,
+        kind TEXT NOT NULL CHECK (kind IN ('delete', 'edit')),
+        sent_at INTEGER NOT NULL,
+        body TEXT NOT NULL DEFAULT '',
+        received_at INTEGER NOT NULL
+    );
+    CREATE INDEX early_changes_by_message ON early_changes (message_uuid);
+    """,
 ]

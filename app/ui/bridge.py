@@ -24,8 +24,9 @@ from app.services.events import (
     MessagesChanged,
     MessagesExpired,
     ServiceError,
+    TypingChanged,
 )
-from app.services.views import ConversationView, MessageView
+from app.services.views import ConversationView, MessageView, Thumbnail
 
 
 class ClientBridge(QObject):
@@ -43,6 +44,8 @@ class ClientBridge(QObject):
     devices_listed = Signal(list)
     contacts_listed = Signal(list)  # usernames
     blocked_listed = Signal(list)  # usernames
+    typing_changed = Signal(int, str, bool)  # conversation id, who, started
+    typing_setting_loaded = Signal(bool)
 
     _event_arrived = Signal(object)
     _call_finished = Signal(object, object)  # callback, result
@@ -86,6 +89,8 @@ class ClientBridge(QObject):
                 self.connection_changed.emit(connected)
             case IdentityChanged(peer):
                 self.identity_changed.emit(peer)
+            case TypingChanged(conversation_id, sender, started):
+                self.typing_changed.emit(conversation_id, sender, started)
             case ServiceError(text):
                 self.error.emit(text)
 
@@ -117,11 +122,52 @@ class ClientBridge(QObject):
     def react(self, message_id: int, emoji: str) -> None:
         self._when_done(self.client.react(message_id, emoji), self._ignore)
 
-    def send_file(self, conversation_id: int, path: Path) -> None:
-        self._when_done(self.client.send_file(conversation_id, path), self._ignore)
+    def send_file(
+        self,
+        conversation_id: int,
+        path: Path,
+        *,
+        caption: str = "",
+        thumbnail: Thumbnail | None = None,
+        data: bytes | None = None,
+    ) -> None:
+        self._when_done(
+            self.client.send_file(
+                conversation_id, path, caption=caption, thumbnail=thumbnail, data=data
+            ),
+            self._ignore,
+        )
+
+    def download_attachment(self, attachment_id: int) -> None:
+        self._when_done(self.client.download_attachment(attachment_id), self._ignore)
+
+    def read_attachment(self, attachment_id: int, callback: Callable[[bytes], None]) -> None:
+        """The decrypted file, in memory only (the in-app image viewer)."""
+        self._when_done(self.client.read_attachment(attachment_id), callback)
 
     def save_attachment(self, attachment_id: int, target: Path) -> None:
         self._when_done(self.client.save_attachment(attachment_id, target), self._ignore)
+
+    @Slot(int)
+    def delete_for_me(self, message_id: int) -> None:
+        self._when_done(self.client.delete_for_me(message_id), self._ignore)
+
+    @Slot(int)
+    def delete_for_everyone(self, message_id: int) -> None:
+        self._when_done(self.client.delete_for_everyone(message_id), self._ignore)
+
+    def edit_text(self, message_id: int, text: str) -> None:
+        self._when_done(self.client.edit_text(message_id, text), self._ignore)
+
+    def send_typing(self, conversation_id: int, started: bool) -> None:
+        # Fire and forget: a typing indicator that fails is not worth a word.
+        self.client.send_typing(conversation_id, started)
+
+    def load_typing_setting(self) -> None:
+        self._when_done(self.client.typing_indicators(), self.typing_setting_loaded.emit)
+
+    def set_typing_indicators(self, on: bool) -> None:
+        self._when_done(self.client.set_typing_indicators(on), self._ignore)
 
     def retry(self, message_id: int) -> None:
         self._when_done(self.client.retry(message_id), self._ignore)

@@ -16,6 +16,7 @@ from PySide6.QtWidgets import QStyle, QStyledItemDelegate, QStyleOptionViewItem
 
 from app.services.views import ConversationView, MessageStatus, MessageView
 from app.sizes import format_size
+from app.ui.attachments import ThumbnailCache, bubble_size
 from app.ui.models import (
     VIEW_ROLE,
     MessageListModel,
@@ -165,6 +166,8 @@ class BubbleLayout:
     footer: QRect
     reactions: QRectF | None  # the pill under the bubble
     height: int
+    # An attachment's thumbnail or file chip: the only part a click opens.
+    attachment: QRect | None = None
 
 
 def reactions_text(view: MessageView) -> str:
@@ -189,6 +192,8 @@ class MessageDelegate(QStyledItemDelegate):
         self.group = group
         # A quote of the user's own message says "You", as Signal's do.
         self.own_name = own_name
+        # Thumbnails decode on a pool thread; the view repaints on `ready`.
+        self.thumbnails = ThumbnailCache(self)
 
     def _needs_day_header(self, index: ModelIndex, view: MessageView) -> bool:
         previous = self._model.previous_of(index.row())
@@ -201,18 +206,39 @@ class MessageDelegate(QStyledItemDelegate):
         return self.group and not view.outgoing and not view.system
 
     def _text(self, view: MessageView) -> str:
-        if view.attachment is not None:
-            size = format_size(view.attachment.size)
-            label = f"▣ {view.attachment.filename} ({size})"
-            if not view.attachment.ready:
-                label += " — downloading…"
-            return f"{label}\n{view.body}" if view.body else label
+        # An attachment's text is its caption; the file is drawn above it.
         return view.body
+
+    def attachment_label(self, view: MessageView) -> str:
+        """A file chip's line, or a thumbnail's status; "" for a ready thumbnail."""
+        attachment = view.attachment
+        assert attachment is not None
+        size = format_size(attachment.size)
+        if attachment.on_request:
+            status = f"↓ Download ({size})"
+        elif not attachment.ready:
+            status = "Downloading…"
+        else:
+            status = ""
+        if attachment.thumbnail is not None:
+            return status
+        label = f"▣ {attachment.filename} ({size})"
+        return f"{label} — {status}" if status else label
+
+    def _attachment_size(self, view: MessageView, metrics: QFontMetrics, inner: int) -> QSize:
+        attachment = view.attachment
+        assert attachment is not None
+        if attachment.thumbnail is not None:
+            return bubble_size(attachment.thumbnail)
+        width = metrics.horizontalAdvance(self.attachment_label(view)) + 16
+        return QSize(min(inner, width), metrics.height() + 10)
 
     def footer(self, view: MessageView) -> str:
         """The meta line under a bubble: time, a disappearing message's time left,
         and (outgoing) the delivery mark."""
         time_text = dt.datetime.fromtimestamp(view.sent_at_ms / 1000).strftime("%H:%M")
+        if view.edited:
+            time_text = f"edited  {time_text}"
         if view.expires_at_ms is not None:
             time_text += f"  {format_remaining(view.expires_at_ms)}"
         if view.outgoing:
@@ -235,12 +261,16 @@ class MessageDelegate(QStyledItemDelegate):
         day = self._needs_day_header(index, view)
         top = rect.top() + (self.DAY_HEIGHT if day else 0)
         inner = self._bubble_width(option) - 2 * self.PADDING
-        text_rect = self._text_rect(metrics, self._text(view), inner)
+        text = self._text(view)
+        text_rect = self._text_rect(metrics, text, inner) if text else QRect(0, 0, 0, 0)
+        chip = self._attachment_size(view, metrics, inner) if view.attachment is not None else None
+        chip_height = chip.height() + (6 if text else 0) if chip is not None else 0
         sender_height = metrics.height() if self._show_sender(view) else 0
         content_width = max(
             text_rect.width(),
             metrics.horizontalAdvance(self.footer(view)),
             metrics.horizontalAdvance(view.sender) if sender_height else 0,
+            chip.width() if chip is not None else 0,
         )
         quote_height = 0
         if view.quote is not None:
@@ -248,7 +278,12 @@ class MessageDelegate(QStyledItemDelegate):
             content_width = max(content_width, min(inner, 180))
         bubble_width = content_width + 2 * self.PADDING
         bubble_height = (
-            text_rect.height() + metrics.height() + sender_height + quote_height + 2 * self.PADDING
+            text_rect.height()
+            + chip_height
+            + metrics.height()
+            + sender_height
+            + quote_height
+            + 2 * self.PADDING
         )
         if view.system:
             left = rect.center().x() - bubble_width / 2
@@ -263,7 +298,11 @@ class MessageDelegate(QStyledItemDelegate):
         if view.quote is not None:
             quote = QRect(x, y, content_width, quote_height - 6)
             y += quote_height
-        text = QRect(x, y, inner, text_rect.height())
+        attachment = None
+        if chip is not None:
+            attachment = QRect(x, y, chip.width(), chip.height())
+            y += chip_height
+        text_box = QRect(x, y, inner, text_rect.height())
         y += text_rect.height()
         footer = QRect(x, y, content_width, metrics.height())
         height = int(bubble.bottom()) - rect.top() + self.MARGIN
@@ -274,13 +313,32 @@ class MessageDelegate(QStyledItemDelegate):
             reactions = QRectF(pill_left, bubble.bottom() - 4, width, self.REACTION_HEIGHT)
             height += self.REACTION_HEIGHT - 4
         return BubbleLayout(
-            day, bubble, sender_height, quote, text, footer, reactions, max(height, 0)
+            day,
+            bubble,
+            sender_height,
+            quote,
+            text_box,
+            footer,
+            reactions,
+            max(height, 0),
+            attachment,
         )
 
     def quote_at(self, option: QStyleOptionViewItem, index: ModelIndex, x: int, y: int) -> bool:
         """Whether (x, y) in the view falls on the row's quote."""
         layout = self.layout(option, index)
         return layout is not None and layout.quote is not None and layout.quote.contains(x, y)
+
+    def attachment_at(
+        self, option: QStyleOptionViewItem, index: ModelIndex, x: int, y: int
+    ) -> bool:
+        """Whether (x, y) in the view falls on the row's thumbnail or file chip."""
+        layout = self.layout(option, index)
+        return (
+            layout is not None
+            and layout.attachment is not None
+            and layout.attachment.contains(x, y)
+        )
 
     def sizeHint(self, option: QStyleOptionViewItem, index: ModelIndex) -> QSize:
         layout = self.layout(option, index)
@@ -345,9 +403,20 @@ class MessageDelegate(QStyledItemDelegate):
             painter.setFont(font)
         if layout.quote is not None and view.quote is not None:
             self._paint_quote(painter, layout.quote, view, font, ink, dark=dark)
+        if layout.attachment is not None:
+            self._paint_attachment(painter, layout.attachment, view, ink, dark=dark)
         painter.setPen(ink)
         flags = int(Qt.TextFlag.TextWordWrap | Qt.TextFlag.TextWrapAnywhere)
+        if view.deleted:
+            # Told apart from a text that says the same: italic and faded, as Signal.
+            gone = QFont(font)
+            gone.setItalic(True)
+            painter.setFont(gone)
+            faded_ink = QColor(ink)
+            faded_ink.setAlpha(190)
+            painter.setPen(faded_ink)
         painter.drawText(layout.text, flags, text)
+        painter.setFont(font)
         footer_color = QColor(ink)
         footer_color.setAlpha(170)
         small = QFont(font)
@@ -370,6 +439,42 @@ class MessageDelegate(QStyledItemDelegate):
             painter.setPen(palette.color(QPalette.ColorRole.Text))
             painter.drawText(layout.reactions, Qt.AlignmentFlag.AlignCenter, reactions_text(view))
         painter.restore()
+
+    def _paint_attachment(
+        self, painter: QPainter, box: QRect, view: MessageView, ink: QColor, *, dark: bool
+    ) -> None:
+        """The thumbnail (a placeholder until it is decoded) with a status pill
+        while the file is not here yet; or the file chip."""
+        attachment = view.attachment
+        assert attachment is not None
+        tint = QColor(0, 0, 0, 40) if view.outgoing or not dark else QColor(255, 255, 255, 30)
+        label = self.attachment_label(view)
+        painter.setPen(Qt.PenStyle.NoPen)
+        if attachment.thumbnail is None:
+            painter.setBrush(tint)
+            painter.drawRoundedRect(QRectF(box), 6, 6)
+            painter.setPen(ink)
+            painter.drawText(
+                box.adjusted(8, 0, -8, 0),
+                int(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter),
+                painter.fontMetrics().elidedText(
+                    label, Qt.TextElideMode.ElideMiddle, box.width() - 16
+                ),
+            )
+            return
+        image = self.thumbnails.image(attachment.attachment_id, attachment.thumbnail)
+        if image is not None:
+            painter.drawImage(box.topLeft(), image)
+        else:
+            painter.setBrush(tint)
+            painter.drawRoundedRect(QRectF(box), 6, 6)
+        if label:
+            width = painter.fontMetrics().horizontalAdvance(label) + 16
+            pill = QRectF(box.left() + 6, box.bottom() - 28, min(width, box.width() - 12), 22)
+            painter.setBrush(QColor(0, 0, 0, 150))
+            painter.drawRoundedRect(pill, 11, 11)
+            painter.setPen(QColor("white"))
+            painter.drawText(pill, Qt.AlignmentFlag.AlignCenter, label)
 
     def _paint_quote(
         self,

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QEvent, QModelIndex, QPoint, Qt, QTimer, Signal
-from PySide6.QtGui import QAction, QKeySequence
+from PySide6.QtCore import QEvent, QModelIndex, QPoint, QStandardPaths, Qt, QTimer, Signal
+from PySide6.QtGui import QAction, QKeySequence, QTextCursor
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QApplication,
@@ -36,15 +37,27 @@ from app.services.views import (
     SafetyNumberView,
     SearchResultView,
 )
+from app.ui.attachments import FileDropFilter, ImageViewer, StagedFile, StagingBar, start_folder
 from app.ui.bridge import ClientBridge
 from app.ui.delegates import ConversationDelegate, MessageDelegate
 from app.ui.dialogs import GroupMembersDialog, NewChatDialog, NewGroupDialog
-from app.ui.message_actions import MessageListView, MessageMenu, ReplyBar
+from app.ui.message_actions import (
+    DeleteConfirmBar,
+    EditBar,
+    MessageListView,
+    MessageMenu,
+    ReplyBar,
+    TypingLine,
+)
 from app.ui.models import ConversationListModel, MessageListModel, SearchResultModel
 from app.ui.requests import ChatMenuButton, RequestBar
 from app.ui.safety import SafetyNumberDialog
 from app.ui.settings import SettingsDialog
 from app.ui.widgets import Banner, Composer, ErrorBar, LockScreen
+
+# While the user types, a typing indicator goes out at most this often (Signal
+# repeats its own every few seconds; receivers show one for TYPING_SHOWN_MS).
+TYPING_REPEAT_SECONDS = 3.0
 
 TIMER_CHOICES = [
     ("Off", 0),
@@ -280,8 +293,24 @@ class MainWindow(QMainWindow):
         self.message_view.setResizeMode(QListView.ResizeMode.Adjust)
         self.message_view.setFrameShape(QListView.Shape.NoFrame)
         layout.addWidget(self.message_view, 1)
+        self.typing_line = TypingLine()
+        layout.addWidget(self.typing_line)
+        self.delete_bar = DeleteConfirmBar()
+        layout.addWidget(self.delete_bar)
         self.reply_bar = ReplyBar()
         layout.addWidget(self.reply_bar)
+        # Picked, dropped or pasted files wait here, with a caption, until Send.
+        self.staging_bar = StagingBar()
+        layout.addWidget(self.staging_bar)
+        self.chat_page = chat
+        self.drop_filter = FileDropFilter(chat)
+        # The folders the last file dialogs were in (memory only, never saved).
+        self._attach_folder: Path | None = None
+        self._save_folder: Path | None = None
+        self.file_dialog: QFileDialog | None = None
+        self.image_viewer: ImageViewer | None = None
+        self.edit_bar = EditBar()
+        layout.addWidget(self.edit_bar)
         self.message_menu: MessageMenu | None = None
 
         composer_row = QHBoxLayout()
@@ -305,7 +334,15 @@ class MainWindow(QMainWindow):
         self.chat_stack.addWidget(chat)
 
         self.composer.send_requested.connect(self._send_text)
-        self.composer.files_attached.connect(self._send_files)
+        self.composer.files_attached.connect(self.stage_files)
+        self.composer.image_pasted.connect(self.staging_bar.stage_image)
+        self.drop_filter.files_dropped.connect(self.stage_files)
+        self.staging_bar.send_requested.connect(self._send_staged)
+        self.staging_bar.cancelled.connect(self.composer.setFocus)
+        self.message_view.attachment_clicked.connect(self._attachment_clicked)
+        self.message_delegate.thumbnails.ready.connect(
+            lambda _id: self.message_view.viewport().update()
+        )
         self.send_button.clicked.connect(self.composer.submit)
         self.attach_button.clicked.connect(self._choose_files)
         self.details_button.clicked.connect(self.show_details)
@@ -318,6 +355,14 @@ class MainWindow(QMainWindow):
         self.message_view.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
         self.message_view.customContextMenuRequested.connect(self._message_context_menu)
         self.reply_bar.cancelled.connect(self.composer.setFocus)
+        self.edit_bar.cancelled.connect(self._edit_cancelled)
+        self.delete_bar.confirmed.connect(self.bridge.delete_for_everyone)
+        self.composer.textChanged.connect(self._composer_changed)
+        # Whether typing indicators go out and are shown (Settings → Privacy); the
+        # stored choice arrives from the store.
+        self.typing_indicators = True
+        self._typing_sent_to: int | None = None
+        self._typing_sent_at = 0.0
         self.messages.older_requested.connect(self.bridge.load_older)
         # Disappearing messages show their time left; repaint it every second.
         self._countdown = QTimer(self)
@@ -333,6 +378,9 @@ class MainWindow(QMainWindow):
         bridge.older_loaded.connect(self._older_loaded)
         bridge.messages_changed.connect(self._messages_changed)
         bridge.messages_expired.connect(self.messages.remove_messages)
+        bridge.typing_changed.connect(self._typing_changed)
+        bridge.typing_setting_loaded.connect(self._typing_setting_loaded)
+        bridge.load_typing_setting()
         bridge.search_finished.connect(self._search_finished)
         bridge.safety_number_ready.connect(self._safety_number_ready)
         bridge.connection_changed.connect(self._connection_changed)
@@ -360,6 +408,12 @@ class MainWindow(QMainWindow):
     ) -> None:
         if self._current is None or self._current.conversation_id != conversation.conversation_id:
             self.reply_bar.take()  # a reply belongs to the chat it was started in
+            self.staging_bar.cancel()  # and so do staged files
+            if self.edit_bar.take() is not None:  # and so does an edit
+                self.composer.clear()
+            self.delete_bar.cancel()
+            self._stop_typing()
+            self.typing_line.reset()
         self._current = conversation
         self.chat_stack.setCurrentIndex(1)
         self.message_delegate.group = conversation.kind == ConversationKind.GROUP
@@ -393,6 +447,9 @@ class MainWindow(QMainWindow):
         bar = self.message_view.verticalScrollBar()
         at_bottom = bar.value() >= bar.maximum() - 40
         self.messages.add_or_update(messages)
+        for message in messages:
+            if not message.outgoing and not message.system:
+                self.typing_line.typing(message.sender, False)  # the message came
         if at_bottom or any(message.outgoing for message in messages):
             self.message_view.scrollToBottom()
         if self.isActiveWindow() and any(not message.outgoing for message in messages):
@@ -464,6 +521,7 @@ class MainWindow(QMainWindow):
         self.composer.set_blocked(blocked)
         self.send_button.setEnabled(not blocked)
         self.attach_button.setEnabled(not blocked)
+        self.drop_filter.enabled = not blocked
         self.chat_menu_button.show_for(conversation)
         gated = self.request_bar.show_for(conversation)
         for widget in (self.attach_button, self.composer, self.send_button):
@@ -510,8 +568,79 @@ class MainWindow(QMainWindow):
         self.bridge.search(query)
 
     def _send_text(self, text: str) -> None:
-        if self._current is not None:
-            self.bridge.send_text(self._current.conversation_id, text, self.reply_bar.take())
+        if self._current is None:
+            return
+        editing = self.edit_bar.take()
+        if editing is not None:
+            self.bridge.edit_text(editing, text)
+            return
+        self.bridge.send_text(self._current.conversation_id, text, self.reply_bar.take())
+
+    # ---- edit, delete, typing (issue #24) -----------------------------------
+    def start_edit(self, message: MessageView) -> None:
+        """The menu's "Edit": the composer holds the message's text, "Editing…"
+        shows over it, and Send replaces the text (× gives the draft back)."""
+        self.reply_bar.take()
+        self.edit_bar.edit(message, self.composer.toPlainText())
+        self.composer.setPlainText(message.body)
+        self.composer.moveCursor(QTextCursor.MoveOperation.End)
+        self.composer.setFocus()
+
+    def _edit_cancelled(self) -> None:
+        self.composer.setPlainText(self.edit_bar.draft)
+        self.edit_bar.draft = ""
+        self.composer.setFocus()
+
+    def confirm_delete_for_everyone(self, message: MessageView) -> None:
+        self.delete_bar.ask(message)
+
+    def _composer_changed(self) -> None:
+        """Typing indicators: one when typing starts and again every
+        TYPING_REPEAT_SECONDS while it goes on; "stopped" once the composer is
+        empty (cleared, or its text sent). None while editing, nor at all when
+        the user turned them off; the services also hold back those to requests
+        and blocked people."""
+        current = self._current
+        if current is None or not self.typing_indicators or self.edit_bar.message is not None:
+            return
+        if current.request or current.blocked or self.composer.blocked:
+            return
+        if not self.composer.toPlainText().strip():
+            self._stop_typing()
+            return
+        now = time.monotonic()
+        if (
+            self._typing_sent_to != current.conversation_id
+            or now - self._typing_sent_at >= TYPING_REPEAT_SECONDS
+        ):
+            self._stop_typing()
+            self.bridge.send_typing(current.conversation_id, True)
+            self._typing_sent_to = current.conversation_id
+            self._typing_sent_at = now
+
+    def _stop_typing(self) -> None:
+        if self._typing_sent_to is not None:
+            self.bridge.send_typing(self._typing_sent_to, False)
+        self._typing_sent_to = None
+        self._typing_sent_at = 0.0
+
+    def _typing_changed(self, conversation_id: int, sender: str, started: bool) -> None:
+        if not self.typing_indicators:
+            return
+        if self._current is not None and conversation_id == self._current.conversation_id:
+            self.typing_line.typing(sender, started)
+
+    def _typing_setting_loaded(self, on: bool) -> None:
+        self.typing_indicators = on
+        if not on:
+            self.typing_line.reset()
+
+    def set_typing_indicators(self, on: bool) -> None:
+        """Settings → Privacy: stored, and at once neither sent nor shown."""
+        if not on:
+            self._stop_typing()
+        self._typing_setting_loaded(on)
+        self.bridge.set_typing_indicators(on)
 
     def _message_context_menu(self, point: QPoint) -> None:
         """Right-click on a bubble: Reply, React (issue #24)."""
@@ -522,10 +651,17 @@ class MainWindow(QMainWindow):
         menu = MessageMenu(message, self)
         menu.reply_requested.connect(self.start_reply)
         menu.react_requested.connect(self.bridge.react)
+        menu.save_requested.connect(self.save_attachment_as)
+        menu.open_requested.connect(self.open_attachment)
+        menu.edit_requested.connect(self.start_edit)
+        menu.delete_for_me_requested.connect(self.bridge.delete_for_me)
+        menu.delete_for_everyone_requested.connect(self.confirm_delete_for_everyone)
         self.message_menu = menu  # kept so tests (and screen readers) can reach it
         menu.popup(self.message_view.viewport().mapToGlobal(point))
 
     def start_reply(self, message: MessageView) -> None:
+        if self.edit_bar.take() is not None:
+            self.composer.clear()
         self.reply_bar.reply_to(message)
         self.composer.setFocus()
 
@@ -543,14 +679,95 @@ class MainWindow(QMainWindow):
         else:
             self.bridge.open_conversation(message.conversation_id, message.quote.message_id)
 
-    def _send_files(self, paths: list[Path]) -> None:
-        if self._current is not None:
-            for path in paths:
-                self.bridge.send_file(self._current.conversation_id, path)
+    # ---- attachments (issue #24) ---------------------------------------------
+    def stage_files(self, paths: list[Path]) -> None:
+        """Picked or dropped files go to the staging bar, not straight out."""
+        if self._current is not None and paths and not self._current.send_blocked:
+            self.staging_bar.stage_files(paths)
+
+    def _send_staged(self, files: list[StagedFile], caption: str) -> None:
+        if self._current is None:
+            return
+        for number, staged in enumerate(files):
+            self.bridge.send_file(
+                self._current.conversation_id,
+                staged.path or Path(staged.name),
+                # One caption for what was sent together: under the first file.
+                caption=caption if number == 0 else "",
+                thumbnail=staged.thumbnail,
+                data=staged.data,
+            )
+        self.composer.setFocus()
 
     def _choose_files(self) -> None:
-        names, _filter = QFileDialog.getOpenFileNames(self, "Attach files")
-        self._send_files([Path(name) for name in names])
+        """The file picker, without blocking the window (QFileDialog.open)."""
+        folder = start_folder(
+            self._attach_folder,
+            QStandardPaths.StandardLocation.PicturesLocation,
+            QStandardPaths.StandardLocation.DownloadLocation,
+        )
+        dialog = QFileDialog(self, "Attach files", str(folder))
+        dialog.setFileMode(QFileDialog.FileMode.ExistingFiles)
+        dialog.setAccessibleName("Attach files")
+
+        def chosen(names: list[str]) -> None:
+            if names:
+                self._attach_folder = Path(names[0]).parent
+                self.stage_files([Path(name) for name in names])
+
+        dialog.filesSelected.connect(chosen)
+        self.file_dialog = dialog
+        dialog.open()
+
+    def save_attachment_as(self, message: MessageView) -> None:
+        attachment = message.attachment
+        if attachment is None or not attachment.ready:
+            return
+        folder = start_folder(self._save_folder, QStandardPaths.StandardLocation.DownloadLocation)
+        dialog = QFileDialog(self, "Save attachment", str(folder / attachment.filename))
+        dialog.setAcceptMode(QFileDialog.AcceptMode.AcceptSave)
+        dialog.setAccessibleName("Save attachment")
+
+        def chosen(name: str) -> None:
+            if name:
+                self._save_folder = Path(name).parent
+                self.bridge.save_attachment(attachment.attachment_id, Path(name))
+
+        dialog.fileSelected.connect(chosen)
+        self.file_dialog = dialog
+        dialog.open()
+
+    def open_attachment(self, message: MessageView) -> None:
+        """An image opens in the app, decrypted into memory only; any other file
+        is saved where the user says (opening it elsewhere needs a plaintext copy)."""
+        attachment = message.attachment
+        if attachment is None or not attachment.ready:
+            return
+        if not attachment.mime.startswith("image/"):
+            self.save_attachment_as(message)
+            return
+        if self.image_viewer is not None:
+            self.image_viewer.close()
+        viewer = ImageViewer(attachment.filename, self)
+        self.image_viewer = viewer
+        viewer.show()
+        self.bridge.read_attachment(attachment.attachment_id, viewer.show_data)
+
+    def _attachment_clicked(self, row: int) -> None:
+        """A click on a thumbnail or file chip (and only there): open an image,
+        "Save as…" any other file, fetch one left for a click."""
+        message = self.messages.message_at(row)
+        if message is None or message.attachment is None:
+            return
+        attachment = message.attachment
+        if message.outgoing and message.status == MessageStatus.FAILED:
+            self.bridge.retry(message.message_id)
+        elif attachment.on_request:
+            self.bridge.download_attachment(attachment.attachment_id)
+        elif not attachment.ready:
+            self.show_note("Still downloading")
+        else:
+            self.open_attachment(message)
 
     def _message_clicked(self, index: QModelIndex) -> None:
         message = self.messages.message_at(index.row())
@@ -558,12 +775,6 @@ class MainWindow(QMainWindow):
             return
         if message.outgoing and message.status == MessageStatus.FAILED:
             self.bridge.retry(message.message_id)
-        elif message.attachment is not None and message.attachment.ready:
-            target, _filter = QFileDialog.getSaveFileName(
-                self, "Save attachment", message.attachment.filename
-            )
-            if target:
-                self.bridge.save_attachment(message.attachment.attachment_id, Path(target))
 
     def _scrolled(self, value: int) -> None:
         if value <= 20:
@@ -610,6 +821,7 @@ class MainWindow(QMainWindow):
             self.bridge.client.messenger.username,
             self.bridge.client.messenger.device_name,
             previews=bool(tray and tray.show_previews),
+            typing_indicators=self.typing_indicators,
             lock_minutes=(tray.lock_after_ms // 60_000) if tray else 0,
             lock_available=self.bridge.lock_available(),
             backups=self._backups_tab(),
@@ -618,6 +830,7 @@ class MainWindow(QMainWindow):
         if tray is not None:
             dialog.previews_changed.connect(lambda on: setattr(tray, "show_previews", on))
             dialog.lock_changed.connect(tray.set_lock_after)
+        dialog.typing_indicators_changed.connect(self.set_typing_indicators)
         dialog.remove_device.connect(self.bridge.remove_device)
         self.bridge.devices_listed.connect(dialog.set_devices)
         self.bridge.list_devices()

@@ -79,6 +79,8 @@ def message_sentence(view: MessageView) -> str:
     if view.attachment is not None:
         text = f"attachment {view.attachment.filename}" + (f", {text}" if text else "")
     parts.append(text)
+    if view.edited:
+        parts.append("edited")
     if view.reactions:
         parts.append(
             "reactions " + ", ".join(f"{emoji} {count}" for emoji, count in view.reactions)

@@ -39,6 +39,7 @@ class SettingsDialog(QDialog):
     lock_changed = Signal(int)
     remove_device = Signal(int)
     unblock_requested = Signal(str)
+    typing_indicators_changed = Signal(bool)
 
     def __init__(
         self,
@@ -48,6 +49,7 @@ class SettingsDialog(QDialog):
         previews: bool,
         lock_minutes: int,
         lock_available: bool,
+        typing_indicators: bool = True,
         backups: QWidget | None = None,
         parent: QWidget | None = None,
     ) -> None:
@@ -107,6 +109,14 @@ class SettingsDialog(QDialog):
             )
             note.setWordWrap(True)
             privacy_form.addRow(note)
+        self.typing_box = QCheckBox("Send typing indicators")
+        self.typing_box.setAccessibleName("Send typing indicators")
+        self.typing_box.setToolTip(
+            "When off, others do not see when you type, and you do not see when they do."
+        )
+        self.typing_box.setChecked(typing_indicators)
+        self.typing_box.toggled.connect(self.typing_indicators_changed)
+        privacy_form.addRow(self.typing_box)
         privacy_form.addRow(QLabel("<b>Blocked people</b>"))
         blocked_note = QLabel(
             "What they send is dropped as it arrives, and nothing is sent to them. "

@@ -48,6 +48,7 @@ class Composer(QPlainTextEdit):
 
     send_requested = Signal(str)
     files_attached = Signal(list)  # list[Path]
+    image_pasted = Signal(QImage)  # a pasted picture that has no file
 
     def __init__(self) -> None:
         super().__init__()
@@ -93,13 +94,24 @@ class Composer(QPlainTextEdit):
         return [Path(url.toLocalFile()) for url in mime.urls() if url.isLocalFile()]
 
     def canInsertFromMimeData(self, source: QMimeData) -> bool:
-        return bool(self._files_of(source)) or super().canInsertFromMimeData(source)
+        return (
+            bool(self._files_of(source))
+            or source.hasImage()
+            or super().canInsertFromMimeData(source)
+        )
 
     def insertFromMimeData(self, source: QMimeData) -> None:
         files = self._files_of(source)
         if files:
             if not self.blocked:
                 self.files_attached.emit(files)
+            return
+        if source.hasImage() and not source.hasText():
+            # A screenshot from the clipboard: staged like a file, never written
+            # to one (app.ui.attachments keeps it in memory until encrypted).
+            image = source.imageData()
+            if isinstance(image, QImage) and not image.isNull() and not self.blocked:
+                self.image_pasted.emit(image)
             return
         super().insertFromMimeData(source)
 

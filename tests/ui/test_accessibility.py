@@ -150,6 +150,10 @@ def test_main_window_settings_and_safety_number_name_every_control(
     window.open_conversation(chat.conversation_id)
     qtbot.waitUntil(lambda: window.chat_title.text() == "bob", timeout=15_000)
     window.show_error("something to dismiss")  # the error bar's close button too
+    # The bars over the composer and the typing line (issue #24) show only at times.
+    for bar in (window.edit_bar, window.delete_bar, window.reply_bar):
+        bar.show()
+    window.typing_line.typing("bob", True)
     assert unnamed_controls(window) == []
     # The glyph buttons say what they do to everyone, not only to screen readers.
     for button, name in (

@@ -125,7 +125,7 @@ def test_choosing_the_timer_already_set_posts_nothing(
 
 
 def test_attach_works_after_closing_the_safety_number_dialog_with_escape(
-    qtbot: QtBot, tmp_path: Path, people: dict[str, Person], monkeypatch: pytest.MonkeyPatch
+    qtbot: QtBot, tmp_path: Path, people: dict[str, Person]
 ) -> None:
     # Not reproduced yet: this passes on the code before the fix too, so it guards
     # the path (Escape, then attach) but does not pin the reported cause down.
@@ -143,10 +143,15 @@ def test_attach_works_after_closing_the_safety_number_dialog_with_escape(
 
     photo = tmp_path / "photo.bin"
     photo.write_bytes(b"\x89not really a png" * 100)
-    monkeypatch.setattr(
-        QFileDialog, "getOpenFileNames", staticmethod(lambda *a, **k: ([str(photo)], ""))
-    )
     qtbot.mouseClick(window.attach_button, Qt.MouseButton.LeftButton)
+    # The picker opens without blocking (QFileDialog.open); choosing stages the
+    # file over the composer, and Send sends it (tests/ui/test_attachments.py).
+    dialog = window.file_dialog
+    assert isinstance(dialog, QFileDialog) and dialog.isVisible()
+    dialog.filesSelected.emit([str(photo)])
+    dialog.close()
+    qtbot.waitUntil(lambda: window.staging_bar.ready, timeout=10_000)
+    qtbot.mouseClick(window.staging_bar.send_button, Qt.MouseButton.LeftButton)
 
     def attached() -> bool:
         return any(
