@@ -861,25 +861,40 @@ class Messenger:
             self.store.outbox.remove(client_ids)
             self.store.outbox.clear_backoff({(item.recipient, item.device_id) for item in items})
             for message_id in message_ids:
-                if self.store.outbox.count_for_message(message_id) == 0:
-                    message = self.store.messages.get(message_id)
-                    if message is not None and message.status == MessageStatus.SENDING:
-                        self.store.messages.set_status(message_id, MessageStatus.SENT)
-                        changed.append(message_id)
+                if self.store.outbox.count_for_message(message_id) > 0:
+                    self.store.outbox.mark_partly_sent(message_id)
+                    continue
+                self.store.outbox.take_partly_sent(message_id)
+                message = self.store.messages.get(message_id)
+                if message is not None and message.status == MessageStatus.SENDING:
+                    self.store.messages.set_status(message_id, MessageStatus.SENT)
+                    changed.append(message_id)
         return [m for m in (self.store.messages.get(i) for i in changed) if m is not None]
 
     def undeliverable(self, client_ids: list[str]) -> list[Message]:
-        """Outbox entries that can never be delivered: their messages fail. An
-        automatic one (receipt, sender key, group update) has no message to show
-        that, so it is logged rather than dropped without a word."""
+        """Outbox entries that can never be delivered (the device or account is gone,
+        or 30 days passed). A message fails only when none of its copies was
+        accepted: one group member's deleted account, or a removed device of the
+        peer's, does not fail what the others received. An automatic entry (receipt,
+        sender key, group update) has no message to show that, so it is logged
+        rather than dropped without a word."""
         changed = []
         with self.store.transaction():
             items = self.store.outbox.items(client_ids)
             self.store.outbox.remove(client_ids)
-            for item in items:
-                if item.message_id is not None:
-                    self.store.messages.set_status(item.message_id, MessageStatus.FAILED)
-                    changed.append(item.message_id)
+            for message_id in {i.message_id for i in items if i.message_id is not None}:
+                if self.store.outbox.count_for_message(message_id) > 0:
+                    continue  # decided when its last copy leaves the outbox
+                reached_someone = self.store.outbox.take_partly_sent(message_id)
+                message = self.store.messages.get(message_id)
+                if message is None or message.status != MessageStatus.SENDING:
+                    continue
+                status = MessageStatus.SENT if reached_someone else MessageStatus.FAILED
+                self.store.messages.set_status(message_id, status)
+                changed.append(message_id)
+            refused_people = sorted({i.recipient for i in items if i.message_id is not None})
+            if refused_people:
+                log.warning("copies for %d recipients could not be delivered", len(refused_people))
             automatic = sum(1 for item in items if item.message_id is None)
             if automatic:
                 log.warning("%d automatic envelopes could not be delivered", automatic)

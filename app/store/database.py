@@ -1067,6 +1067,16 @@ class OutboxRepository(_Repository):
             "DELETE FROM outbox_backoff WHERE recipient = ? AND device_id = ?", devices
         )
 
+    def mark_partly_sent(self, message_id: int) -> None:
+        self._execute("INSERT OR IGNORE INTO partly_sent (message_id) VALUES (?)", (message_id,))
+
+    def take_partly_sent(self, message_id: int) -> bool:
+        """Whether some copy of the message was accepted; forgets it (its last copy
+        has left the outbox)."""
+        return bool(
+            self._execute("DELETE FROM partly_sent WHERE message_id = ?", (message_id,)).rowcount
+        )
+
     def count_for_message(self, message_id: int) -> int:
         row = self._execute(
             "SELECT COUNT(*) FROM outbox WHERE message_id = ?", (message_id,)

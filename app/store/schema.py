@@ -292,4 +292,11 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX early_changes_by_message ON early_changes (message_uuid);
     """,
+    # 12: messages some of whose copies the relay accepted while others are still in
+    # the outbox. When the last copy is refused for good (a removed device, a deleted
+    # account), such a message counts as sent, not failed: the other recipients have
+    # it. Rows leave when the message's last copy leaves the outbox.
+    """
+    CREATE TABLE partly_sent (message_id INTEGER PRIMARY KEY);
+    """,
 ]

@@ -226,6 +226,26 @@ def test_a_recipient_that_does_not_exist_fails_the_message(people: dict[str, Per
     assert not _outbox(alice)
 
 
+def test_a_group_member_who_is_gone_does_not_fail_what_the_others_received(
+    people: dict[str, Person],
+) -> None:
+    alice, bob, carol = people["alice"], people["bob"], people["carol"]
+    group = alice.client.create_group("Book club", ["bob", "carol"]).result(20)
+    wait_for(
+        lambda: all(_conversation_id(m, "Book club") is not None for m in (bob, carol)),
+        what="bob and carol join the group",
+    )
+    wait_for(lambda: not _outbox(alice), what="the setup is sent")
+    revoking = bob.profile.relay(token=bob.client.messenger.relay_token)
+    revoking.revoke_token()  # bob's only device is gone from the relay
+    revoking.close()
+    # Offline, so that no delivery receipt of hers can paper over a "failed".
+    people.pop("carol").stop()
+    alice.client.send_text(group.conversation_id, "chapter 3 by friday").result(20)
+    wait_for(lambda: not _outbox(alice), what="both copies leave the outbox")
+    assert _status(alice, "Book club", "chapter 3 by friday") == MessageStatus.SENT
+
+
 # ---- the policy, without I/O -----------------------------------------------------
 
 
