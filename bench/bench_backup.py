@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from app.backup import engine
+from app.backup import engine, snapshots
 from app.backup import format as fmt
 from app.crypto import AeadKey, ReusableAead, random_bytes
 from app.store import PassphraseProtector, Store
@@ -53,14 +53,15 @@ def _make_profile(root: Path, messages: int, attachment_bytes: int) -> Path:
     store.close()
     attachments = profile / "attachments"
     attachments.mkdir(exist_ok=True)
-    block = os.urandom(4 * MiB)
     written, number = 0, 0
     while written < attachment_bytes:
         size = min(16 * MiB, attachment_bytes - written)
         with (attachments / f"file-{number:05d}.bin").open("wb") as handle:
             left = size
             while left:
-                piece = block[: min(left, len(block))]
+                # Every byte fresh, like real attachments (each a ciphertext under its
+                # own key): a repeated block would let version 3 store it once.
+                piece = os.urandom(min(left, 4 * MiB))
                 handle.write(piece)
                 left -= len(piece)
         written += size
@@ -136,6 +137,48 @@ def _disk_rate(folder: Path, total: int, *, drop_behind: bool = True) -> float:
     return rate
 
 
+def _incremental(profile: Path, folder: Path, messages: int) -> tuple[int, int, int, float, float]:
+    """Version 3: a full snapshot; the next after 1% more messages; the next after
+    10 new 1 MB attachments. Bytes added by each, seconds of the first two."""
+    store = Store.open(profile, PassphraseProtector("bench", FAST))
+    try:
+        attachments = profile / "attachments"
+        started = time.perf_counter()
+        first = snapshots.write_snapshot(
+            store, folder, KEY, method=fmt.METHOD_KEY, attachments_dir=attachments, keep=5
+        )
+        first_seconds = time.perf_counter() - started
+        new = max(1, messages // 100)
+        with store.transaction():
+            rows = [
+                (
+                    1 + number % 51,
+                    f"new-{number}",
+                    "bob",
+                    False,
+                    f"new message {number}",
+                    10**9 + number,
+                    "read",
+                )
+                for number in range(new)
+            ]
+            store.executemany(INSERT, rows)
+        # The brief's case first: 1% of the store changed, nothing else.
+        started = time.perf_counter()
+        second = snapshots.write_snapshot(
+            store, folder, KEY, method=fmt.METHOD_KEY, attachments_dir=attachments, keep=5
+        )
+        second_seconds = time.perf_counter() - started
+        for number in range(10):
+            (attachments / f"new-{number:02d}.bin").write_bytes(os.urandom(MiB))
+        third = snapshots.write_snapshot(
+            store, folder, KEY, method=fmt.METHOD_KEY, attachments_dir=attachments, keep=5
+        )
+    finally:
+        store.close()
+    return first.added, second.added, third.added, first_seconds, second_seconds
+
+
 def run(quick: bool) -> BenchReport:
     report = BenchReport("backup", quick)
     messages = 20_000 if quick else 1_000_000
@@ -166,6 +209,9 @@ def run(quick: bool) -> BenchReport:
         disk = max(disk_before, _disk_rate(root, size))
         _quiet_disk()
         buffered = _disk_rate(root, size, drop_behind=False)
+        full_bytes, next_bytes, files_bytes, full_seconds, next_seconds = _incremental(
+            profile, root / "cloud-v3", messages
+        )
     aes = _aes_rate(size)
     limit = min(aes, disk)
     limit_name = "AES-GCM" if aes <= disk else "disk write"
@@ -189,7 +235,36 @@ def run(quick: bool) -> BenchReport:
             "backup MB/s vs disk write", backup_rate / MiB, disk / MiB, "MB/s", "disk write"
         ),
     ]
+    increment = f"+{max(1, messages // 100):,} messages (1% of the store)"
+    report.comparisons += [
+        Comparison(
+            "v3 next backup: bytes written vs the full one",
+            next_bytes / MiB,
+            full_bytes / MiB,
+            "MB",
+            "full v3 backup",
+            0.02,
+            higher_is_better=False,
+            notes=f"{increment}; ratio {next_bytes / full_bytes:.4f}",
+        ),
+        Comparison(
+            "v3 next backup: time vs the full one",
+            next_seconds,
+            full_seconds,
+            "s",
+            "full v3 backup",
+            0.10,
+            higher_is_better=False,
+            notes=increment,
+        ),
+    ]
     report.figures += [
+        Figure(
+            "v3 backup after 10 new 1 MB attachments: bytes added",
+            files_bytes / MiB,
+            "MB",
+            notes=f"{files_bytes / full_bytes:.4f} of the full v3 backup",
+        ),
         Figure("peak memory, backup + restore process", peak_kib / 1024, "MB", 300),
         Figure("plain buffered write into new page cache (not a limit)", buffered / MiB, "MB/s"),
         Figure("backup time", backup_seconds, "s"),

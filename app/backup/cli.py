@@ -290,5 +290,10 @@ def _status(profile: Path, args: argparse.Namespace, lines: _Input, out: TextIO)
     out.write(f"{len(backups)} backup(s) in {folder}\n")
     for info in backups:
         stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(info.created))
-        out.write(f"  {stamp}  {format_size(info.size):>12}  {info.method}  {info.path.name}\n")
+        # A snapshot's size is what restoring it reads; "added" is what its backup
+        # wrote into the folder (the rest it shares with the others).
+        added = f"  +{format_size(info.added)} added" if info.version >= 3 else ""
+        out.write(
+            f"  {stamp}  {format_size(info.size):>12}  {info.method}  {info.path.name}{added}\n"
+        )
     return 0

@@ -87,6 +87,9 @@ class BackupInfo:
     method: str
     has_attachments: bool
     record_id: bytes
+    version: int = fmt.VERSION
+    added: int = 0  # version 3: bytes this backup added to the folder
+    created_ns: int = 0  # version 3: orders snapshots made within one second
 
 
 def _no_progress(_done: int, _total: int) -> None:
@@ -103,7 +106,21 @@ def read_header(path: Path) -> tuple[fmt.BackupHeader, int]:
     return fmt.BackupHeader.parse(head)
 
 
+def check_backup_key(path: Path, key: bytes) -> None:
+    """Raises WrongKey at once when `key` does not open the backup at `path`."""
+    from app.backup import snapshots
+
+    if snapshots.is_snapshot(path):
+        snapshots.read_header(path).check_key(key)
+    else:
+        fmt.check_key(read_header(path)[0], key)
+
+
 def describe(path: Path) -> BackupInfo:
+    from app.backup import snapshots
+
+    if snapshots.is_snapshot(path):
+        return snapshots.describe_snapshot(path)
     header, _length = read_header(path)
     return BackupInfo(
         path,
@@ -112,12 +129,16 @@ def describe(path: Path) -> BackupInfo:
         header.method_name,
         header.has_attachments,
         header.record_id,
+        header.version,
     )
 
 
 def list_backups(folder: Path) -> list[BackupInfo]:
-    """Our backups in `folder`, newest first; unreadable files are skipped."""
-    found = []
+    """Our backups in `folder` (version 3 snapshots and older single files), newest
+    first; unreadable files are skipped."""
+    from app.backup import snapshots
+
+    found = snapshots.list_snapshots(folder)
     with contextlib.suppress(FileNotFoundError, NotADirectoryError, PermissionError):
         for path in folder.iterdir():
             if not NAME_PATTERN.match(path.name):
@@ -128,7 +149,9 @@ def list_backups(folder: Path) -> list[BackupInfo]:
                 continue
     # Several backups can share a second; the file's write time breaks the tie.
     return sorted(
-        found, key=lambda info: (info.created, info.path.stat().st_mtime_ns), reverse=True
+        found,
+        key=lambda info: (info.created, info.created_ns or info.path.stat().st_mtime_ns),
+        reverse=True,
     )
 
 
@@ -275,7 +298,9 @@ def write_backup(
 def prune(folder: Path, keep: int, *, newest: Path) -> list[Path]:
     """Deletes our oldest backups beyond `keep` (never `newest`) and stale partials."""
     removed = []
-    for info in list_backups(folder)[max(keep, 1) :]:
+    # Version 3 snapshots are pruned by `snapshots.prune`, never by deleting files here.
+    single_files = [info for info in list_backups(folder) if info.version < 3]
+    for info in single_files[max(keep, 1) :]:
         if info.path != newest:
             info.path.unlink(missing_ok=True)
             removed.append(info.path)
@@ -283,6 +308,17 @@ def prune(folder: Path, keep: int, *, newest: Path) -> list[Path]:
         # A partial left by a crash is garbage once a newer backup completed.
         if stale.stat().st_mtime < newest.stat().st_mtime - 60:
             stale.unlink(missing_ok=True)
+    return removed
+
+
+def remove_single_files(folder: Path) -> list[Path]:
+    """Version 1 and 2 backups, once the folder holds enough version 3 snapshots
+    to replace them (the caller checks that)."""
+    removed = []
+    for info in list_backups(folder):
+        if info.version < 3:
+            info.path.unlink(missing_ok=True)
+            removed.append(info.path)
     return removed
 
 
@@ -536,6 +572,13 @@ def verify_backup(
     path: Path, key: bytes, progress: Progress = _no_progress, cancelled: Cancelled = _never
 ) -> VerifyReport:
     """Decrypts and checks every chunk, frame and digest; writes nothing."""
+    from app.backup import snapshots
+
+    if snapshots.is_snapshot(path):
+        report = snapshots.verify_snapshot(path, key, progress)
+        return VerifyReport(
+            3, 0, report.database_bytes, report.files, report.file_bytes, report.pack_bytes
+        )
     header, _length = read_header(path)
     records = 0
     files = _FileSink(None, header.version)
@@ -635,6 +678,12 @@ def restore_backup(
     (`_retire_restored_keys`), so the restored profile never encrypts under a key
     the backed-up device may already have used.
     """
+    from app.backup import snapshots
+
+    if snapshots.is_snapshot(path):
+        return snapshots.restore_snapshot(
+            path, key, profile, protector, progress=progress, cancelled=cancelled
+        )
     if Store.exists(profile) or (profile / DB_FILE_NAME).exists():
         raise ProfileNotEmpty
     header, _length = read_header(path)
@@ -657,19 +706,23 @@ def restore_backup(
         files.sync()
         if Store.exists(profile):
             raise ProfileNotEmpty
-        attachments = profile / "attachments"
-        if attachments.exists() and not any(attachments.iterdir()):
-            attachments.rmdir()
-        os.replace(staging / "attachments", attachments)
-        for name in (DB_FILE_NAME, DB_FILE_NAME + "-wal", DB_FILE_NAME + "-shm"):
-            if (staging / name).exists():
-                os.replace(staging / name, profile / name)
-        # The key file last: until it is in place the profile does not count as a store.
-        os.replace(staging / KEY_FILE_NAME, profile / KEY_FILE_NAME)
-        fsync_directory(profile)
+        _move_into_place(staging, profile)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return RestoreReport(counts, files.files, files.bytes, archived)
+
+
+def _move_into_place(staging: Path, profile: Path) -> None:
+    attachments = profile / "attachments"
+    if attachments.exists() and not any(attachments.iterdir()):
+        attachments.rmdir()
+    os.replace(staging / "attachments", attachments)
+    for name in (DB_FILE_NAME, DB_FILE_NAME + "-wal", DB_FILE_NAME + "-shm"):
+        if (staging / name).exists():
+            os.replace(staging / name, profile / name)
+    # The key file last: until it is in place the profile does not count as a store.
+    os.replace(staging / KEY_FILE_NAME, profile / KEY_FILE_NAME)
+    fsync_directory(profile)
 
 
 def _restore_image(

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.backup import engine, password_policy
+from app.backup import engine, password_policy, snapshots
 from app.backup import format as fmt
 from app.backup.errors import BackupError, BackupNotConfigured, NotABackup
 from app.backup.keys import generate_backup_key
@@ -32,6 +32,7 @@ METHOD_KEY = "key"
 METHOD_PASSWORD = "password"  # noqa: S105 - a method name, not a password
 SCHEDULES = {"off": None, "daily": 86_400, "weekly": 7 * 86_400, "monthly": 30 * 86_400}
 MIN_PASSWORD_LENGTH = password_policy.MIN_PASSWORD_LENGTH
+LAST_VERIFIED_SETTING = "backup.last_verified"
 
 
 @dataclass(frozen=True)
@@ -201,9 +202,12 @@ def back_up_now(
         raise BackupNotConfigured("backups are not set up for this profile")
     method = fmt.METHOD_PASSWORD if state.method == METHOD_PASSWORD else fmt.METHOD_KEY
     record_id = bytes.fromhex(state.vault_record_id) if state.vault_record_id else b""
-    info = engine.write_backup(
+    folder = Path(state.folder)
+    # New backups are version 3 snapshots: each adds only what changed, and what it
+    # wrote is read back and authenticated before it counts as done.
+    written = snapshots.write_snapshot(
         store,
-        Path(state.folder),
+        folder,
         state.backup_key,
         method=method,
         record_id=record_id,
@@ -212,9 +216,21 @@ def back_up_now(
         progress=progress or engine._no_progress,
         cancelled=cancelled or engine._never,
     )
+    info = snapshots.describe_snapshot(written.path)
     with store.transaction():
         store.backup_state.update(last_success=int(time.time()), last_size=info.size)
+        if written.verified_at is not None:
+            store.settings.set(LAST_VERIFIED_SETTING, written.verified_at)
+    # Version 1 and 2 files stay until as many snapshots replace them.
+    if len(snapshots.Repository.for_key(folder, state.backup_key).snapshot_paths()) >= state.keep:
+        engine.remove_single_files(folder)
     return info
+
+
+def last_verified(store: Store) -> int | None:
+    """When a backup was last read back from the folder and found intact (Unix s)."""
+    value = store.settings.get(LAST_VERIFIED_SETTING)
+    return value if isinstance(value, int) else None
 
 
 def key_for(

@@ -60,6 +60,11 @@ from ._opaque import (
 )
 from ._random import SYSTEM_RNG, DeterministicRng, Rng, SystemRng, random_bytes
 from ._secret import AeadKey, SecretKey
+from ._sqlcipher_pages import (
+    SQLCIPHER_RESERVE,
+    SQLCIPHER_SALT_LENGTH,
+    SqlcipherPages,
+)
 from ._stream import (
     NONCE_PREFIX_LENGTH,
     SEGMENT_OVERHEAD,
@@ -83,6 +88,8 @@ __all__ = [
     "NONCE_PREFIX_LENGTH",
     "RFC9106_SECOND_RECOMMENDED",
     "SEGMENT_OVERHEAD",
+    "SQLCIPHER_RESERVE",
+    "SQLCIPHER_SALT_LENGTH",
     "SYSTEM_RNG",
     "TAG_LENGTH",
     "X25519_KEY_LENGTH",
@@ -109,6 +116,7 @@ __all__ = [
     "SecretKey",
     "Sha256",
     "SigningKey",
+    "SqlcipherPages",
     "StreamError",
     "StreamOpener",
     "StreamSealer",

@@ -212,7 +212,7 @@ def test_key_backup_cli_errors_are_clear(
     code, _, err = _cli(monkeypatch, capsys, "backup", "verify", "--file", str(info.path))
     assert code == 2 and "pass --key" in err
     # Nothing secret lands in the folder in the clear.
-    for path in folder.iterdir():
+    for path in (p for p in folder.rglob("*") if p.is_file()):
         raw = path.read_bytes()
         assert SECRET_TEXT.encode() not in raw and key not in raw and shown.encode() not in raw
     assert [b.path for b in engine.list_backups(folder)] == [info.path]

@@ -1,0 +1,976 @@
+"""Version 3 backups on disk: incremental snapshots in a folder of immutable files.
+
+Layout (docs/backup-format.md, "Version 3"), under `<folder>/cipherline-<16 hex>/`:
+
+    data/<2 hex>/<64 hex>   packs of encrypted chunks, named by their SHA-256
+    index/<64 hex>          which pack holds which chunk
+    snapshots/<64 hex>      one per backup: the store's pages and the attachments
+    lock                    held while a backup or prune writes
+
+A sync client only ever sees new files appear (each written to a temporary name,
+fsync'd, renamed, the directory fsync'd) and old ones deleted by a prune. The
+order of writes is what keeps every completed snapshot restorable whenever a run
+is killed: packs, then the index naming them, then the snapshot; a prune deletes
+snapshots, then writes one index of what is still used, then deletes the old
+indexes and the unused packs. What a killed run leaves (temporary files, packs no
+index names, indexes of packs no snapshot uses) is removed by the next run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import socket
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from pyfastcdc import FastCDC
+
+from app.backup import engine
+from app.backup import format_v3 as v3
+from app.backup.errors import (
+    BackupCancelled,
+    BackupError,
+    CorruptBackup,
+    NotEnoughSpace,
+    ProfileNotEmpty,
+)
+from app.crypto import (
+    SQLCIPHER_RESERVE,
+    SQLCIPHER_SALT_LENGTH,
+    DecryptionError,
+    ReusableAead,
+    SqlcipherPages,
+    random_bytes,
+)
+from app.store import Protector, Store, StoreError
+from app.store.database import DB_FILE_NAME, DatabaseImageFile
+from app.store.durability import fsync_directory
+
+# FastCDC 2020 (pyfastcdc) for attachment files: restic's sizes. The store is cut
+# at page boundaries instead: a page is the unit SQLite changes, so a message
+# added costs the few pages it touched, not a 1 MiB chunk around each of them.
+CDC_AVERAGE = 1 << 20
+CDC_MIN = 256 << 10
+CDC_MAX = 4 << 20
+READ_PAGES = 256
+LOCK_NAME = "lock"
+LOCK_STALE_SECONDS = 15 * 60
+LOCK_REFRESH_SECONDS = 60
+TMP_SUFFIX = ".tmp"
+
+Progress = Callable[[int, int], None]
+Cancelled = Callable[[], bool]
+# Called after every file the repository gains or loses; tests make it crash there.
+Checkpoint = Callable[[str], None]
+
+
+def _no_checkpoint(_what: str) -> None:
+    return None
+
+
+class FolderLocked(BackupError):
+    exit_code = 1
+
+
+# ---- the repository -----------------------------------------------------------------
+
+
+class Repository:
+    def __init__(self, root: Path, checkpoint: Checkpoint = _no_checkpoint) -> None:
+        self.root = root
+        self.checkpoint = checkpoint
+
+    @staticmethod
+    def for_key(folder: Path, key: bytes, checkpoint: Checkpoint = _no_checkpoint) -> Repository:
+        return Repository(folder / v3.folder_name(key), checkpoint)
+
+    @staticmethod
+    def of_snapshot(path: Path) -> Repository:
+        return Repository(path.parent.parent)
+
+    def create(self) -> None:
+        for sub in ("data", "index", "snapshots"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def pack_path(self, pack_id: bytes) -> Path:
+        name = pack_id.hex()
+        return self.root / "data" / name[:2] / name
+
+    def snapshot_paths(self) -> list[Path]:
+        return _named_files(self.root / "snapshots")
+
+    def index_paths(self) -> list[Path]:
+        return _named_files(self.root / "index")
+
+    def pack_ids(self) -> set[bytes]:
+        found: set[bytes] = set()
+        for folder in _subfolders(self.root / "data"):
+            found.update(bytes.fromhex(p.name) for p in _named_files(folder))
+        return found
+
+    def write_file(self, folder: Path, data: bytes) -> Path:
+        """`data` under its SHA-256 name: temp, fsync, rename, fsync the folder."""
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        target = folder / hashlib.sha256(data).hexdigest()
+        temp = folder / f".{random_bytes(8).hex()}{TMP_SUFFIX}"
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temp, target)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+        fsync_directory(folder)
+        self.checkpoint(f"wrote {folder.name}/{target.name[:8]}")
+        return target
+
+    def remove(self, path: Path) -> None:
+        path.unlink(missing_ok=True)
+        fsync_directory(path.parent)
+        self.checkpoint(f"removed {path.parent.name}/{path.name[:8]}")
+
+    def remove_temporaries(self) -> int:
+        """Temporary files a killed run left (only called with the lock held)."""
+        removed = 0
+        for temp in self.root.rglob(f".*{TMP_SUFFIX}"):
+            temp.unlink(missing_ok=True)
+            removed += 1
+        return removed
+
+
+def _named_files(folder: Path) -> list[Path]:
+    """Files named by 64 hex digits (skips temporaries and strangers' files)."""
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        return sorted(
+            p
+            for p in folder.iterdir()
+            if len(p.name) == 64 and all(c in "0123456789abcdef" for c in p.name)
+        )
+    return []
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        return sorted(p for p in folder.iterdir() if p.is_dir() and len(p.name) == 2)
+    return []
+
+
+# ---- the lock -------------------------------------------------------------------------
+
+
+class Lock:
+    """One writer at a time per repository, across processes and devices.
+
+    A lock is stale when its holder on this machine is gone, or when nobody has
+    refreshed it (its mtime) for LOCK_STALE_SECONDS: a device that lost power
+    cannot block every other device for ever. It holds no name of the machine,
+    only a hash of it.
+    """
+
+    def __init__(self, repo: Repository) -> None:
+        self.path = repo.root / LOCK_NAME
+        self._refreshed = 0.0
+
+    def acquire(self) -> None:
+        host = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:16]
+        body = json.dumps({"host": host, "pid": os.getpid(), "since": int(time.time())})
+        for _attempt in range(2):
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                if not self._stale(host):
+                    raise FolderLocked(
+                        "another backup or clean-up is writing to this folder right now; "
+                        "try again in a few minutes"
+                    ) from None
+                self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as handle:
+                handle.write(body)
+                handle.flush()
+                os.fsync(handle.fileno())
+            self._refreshed = time.monotonic()
+            return
+        raise FolderLocked("could not lock the backup folder; try again in a few minutes")
+
+    def _stale(self, host: str) -> bool:
+        try:
+            age = time.time() - self.path.stat().st_mtime
+            holder = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return True
+        if age > LOCK_STALE_SECONDS:
+            return True
+        if holder.get("host") == host and isinstance(holder.get("pid"), int):
+            return not _process_alive(holder["pid"])
+        return False
+
+    def refresh(self) -> None:
+        if time.monotonic() - self._refreshed > LOCK_REFRESH_SECONDS:
+            with contextlib.suppress(OSError):
+                os.utime(self.path)
+            self._refreshed = time.monotonic()
+
+    def release(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# ---- reading what the folder holds ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Location:
+    pack_id: bytes
+    number: int  # blob number in the pack: its nonce
+    offset: int
+    length: int
+
+
+@dataclass
+class LoadedIndex:
+    chunks: dict[bytes, Location]
+    files: dict[Path, list[v3.PackEntry]]
+
+
+def load_index(repo: Repository, key: bytes, *, existing: set[bytes] | None = None) -> LoadedIndex:
+    """Every index file's entries; with `existing`, entries of missing packs are left out."""
+    chunks: dict[bytes, Location] = {}
+    files: dict[Path, list[v3.PackEntry]] = {}
+    for path in repo.index_paths():
+        try:
+            _header, plain = v3.open_body(key, path.read_bytes(), v3.KIND_INDEX)
+            packs = v3.decode_index(plain)
+        except CorruptBackup as error:
+            raise CorruptBackup(error.offset, f"index file {path.name[:12]}…: {error}") from None
+        files[path] = packs
+        for pack in packs:
+            if existing is not None and pack.pack_id not in existing:
+                continue
+            for number, blob in enumerate(pack.blobs):
+                chunks.setdefault(
+                    blob.chunk_id, Location(pack.pack_id, number, blob.offset, blob.length)
+                )
+    return LoadedIndex(chunks, files)
+
+
+def read_snapshot(path: Path, key: bytes) -> tuple[v3.Header, v3.Snapshot]:
+    header, plain = v3.open_body(key, path.read_bytes(), v3.KIND_SNAPSHOT)
+    return header, v3.Snapshot.decode(plain)
+
+
+class PackReader:
+    """Opens blobs of packs; each pack's header and key are checked once."""
+
+    def __init__(self, repo: Repository, key: bytes) -> None:
+        self.repo = repo
+        self.key = key
+        self._open: dict[bytes, tuple[int, ReusableAead]] = {}
+
+    def blob(self, chunk_id: bytes, where: Location) -> bytes:
+        fd, aead = self._pack(where.pack_id)
+        sealed = os.pread(fd, where.length, where.offset)
+        if len(sealed) != where.length:
+            raise CorruptBackup(where.offset, f"pack {where.pack_id.hex()[:12]}… is cut short")
+        try:
+            return aead.open(v3.blob_nonce(where.number), sealed, chunk_id)
+        except DecryptionError:
+            raise CorruptBackup(
+                where.offset, f"a chunk in pack {where.pack_id.hex()[:12]}… fails authentication"
+            ) from None
+
+    def _pack(self, pack_id: bytes) -> tuple[int, ReusableAead]:
+        if pack_id in self._open:
+            return self._open[pack_id]
+        path = self.repo.pack_path(pack_id)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise CorruptBackup(0, f"pack {pack_id.hex()[:12]}… is missing") from None
+        header, _length = v3.Header.parse(os.pread(fd, v3.MAX_HEADER_LENGTH, 0), v3.KIND_PACK)
+        header.check_key(self.key)
+        entry = (fd, ReusableAead(header.file_key(self.key)))
+        self._open[pack_id] = entry
+        return entry
+
+    def close(self) -> None:
+        for fd, _aead in self._open.values():
+            os.close(fd)
+        self._open.clear()
+
+
+# ---- writing ---------------------------------------------------------------------------
+
+
+class _PackWriter:
+    """Seals new chunks into packs of about PACK_TARGET bytes."""
+
+    def __init__(self, repo: Repository, key: bytes, method: int, record_id: bytes) -> None:
+        self.repo, self.key, self.method, self.record_id = repo, key, method, record_id
+        self.written: list[v3.PackEntry] = []
+        self.bytes = 0
+        self._reset()
+
+    def _reset(self) -> None:
+        self._header: v3.Header | None = None
+        self._parts: list[bytes] = []
+        self._blobs: list[v3.BlobEntry] = []
+        self._size = 0
+        self._aead: ReusableAead | None = None
+
+    def add(self, chunk_id: bytes, plain: bytes | memoryview) -> None:
+        if self._header is None:
+            self._header = v3.new_header(
+                self.key,
+                v3.KIND_PACK,
+                self.method,
+                record_id=self.record_id,
+                created_ns=time.time_ns(),
+            )
+            head = self._header.to_bytes()
+            self._parts.append(head)
+            self._size = len(head)
+            self._aead = ReusableAead(self._header.file_key(self.key))
+        assert self._aead is not None
+        sealed = self._aead.seal(v3.blob_nonce(len(self._blobs)), plain, chunk_id)
+        self._blobs.append(v3.BlobEntry(chunk_id, self._size, len(sealed)))
+        self._parts.append(sealed)
+        self._size += len(sealed)
+        if self._size >= v3.PACK_TARGET:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._header is None:
+            return
+        data = b"".join(self._parts)
+        pack_id = hashlib.sha256(data).digest()
+        self.repo.write_file(self.repo.pack_path(pack_id).parent, data)
+        self.written.append(v3.PackEntry(pack_id, tuple(self._blobs)))
+        self.bytes += len(data)
+        self._reset()
+
+
+def _image_pages(image: DatabaseImageFile) -> Iterator[tuple[int, bytes]]:
+    """The scratch image's pages in plaintext, in memory only (see SqlcipherPages)."""
+    size = image.page_size
+    with image.path.open("rb") as handle:
+        salt = handle.read(SQLCIPHER_SALT_LENGTH)
+        handle.seek(0)
+        codec = SqlcipherPages(image.key, salt, size)
+        number = 0
+        while block := handle.read(size * READ_PAGES):
+            with memoryview(block) as view:
+                for start in range(0, len(block), size):
+                    number += 1
+                    try:
+                        yield number, codec.decrypt(number, view[start : start + size])
+                    except DecryptionError:
+                        raise BackupError(
+                            "the store's copy could not be read back; check the disk"
+                        ) from None
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    path: Path
+    created_ns: int
+    total: int
+    added: int
+    verified_at: int | None
+
+
+def write_snapshot(
+    store: Store,
+    folder: Path,
+    key: bytes,
+    *,
+    method: int,
+    record_id: bytes = b"",
+    attachments_dir: Path | None = None,
+    keep: int = 2,
+    progress: Progress = engine._no_progress,
+    cancelled: Cancelled = engine._never,
+    checkpoint: Checkpoint = _no_checkpoint,
+) -> SnapshotInfo:
+    """Adds a snapshot to `folder`'s repository, reads it back, then prunes to `keep`."""
+    repo = Repository.for_key(folder, key, checkpoint)
+    repo.create()
+    files = engine._attachment_files(attachments_dir)
+    free = shutil.disk_usage(repo.root).free
+    if free < engine.SPACE_MARGIN:
+        raise NotEnoughSpace(
+            f"the folder has {free / 2**20:,.0f} MB free; the previous backups are untouched"
+        )
+    lock = Lock(repo)
+    lock.acquire()
+    try:
+        repo.remove_temporaries()
+        existing = repo.pack_ids()
+        index = load_index(repo, key, existing=existing)
+        parent = _newest_snapshot(repo, key)
+        created_ns = time.time_ns()
+        id_key = v3.chunk_id_key(key)
+        packs = _PackWriter(repo, key, method, record_id)
+        known = index.chunks
+        new: set[bytes] = set()
+        expected = engine.estimate_size(store, files)
+        done = 0
+
+        def put(plain: bytes | memoryview) -> bytes:
+            nonlocal done
+            chunk = v3.chunk_id(id_key, plain)
+            if chunk not in known and chunk not in new:
+                packs.add(chunk, plain)
+                new.add(chunk)
+            done += len(plain)
+            return chunk
+
+        image = store.export_image()
+        try:
+            reserve = 0
+            pages: list[bytes] = []
+            for number, plain in _image_pages(image):
+                if number == 1:
+                    reserve = plain[20]
+                    if reserve < SQLCIPHER_RESERVE:
+                        raise BackupError("the store's copy has pages this backup cannot keep")
+                pages.append(put(memoryview(plain)[: image.page_size - reserve]))
+                if number % 4096 == 0:
+                    _tick(progress, cancelled, lock, done, expected)
+            schema, page_size = image.schema, image.page_size
+        finally:
+            image.discard()
+        previous = {entry.path: entry for entry in parent.files} if parent else {}
+        entries = []
+        assert attachments_dir is not None or not files
+        for path in files:
+            relative = path.relative_to(attachments_dir).as_posix()  # type: ignore[arg-type]
+            v3.check_path(relative)
+            entries.append(_file_entry(path, relative, previous.get(relative), known, put))
+            _tick(progress, cancelled, lock, done, expected)
+        packs.flush()
+        added = packs.bytes
+        new_index = None
+        if packs.written:
+            body = v3.encode_index(packs.written)
+            head = v3.new_header(
+                key, v3.KIND_INDEX, method, record_id=record_id, created_ns=created_ns
+            )
+            new_index = repo.write_file(repo.root / "index", v3.seal_body(key, head, body))
+            added += new_index.stat().st_size
+        snapshot = v3.Snapshot(schema, page_size, reserve, tuple(pages), tuple(entries))
+        locations = dict(known)
+        for pack in packs.written:
+            for number, blob in enumerate(pack.blobs):
+                locations.setdefault(
+                    blob.chunk_id, Location(pack.pack_id, number, blob.offset, blob.length)
+                )
+        total = _referenced_bytes(repo, snapshot, locations)
+        body = snapshot.encode()
+        head = v3.new_header(
+            key,
+            v3.KIND_SNAPSHOT,
+            method,
+            record_id=record_id,
+            created_ns=created_ns,
+            flags=v3.FLAG_ATTACHMENTS if entries else 0,
+            total=total,
+            added=added + len(body) + v3.MAX_HEADER_LENGTH,
+        )
+        path = repo.write_file(repo.root / "snapshots", v3.seal_body(key, head, body))
+        progress(done, done)
+        # Read back what this run wrote, from the disk, and authenticate all of it.
+        verify_written(repo, key, path, packs.written, new_index, known=set(known))
+        verified_at = int(time.time())
+        _prune_locked(repo, key, keep)
+    finally:
+        lock.release()
+    return SnapshotInfo(path, created_ns, total, head.added, verified_at)
+
+
+def _tick(progress: Progress, cancelled: Cancelled, lock: Lock, done: int, total: int) -> None:
+    progress(done, max(total, done))
+    lock.refresh()
+    if cancelled():
+        raise BackupCancelled
+
+
+def _file_entry(
+    path: Path,
+    relative: str,
+    previous: v3.FileEntry | None,
+    known: dict[bytes, Location],
+    put: Callable[[bytes | memoryview], bytes],
+) -> v3.FileEntry:
+    """An attachment's chunks. Attachments never change once written (each is a
+    ciphertext under its own key), so one of the same name and size as in the
+    newest snapshot, whose chunks are all still in the folder, is not read again."""
+    with path.open("rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        if (
+            previous is not None
+            and previous.size == size
+            and all(chunk in known for chunk in previous.chunks)
+        ):
+            return previous
+        chunker = FastCDC(CDC_AVERAGE, min_size=CDC_MIN, max_size=CDC_MAX)
+        chunks = []
+        length = 0
+        for piece in chunker.cut_stream(handle):
+            chunks.append(put(piece.data))
+            length += piece.length
+    if length != size:
+        raise BackupError(f"the attachment {relative} changed while it was being backed up")
+    return v3.FileEntry(relative, size, tuple(chunks))
+
+
+def _referenced_bytes(repo: Repository, snapshot: v3.Snapshot, where: dict[bytes, Location]) -> int:
+    """Bytes of every pack the snapshot uses: what restoring it downloads."""
+    packs = {where[chunk].pack_id for chunk in snapshot.chunk_ids()}
+    total = 0
+    for pack_id in packs:
+        with contextlib.suppress(OSError):
+            total += repo.pack_path(pack_id).stat().st_size
+    return total
+
+
+def _newest_snapshot(repo: Repository, key: bytes) -> v3.Snapshot | None:
+    newest: tuple[int, Path] | None = None
+    for path in repo.snapshot_paths():
+        try:
+            header = read_header(path)
+        except (BackupError, OSError):
+            continue
+        if newest is None or header.created_ns > newest[0]:
+            newest = (header.created_ns, path)
+    if newest is None:
+        return None
+    try:
+        return read_snapshot(newest[1], key)[1]
+    except BackupError:
+        return None  # a damaged parent only costs re-reading the attachments
+
+
+def read_header(path: Path) -> v3.Header:
+    with path.open("rb") as handle:
+        return v3.Header.parse(handle.read(v3.MAX_HEADER_LENGTH))[0]
+
+
+def verify_written(
+    repo: Repository,
+    key: bytes,
+    snapshot_path: Path,
+    packs: list[v3.PackEntry],
+    index_path: Path | None,
+    *,
+    known: set[bytes],
+) -> None:
+    """Reads back, from the disk, the packs, index and snapshot just written and
+    authenticates every byte. `known` are the chunks the run found already in the
+    folder (from indexes it read at its start, whose packs exist)."""
+    for pack in packs:
+        # Each blob's tag (its id is the AD) covers what the disk could change; the
+        # ids were computed from the plaintext moments ago.
+        wanted = {blob.chunk_id for blob in pack.blobs}
+        _check_pack(repo, key, pack.pack_id, wanted, pack, check_ids=False)
+    available = set(known)
+    if index_path is not None:
+        _drop_cache(index_path)
+        body = v3.open_body(key, index_path.read_bytes(), v3.KIND_INDEX)[1]
+        if v3.decode_index(body) != packs:
+            raise CorruptBackup(0, "the new index does not read back as written")
+        available.update(blob.chunk_id for pack in packs for blob in pack.blobs)
+    _drop_cache(snapshot_path)
+    _header, snapshot = read_snapshot(snapshot_path, key)
+    missing = snapshot.chunk_ids() - available
+    if missing:
+        raise CorruptBackup(0, f"the new snapshot names {len(missing):,} chunks the folder lacks")
+
+
+def _drop_cache(path: Path) -> None:
+    """So a read-back reads the disk, not the page cache the write just filled."""
+    with contextlib.suppress(OSError, AttributeError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def _check_pack(
+    repo: Repository,
+    key: bytes,
+    pack_id: bytes,
+    wanted: set[bytes],
+    entry: v3.PackEntry,
+    *,
+    check_ids: bool = True,
+) -> int:
+    """A whole pack: its name is its SHA-256, its header takes the key, each blob the
+    index names is where it says, opens, and its content hashes to its id."""
+    path = repo.pack_path(pack_id)
+    _drop_cache(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise CorruptBackup(0, f"pack {pack_id.hex()[:12]}… is missing") from None
+    name = f"pack {pack_id.hex()[:12]}…"
+    if hashlib.sha256(data).digest() != pack_id:
+        raise CorruptBackup(0, f"{name} does not match its name (damaged or cut short)")
+    header, length = v3.Header.parse(data, v3.KIND_PACK)
+    header.check_key(key)
+    aead = ReusableAead(header.file_key(key))
+    id_key = v3.chunk_id_key(key)
+    end = length
+    with memoryview(data) as view:
+        for number, blob in enumerate(entry.blobs):
+            if blob.offset != end or blob.offset + blob.length > len(data):
+                raise CorruptBackup(blob.offset, f"{name} does not hold what its index says")
+            end = blob.offset + blob.length
+            if blob.chunk_id not in wanted:
+                continue
+            sealed = view[blob.offset : end]
+            try:
+                plain = aead.open(v3.blob_nonce(number), sealed, blob.chunk_id)
+            except DecryptionError:
+                raise CorruptBackup(
+                    blob.offset, f"a chunk in {name} fails authentication"
+                ) from None
+            if check_ids and v3.chunk_id(id_key, plain) != blob.chunk_id:
+                raise CorruptBackup(blob.offset, f"a chunk in {name} does not match its id")
+    if end != len(data):
+        raise CorruptBackup(end, f"{name} has bytes its index does not name")
+    return len(data)
+
+
+# ---- verify ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SnapshotReport:
+    pages: int
+    database_bytes: int
+    files: int
+    file_bytes: int
+    packs: int
+    pack_bytes: int
+
+
+def verify_snapshot(
+    path: Path, key: bytes, progress: Progress = engine._no_progress
+) -> SnapshotReport:
+    """A snapshot and every pack it uses, byte for byte; writes nothing."""
+    repo = Repository.of_snapshot(path)
+    header, snapshot = read_snapshot(path, key)
+    index = load_index(repo, key)
+    by_pack: dict[bytes, set[bytes]] = {}
+    for chunk in snapshot.chunk_ids():
+        where = index.chunks.get(chunk)
+        if where is None:
+            raise CorruptBackup(0, "the snapshot names a chunk no index holds")
+        by_pack.setdefault(where.pack_id, set()).add(chunk)
+    entries = {p.pack_id: p for packs in index.files.values() for p in packs}
+    done = 0
+    for pack_id, wanted in sorted(by_pack.items()):
+        done += _check_pack(repo, key, pack_id, wanted, entries[pack_id])
+        progress(done, header.total)
+    page_plain = snapshot.page_size - snapshot.reserve
+    lengths = {c: index.chunks[c].length - v3.TAG_LENGTH for c in snapshot.chunk_ids()}
+    if any(lengths[page] != page_plain for page in snapshot.pages):
+        raise CorruptBackup(0, "a database page in the snapshot has the wrong length")
+    for entry in snapshot.files:
+        if sum(lengths[c] for c in entry.chunks) != entry.size:
+            raise CorruptBackup(0, f"the file {entry.path} does not match its entry")
+    return SnapshotReport(
+        len(snapshot.pages),
+        len(snapshot.pages) * snapshot.page_size,
+        len(snapshot.files),
+        sum(e.size for e in snapshot.files),
+        len(by_pack),
+        done,
+    )
+
+
+# ---- restore ---------------------------------------------------------------------------
+
+
+def restore_snapshot(
+    path: Path,
+    key: bytes,
+    profile: Path,
+    protector: Protector,
+    *,
+    progress: Progress = engine._no_progress,
+    cancelled: Cancelled = engine._never,
+) -> engine.RestoreReport:
+    """Like `engine.restore_backup`: everything is rebuilt in a staging folder and
+    moved into `profile` only when complete; a failure leaves no profile folder
+    behind that was not there before."""
+    if Store.exists(profile) or (profile / DB_FILE_NAME).exists():
+        raise ProfileNotEmpty
+    header = read_header(path)
+    header.check_key(key)
+    repo = Repository.of_snapshot(path)
+    _header, snapshot = read_snapshot(path, key)
+    index = load_index(repo, key)
+    missing = snapshot.chunk_ids() - index.chunks.keys()
+    if missing:
+        raise CorruptBackup(0, f"the snapshot names {len(missing):,} chunks the folder lacks")
+    created_profile = not profile.exists()
+    profile.parent.mkdir(parents=True, exist_ok=True)
+    for stale in profile.parent.glob(f".{profile.name}.restoring-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    staging = profile.parent / f".{profile.name}.restoring-{os.getpid()}-{time.time_ns()}"
+    staging.mkdir(mode=0o700)
+    reader = PackReader(repo, key)
+    moved = False
+    try:
+        total = header.total or 1
+        done = 0
+
+        def tick(length: int) -> None:
+            nonlocal done
+            done += length
+            progress(done, max(total, done))
+            if cancelled():
+                raise BackupCancelled
+
+        image = _restore_pages(snapshot, index, reader, staging / "image.db", tick)
+        attachments = staging / "attachments"
+        attachments.mkdir(mode=0o700)
+        file_bytes = _restore_files(snapshot, index, reader, attachments, tick)
+        try:
+            counts = image.row_counts()
+            store = Store.create_from_image(staging, protector, image)
+            try:
+                archived = engine._retire_restored_keys(store)
+            finally:
+                store.close()
+        except StoreError as error:
+            raise CorruptBackup(0, str(error)) from None
+        finally:
+            image.discard()
+        profile.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if Store.exists(profile):
+            raise ProfileNotEmpty
+        engine._move_into_place(staging, profile)
+        moved = True
+    finally:
+        reader.close()
+        shutil.rmtree(staging, ignore_errors=True)
+        if not moved and created_profile:
+            with contextlib.suppress(OSError):
+                profile.rmdir()
+    return engine.RestoreReport(counts, len(snapshot.files), file_bytes, archived)
+
+
+def _restore_pages(
+    snapshot: v3.Snapshot,
+    index: LoadedIndex,
+    reader: PackReader,
+    target: Path,
+    tick: Callable[[int], None],
+) -> DatabaseImageFile:
+    """The pages, re-encrypted into an SQLCipher image under a fresh random key,
+    read in pack order (sequential reads) and written at their places."""
+    size = snapshot.page_size
+    usable = size - snapshot.reserve
+    image_key = random_bytes(32)
+    codec = SqlcipherPages(image_key, random_bytes(SQLCIPHER_SALT_LENGTH), size)
+    order = sorted(
+        range(len(snapshot.pages)),
+        key=lambda n: (
+            index.chunks[snapshot.pages[n]].pack_id,
+            index.chunks[snapshot.pages[n]].offset,
+        ),
+    )
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        padding = bytes(snapshot.reserve)
+        for done, position in enumerate(order, 1):
+            chunk = snapshot.pages[position]
+            plain = reader.blob(chunk, index.chunks[chunk])
+            if len(plain) != usable:
+                raise CorruptBackup(0, "a database page in the snapshot has the wrong length")
+            if position == 0 and (
+                plain[:16] != b"SQLite format 3\x00" or plain[20] != snapshot.reserve
+            ):
+                raise CorruptBackup(0, "the snapshot's first page is not a database header")
+            os.pwrite(fd, codec.encrypt(position + 1, plain + padding), position * size)
+            if done % 4096 == 0:
+                tick(4096 * size)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return DatabaseImageFile(target, image_key, size, snapshot.schema, len(snapshot.pages) * size)
+
+
+def _restore_files(
+    snapshot: v3.Snapshot,
+    index: LoadedIndex,
+    reader: PackReader,
+    folder: Path,
+    tick: Callable[[int], None],
+) -> int:
+    written = 0
+    folders = {folder}
+    for entry in snapshot.files:
+        target = folder.joinpath(*entry.path.split("/"))
+        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        folders.add(target.parent)
+        size = 0
+        with target.open("xb") as handle:
+            for chunk in entry.chunks:
+                plain = reader.blob(chunk, index.chunks[chunk])
+                size += len(plain)
+                if size > entry.size:
+                    break
+                handle.write(plain)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if size != entry.size:
+            raise CorruptBackup(0, f"the file {entry.path} does not match its entry")
+        written += size
+        tick(size)
+    for each in folders:
+        fsync_directory(each)
+    return written
+
+
+# ---- prune ----------------------------------------------------------------------------
+
+
+def prune(folder: Path, key: bytes, keep: int, checkpoint: Checkpoint = _no_checkpoint) -> int:
+    """Keeps the newest `keep` snapshots; deletes the rest and what only they used."""
+    repo = Repository.for_key(folder, key, checkpoint)
+    if not repo.root.is_dir():
+        return 0
+    lock = Lock(repo)
+    lock.acquire()
+    try:
+        repo.remove_temporaries()
+        return _prune_locked(repo, key, keep)
+    finally:
+        lock.release()
+
+
+def _prune_locked(repo: Repository, key: bytes, keep: int) -> int:
+    """Snapshots first (each deletion leaves the others whole), then one new index
+    of the packs still used, then the old indexes, then the unused packs: killed
+    anywhere, every kept snapshot still finds each of its chunks."""
+    dated = []
+    for path in repo.snapshot_paths():
+        try:
+            dated.append((read_header(path).created_ns, path))
+        except (BackupError, OSError):
+            continue
+    dated.sort(reverse=True)
+    removed = 0
+    for _created, path in dated[max(keep, 1) :]:
+        repo.remove(path)
+        removed += 1
+    used: set[bytes] = set()
+    for _created, path in dated[: max(keep, 1)]:
+        used |= read_snapshot(path, key)[1].chunk_ids()
+    existing = repo.pack_ids()
+    index = load_index(repo, key)
+    kept: dict[bytes, v3.PackEntry] = {}
+    for packs in index.files.values():
+        for pack in packs:
+            if pack.pack_id in existing and any(b.chunk_id in used for b in pack.blobs):
+                kept[pack.pack_id] = pack
+    listed = {p.pack_id for packs in index.files.values() for p in packs}
+    unused = existing - kept.keys()
+    if not unused and listed <= kept.keys() and len(index.files) <= 1:
+        return removed
+    old = list(index.files)
+    if kept:
+        header = read_header(next(iter(path for _c, path in dated)))
+        head = v3.new_header(
+            key,
+            v3.KIND_INDEX,
+            header.method,
+            record_id=header.record_id,
+            created_ns=time.time_ns(),
+        )
+        body = v3.encode_index(sorted(kept.values(), key=lambda p: p.pack_id))
+        new = repo.write_file(repo.root / "index", v3.seal_body(key, head, body))
+        old = [p for p in old if p != new]
+    for path in old:
+        repo.remove(path)
+    for pack_id in sorted(unused):
+        repo.remove(repo.pack_path(pack_id))
+    return removed
+
+
+# ---- listing --------------------------------------------------------------------------
+
+
+def list_snapshots(folder: Path) -> list[engine.BackupInfo]:
+    """Version 3 snapshots in `folder` (any key), newest first, from clear headers."""
+    found = []
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError, PermissionError):
+        for repo in folder.iterdir():
+            if not repo.name.startswith("cipherline-") or not repo.is_dir():
+                continue
+            for path in Repository(repo).snapshot_paths():
+                try:
+                    header = read_header(path)
+                except (BackupError, OSError):
+                    continue
+                found.append(
+                    engine.BackupInfo(
+                        path,
+                        header.total,
+                        header.created_ns // 1_000_000_000,
+                        header.method_name,
+                        bool(header.flags & v3.FLAG_ATTACHMENTS),
+                        header.record_id,
+                        version=v3.VERSION,
+                        added=header.added,
+                        created_ns=header.created_ns,
+                    )
+                )
+    return found
+
+
+def is_snapshot(path: Path) -> bool:
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(6)
+    except OSError:
+        return False
+    return head[:4] == v3.MAGIC and len(head) == 6 and head[4] == v3.VERSION
+
+
+def describe_snapshot(path: Path) -> engine.BackupInfo:
+    header = read_header(path)
+    return engine.BackupInfo(
+        path,
+        header.total,
+        header.created_ns // 1_000_000_000,
+        header.method_name,
+        bool(header.flags & v3.FLAG_ATTACHMENTS),
+        header.record_id,
+        version=v3.VERSION,
+        added=header.added,
+        created_ns=header.created_ns,
+    )

@@ -1,0 +1,89 @@
+"""SQLCipher 4 pages under a raw key, read and written outside SQLCipher.
+
+A version 3 backup deduplicates the store page by page, which needs the same
+plaintext page to give the same bytes every time. SQLCipher's files cannot give
+that (every page write draws a fresh IV), and this SQLCipher build has no
+`sqlite_dbpage` table, so the backup decrypts the pages of its own scratch image
+(made under a random raw key with `cipher_compatibility = 4` and
+`cipher_hmac_algorithm = HMAC_SHA256`, see `app.store.database._connect_image`) in
+memory, and a restore encrypts pages back into such an image for SQLCipher to open
+(and authenticate again). This is SQLCipher's documented page format, not a cipher
+of ours:
+
+- page 1 begins with the 16-byte file salt; every page ends with a 48-byte
+  reserve: IV (16) || HMAC-SHA256 (32);
+- AES-256-CBC without padding over the page from offset 16 (page 1) or 0 up to
+  the reserve, under the raw key;
+- HMAC-SHA256 over ciphertext || IV || page number (u32 little-endian), under
+  PBKDF2-HMAC-SHA512(raw key, salt XOR 0x3a, 2 iterations, 32 bytes).
+
+Plaintext pages exist only in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac as _stdlib_hmac
+import os
+
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from ._errors import DecryptionError, InvalidKey
+
+SQLCIPHER_SALT_LENGTH = 16
+SQLCIPHER_RESERVE = 48  # IV 16 + HMAC-SHA256 32: the least reserve a page keeps
+SQLITE_HEADER = b"SQLite format 3\x00"
+_IV = 16
+_MAC = 32
+
+
+class SqlcipherPages:
+    """Decrypts and encrypts the pages of one SQLCipher 4 file (raw key, HMAC-SHA256)."""
+
+    __slots__ = ("_aes", "_mac_key", "page_size", "salt")
+
+    def __init__(self, raw_key: bytes, salt: bytes, page_size: int) -> None:
+        if len(raw_key) != 32:
+            raise InvalidKey("an SQLCipher raw key is 32 bytes")
+        if len(salt) != SQLCIPHER_SALT_LENGTH:
+            raise InvalidKey("an SQLCipher salt is 16 bytes")
+        self._aes = algorithms.AES(raw_key)
+        mac_salt = bytes(b ^ 0x3A for b in salt)
+        self._mac_key = hashlib.pbkdf2_hmac("sha512", raw_key, mac_salt, 2, 32)
+        self.page_size = page_size
+        self.salt = salt
+
+    def __repr__(self) -> str:
+        return f"SqlcipherPages(page_size={self.page_size}, <key hidden>)"
+
+    def decrypt(self, number: int, page: bytes | memoryview) -> bytes:
+        """Page `number` (from 1) as SQLite wrote it; the reserve comes back as zeros."""
+        size = self.page_size
+        if len(page) != size:
+            raise DecryptionError("an SQLCipher page has the wrong length")
+        start = SQLCIPHER_SALT_LENGTH if number == 1 else 0
+        end = size - SQLCIPHER_RESERVE
+        iv = page[end : end + _IV]
+        mac = _stdlib_hmac.digest(
+            self._mac_key, bytes(page[start : end + _IV]) + number.to_bytes(4, "little"), "sha256"
+        )
+        if not _stdlib_hmac.compare_digest(mac, bytes(page[end + _IV : end + _IV + _MAC])):
+            raise DecryptionError("an SQLCipher page failed authentication")
+        decryptor = Cipher(self._aes, modes.CBC(bytes(iv))).decryptor()
+        plain = decryptor.update(page[start:end]) + decryptor.finalize()
+        head = SQLITE_HEADER if number == 1 else b""
+        return head + plain + bytes(SQLCIPHER_RESERVE)
+
+    def encrypt(self, number: int, plain: bytes | memoryview) -> bytes:
+        """Page `number` (from 1) as SQLCipher stores it, under a fresh random IV."""
+        size = self.page_size
+        if len(plain) != size:
+            raise ValueError("a page to encrypt has the wrong length")
+        start = SQLCIPHER_SALT_LENGTH if number == 1 else 0
+        end = size - SQLCIPHER_RESERVE
+        iv = os.urandom(_IV)
+        encryptor = Cipher(self._aes, modes.CBC(iv)).encryptor()
+        body = encryptor.update(plain[start:end]) + encryptor.finalize() + iv
+        mac = _stdlib_hmac.digest(self._mac_key, body + number.to_bytes(4, "little"), "sha256")
+        head = self.salt if number == 1 else b""
+        return head + body + mac + bytes(SQLCIPHER_RESERVE - _IV - _MAC)
