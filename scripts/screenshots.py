@@ -1,6 +1,7 @@
 """Runs the real app on a virtual X display (Xvfb) and saves screenshots of its
 main screens: onboarding, a 1:1 chat, a group, the safety number, search,
-settings and the lock screen.
+settings, the lock screen, and a restore at first run that ends in the main
+window with the history.
 
     .venv/bin/python -m scripts.screenshots [--out build/screenshots]
 
@@ -177,13 +178,19 @@ def _shoot(out: Path, work: Path, relay: RelayProcess) -> int:
     shot(window.settings_dialog, "20-settings-about")
     window.settings_dialog.close()
 
-    _backup_screens(window, work, shot, until, pump)
+    key = _backup_screens(window, work, shot, until, pump)
 
     _contact_screens(window, work, relay, shot, until=until, open_titled=open_titled)
 
     window.lock()
     shot(window, "09-locked")
     launcher.shutdown()
+    window.close()
+    # Alice's first device is gone (the restored copy is the same device to the
+    # relay); her new laptop restores the key backup at first run.
+    _restore_journey_screens(
+        work, relay, work / "fake-home" / "Dropbox", key, shot=shot, until=until
+    )
     bob.stop()
     carol.stop()
     return 0
@@ -312,8 +319,9 @@ def _contact_screens(
     group_dialog.reject()
 
 
-def _backup_screens(window: object, work: Path, shot: Any, until: Any, pump: Any) -> None:
-    """Both backup wizards and the Backups settings tab."""
+def _backup_screens(window: object, work: Path, shot: Any, until: Any, pump: Any) -> bytes:
+    """Both backup wizards and the Backups settings tab; returns the key of the
+    backup the key wizard wrote to the fake home's Dropbox."""
     from PySide6.QtWidgets import QWizard
 
     from app.backup.keys import format_key
@@ -368,6 +376,61 @@ def _backup_screens(window: object, work: Path, shot: Any, until: Any, pump: Any
     pump(0.5)
     shot(restore, "19-restore-done")
     restore.close()
+    return key
+
+
+def _restore_journey_screens(
+    work: Path, relay: RelayProcess, folder: Path, key: bytes, *, shot: Any, until: Any
+) -> None:
+    """Issue #24's journey: a third profile (alice's new laptop) restores at first
+    run, Finish opens the main window, and the history is there. Driven through
+    the real Launcher, as `make run` would start it."""
+    from PySide6.QtWidgets import QWizard
+
+    from app.backup.keys import format_key
+    from app.ui.application import Launcher
+    from app.ui.dialogs import OnboardingDialog
+    from tests.services.helpers import FAST_KDF, make_profile
+
+    profile = make_profile(work, "alice-new-laptop", relay).path
+    launcher = Launcher(profile, kdf=FAST_KDF)
+    launcher.start()
+    first_run = launcher.dialog
+    assert isinstance(first_run, OnboardingDialog)
+    shot(first_run, "24-restore-first-run")
+    first_run.restore_button.click()
+    until(lambda: getattr(launcher, "restore_wizard", None) is not None)
+    wizard = launcher.restore_wizard
+    until(wizard.isVisible)
+    wizard.choose_page.folder.set_path(folder)
+    shot(wizard, "25-restore-journey-choose")
+    wizard.button(QWizard.WizardButton.NextButton).click()
+    secret = wizard.secret_page
+    if wizard.protector_factory is None:  # no keyring on the virtual display
+        secret.passphrase_edit.setText("new laptop passphrase")
+        secret.passphrase_repeat.setText("new laptop passphrase")
+    secret.key_edit.setText(format_key(key))
+    shot(wizard, "26-restore-journey-secret")
+    wizard.button(QWizard.WizardButton.NextButton).click()
+    until(lambda: wizard.run_page.done, 60)
+    shot(wizard, "27-restore-journey-done")
+    wizard.button(QWizard.WizardButton.FinishButton).click()
+    until(lambda: launcher.window is not None, 60)
+    window = launcher.window
+    assert window is not None
+    until(window.isVisible)
+    until(lambda: window.conversations.rowCount() >= 2)
+    for row in range(window.conversations.rowCount()):
+        view = window.conversations.conversation_at(row)
+        if view is not None and view.title == "bob":
+            window.open_conversation(view.conversation_id)
+    until(lambda: window.chat_title.text() == "bob" and window.messages.rowCount() >= 4)
+    until(lambda: window.connection_label.text() == "Connected")
+    window.resize(1100, 720)
+    window.message_view.scrollToBottom()
+    shot(window, "28-restored-main-window")
+    launcher.shutdown()
+    window.close()
 
 
 if __name__ == "__main__":

@@ -366,7 +366,11 @@ class Messenger:
             here = original is not None and original.conversation_id == message.conversation_id
             quote = QuoteView(
                 author=message.quote_author or "",
-                snippet=message.quote_text or "",
+                # The quoted text is copied into the reply: a delete for everyone
+                # must take it out of the quote as well.
+                snippet=DELETED_TEXT
+                if here and original is not None and original.kind == "deleted"
+                else message.quote_text or "",
                 message_id=original.id if here and original is not None else None,
             )
         reactions = _reactions(message.reactions)

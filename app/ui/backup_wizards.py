@@ -36,7 +36,6 @@ from PySide6.QtWidgets import (
 from app.backup import engine, service
 from app.backup import format as fmt
 from app.backup.errors import BackupCancelled, BackupError, InvalidKeyFormat
-from app.backup.format import check_key
 from app.backup.keys import format_key, generate_backup_key, parse_key
 from app.protocol.vault import DEFAULT_ATTEMPT_LIMIT, LockedOut, VaultError, WrongPassword
 from app.sizes import format_size
@@ -867,8 +866,7 @@ class SecretPage(QWizardPage):
         if info.method == "64-digit key":
             try:
                 key = parse_key(self.key_edit.text())
-                header, _length = engine.read_header(info.path)
-                check_key(header, key)
+                engine.check_backup_key(info.path, key)
             except BackupError as error:
                 self.error.setText(sentence(str(error)))
                 return False
@@ -1088,9 +1086,15 @@ class BackupsTab(QWidget):
                 if state.last_success and state.last_size
                 else ""
             )
+            verified_at = service.last_verified(self.store)
+            verified = (
+                time.strftime("%Y-%m-%d %H:%M", time.localtime(verified_at))
+                if verified_at
+                else "never"
+            )
             self.status.setText(
                 f"Protected by {method}, {state.schedule}, into {state.folder}.\n"
-                f"Last backup: {last}{size}."
+                f"Last backup: {last}{size}. Last read back and verified: {verified}."
             )
         on = bool(state.method)
         self.setup_button.setText("Set up again…" if on else "Set up backups…")
@@ -1135,16 +1139,31 @@ class BackupsTab(QWidget):
         return text if ok else None
 
     def change_password(self) -> None:
-        old = self._ask("Change backup password", "Current backup password:")
-        new = old is not None and self._ask("Change backup password", "New backup password:")
-        if not old or not new or self.access is None:
-            return
+        """Opens the change-password dialog (app.ui.backup_password) without
+        blocking; a failed change is reported in it, a done one here."""
+        from app.ui.backup_password import ChangePasswordDialog
+
         access = self.access
-        run_in_pool(
-            lambda: service.change_password(self.store, access, old, new),
-            lambda _r: self.message.setText("Password changed. Existing backups use it too."),
-            lambda error: self.message.setText(describe_error(error)),
-        )
+        if access is None:
+            self.message.setText("This profile has no vault configured.")
+            return
+        dialog = ChangePasswordDialog(self)
+        store = self.store
+
+        def change(old: str, new: str) -> None:
+            def done(_result: object) -> None:
+                dialog.done_changing()
+                self.message.setText("Password changed. Existing backups use it too.")
+
+            run_in_pool(
+                lambda: service.change_password(store, access, old, new),
+                done,
+                lambda error: dialog.show_error(describe_error(error)),
+            )
+
+        dialog.change_requested.connect(change)
+        self.password_dialog = dialog
+        dialog.open()
 
     def turn_off(self) -> None:
         from PySide6.QtWidgets import QMessageBox

@@ -194,6 +194,13 @@ class MessageDelegate(QStyledItemDelegate):
         self.own_name = own_name
         # Thumbnails decode on a pool thread; the view repaints on `ready`.
         self.thumbnails = ThumbnailCache(self)
+        # Row heights by message id, each with what it was computed from. The list
+        # lays every loaded row out again whenever a page of older messages is
+        # prepended, so at 1,000 image rows recomputing each bubble's layout was
+        # the longest stall while scrolling; a hit costs a lookup instead. An
+        # update replaces the row's MessageView, so `is` tells a stale entry.
+        self._heights: dict[int, tuple[MessageView, int, bool, bool, int]] = {}
+        model.modelReset.connect(self._heights.clear)
 
     def _needs_day_header(self, index: ModelIndex, view: MessageView) -> bool:
         previous = self._model.previous_of(index.row())
@@ -341,10 +348,27 @@ class MessageDelegate(QStyledItemDelegate):
         )
 
     def sizeHint(self, option: QStyleOptionViewItem, index: ModelIndex) -> QSize:
+        view = index.data(VIEW_ROLE)
+        if not isinstance(view, MessageView):
+            return QSize(0, 0)
+        width = option.rect.width()
+        # The day header depends on the row above, which a prepended page changes.
+        day = self._needs_day_header(index, view)
+        cached = self._heights.get(view.message_id)
+        if cached is not None:
+            seen, seen_width, seen_day, seen_group, height = cached
+            if (
+                seen is view
+                and seen_width == width
+                and seen_day == day
+                and seen_group == self.group
+            ):
+                return QSize(width, height)
         layout = self.layout(option, index)
         if layout is None:
             return QSize(0, 0)
-        return QSize(option.rect.width(), layout.height)
+        self._heights[view.message_id] = (view, width, day, self.group, layout.height)
+        return QSize(width, layout.height)
 
     def paint(self, painter: QPainter, option: QStyleOptionViewItem, index: ModelIndex) -> None:
         view = index.data(VIEW_ROLE)
@@ -377,17 +401,26 @@ class MessageDelegate(QStyledItemDelegate):
                 palette.color(QPalette.ColorRole.AlternateBase),
                 palette.color(QPalette.ColorRole.PlaceholderText),
             )
-        elif view.outgoing:
+        elif view.outgoing and not view.deleted:
             fill, ink = (
                 (ACCENT if view.status != MessageStatus.FAILED else QColor("#b3261e")),
                 QColor("white"),
             )
         else:
+            # A deleted message of one's own goes neutral too, as in Signal: the
+            # blue says "your words", and none are left.
             fill = QColor("#3b3b3d") if dark else QColor("#e9e9eb")
             ink = palette.color(QPalette.ColorRole.Text)
         painter.setPen(Qt.PenStyle.NoPen)
         painter.setBrush(fill)
         painter.drawRoundedRect(bubble, 14, 14)
+        if option.state & QStyle.StateFlag.State_HasFocus:
+            # The keyboard's current message (the Menu key opens its menu): the
+            # list selects nothing, so this ring is all that shows which one it is.
+            painter.setPen(QPen(palette.color(QPalette.ColorRole.Highlight), 2))
+            painter.setBrush(Qt.BrushStyle.NoBrush)
+            painter.drawRoundedRect(bubble.adjusted(-3, -3, 3, 3), 16, 16)
+            painter.setPen(Qt.PenStyle.NoPen)
         x = layout.text.left()
         content_width = layout.footer.width()
         if layout.sender_height:
@@ -421,7 +454,7 @@ class MessageDelegate(QStyledItemDelegate):
         footer_color.setAlpha(170)
         small = QFont(font)
         small.setPointSizeF(font.pointSizeF() * 0.85)
-        if view.outgoing and view.status == MessageStatus.READ:
+        if view.outgoing and view.status == MessageStatus.READ and not view.deleted:
             footer_color = READ_INK
             small.setBold(True)
         painter.setPen(footer_color)

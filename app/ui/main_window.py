@@ -291,6 +291,9 @@ class MainWindow(QMainWindow):
         self.message_view.setVerticalScrollMode(QAbstractItemView.ScrollMode.ScrollPerPixel)
         self.message_view.setSelectionMode(QAbstractItemView.SelectionMode.NoSelection)
         self.message_view.setResizeMode(QListView.ResizeMode.Adjust)
+        # Bubbles wrap to the width; a row hinting a few pixels wider (while the
+        # vertical scrollbar appears) must not bring a sideways scrollbar.
+        self.message_view.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.message_view.setFrameShape(QListView.Shape.NoFrame)
         layout.addWidget(self.message_view, 1)
         self.typing_line = TypingLine()
@@ -356,6 +359,7 @@ class MainWindow(QMainWindow):
         self.message_view.customContextMenuRequested.connect(self._message_context_menu)
         self.reply_bar.cancelled.connect(self.composer.setFocus)
         self.edit_bar.cancelled.connect(self._edit_cancelled)
+        self.composer.escape_pressed.connect(self._composer_escape)
         self.delete_bar.confirmed.connect(self.bridge.delete_for_everyone)
         self.composer.textChanged.connect(self._composer_changed)
         # Whether typing indicators go out and are shown (Settings → Privacy); the
@@ -521,6 +525,9 @@ class MainWindow(QMainWindow):
         self.composer.set_blocked(blocked)
         self.send_button.setEnabled(not blocked)
         self.attach_button.setEnabled(not blocked)
+        # A greyed "+" alone reads as a button that does nothing (issue #24's
+        # "attach does nothing" after the safety-number dialog): say why.
+        self.attach_button.setToolTip(blocked or "Attach a file")
         self.drop_filter.enabled = not blocked
         self.chat_menu_button.show_for(conversation)
         gated = self.request_bar.show_for(conversation)
@@ -591,6 +598,14 @@ class MainWindow(QMainWindow):
         self.edit_bar.draft = ""
         self.composer.setFocus()
 
+    def _composer_escape(self) -> None:
+        """Escape in the composer: an edit gives the draft back; else a reply is
+        dropped (the text typed so far stays, as in Signal)."""
+        if self.edit_bar.message is not None:
+            self.edit_bar.cancel()
+        elif self.reply_bar.message is not None:
+            self.reply_bar.cancel()
+
     def confirm_delete_for_everyone(self, message: MessageView) -> None:
         self.delete_bar.ask(message)
 
@@ -643,7 +658,8 @@ class MainWindow(QMainWindow):
         self.bridge.set_typing_indicators(on)
 
     def _message_context_menu(self, point: QPoint) -> None:
-        """Right-click on a bubble: Reply, React (issue #24)."""
+        """Right-click on a bubble, or the Menu key / Shift+F10 on the current
+        message (MessageListView): Reply, React, Edit, Delete… (issue #24)."""
         index = self.message_view.indexAt(point)
         message = self.messages.message_at(index.row()) if index.isValid() else None
         if message is None or message.system or self._current is None:

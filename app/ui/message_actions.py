@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import time
 
-from PySide6.QtCore import Qt, QTimer, Signal
-from PySide6.QtGui import QAction, QMouseEvent
+from PySide6.QtCore import QPoint, Qt, QTimer, Signal
+from PySide6.QtGui import QAction, QFocusEvent, QKeyEvent, QMouseEvent
 from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
@@ -44,6 +44,54 @@ class MessageListView(QListView):
 
     quote_clicked = Signal(int)  # row
     attachment_clicked = Signal(int)  # row
+
+    def keyPressEvent(self, event: QKeyEvent) -> None:
+        """The Menu key or Shift+F10 opens the current message's menu (the newest
+        when none is current; arrow keys move between messages), through the same
+        `customContextMenuRequested` a right-click emits. Accepted here, so Qt
+        does not also turn the Menu key into a context-menu event."""
+        shift_f10 = (
+            event.key() == Qt.Key.Key_F10 and event.modifiers() == Qt.KeyboardModifier.ShiftModifier
+        )
+        if (event.key() == Qt.Key.Key_Menu and not event.modifiers()) or shift_f10:
+            point = self.current_bubble_point()
+            if point is not None:
+                self.customContextMenuRequested.emit(point)
+            event.accept()
+            return
+        super().keyPressEvent(event)
+
+    def focusInEvent(self, event: QFocusEvent) -> None:
+        # Qt makes the first (oldest loaded) row current on keyboard focus; a chat
+        # is read from the bottom, so the keyboard starts at the newest message.
+        # Not on a click, which makes the clicked row current right after.
+        had_current = self.currentIndex().isValid()
+        super().focusInEvent(event)
+        model = self.model()
+        keyboard = event.reason() != Qt.FocusReason.MouseFocusReason
+        if keyboard and not had_current and model is not None and model.rowCount():
+            self.setCurrentIndex(model.index(model.rowCount() - 1, 0))
+
+    def current_bubble_point(self) -> QPoint | None:
+        """The centre of the current message's bubble, in viewport coordinates,
+        scrolled into view; the newest message becomes current if none is."""
+        model = self.model()
+        if model is None or model.rowCount() == 0:
+            return None
+        index = self.currentIndex()
+        if not index.isValid():
+            index = model.index(model.rowCount() - 1, 0)
+            self.setCurrentIndex(index)
+        self.scrollTo(index)
+        option = QStyleOptionViewItem()
+        self.initViewItemOption(option)
+        option.rect = self.visualRect(index)
+        delegate = self.itemDelegate()
+        if isinstance(delegate, MessageDelegate):
+            layout = delegate.layout(option, index)
+            if layout is not None:
+                return layout.bubble.center().toPoint()
+        return option.rect.center()
 
     def mouseReleaseEvent(self, event: QMouseEvent) -> None:
         if event.button() == Qt.MouseButton.LeftButton:

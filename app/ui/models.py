@@ -9,6 +9,7 @@ conversation therefore opens with one 50-row page.
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import replace
 from typing import Any
 
 from PySide6.QtCore import (
@@ -19,7 +20,13 @@ from PySide6.QtCore import (
     Signal,
 )
 
-from app.services.views import ConversationView, MessageStatus, MessageView, SearchResultView
+from app.services.views import (
+    DELETED_TEXT,
+    ConversationView,
+    MessageStatus,
+    MessageView,
+    SearchResultView,
+)
 
 ModelIndex = QModelIndex | QPersistentModelIndex
 VIEW_ROLE = int(Qt.ItemDataRole.UserRole) + 1
@@ -222,12 +229,28 @@ class MessageListModel(QAbstractListModel):
                 self._rows[row] = message
                 index = self.index(row)
                 self.dataChanged.emit(index, index)
+                if message.deleted:
+                    self._quotes_deleted(message.message_id)
         if fresh:
             fresh.sort(key=lambda view: (view.sent_at_ms, view.message_id))
             start = len(self._rows)
             self.beginInsertRows(QModelIndex(), start, start + len(fresh) - 1)
             self._rows.extend(fresh)
             self.endInsertRows()
+
+    def _quotes_deleted(self, message_id: int) -> None:
+        """Replies already on screen stop quoting a message deleted for everyone
+        (the services do the same for rows loaded later)."""
+        for row, view in enumerate(self._rows):
+            quote = view.quote
+            if (
+                quote is not None
+                and quote.message_id == message_id
+                and quote.snippet != DELETED_TEXT
+            ):
+                self._rows[row] = replace(view, quote=replace(quote, snippet=DELETED_TEXT))
+                index = self.index(row)
+                self.dataChanged.emit(index, index)
 
     def remove_messages(self, conversation_id: int, message_ids: list[int]) -> None:
         """Drops deleted messages (disappearing ones whose timer ran out)."""

@@ -40,7 +40,8 @@ def sentence(text: str) -> str:
 
 
 class Composer(QPlainTextEdit):
-    """Enter sends, Shift+Enter breaks the line; pasted or dropped files attach.
+    """Enter sends, Shift+Enter breaks the line, Escape cancels an edit or a reply
+    (`escape_pressed`); pasted or dropped files attach.
 
     While `blocked` (a sentence saying why nothing can be sent here) it takes no
     input and shows the sentence in place of the text; the draft comes back when
@@ -49,6 +50,7 @@ class Composer(QPlainTextEdit):
     send_requested = Signal(str)
     files_attached = Signal(list)  # list[Path]
     image_pasted = Signal(QImage)  # a pasted picture that has no file
+    escape_pressed = Signal()  # the window cancels an edit or a reply
 
     def __init__(self) -> None:
         super().__init__()
@@ -78,6 +80,9 @@ class Composer(QPlainTextEdit):
             self._draft = ""
 
     def keyPressEvent(self, event: QKeyEvent) -> None:
+        if event.key() == Qt.Key.Key_Escape and not event.modifiers():
+            self.escape_pressed.emit()
+            return
         is_enter = event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter)
         if is_enter and not event.modifiers() & Qt.KeyboardModifier.ShiftModifier:
             self.submit()

@@ -243,3 +243,18 @@ def test_both_backup_wizards_name_every_control(qtbot: QtBot, tmp_path: Path) ->
         assert wizard.button(QWizard.WizardButton.CancelButton).text()
         wizard.close()
     store.close()
+
+
+def test_the_change_password_dialog_names_every_control(qtbot: QtBot) -> None:
+    from app.ui.backup_password import ChangePasswordDialog
+
+    dialog = ChangePasswordDialog()
+    qtbot.addWidget(dialog)
+    dialog.show()
+    qtbot.waitExposed(dialog)
+    dialog.repeat.setText("something else")  # the error line shows too
+    assert dialog.error.text()
+    assert unnamed_controls(dialog) == []
+    assert dialog.meter.bar.accessibleName() == "Password strength"
+    names = {field.accessibleName() for field in (dialog.current, dialog.new, dialog.repeat)}
+    assert len(names) == 3, "each password field says which one it is"

@@ -132,6 +132,10 @@ def test_the_chat_list_never_scrolls_sideways(
     for row in range(2):
         rect = window.conversation_view.visualRect(window.conversations.index(row))
         assert rect.width() == window.conversation_view.viewport().width()
+    # Nor the messages (a restored window showed a 14 px sideways bar there).
+    window.conversation_view.setCurrentIndex(window.conversations.index(0))
+    qtbot.wait(50)
+    assert not window.message_view.horizontalScrollBar().isVisible()
 
 
 def test_avatar_colours_are_the_same_on_every_launch() -> None:

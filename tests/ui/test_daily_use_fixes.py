@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from PySide6.QtCore import Qt
+from PySide6.QtTest import QTest
 from PySide6.QtWidgets import QFileDialog, QWidget
 from pytestqt.qtbot import QtBot
 
@@ -127,29 +128,41 @@ def test_choosing_the_timer_already_set_posts_nothing(
 def test_attach_works_after_closing_the_safety_number_dialog_with_escape(
     qtbot: QtBot, tmp_path: Path, people: dict[str, Person]
 ) -> None:
-    # Not reproduced yet: this passes on the code before the fix too, so it guards
-    # the path (Escape, then attach) but does not pin the reported cause down.
+    # The report: three clicks on attach in a row did nothing after Escape closed
+    # the safety-number dialog. So three rounds of Details → Escape → attach, each
+    # of which must open a new picker, without blocking the window (open(), not
+    # exec(): the window still takes events while it is up).
     _chatting(people)
     window = _window(qtbot, people["alice"], "bob")
     window.activateWindow()
-
-    with qtbot.waitSignal(window.bridge.safety_number_ready, timeout=15_000):
-        qtbot.mouseClick(window.details_button, Qt.MouseButton.LeftButton)
-    dialog = window.safety_dialog
-    assert isinstance(dialog, SafetyNumberDialog)
-    qtbot.waitExposed(dialog)
-    qtbot.keyClick(dialog, Qt.Key.Key_Escape)
-    qtbot.waitUntil(lambda: not dialog.isVisible(), timeout=5_000)
-
     photo = tmp_path / "photo.bin"
     photo.write_bytes(b"\x89not really a png" * 100)
-    qtbot.mouseClick(window.attach_button, Qt.MouseButton.LeftButton)
-    # The picker opens without blocking (QFileDialog.open); choosing stages the
-    # file over the composer, and Send sends it (tests/ui/test_attachments.py).
-    dialog = window.file_dialog
-    assert isinstance(dialog, QFileDialog) and dialog.isVisible()
-    dialog.filesSelected.emit([str(photo)])
-    dialog.close()
+
+    pickers: list[QFileDialog] = []
+    for round_number in range(3):
+        with qtbot.waitSignal(window.bridge.safety_number_ready, timeout=15_000):
+            qtbot.mouseClick(window.details_button, Qt.MouseButton.LeftButton)
+        safety = window.safety_dialog
+        assert isinstance(safety, SafetyNumberDialog)
+        qtbot.waitExposed(safety)
+        QTest.keyClick(safety, Qt.Key.Key_Escape)
+        qtbot.waitUntil(lambda safety=safety: not safety.isVisible(), timeout=5_000)
+        assert window.attach_button.isEnabled() and window.attach_button.isVisible()
+
+        qtbot.mouseClick(window.attach_button, Qt.MouseButton.LeftButton)
+        picker = window.file_dialog
+        assert isinstance(picker, QFileDialog), f"round {round_number + 1}: no picker"
+        assert picker not in pickers, f"round {round_number + 1}: the click opened nothing"
+        assert picker.isVisible() and picker.fileMode() == QFileDialog.FileMode.ExistingFiles
+        pickers.append(picker)
+        if round_number < 2:
+            QTest.keyClick(picker, Qt.Key.Key_Escape)
+            qtbot.waitUntil(lambda picker=picker: not picker.isVisible(), timeout=5_000)
+
+    # The third picker chooses: the file stages over the composer, Send sends it
+    # (the rest of the attachment flow is tests/ui/test_attachments.py).
+    pickers[-1].filesSelected.emit([str(photo)])
+    pickers[-1].close()
     qtbot.waitUntil(lambda: window.staging_bar.ready, timeout=10_000)
     qtbot.mouseClick(window.staging_bar.send_button, Qt.MouseButton.LeftButton)
 

@@ -90,6 +90,7 @@ def test_group_banner_names_the_member_and_accepting_unblocks(
     assert window.composer.isReadOnly()
     assert not window.send_button.isEnabled()
     assert not window.attach_button.isEnabled()
+    assert window.attach_button.toolTip() == sentence
     qtbot.keyClicks(window.composer, "is that really you?")
     qtbot.keyClick(window.composer, Qt.Key.Key_Return)
     assert window.composer.toPlainText() == ""
@@ -113,6 +114,7 @@ def test_group_banner_names_the_member_and_accepting_unblocks(
     assert not window.composer.isReadOnly()
     assert window.composer.placeholderText() == "Message"
     assert window.send_button.isEnabled()
+    assert window.attach_button.toolTip() == "Attach a file"
     assert _conversation(alice, "Trip").unaccepted == ()
 
     qtbot.keyClicks(window.composer, "welcome back, bob")
