@@ -10,6 +10,8 @@ APT_PACKAGES=(
   libxcb-cursor0 libxkbcommon-x11-0 libxcb-icccm4 libxcb-keysyms1 libxcb-shape0
   libxcb-render-util0 libxcb-image0 libxcb-randr0 libxcb-xinerama0 libegl1 libgl1
   libfontconfig1 libdbus-1-3 fonts-dejavu-core
+  # Reactions and the emoji people type need a colour emoji font to be seen.
+  fonts-noto-color-emoji
   # desktop-file-validate checks the packaged desktop entry.
   desktop-file-utils
   # A real Secret Service (OS keyring) for the tests and `make run` on a machine
