@@ -103,6 +103,10 @@ class ServerConfig:
     relay_url: str
     relay_ca_pem: str
     vault_nodes: tuple[VaultNodeKey, ...] = field(default_factory=tuple)
+    # The relay's sender-certificate keys (Ed25519, hex), pinned as the CA is: a
+    # sealed message's sender is believed only under a certificate one of them
+    # signed. Empty: this client neither sends nor accepts sealed mail.
+    sender_certificate_keys: tuple[str, ...] = field(default_factory=tuple)
 
     def to_json(self) -> str:
         return json.dumps(
@@ -111,6 +115,7 @@ class ServerConfig:
                 "relay_url": self.relay_url,
                 "relay_ca_pem": self.relay_ca_pem,
                 "vault_nodes": [vars(node) for node in self.vault_nodes],
+                "sender_certificate_keys": list(self.sender_certificate_keys),
             },
             indent=2,
         )
@@ -125,6 +130,9 @@ class ServerConfig:
                 relay_url=str(raw["relay_url"]).rstrip("/"),
                 relay_ca_pem=str(raw["relay_ca_pem"]),
                 vault_nodes=tuple(VaultNodeKey(**node) for node in raw.get("vault_nodes", [])),
+                sender_certificate_keys=tuple(
+                    str(key) for key in raw.get("sender_certificate_keys", [])
+                ),
             )
         except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
             raise ConfigError(f"server config is malformed: {error}") from None

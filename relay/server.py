@@ -34,6 +34,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocketDisconnect
 
 from app import __version__
+from app.crypto import SigningKey, constant_time_equal, sha256
+from app.protocol.sealed import ACCESS_KEY_LENGTH, SenderCertificate
 from relay.gate import gate_for
 from relay.metrics import Metrics
 from relay.storage import (
@@ -120,6 +122,12 @@ class RelaySettings:
     # stops floods, the account bucket keeps one client from crowding out others.
     address_rate_per_second: float = 1000.0
     address_rate_burst: float = 4000.0
+    # Sealed sends carry no account: their limits are per delivery token (or per
+    # recipient device for "allow sealed from anyone") and per connection.
+    sealed_rate_per_second: float = 20.0
+    sealed_rate_burst: float = 100.0
+    # How long a sender certificate is valid (docs/protocol.md, "Sealed sender").
+    sender_certificate_ms: int = DAY_MS
     vault_rate_per_second: float = 5.0
     vault_rate_burst: float = 20.0
     bench_echo: bool = False
@@ -260,6 +268,25 @@ class OutgoingEnvelope(BaseModel):
 
 class SendRequest(BaseModel):
     messages: list[OutgoingEnvelope] = Field(min_length=1, max_length=1000)
+
+
+class SealedEnvelope(BaseModel):
+    id: str = Field(max_length=64)
+    recipient: str = Field(max_length=64)
+    device_id: int = Field(ge=1, le=MAX_DEVICE_ID)
+    body: str = Field(max_length=400_000)
+    # The recipient device's delivery token (base64); none for a device that
+    # accepts sealed mail from anyone.
+    access_key: str | None = Field(default=None, max_length=64)
+
+
+class SealedSendRequest(BaseModel):
+    messages: list[SealedEnvelope] = Field(min_length=1, max_length=100)
+
+
+class SealedAccess(BaseModel):
+    access_key: str | None = Field(default=None, max_length=64)
+    allow_anyone: bool = False
 
 
 class AckRequest(BaseModel):
@@ -541,6 +568,30 @@ def _create_private(path: Path) -> BinaryIO:
     return os.fdopen(descriptor, "wb")
 
 
+SENDER_CERTIFICATE_KEY = "sender-certificate.key"
+SENDER_CERTIFICATE_PUBLIC = "sender-certificate.pub"
+
+
+def sender_certificate_key(data_dir: Path) -> SigningKey:
+    """The relay's Ed25519 key that signs sender certificates, made once. Its public
+    half goes to `tls/sender-certificate.pub` (hex) beside the CA: clients pin it in
+    their server config as they pin the CA (app/config.py)."""
+    path = data_dir / SENDER_CERTIFICATE_KEY
+    try:
+        key = SigningKey(bytes.fromhex(path.read_text().strip()))
+    except FileNotFoundError:
+        key = SigningKey.generate()
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(key.to_bytes().hex())
+    public = data_dir / "tls" / SENDER_CERTIFICATE_PUBLIC
+    text = key.verify_key().to_bytes().hex()
+    if not public.exists() or public.read_text().strip() != text:
+        public.parent.mkdir(mode=0o700, exist_ok=True)
+        public.write_text(text + "\n")
+    return key
+
+
 def create_app(settings: RelaySettings) -> FastAPI:
     # Owner-only whatever the umask, and tightened at every start for data dirs
     # made by older versions (whose files and directories followed the umask).
@@ -550,12 +601,14 @@ def create_app(settings: RelaySettings) -> FastAPI:
         if entry.name != "tls":  # its certificates are public; the directory is 0700
             tighten(entry)
     storage: Storage = open_storage(settings.data_dir, settings.database_url)
+    certificate_key = sender_certificate_key(settings.data_dir)
     gate = gate_for(storage)
     hub = PushHub()
     metrics = Metrics()
     limiter = TokenBucket(settings.rate_per_second, settings.rate_burst)
     address_limiter = TokenBucket(settings.address_rate_per_second, settings.address_rate_burst)
     vault_limiter = TokenBucket(settings.vault_rate_per_second, settings.vault_rate_burst)
+    sealed_limiter = TokenBucket(settings.sealed_rate_per_second, settings.sealed_rate_burst)
     mailbox_quota = MailboxQuota(settings.mailbox_quota, settings.mailbox_quota_bytes)
     handout_limits = HandoutLimits(
         settings.prekey_fetches_per_requester, settings.prekey_handouts_per_account, HOUR_MS
@@ -578,6 +631,13 @@ def create_app(settings: RelaySettings) -> FastAPI:
             anonymous_bytes=settings.max_request_bytes,
         ),
         BodyLimit("POST", "/v1/messages/ack", settings.max_request_bytes, "an acknowledgement"),
+        # Sealed sends are anonymous: a few envelopes of the largest size at most.
+        BodyLimit(
+            "POST",
+            "/v1/sealed/messages",
+            min(settings.max_send_request_bytes, 8 * (settings.max_envelope_bytes * 4 // 3 + 1024)),
+            "a sealed send request",
+        ),
         BodyLimit("POST", "/v1/attachments", settings.max_attachment_bytes, "an attachment"),
         BodyLimit("POST", "/v1/vault/{op}", VAULT_BODY_BYTES, "a vault request"),
         BodyLimit("POST", "/v1/bench/echo", settings.max_send_request_bytes, "an echo request"),
@@ -669,10 +729,12 @@ def create_app(settings: RelaySettings) -> FastAPI:
     api.add_middleware(ObserveRequests, metrics=metrics)
 
     metrics.declare("quota_refusals_total", "kind", QUOTA_KINDS)
-    metrics.declare("rate_limited_total", "kind", ("account", "address", "vault"))
+    metrics.declare("rate_limited_total", "kind", ("account", "address", "vault", "sealed"))
     metrics.declare("body_too_large_total", "route", [limit.template for limit in body_limits])
     metrics.declare("prekey_withheld_total", "limit", ("requester", "target"))
     metrics.declare("prekey_drain_suspected_total")
+    metrics.declare("sealed_envelopes_total")
+    metrics.declare("sealed_refused_total")
     metrics.gauge_add("push_connections", 0)
     metrics.collect(_every(DEPTH_REFRESH_SECONDS, lambda: _depth_gauges(storage)))
 
@@ -921,6 +983,11 @@ def create_app(settings: RelaySettings) -> FastAPI:
     @api.post("/v1/messages")
     async def send(body: SendRequest, device: Auth) -> dict[str, Any]:
         results, to_store = await gate.read(recipients, body, device)
+        await store_envelopes(to_store)
+        return {"results": results}
+
+    async def store_envelopes(to_store: list[tuple[dict[str, Any], NewEnvelope]]) -> None:
+        """Queues checked envelopes, filling in each one's result."""
         envelopes = [envelope for _, envelope in to_store]
         statuses = await gate.enqueue(envelopes, mailbox_quota) if envelopes else []
         for (result, envelope), status in zip(to_store, statuses, strict=True):
@@ -939,6 +1006,106 @@ def create_app(settings: RelaySettings) -> FastAPI:
             if status == "queued":
                 metrics.count("envelopes_queued_total")
                 hub.wake(envelope.account_id, envelope.device_id)
+
+    # ---- sealed sender (docs/relay-api.md, "Sealed sender") ----------------------
+    @api.get("/v1/certificate")
+    def sender_certificate(device: Auth) -> dict[str, Any]:
+        identity = storage.device_identity(device.account_id, device.device_id)
+        if identity is None:
+            raise fail(409, "publish this device's keys before asking for a sender certificate")
+        expires = settings.clock() + settings.sender_certificate_ms
+        certificate = SenderCertificate.issue(
+            certificate_key, device.username, device.device_id, identity, expires
+        )
+        return {"certificate": _b64(certificate.to_bytes()), "expires": expires}
+
+    @api.put("/v1/sealed/access")
+    def sealed_access(body: SealedAccess, device: Auth) -> dict[str, Any]:
+        key = None
+        if body.access_key is not None:
+            key = _unb64(body.access_key, "access_key", ACCESS_KEY_LENGTH)
+            if len(key) != ACCESS_KEY_LENGTH:
+                raise fail(400, f"an access key is {ACCESS_KEY_LENGTH} bytes")
+        storage.set_sealed_access(device.account_id, device.device_id, key, body.allow_anyone)
+        return {"access_key": key is not None, "allow_anyone": body.allow_anyone}
+
+    def sealed_recipients(
+        body: SealedSendRequest,
+    ) -> tuple[list[dict[str, Any]], list[tuple[dict[str, Any], NewEnvelope]], list[str]]:
+        """As `recipients`, with no sender: each message's delivery token is checked
+        against its recipient device's (or that device accepts sealed mail from
+        anyone). Returns the results, what to store, and the rate-limit key of each
+        stored one."""
+        now = settings.clock()
+        results: list[dict[str, Any]] = []
+        to_store: list[tuple[dict[str, Any], NewEnvelope]] = []
+        buckets: list[str] = []
+        for message in body.messages:
+            if not CLIENT_ID.match(message.id):
+                raise fail(400, "a message id is 1-64 characters: letters, digits, '-' or '_'")
+            payload = _unb64(message.body, "body", settings.max_envelope_bytes)
+            presented = (
+                None
+                if message.access_key is None
+                else _unb64(message.access_key, "access_key", ACCESS_KEY_LENGTH)
+            )
+            account_id = storage.account_id(message.recipient.lower())
+            access = (
+                None if account_id is None else storage.sealed_access(account_id, message.device_id)
+            )
+            if account_id is None or access is None:
+                results.append({"id": message.id, "status": "unknown_recipient"})
+                continue
+            stored, anyone = access
+            if (
+                presented is not None
+                and stored is not None
+                and constant_time_equal(presented, stored)
+            ):
+                bucket = "token:" + sha256(presented).hex()
+            elif anyone:
+                bucket = f"anyone:{account_id}:{message.device_id}"
+            else:
+                metrics.count("sealed_refused_total")
+                results.append({"id": message.id, "status": "access_denied"})
+                continue
+            results.append({"id": message.id})
+            to_store.append(
+                (
+                    results[-1],
+                    NewEnvelope(
+                        account_id, message.device_id, message.id, None, None, payload, now
+                    ),
+                )
+            )
+            buckets.append(bucket)
+        return results, to_store, buckets
+
+    @api.post("/v1/sealed/messages")
+    async def send_sealed(body: SealedSendRequest, request: Request) -> dict[str, Any]:
+        # No token, ever: a sealed send must not be linkable to an account.
+        if request.headers.get("authorization"):
+            raise fail(400, "a sealed send carries no Authorization header")
+        limit("ip:" + client_key(request))
+        client = request.client
+        connection = f"{client.host}:{client.port}" if client else "unknown"
+        if sealed_limiter.take("connection:" + connection):
+            metrics.count("rate_limited_total", kind="sealed")
+            raise fail(
+                429, "too many sealed sends; slow down", {"Retry-After": "1"}, code="rate_limited"
+            )
+        results, checked, buckets = await gate.read(sealed_recipients, body)
+        to_store = []
+        for (result, envelope), bucket in zip(checked, buckets, strict=True):
+            wait = sealed_limiter.take(bucket)
+            if wait:
+                metrics.count("rate_limited_total", kind="sealed")
+                result["status"] = "rate_limited"
+                result["retry_after"] = _wait_seconds(wait * 1000)
+                continue
+            to_store.append((result, envelope))
+        await store_envelopes(to_store)
+        metrics.count("sealed_envelopes_total", sum(1 for _, e in to_store))
         return {"results": results}
 
     def envelopes_for(device: DeviceRow, after: int, limit_count: int) -> list[dict[str, Any]]:

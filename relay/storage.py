@@ -18,7 +18,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-SQLITE_TABLES = """
+ENVELOPES_TABLE = """
+CREATE TABLE IF NOT EXISTS envelopes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    account_id INTEGER NOT NULL,
+    device_id INTEGER NOT NULL,
+    client_id TEXT NOT NULL,
+    sender TEXT,
+    sender_device INTEGER,
+    body BLOB NOT NULL,
+    created_at INTEGER NOT NULL,
+    size INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (account_id, device_id, sender, client_id)
+)
+"""
+
+SQLITE_TABLES = (
+    """
 CREATE TABLE IF NOT EXISTS accounts (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     username TEXT NOT NULL UNIQUE,
@@ -44,18 +60,9 @@ CREATE TABLE IF NOT EXISTS one_time_keys (
     blob BLOB NOT NULL,
     PRIMARY KEY (account_id, device_id, kind, key_id)
 );
-CREATE TABLE IF NOT EXISTS envelopes (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    account_id INTEGER NOT NULL,
-    device_id INTEGER NOT NULL,
-    client_id TEXT NOT NULL,
-    sender TEXT NOT NULL,
-    sender_device INTEGER NOT NULL,
-    body BLOB NOT NULL,
-    created_at INTEGER NOT NULL,
-    size INTEGER NOT NULL DEFAULT 0,
-    UNIQUE (account_id, device_id, sender, client_id)
-);
+"""
+    + ENVELOPES_TABLE
+    + """;
 CREATE TABLE IF NOT EXISTS attachments (
     id TEXT PRIMARY KEY,
     size INTEGER NOT NULL,
@@ -68,12 +75,15 @@ CREATE TABLE IF NOT EXISTS prekey_handouts (
     handed_at INTEGER NOT NULL
 );
 """
+)
 
 # Created after the columns they cover exist (see ADDED_COLUMNS).
 SQLITE_INDEXES = """
 CREATE INDEX IF NOT EXISTS envelopes_by_device ON envelopes (account_id, device_id, seq);
 CREATE INDEX IF NOT EXISTS envelopes_by_age ON envelopes (created_at);
 CREATE INDEX IF NOT EXISTS envelopes_by_mailbox_size ON envelopes (account_id, device_id, size);
+CREATE UNIQUE INDEX IF NOT EXISTS sealed_envelopes_by_id
+    ON envelopes (account_id, device_id, client_id) WHERE sender IS NULL;
 CREATE INDEX IF NOT EXISTS attachments_by_account ON attachments (account_id, created_at);
 CREATE INDEX IF NOT EXISTS prekey_handouts_by_target ON prekey_handouts (target_account, handed_at);
 CREATE INDEX IF NOT EXISTS prekey_handouts_by_pair
@@ -85,7 +95,13 @@ CREATE INDEX IF NOT EXISTS prekey_handouts_by_pair
 ADDED_COLUMNS: tuple[tuple[str, str, str, str | None], ...] = (
     ("envelopes", "size", "INTEGER NOT NULL DEFAULT 0", "UPDATE envelopes SET size = LENGTH(body)"),
     ("attachments", "account_id", "INTEGER", None),
+    # Sealed sender: the delivery token contacts present for sealed mail to this
+    # device (NULL: none registered), and whether anyone may send it sealed mail.
+    ("devices", "sealed_access", "BLOB", None),
+    ("devices", "sealed_anyone", "INTEGER NOT NULL DEFAULT 0", None),
 )
+# Sealed envelopes keep no sender: an older database's NOT NULL on these columns goes.
+NULLABLE_SENDER_COLUMNS = ("sender", "sender_device")
 
 
 def _postgres_types(sql: str) -> str:
@@ -154,8 +170,9 @@ class NewEnvelope:
     account_id: int
     device_id: int
     client_id: str
-    sender: str
-    sender_device: int
+    # None for sealed mail: the relay does not know (and must not keep) who sent it.
+    sender: str | None
+    sender_device: int | None
     body: bytes
     created_at: int
 
@@ -280,6 +297,27 @@ class Storage:
             self.run(conn, f"ALTER TABLE {table} ADD COLUMN {column} {column_type}")
             if backfill:
                 self.run(conn, backfill)
+        self._allow_sealed(conn)
+
+    def _allow_sealed(self, conn: Any) -> None:
+        """Drops NOT NULL from the envelope sender columns of an older database."""
+        if self.dialect == "postgres":
+            for column in NULLABLE_SENDER_COLUMNS:
+                self.run(conn, f"ALTER TABLE envelopes ALTER COLUMN {column} DROP NOT NULL")
+            return
+        rows = conn.execute("PRAGMA table_info(envelopes)").fetchall()
+        if not any(str(r[1]) in NULLABLE_SENDER_COLUMNS and r[3] for r in rows):
+            return
+        # SQLite cannot drop a constraint: the table is rebuilt (indexes follow).
+        conn.execute("ALTER TABLE envelopes RENAME TO envelopes_before_sealed")
+        conn.execute(ENVELOPES_TABLE)
+        conn.execute(
+            "INSERT INTO envelopes (seq, account_id, device_id, client_id, sender,"
+            " sender_device, body, created_at, size) SELECT seq, account_id, device_id,"
+            " client_id, sender, sender_device, body, created_at, size"
+            " FROM envelopes_before_sealed"
+        )
+        conn.execute("DROP TABLE envelopes_before_sealed")
 
     # ---- accounts -----------------------------------------------------------------
     def create_account(self, username: str, device_name: str, token: str, now: int) -> int:
@@ -556,6 +594,41 @@ class Storage:
             ).fetchone()
         return row is not None
 
+    def device_identity(self, account_id: int, device_id: int) -> bytes | None:
+        """The identity key an active device published, if any."""
+        with self.read() as conn:
+            row = self.run(
+                conn,
+                "SELECT identity FROM devices WHERE account_id = ? AND device_id = ?"
+                " AND revoked = 0",
+                (account_id, device_id),
+            ).fetchone()
+        return None if row is None or row[0] is None else bytes(row[0])
+
+    def set_sealed_access(
+        self, account_id: int, device_id: int, access_key: bytes | None, anyone: bool
+    ) -> None:
+        with self.transaction() as conn:
+            self.run(
+                conn,
+                "UPDATE devices SET sealed_access = ?, sealed_anyone = ?"
+                " WHERE account_id = ? AND device_id = ?",
+                (access_key, 1 if anyone else 0, account_id, device_id),
+            )
+
+    def sealed_access(self, account_id: int, device_id: int) -> tuple[bytes | None, bool] | None:
+        """(delivery token, allow anyone) of an active device; None if there is none."""
+        with self.read() as conn:
+            row = self.run(
+                conn,
+                "SELECT sealed_access, sealed_anyone FROM devices"
+                " WHERE account_id = ? AND device_id = ? AND revoked = 0",
+                (account_id, device_id),
+            ).fetchone()
+        if row is None:
+            return None
+        return (None if row[0] is None else bytes(row[0])), bool(row[1])
+
     def enqueue(self, envelopes: Sequence[NewEnvelope], quota: MailboxQuota) -> list[str]:
         """Per envelope 'queued', 'duplicate', 'quota' (the mailbox holds its most
         envelopes) or 'quota_bytes' (its most bytes); one transaction for all."""
@@ -639,15 +712,19 @@ class Storage:
         return statuses
 
     def _queued(self, conn: Any, envelope: NewEnvelope) -> bool:
-        return (
-            self.run(
-                conn,
+        if envelope.sender is None:
+            sql = (
+                "SELECT 1 FROM envelopes WHERE account_id = ? AND device_id = ?"
+                " AND sender IS NULL AND client_id = ?"
+            )
+            params: tuple[Any, ...] = (envelope.account_id, envelope.device_id, envelope.client_id)
+        else:
+            sql = (
                 "SELECT 1 FROM envelopes WHERE account_id = ? AND device_id = ? AND sender = ?"
-                " AND client_id = ?",
-                (envelope.account_id, envelope.device_id, envelope.sender, envelope.client_id),
-            ).fetchone()
-            is not None
-        )
+                " AND client_id = ?"
+            )
+            params = (envelope.account_id, envelope.device_id, envelope.sender, envelope.client_id)
+        return self.run(conn, sql, params).fetchone() is not None
 
     def pending(
         self, account_id: int, device_id: int, after: int, limit: int, min_created: int
@@ -664,8 +741,8 @@ class Storage:
             {
                 "seq": int(r[0]),
                 "id": str(r[1]),
-                "sender": str(r[2]),
-                "sender_device": int(r[3]),
+                "sender": None if r[2] is None else str(r[2]),
+                "sender_device": None if r[3] is None else int(r[3]),
                 "body": bytes(r[4]),
                 "server_time": int(r[5]),
             }

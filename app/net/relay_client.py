@@ -114,16 +114,21 @@ class Envelope:
     sender_device: int
     body: bytes
     server_time: int
+    # Sealed mail: the relay does not know the sender ("" and 0 above); who sent
+    # it is inside the envelope (app/protocol/sealed.py).
+    sealed: bool = False
 
     @staticmethod
     def from_json(raw: dict[str, Any]) -> Envelope:
+        sealed = raw["sender"] is None
         return Envelope(
             seq=int(raw["seq"]),
             client_id=str(raw["id"]),
-            sender=str(raw["sender"]),
-            sender_device=int(raw["sender_device"]),
+            sender="" if sealed else str(raw["sender"]),
+            sender_device=0 if sealed else int(raw["sender_device"]),
             body=base64.b64decode(raw["body"]),
             server_time=int(raw["server_time"]),
+            sealed=sealed,
         )
 
 
@@ -133,6 +138,9 @@ class OutgoingEnvelope:
     recipient: str
     device_id: int
     body: bytes
+    # For a sealed send: the recipient device's delivery token (None: the device
+    # accepts sealed mail from anyone).
+    access_key: bytes | None = None
 
 
 class RelayClient:
@@ -310,6 +318,45 @@ class RelayClient:
             ]
         }
         response = self._request("POST", "/v1/messages", json_body=body, retry=True)
+        return self._outcomes(response)
+
+    def send_sealed(self, envelopes: list[OutgoingEnvelope]) -> dict[str, SendOutcome]:
+        """As `send`, for sealed envelopes: without this device's token, each with
+        its recipient's delivery token. An item whose token the relay refuses comes
+        back `access_denied`."""
+        body = {
+            "messages": [
+                {
+                    "id": e.client_id,
+                    "recipient": e.recipient,
+                    "device_id": e.device_id,
+                    "body": base64.b64encode(e.body).decode("ascii"),
+                    "access_key": None
+                    if e.access_key is None
+                    else base64.b64encode(e.access_key).decode("ascii"),
+                }
+                for e in envelopes
+            ]
+        }
+        response = self._request(
+            "POST", "/v1/sealed/messages", json_body=body, retry=True, auth=False
+        )
+        return self._outcomes(response)
+
+    def sender_certificate(self) -> tuple[bytes, int]:
+        """A fresh sender certificate for this device, and when it expires (ms)."""
+        raw = self._request("GET", "/v1/certificate", retry=True).json()
+        return base64.b64decode(raw["certificate"]), int(raw["expires"])
+
+    def set_sealed_access(self, access_key: bytes | None, *, allow_anyone: bool) -> None:
+        body = {
+            "access_key": None if access_key is None else base64.b64encode(access_key).decode(),
+            "allow_anyone": allow_anyone,
+        }
+        self._request("PUT", "/v1/sealed/access", json_body=body, retry=True)
+
+    @staticmethod
+    def _outcomes(response: requests.Response) -> dict[str, SendOutcome]:
         outcomes: dict[str, SendOutcome] = {}
         try:
             for result in response.json()["results"]:

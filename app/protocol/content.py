@@ -39,6 +39,7 @@ ATTACHMENT_THUMBNAIL = 11
 DELETE = 12
 EDIT = 13
 TYPING = 14
+PROFILE_KEY = 15
 
 RECEIPT_DELIVERED = 1
 RECEIPT_READ = 2
@@ -127,6 +128,18 @@ class Typing:
 
     sent_at: int
     started: bool
+
+
+@dataclass(frozen=True)
+class ProfileKey:
+    """The sending device's profile key, shared with a contact so that it can send
+    this device sealed mail (the delivery token is derived from it:
+    app/protocol/sealed.py, `access_key`)."""
+
+    key: bytes
+
+    def __repr__(self) -> str:
+        return "ProfileKey(<hidden>)"
 
 
 @dataclass(frozen=True)
@@ -219,6 +232,7 @@ Content = (
     | Delete
     | Edit
     | Typing
+    | ProfileKey
 )
 
 
@@ -273,6 +287,10 @@ def encode_content(content: Content) -> bytes:
             writer.u8(RESTORE_NOTICE).text16(content.message_id).u64(content.sent_at)
         case GroupChangeContent():
             writer.u8(GROUP_CHANGE).bytes32(content.change)
+        case ProfileKey():
+            if len(content.key) != 32:
+                raise ValueError("a profile key is 32 bytes")
+            writer.u8(PROFILE_KEY).raw(content.key)
     return writer.getvalue()
 
 
@@ -347,6 +365,8 @@ def decode_content(data: bytes) -> Content:
         content = RestoreNotice(reader.text16(), reader.u64())
     elif kind == GROUP_CHANGE:
         content = GroupChangeContent(reader.bytes32(1 << 20))
+    elif kind == PROFILE_KEY:
+        content = ProfileKey(reader.raw(32))
     else:
         raise MalformedMessage(f"unknown content type {kind}")
     reader.end()

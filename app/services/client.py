@@ -203,9 +203,12 @@ class Client:
                 # bad one is quarantined or dropped and still acknowledged, or it
                 # would block the mailbox forever. Its error type is logged, never
                 # its content.
-                result = self.messenger.accept(
-                    envelope.sender, envelope.sender_device, envelope.body, envelope.server_time
-                )
+                if envelope.sealed:
+                    result = self.messenger.accept_sealed(envelope.body, envelope.server_time)
+                else:
+                    result = self.messenger.accept(
+                        envelope.sender, envelope.sender_device, envelope.body, envelope.server_time
+                    )
                 if result.quarantined:
                     self.undecryptable += 1
                     log.info("quarantined an envelope: %s", result.dropped)
@@ -327,6 +330,7 @@ class Client:
         if not self._flush_lock.acquire(blocking=False):
             return
         try:
+            self._prepare_sealed()
             while not self._stop.is_set() and time.monotonic() >= self._flush_not_before:
                 items = self.core(self.messenger.outbox_due, 200).result()
                 if not items:
@@ -348,16 +352,76 @@ class Client:
         finally:
             self._flush_lock.release()
 
+    def _prepare_sealed(self) -> None:
+        """Registers this device's delivery token with the relay and renews its sender
+        certificate when due. A failure only means sends go authenticated for now
+        (docs/threat-model.md); the next flush tries again."""
+        sealing = self.messenger.sealing
+        try:
+            access = self.core(sealing.access_due).result()
+            if access is not None:
+                self.relay.set_sealed_access(access[0], allow_anyone=access[1])
+                self.core(sealing.access_registered, *access).result()
+            if self.core(sealing.certificate_due).result():
+                certificate, expires = self.relay.sender_certificate()
+                self.core(sealing.store_certificate, certificate, expires).result()
+        except RelayError as error:
+            log.info("sealed sender is not ready (%s); sending authenticated", type(error).__name__)
+
+    def set_sealed_from_anyone(self, on: bool) -> Future[None]:
+        """The user's "allow sealed messages from anyone" setting; registered with
+        the relay at the next flush."""
+
+        def run() -> None:
+            self.messenger.sealing.set_allow_anyone(on)
+
+        future = self.core(run)
+        future.add_done_callback(lambda _f: self.request_flush())
+        return future
+
     def _send_items(self, items: list[OutboxItem], outcomes: dict[str, SendOutcome]) -> None:
-        """Sends `items`, filling in each one's outcome; raises the RelayError of a
-        refusal of the whole request, leaving the outcomes gathered so far.
+        """Sends `items`: sealed those it can (`Sealing.seal_items`), the rest, and any
+        whose delivery token the relay refused, authenticated."""
+        sealed = self.core(self.messenger.sealing.seal_items, items).result()
+        if sealed:
+            batch = [i for i in items if i.client_id in sealed]
+            self._send_batch(batch, outcomes, sealed)
+            # Refused sealed (a stale delivery token, or a sealed copy too large):
+            # sent again authenticated, now.
+            denied = [
+                i
+                for i in batch
+                if outcomes.get(i.client_id) in ("access_denied", delivery.REJECTED)
+            ]
+            for item in denied:
+                if outcomes.pop(item.client_id) == "access_denied":
+                    self.core(self.messenger.sealing.forget_peer, item.recipient, item.device_id)
+            items = [i for i in items if i.client_id not in sealed] + denied
+        if items:
+            self._send_batch(items, outcomes, {})
+
+    def _send_batch(
+        self,
+        items: list[OutboxItem],
+        outcomes: dict[str, SendOutcome],
+        sealed: dict[str, tuple[bytes, bytes]],
+    ) -> None:
+        """Sends `items` (sealed when `sealed` holds them), filling in each one's
+        outcome; raises the RelayError of a refusal of the whole request, leaving
+        the outcomes gathered so far.
 
         A 4xx for the request (a malformed or oversized item) is bisected down to
         the item that causes it, which alone is `rejected`: one bad item never
         takes the rest of the outbox with it."""
-        batch = [OutgoingEnvelope(i.client_id, i.recipient, i.device_id, i.body) for i in items]
+        if sealed:
+            batch = [
+                OutgoingEnvelope(i.client_id, i.recipient, i.device_id, *sealed[i.client_id])
+                for i in items
+            ]
+        else:
+            batch = [OutgoingEnvelope(i.client_id, i.recipient, i.device_id, i.body) for i in items]
         try:
-            answers = self.relay.send(batch)
+            answers = self.relay.send_sealed(batch) if sealed else self.relay.send(batch)
         except RelayError as error:
             if _whole_request(error):
                 raise
@@ -366,8 +430,8 @@ class Client:
                 outcomes[items[0].client_id] = SendOutcome(delivery.REJECTED)
                 return
             half = len(items) // 2
-            self._send_items(items[:half], outcomes)
-            self._send_items(items[half:], outcomes)
+            self._send_batch(items[:half], outcomes, sealed)
+            self._send_batch(items[half:], outcomes, sealed)
             return
         for item in items:
             # One the answer left out was not stored: like an unknown status, it waits.

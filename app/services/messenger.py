@@ -37,6 +37,7 @@ from app.protocol.content import (
     Edit,
     GroupChangeContent,
     GroupUpdate,
+    ProfileKey,
     Quote,
     Reaction,
     Receipt,
@@ -61,6 +62,7 @@ from app.protocol.safety import qr_payload, safety_number
 from app.protocol.sender_keys import SenderKeyDistribution, SenderKeyState, group_message_chain
 from app.protocol.session import Session, SessionStart
 from app.services import delivery
+from app.services.sealing import Sealing, pinned_keys
 from app.services.views import (
     DELETED_TEXT,
     AttachmentView,
@@ -150,6 +152,7 @@ class Messenger:
         self.identity = DeviceIdentity.from_bytes(account.identity)
         self.attachments_dir = profile / "attachments"
         self.attachments_dir.mkdir(exist_ok=True, mode=0o700)
+        self.sealing = Sealing(store, self.identity, pinned_keys(profile), clock)
 
     # ---- account --------------------------------------------------------------
     @staticmethod
@@ -472,6 +475,10 @@ class Messenger:
                 raise IdentityNotAccepted([username], group=False)
             self.store.held_sends.add(username, plaintext, now=self.clock())
             return 0
+        if self._shares_profile_key(username, message_id, plaintext):
+            self.sealing.mark_shared(username)
+            profile_key = ProfileKey(self.sealing.profile_key())
+            self._encrypt_for(username, encode_content(profile_key), None)
         if self.store.sessions.restore_notice_due(username):
             self._send_restore_notice(username)
         count = 0
@@ -486,6 +493,43 @@ class Messenger:
             )
             count += 1
         return count
+
+    def _shares_profile_key(self, username: str, message_id: int | None, plaintext: bytes) -> bool:
+        """Whether this send first shares the profile key (docs/protocol.md, "Sealed
+        sender"): with someone the user writes to, a contact, or a group member
+        getting this device's sender key, once per key; never with a stranger
+        merely sent a receipt."""
+        if not self.sealing.should_share(username) or not self.store.sessions.devices(username):
+            return False
+        if message_id is not None:
+            return True
+        contact = self.store.contacts.get(username)
+        if contact is not None and contact.accepted:
+            return True
+        try:
+            return isinstance(decode_content(plaintext), SenderKey)
+        except ProtocolError:
+            return False
+
+    def accept_sealed(self, body: bytes, server_time: int) -> IncomingResult:
+        """Receives one sealed envelope (app/protocol/sealed.py). One whose outer
+        layer does not open, or whose certificate is forged, expired or names an
+        identity other than the inner message's session, is refused: kept in the
+        quarantine with no sender (what it claims is not believed, so no chat gets
+        a row) and reported by its reason. Otherwise as `accept`, under the certified
+        sender."""
+        try:
+            unsealed = self.sealing.open(body)
+        except ProtocolError as error:
+            reason = type(error).__name__
+            log.warning("refused a sealed envelope (%s)", reason)
+            with self.store.transaction():
+                self.store.quarantine.add(
+                    "", 0, body, reason, server_time, now=self.clock(), conversation_id=None
+                )
+            return IncomingResult(dropped=reason, quarantined=True)
+        certificate = unsealed.certificate
+        return self.accept(certificate.username, certificate.device_id, unsealed.frame, server_time)
 
     def _send_restore_notice(self, username: str) -> None:
         """This profile was restored from a backup and its sessions archived
@@ -1132,6 +1176,12 @@ class Messenger:
                 content, GroupChangeContent | SenderKey
             ):
                 result.blocked = True
+                return result
+            if isinstance(content, ProfileKey):
+                # Only over the pairwise session, whose sender is authenticated: the
+                # key lets that device's sealed mail reach us (docs/protocol.md §11).
+                if group_id is None:
+                    self.sealing.set_peer_profile_key(sender, sender_device, content.key)
                 return result
             if self._first_delivery(sender, content, plaintext):
                 self._handle(sender, content, group_id, result, server_time)

@@ -19,21 +19,30 @@ FAST_KDF = Argon2Params(time_cost=1, memory_cost_kib=8 * 1024, parallelism=1)
 T = TypeVar("T")
 
 
-def make_profile(root: Path, name: str, relay: RelayProcess) -> Profile:
+def make_profile(root: Path, name: str, relay: RelayProcess, *, sealed: bool = False) -> Profile:
+    """A profile for `relay`; `sealed` pins the relay's sender-certificate key, so
+    the client sends and accepts sealed mail (app/protocol/sealed.py)."""
     path = root / "profiles" / name
     path.mkdir(parents=True, exist_ok=True)
-    config = ServerConfig(relay.url, relay.ca_file.read_text())
+    keys = (relay.sender_certificate_key,) if sealed else ()
+    config = ServerConfig(relay.url, relay.ca_file.read_text(), sender_certificate_keys=keys)
     config.save(path / SERVER_CONFIG_NAME)
     return Profile.load(path)
 
 
 class Person:
     def __init__(
-        self, root: Path, name: str, relay: RelayProcess, *, reinstalling: Person | None = None
+        self,
+        root: Path,
+        name: str,
+        relay: RelayProcess,
+        *,
+        reinstalling: Person | None = None,
+        sealed: bool = False,
     ) -> None:
         self.name = name
         if reinstalling is None:
-            self.profile = make_profile(root, name, relay)
+            self.profile = make_profile(root, name, relay, sealed=sealed)
             messenger = create_account(
                 self.profile, name, "laptop", f"{name} passphrase", kdf=FAST_KDF
             )

@@ -847,6 +847,11 @@ class RelayProcess:
     def ca_file(self) -> Path:
         return self.data_dir / "tls" / "ca.pem"
 
+    @property
+    def sender_certificate_key(self) -> str:
+        """The relay's sender-certificate key (hex), for a client's server config."""
+        return (self.data_dir / "tls" / "sender-certificate.pub").read_text().strip()
+
     def start(self, timeout: float = 30) -> RelayProcess:
         argv = [
             sys.executable,
