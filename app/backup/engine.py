@@ -656,6 +656,14 @@ def _retire_restored_keys(store: Store) -> int:
             store.sessions.archive(username, device_id, retired.to_bytes(), now=now)
             store.sessions.owe_restore_notice(username, now=now)
             archived += 1
+        # Sessions a crossing start replaced are archived whole, able to send again
+        # if the peer goes on using them; from a backup they must not either.
+        for archive_id, state in store.sessions.archived_rows():
+            try:
+                retired = Session.from_bytes(state).archived()
+            except ProtocolError:
+                raise CorruptBackup(0, "a session in the backup is malformed") from None
+            store.sessions.update_archived(archive_id, retired.to_bytes())
         store.groups.drop_own_sender_keys()
     return archived
 

@@ -1240,6 +1240,11 @@ class Messenger:
         )
         self._remember_start(start, prekeys)
         self.store.account.set_prekeys(prekeys.to_bytes())
+        if existing is not None:
+            # Kept whole, not dropped: when both sides start a session at once, each
+            # replaces its own with the other's, and the peer goes on sending on the
+            # one replaced here (`_open_archived` takes it back).
+            self.store.sessions.archive(sender, device, existing, now=self.clock())
         self.store.sessions.save(sender, device, session.to_bytes(), now=self.clock())
         if self.store.contacts.observe_identity(sender, remote.to_bytes(), now=self.clock()):
             result.identity_changed.append(sender)
@@ -1252,8 +1257,13 @@ class Messenger:
         archived sessions may open it and are archived again after (decrypt-only);
         they never encrypt. None when none of them opens it."""
         replay: ReplayError | None = None
+        current = self.store.sessions.get(sender, device)
+        current_identity = Session.from_bytes(current).remote_identity if current else None
         for archive_id, state in self.store.sessions.archived(sender, device):
             session = Session.from_bytes(state)
+            # A session replaced by a crossing start (see `_open_pairwise`) can still
+            # send; one a restore retired cannot (`Session.archived`) and never will.
+            replaced = session.can_encrypt and session.remote_identity == current_identity
             try:
                 plaintext = session.decrypt(payload)
             except ReplayError as error:
@@ -1261,7 +1271,14 @@ class Messenger:
                 continue
             except (AuthenticationError, NoSession):
                 continue
-            self.store.sessions.update_archived(archive_id, session.archived().to_bytes())
+            if replaced and current is not None:
+                # The peer is using it: it becomes the session again (as Signal
+                # promotes the state that decrypted), the other one kept in its place.
+                self.store.sessions.remove_archived(archive_id)
+                self.store.sessions.archive(sender, device, current, now=self.clock())
+                self.store.sessions.save(sender, device, session.to_bytes(), now=self.clock())
+            else:
+                self.store.sessions.update_archived(archive_id, session.archived().to_bytes())
             if start is not None:
                 self._remember_start(start, self.prekeys())
             return plaintext

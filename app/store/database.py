@@ -492,8 +492,9 @@ class SessionRepository(_Repository):
     # a restore retired and never encrypt: `get`/`devices`, which sending reads, never
     # see them, and their states hold no sending chain (the caller retires them).
     def archive(self, username: str, device_id: int, retired: bytes, *, now: int) -> None:
-        """Moves a live session to the archive as `retired`, the decrypt-only state
-        the caller made of it; keeps the newest `ARCHIVED_PER_DEVICE` per device."""
+        """Moves a live session to the archive as `retired`: the decrypt-only state a
+        restore makes of it, or the whole state of one a crossing session start
+        replaced; keeps the newest `ARCHIVED_PER_DEVICE` per device."""
         self.delete(username, device_id)
         self._execute(
             "INSERT INTO archived_sessions (username, device_id, state, archived_at)"
@@ -516,11 +517,19 @@ class SessionRepository(_Repository):
         ).fetchall()
         return [(r[0], bytes(r[1])) for r in rows]
 
+    def archived_rows(self) -> list[tuple[int, bytes]]:
+        """(archive id, state) of every archived session."""
+        rows = self._execute("SELECT id, state FROM archived_sessions ORDER BY id").fetchall()
+        return [(r[0], bytes(r[1])) for r in rows]
+
     def all_archived(self) -> list[tuple[str, int, bytes]]:
         rows = self._execute(
             "SELECT username, device_id, state FROM archived_sessions ORDER BY id"
         ).fetchall()
         return [(r[0], r[1], bytes(r[2])) for r in rows]
+
+    def remove_archived(self, archive_id: int) -> None:
+        self._execute("DELETE FROM archived_sessions WHERE id = ?", (archive_id,))
 
     def update_archived(self, archive_id: int, retired: bytes) -> None:
         """After an archived session opened a message; `retired` is decrypt-only again."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 
 from app.services.events import IdentityChanged
 from app.services.views import MessageStatus
-from tests.services.helpers import Person, wait_for
+from tests.services.helpers import Person, on_core, wait_for
 from tests.support.components import RelayProcess
 
 
@@ -141,3 +142,45 @@ def test_messages_arrive_even_when_push_never_delivers_them(people: dict[str, Pe
     alice.client.send_text(conversation.conversation_id, "and again").result(20)
     wait_for(lambda: "and again" in _messages(bob, "alice"), what="bob fetches the next")
     assert _messages(bob, "alice") == ["no push needed", "and again"]
+
+
+def test_two_people_who_write_first_at_the_same_time_keep_talking(
+    people: dict[str, Person],
+) -> None:
+    """Each starts a session before the other's first message arrives, so each
+    replaces its own session with the other's start. Without keeping the replaced
+    one, every later message of the crossed sessions failed to decrypt, both ways,
+    for good (a group's first messages cross like this all the time)."""
+    alice, bob = people["alice"], people["bob"]
+    for person in (alice, bob):
+        assert person.client.push is not None
+        person.client.push.stop()
+        person.client._fetch_every = 1e9  # only the fetches below
+    time.sleep(5.5)  # the catch-up fetch already scheduled passes
+
+    def sent(person: Person) -> bool:
+        return not on_core(person, lambda: person.client.messenger.store.outbox.pending(10))
+
+    def fetch(person: Person) -> None:
+        person.client.net(person.client._catch_up).result(20)
+
+    to_bob = alice.client.start_direct("bob").result(20)
+    to_alice = bob.client.start_direct("alice").result(20)
+    alice.client.send_text(to_bob.conversation_id, "alice first").result(20)
+    bob.client.send_text(to_alice.conversation_id, "bob first").result(20)
+    wait_for(lambda: sent(alice) and sent(bob), what="both first messages are sent")
+    for person in (alice, bob):
+        fetch(person)
+    wait_for(lambda: "alice first" in _messages(bob, "alice"), what="bob gets alice's")
+    wait_for(lambda: "bob first" in _messages(alice, "bob"), what="alice gets bob's")
+    for turn in range(3):
+        alice.client.send_text(to_bob.conversation_id, f"alice {turn}").result(20)
+        wait_for(lambda: sent(alice), what="alice's turn is sent")
+        fetch(bob)
+        wait_for(lambda t=turn: f"alice {t}" in _messages(bob, "alice"), what=f"bob gets {turn}")
+        bob.client.send_text(to_alice.conversation_id, f"bob {turn}").result(20)
+        wait_for(lambda: sent(bob), what="bob's turn is sent")
+        fetch(alice)
+        wait_for(lambda t=turn: f"bob {t}" in _messages(alice, "bob"), what=f"alice gets {turn}")
+    assert alice.client.undecryptable == 0
+    assert bob.client.undecryptable == 0
