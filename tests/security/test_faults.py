@@ -57,14 +57,14 @@ def _kill_when(process: subprocess.Popen[str], ready: Callable[[], bool]) -> boo
     return True
 
 
-def _partial_at_least(folder: Path, size: int) -> Callable[[], bool]:
-    left_by_earlier_kills = set(folder.glob(".*.partial"))
+def _new_files_at_least(folder: Path, count: int) -> Callable[[], bool]:
+    """Once the run has written `count` files (packs, temporaries, its index or
+    snapshot) that were not in the folder before: somewhere in its middle."""
+    before = set(folder.rglob("*"))
 
     def ready() -> bool:
-        for partial in set(folder.glob(".*.partial")) - left_by_earlier_kills:
-            with contextlib.suppress(FileNotFoundError):  # renamed meanwhile: done
-                if partial.stat().st_size >= size:
-                    return True
+        with contextlib.suppress(FileNotFoundError):  # a temporary renamed meanwhile
+            return len(set(folder.rglob("*")) - before) >= count
         return False
 
     return ready
@@ -93,9 +93,12 @@ def test_killed_backups_and_restores_leave_the_last_good_state(tmp_path: Path) -
     store.close()
 
     kills = 0
-    for _ in range(6):
+    for run in range(6):
+        # Something new each time: an incremental backup of nothing new writes only
+        # its snapshot file, and would finish before any kill.
+        (profile / "attachments" / f"new-{run}.bin").write_bytes(rng.randbytes(40 << 20))
         process = _cli("now", "--profile", "alice", "--passphrase-stdin", stdin=PASSPHRASE + "\n")
-        kills += _kill_when(process, _partial_at_least(folder, rng.randint(1, 90 << 20)))
+        kills += _kill_when(process, _new_files_at_least(folder, rng.randint(1, 4)))
         backups = engine.list_backups(folder)
         assert first.path in [b.path for b in backups] or len(backups) == 3
         for info in backups:

@@ -107,7 +107,7 @@ def test_edit_and_delete_for_everyone_in_a_direct_chat(people: dict[str, Person]
     assert bob_reply is not None and bob_reply.quote_text == ""
     alice_reply = _find(alice, "bob", "wow")
     assert alice_reply is not None and alice_reply.quote is not None
-    assert alice_reply.quote.snippet == ""
+    assert alice_reply.quote.snippet == DELETED_TEXT  # says so, quoting nothing of it
     # A deleted message can be neither edited nor deleted again.
     with pytest.raises(ServiceError):
         alice.client.edit_text(secret.message_id, "again").result(20)
