@@ -455,6 +455,19 @@ class Messenger:
                 identity = bundle.identity.to_bytes()
                 if self.store.contacts.observe_identity(username, identity, now=self.clock()):
                     warnings.append(username)
+                existing = self.store.sessions.get(username, bundle.device_id)
+                if existing is not None:
+                    if Session.from_bytes(existing).remote_identity == identity:
+                        # A working session is kept: starting another would leave the
+                        # peer's messages on this one undecryptable (and spend one
+                        # of its one-time prekeys for nothing).
+                        continue
+                    # Another identity on that device id: its old session may still
+                    # open late messages, but is never sent on again.
+                    retired = Session.from_bytes(existing).archived()
+                    self.store.sessions.archive(
+                        username, bundle.device_id, retired.to_bytes(), now=self.clock()
+                    )
                 session = Session.initiate(self.identity, bundle)
                 self.store.sessions.save(
                     username, bundle.device_id, session.to_bytes(), now=self.clock()

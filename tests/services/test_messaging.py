@@ -184,3 +184,23 @@ def test_two_people_who_write_first_at_the_same_time_keep_talking(
         wait_for(lambda t=turn: f"bob {t}" in _messages(alice, "bob"), what=f"alice gets {turn}")
     assert alice.client.undecryptable == 0
     assert bob.client.undecryptable == 0
+
+
+def test_opening_a_chat_with_someone_who_wrote_first_keeps_their_session(
+    people: dict[str, Person],
+) -> None:
+    """Bob opens the chat Alice started. Opening it fetched Bob new keys of Alice's
+    and started a second session over the one her first message made, so what
+    Alice sent before she saw Bob's reply no longer decrypted at Bob's."""
+    alice, bob = people["alice"], people["bob"]
+    to_bob = alice.client.start_direct("bob").result(20)
+    alice.client.send_text(to_bob.conversation_id, "hello bob").result(20)
+    wait_for(lambda: _messages(bob, "alice") == ["hello bob"], what="bob gets it")
+    assert alice.client.push is not None
+    alice.client.push.stop()  # she does not see Bob's reply before writing again
+    alice.client._fetch_every = 1e9
+    to_alice = bob.client.start_direct("alice").result(20)
+    bob.client.send_text(to_alice.conversation_id, "hello alice").result(20)
+    alice.client.send_text(to_bob.conversation_id, "are you there?").result(20)
+    wait_for(lambda: "are you there?" in _messages(bob, "alice"), what="bob gets the second")
+    assert bob.client.undecryptable == 0
