@@ -1,4 +1,4 @@
-"""`cipherline backup now|verify|restore|status`: backups for scripts.
+"""`cipherline backup now|verify|restore|status|list|prune`: backups for scripts.
 
 The exit codes and the order of the secrets on stdin are in `STDIN_HELP` and
 `EXIT_CODES_HELP`, which `--help` prints: documentation a script's author can
@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-from app.backup import engine, service
-from app.backup.errors import BackupError, NotABackup, ProfileNotEmpty
+from app.backup import engine, service, snapshots
+from app.backup.errors import BackupError, BackupNotConfigured, NotABackup, ProfileNotEmpty
 from app.backup.keys import parse_key
 from app.config import SERVER_CONFIG_NAME, ConfigError, ServerConfig, profile_dir
 from app.protocol.vault import LockedOut, VaultError, WrongPassword
@@ -36,7 +36,8 @@ exit codes:
   7   not enough space
   8   the target profile is not empty
   9   backups are not set up for this profile
-  10  the vault refused (locked out, unreachable, no such key)"""
+  10  the vault refused (locked out, unreachable, no such key)
+  prune also exits 1 when another backup or prune holds the folder's lock"""
 STDIN_HELP = """\
 secrets on stdin, one per line, in this order:
   1. the profile's local passphrase      (--passphrase-stdin)
@@ -67,6 +68,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
         ("verify", "decrypt and check every chunk of a backup; writes nothing"),
         ("restore", "restore a backup into a new, empty profile"),
         ("status", "show the backup settings and the backups found"),
+        ("list", "list the backups in the folder: date, size added, total size"),
+        ("prune", "delete the snapshots the keep rules no longer keep, and what only they used"),
     ):
         action = actions.add_parser(
             name,
@@ -96,6 +99,35 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
             action="store_true",
             help="read the profile's local passphrase from stdin (always the first line)",
         )
+        if name == "prune":
+            for rule, what in (
+                ("last", "the newest N snapshots (at least 1)"),
+                ("daily", "the newest snapshot of each of the last N days that have one"),
+                ("weekly", "the newest snapshot of each of the last N weeks (ISO)"),
+                ("monthly", "the newest snapshot of each of the last N months"),
+            ):
+                action.add_argument(
+                    f"--keep-{rule}",
+                    type=_count,
+                    default=None,
+                    metavar="N",
+                    help=f"keep {what}; default: the profile's setting",
+                )
+            action.add_argument(
+                "--dry-run",
+                action="store_true",
+                help="say which snapshots would be deleted; delete nothing",
+            )
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number, 0 or more, not {text!r}")
+    return value
 
 
 class _Input:
@@ -211,6 +243,10 @@ def run(args: argparse.Namespace, stdin: TextIO | None = None, out: TextIO | Non
     try:
         if args.action == "status":
             return _status(profile, args, lines, out)
+        if args.action == "list":
+            return _list(profile, args, lines, out)
+        if args.action == "prune":
+            return _prune(profile, args, lines, out)
         if args.action == "now":
             store = _open_store(profile, args, lines)
             try:
@@ -296,4 +332,83 @@ def _status(profile: Path, args: argparse.Namespace, lines: _Input, out: TextIO)
         out.write(
             f"  {stamp}  {format_size(info.size):>12}  {info.method}  {info.path.name}{added}\n"
         )
+    return 0
+
+
+def _list(profile: Path, args: argparse.Namespace, lines: _Input, out: TextIO) -> int:
+    folder = args.folder
+    if folder is None and Store.exists(profile):
+        store = _open_store(profile, args, lines)
+        try:
+            configured = store.backup_state.get().folder
+        finally:
+            store.close()
+        folder = Path(configured) if configured else None
+    if folder is None:
+        raise NotABackup("no backup folder is set; pass --folder")
+    backups = engine.list_backups(folder)
+    if not backups:
+        raise NotABackup(f"no backup in {folder}")
+    out.write(f"{'date':<16}  {'added':>10}  {'total':>10}  name\n")
+    for info in backups:
+        stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(info.created))
+        # Version 1 and 2 files share nothing: what each added is its whole size.
+        added = info.added if info.version >= 3 else info.size
+        out.write(
+            f"{stamp:<16}  {format_size(added):>10}  {format_size(info.size):>10}  "
+            f"{info.path.name}\n"
+        )
+    return 0
+
+
+def _prune(profile: Path, args: argparse.Namespace, lines: _Input, out: TextIO) -> int:
+    """With --key or --password-stdin, any folder; otherwise the profile's own
+    backups, key and keep rules. --keep-* replace the profile's rules as a whole."""
+    given = {
+        rule: getattr(args, f"keep_{rule}")
+        for rule in ("last", "daily", "weekly", "monthly")
+        if getattr(args, f"keep_{rule}") is not None
+    }
+    rule: snapshots.Retention | None = (
+        snapshots.Retention(**{"last": 1, **given}) if given else None
+    )
+    if args.key is not None or args.password_stdin:
+        if args.passphrase_stdin:
+            lines.line("the profile passphrase")
+        if args.folder is None:
+            raise UsageError("with --key or --password-stdin, say which folder: --folder DIR")
+        folder = args.folder
+        info = engine.newest_backup(folder)
+        key = _key(info, profile, args, lines)
+        if rule is None:
+            raise UsageError("say what to keep: --keep-last, --keep-daily, ... (see --help)")
+    else:
+        store = _open_store(profile, args, lines)
+        try:
+            state = store.backup_state.get()
+            if not state.backup_key or not state.folder:
+                raise BackupNotConfigured("backups are not set up for this profile")
+            key, configured = state.backup_key, service.retention(store)
+        finally:
+            store.close()
+        folder = args.folder or Path(state.folder)
+        rule = rule or configured
+    repo = snapshots.Repository.for_key(folder, key)
+    if args.dry_run:
+        dated = sorted(
+            ((snapshots.read_header(path).created_ns, path) for path in repo.snapshot_paths()),
+            reverse=True,
+        )
+        keep = snapshots.kept_times((created for created, _path in dated), rule)
+        for created, path in dated:
+            stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(created / 1e9))
+            out.write(f"{'keep' if created in keep else 'delete':<6}  {stamp}  {path.name}\n")
+        out.write(f"would keep {rule.describe()}; nothing deleted (--dry-run)\n")
+        return 0
+    report = snapshots.prune(folder, key, retention=rule)
+    out.write(
+        f"kept {rule.describe()}: deleted {report.snapshots:,} snapshot(s) and "
+        f"{report.packs:,} pack(s), repacked {report.repacked:,}, "
+        f"freed {format_size(report.freed)}\n"
+    )
     return 0

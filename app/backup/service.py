@@ -33,6 +33,8 @@ METHOD_PASSWORD = "password"  # noqa: S105 - a method name, not a password
 SCHEDULES = {"off": None, "daily": 86_400, "weekly": 7 * 86_400, "monthly": 30 * 86_400}
 MIN_PASSWORD_LENGTH = password_policy.MIN_PASSWORD_LENGTH
 LAST_VERIFIED_SETTING = "backup.last_verified"
+# {"daily": n, "weekly": n, "monthly": n}; "keep the newest N" stays in backup_state.
+RETENTION_SETTING = "backup.retention"
 
 
 @dataclass(frozen=True)
@@ -212,7 +214,7 @@ def back_up_now(
         method=method,
         record_id=record_id,
         attachments_dir=(profile / "attachments") if include_attachments else None,
-        keep=state.keep,
+        retention=retention(store),
         progress=progress or engine._no_progress,
         cancelled=cancelled or engine._never,
     )
@@ -225,6 +227,35 @@ def back_up_now(
     if len(snapshots.Repository.for_key(folder, state.backup_key).snapshot_paths()) >= state.keep:
         engine.remove_single_files(folder)
     return info
+
+
+def retention(store: Store) -> snapshots.Retention:
+    """The profile's keep rules: the newest `keep`, plus daily/weekly/monthly ones."""
+    state = store.backup_state.get()
+    stored = store.settings.get(RETENTION_SETTING)
+    rules = stored if isinstance(stored, dict) else {}
+
+    def count(name: str) -> int:
+        value = rules.get(name, 0)
+        # A hand-edited or future value must not make a prune delete more.
+        return value if isinstance(value, int) and value >= 0 else 0
+
+    return snapshots.Retention(
+        last=max(state.keep or 1, 1),
+        daily=count("daily"),
+        weekly=count("weekly"),
+        monthly=count("monthly"),
+    )
+
+
+def set_retention(store: Store, rule: snapshots.Retention) -> None:
+    """Saves `rule`; it applies from the next backup or `cipherline backup prune`."""
+    with store.transaction():
+        store.backup_state.update(keep=max(rule.last, 1))
+        store.settings.set(
+            RETENTION_SETTING,
+            {"daily": rule.daily, "weekly": rule.weekly, "monthly": rule.monthly},
+        )
 
 
 def last_verified(store: Store) -> int | None:

@@ -25,8 +25,9 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from datetime import datetime, tzinfo
 from pathlib import Path
 
 from pyfastcdc import FastCDC
@@ -63,9 +64,14 @@ LOCK_NAME = "lock"
 LOCK_STALE_SECONDS = 15 * 60
 LOCK_REFRESH_SECONDS = 60
 TMP_SUFFIX = ".tmp"
+# A kept pack is rewritten by a prune once more than this share of its bytes is
+# chunks no kept snapshot uses: restic's default (--max-unused 50% per pack is
+# its "repack small/mostly unused packs" rule); lower rewrites more for little.
+REPACK_UNUSED_SHARE = 0.5
 
 Progress = Callable[[int, int], None]
 Cancelled = Callable[[], bool]
+Clock = Callable[[], int]  # nanoseconds since the epoch, like time.time_ns
 # Called after every file the repository gains or loses; tests make it crash there.
 Checkpoint = Callable[[str], None]
 
@@ -234,6 +240,63 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
+# ---- retention ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Retention:
+    """Which snapshots a prune keeps: the union of each rule, as restic's
+    `--keep-last/--keep-daily/--keep-weekly/--keep-monthly`. A daily rule of 7
+    keeps the newest snapshot of each of the 7 newest days that have one (days
+    without a backup do not count), in local time; weeks are ISO weeks. The
+    newest snapshot is always kept, whatever the rules say."""
+
+    last: int = 2
+    daily: int = 0
+    weekly: int = 0
+    monthly: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("last", "daily", "weekly", "monthly"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"keep {name} must be a whole number, 0 or more")
+
+    def describe(self) -> str:
+        parts = [f"the newest {max(self.last, 1)}"]
+        for count, unit in ((self.daily, "day"), (self.weekly, "week"), (self.monthly, "month")):
+            if count:
+                parts.append(f"one a {unit} for {count} {unit}{'s' if count > 1 else ''}")
+        return ", ".join(parts)
+
+
+def kept_times(created_ns: Iterable[int], rule: Retention, tz: tzinfo | None = None) -> set[int]:
+    """The creation times (ns) `rule` keeps among `created_ns`; `tz` is the zone
+    days start in (None: this machine's)."""
+    newest_first = sorted(set(created_ns), reverse=True)
+    kept = set(newest_first[: max(rule.last, 1)])
+
+    def bucket_of(unit: str, stamp: int) -> tuple[int, ...]:
+        when = datetime.fromtimestamp(stamp / 1e9, tz=tz)
+        if unit == "daily":
+            return (when.year, when.month, when.day)
+        if unit == "weekly":
+            iso = when.isocalendar()
+            return (iso[0], iso[1])
+        return (when.year, when.month)
+
+    for unit, count in (("daily", rule.daily), ("weekly", rule.weekly), ("monthly", rule.monthly)):
+        seen: set[tuple[int, ...]] = set()
+        for stamp in newest_first:
+            if len(seen) >= count:
+                break
+            bucket = bucket_of(unit, stamp)
+            if bucket not in seen:
+                seen.add(bucket)
+                kept.add(stamp)
+    return kept
+
+
 # ---- reading what the folder holds ----------------------------------------------------
 
 
@@ -323,8 +386,16 @@ class PackReader:
 class _PackWriter:
     """Seals new chunks into packs of about PACK_TARGET bytes."""
 
-    def __init__(self, repo: Repository, key: bytes, method: int, record_id: bytes) -> None:
+    def __init__(
+        self,
+        repo: Repository,
+        key: bytes,
+        method: int,
+        record_id: bytes,
+        clock: Clock = time.time_ns,
+    ) -> None:
         self.repo, self.key, self.method, self.record_id = repo, key, method, record_id
+        self.clock = clock
         self.written: list[v3.PackEntry] = []
         self.bytes = 0
         self._reset()
@@ -343,7 +414,7 @@ class _PackWriter:
                 v3.KIND_PACK,
                 self.method,
                 record_id=self.record_id,
-                created_ns=time.time_ns(),
+                created_ns=self.clock(),
             )
             head = self._header.to_bytes()
             self._parts.append(head)
@@ -406,11 +477,16 @@ def write_snapshot(
     record_id: bytes = b"",
     attachments_dir: Path | None = None,
     keep: int = 2,
+    retention: Retention | None = None,
     progress: Progress = engine._no_progress,
     cancelled: Cancelled = engine._never,
     checkpoint: Checkpoint = _no_checkpoint,
+    clock: Clock = time.time_ns,
 ) -> SnapshotInfo:
-    """Adds a snapshot to `folder`'s repository, reads it back, then prunes to `keep`."""
+    """Adds a snapshot to `folder`'s repository, reads it back, then prunes by
+    `retention` (or, without it, to the newest `keep`). `clock` dates the files:
+    tests fabricate a history with it."""
+    rule = retention or Retention(last=keep)
     repo = Repository.for_key(folder, key, checkpoint)
     repo.create()
     files = engine._attachment_files(attachments_dir)
@@ -426,9 +502,9 @@ def write_snapshot(
         existing = repo.pack_ids()
         index = load_index(repo, key, existing=existing)
         parent = _newest_snapshot(repo, key)
-        created_ns = time.time_ns()
+        created_ns = clock()
         id_key = v3.chunk_id_key(key)
-        packs = _PackWriter(repo, key, method, record_id)
+        packs = _PackWriter(repo, key, method, record_id, clock)
         known = index.chunks
         new: set[bytes] = set()
         expected = engine.estimate_size(store, files)
@@ -500,7 +576,7 @@ def write_snapshot(
         # Read back what this run wrote, from the disk, and authenticate all of it.
         verify_written(repo, key, path, packs.written, new_index, known=set(known))
         verified_at = int(time.time())
-        _prune_locked(repo, key, keep)
+        _prune_locked(repo, key, rule, clock=clock, lock=lock)
     finally:
         lock.release()
     return SnapshotInfo(path, created_ns, total, head.added, verified_at)
@@ -858,24 +934,55 @@ def _restore_files(
 # ---- prune ----------------------------------------------------------------------------
 
 
-def prune(folder: Path, key: bytes, keep: int, checkpoint: Checkpoint = _no_checkpoint) -> int:
-    """Keeps the newest `keep` snapshots; deletes the rest and what only they used."""
+@dataclass(frozen=True)
+class PruneReport:
+    snapshots: int  # snapshots deleted
+    packs: int  # packs deleted (repacked ones included)
+    repacked: int  # packs whose still-used chunks were moved into new packs
+    freed: int  # bytes the folder's packs and indexes shrank by
+
+
+def prune(
+    folder: Path,
+    key: bytes,
+    keep: int = 2,
+    checkpoint: Checkpoint = _no_checkpoint,
+    *,
+    retention: Retention | None = None,
+    clock: Clock = time.time_ns,
+    tz: tzinfo | None = None,
+) -> PruneReport:
+    """Keeps what `retention` (or, without it, "the newest `keep`") keeps; deletes
+    the rest and what only they used, and repacks mostly unused packs."""
     repo = Repository.for_key(folder, key, checkpoint)
     if not repo.root.is_dir():
-        return 0
+        return PruneReport(0, 0, 0, 0)
     lock = Lock(repo)
     lock.acquire()
     try:
         repo.remove_temporaries()
-        return _prune_locked(repo, key, keep)
+        return _prune_locked(
+            repo, key, retention or Retention(last=keep), clock=clock, tz=tz, lock=lock
+        )
     finally:
         lock.release()
 
 
-def _prune_locked(repo: Repository, key: bytes, keep: int) -> int:
-    """Snapshots first (each deletion leaves the others whole), then one new index
-    of the packs still used, then the old indexes, then the unused packs: killed
-    anywhere, every kept snapshot still finds each of its chunks."""
+def _prune_locked(
+    repo: Repository,
+    key: bytes,
+    rule: Retention,
+    *,
+    clock: Clock = time.time_ns,
+    tz: tzinfo | None = None,
+    lock: Lock | None = None,
+) -> PruneReport:
+    """Snapshots first (each deletion leaves the others whole), then new packs for
+    the still-used chunks of mostly unused packs, then one new index of the packs
+    still used, then the old indexes, then the unused packs: killed anywhere, every
+    kept snapshot still finds each of its chunks in a pack that exists (no pack is
+    deleted while an index still names it, and none is deleted before the index
+    naming the copies of its chunks is on disk)."""
     dated = []
     for path in repo.snapshot_paths():
         try:
@@ -883,33 +990,68 @@ def _prune_locked(repo: Repository, key: bytes, keep: int) -> int:
         except (BackupError, OSError):
             continue
     dated.sort(reverse=True)
+    keep_times = kept_times((created for created, _path in dated), rule, tz)
+    kept_snapshots = [(c, p) for c, p in dated if c in keep_times]
     removed = 0
-    for _created, path in dated[max(keep, 1) :]:
-        repo.remove(path)
-        removed += 1
+    for created, path in dated:
+        if created not in keep_times:
+            repo.remove(path)
+            removed += 1
     used: set[bytes] = set()
-    for _created, path in dated[: max(keep, 1)]:
+    for _created, path in kept_snapshots:
         used |= read_snapshot(path, key)[1].chunk_ids()
     existing = repo.pack_ids()
-    index = load_index(repo, key)
+    before = _folder_bytes(repo)
+    index = load_index(repo, key, existing=existing)
+    # Each used chunk counts in one pack only (the one the index lookup finds), so
+    # copies a killed repack left behind are dropped rather than kept twice.
+    owner = {chunk: where.pack_id for chunk, where in index.chunks.items() if chunk in used}
     kept: dict[bytes, v3.PackEntry] = {}
+    repack: list[v3.PackEntry] = []
     for packs in index.files.values():
         for pack in packs:
-            if pack.pack_id in existing and any(b.chunk_id in used for b in pack.blobs):
-                kept[pack.pack_id] = pack
+            if pack.pack_id not in existing or pack.pack_id in kept:
+                continue
+            mine = [b for b in pack.blobs if owner.get(b.chunk_id) == pack.pack_id]
+            if not mine:
+                continue
+            kept[pack.pack_id] = pack
+            total = sum(b.length for b in pack.blobs)
+            if sum(b.length for b in mine) < total * (1 - REPACK_UNUSED_SHARE):
+                repack.append(pack)
     listed = {p.pack_id for packs in index.files.values() for p in packs}
     unused = existing - kept.keys()
-    if not unused and listed <= kept.keys() and len(index.files) <= 1:
-        return removed
+    if not repack and not unused and listed <= kept.keys() and len(index.files) <= 1:
+        return PruneReport(removed, 0, 0, 0)
+    header = read_header(kept_snapshots[0][1]) if kept_snapshots else None
+    if repack and header is not None:
+        writer = _PackWriter(repo, key, header.method, header.record_id, clock)
+        reader = PackReader(repo, key)
+        try:
+            for pack in repack:
+                for number, blob in enumerate(pack.blobs):
+                    if owner.get(blob.chunk_id) == pack.pack_id:
+                        where = Location(pack.pack_id, number, blob.offset, blob.length)
+                        writer.add(blob.chunk_id, reader.blob(blob.chunk_id, where))
+                del kept[pack.pack_id]
+                unused.add(pack.pack_id)
+                if lock is not None:
+                    lock.refresh()
+            writer.flush()
+        finally:
+            reader.close()
+        for entry in writer.written:
+            # Read back before the old copies go: the new pack is their only one then.
+            _check_pack(repo, key, entry.pack_id, {b.chunk_id for b in entry.blobs}, entry)
+            kept[entry.pack_id] = entry
     old = list(index.files)
-    if kept:
-        header = read_header(next(iter(path for _c, path in dated)))
+    if kept and header is not None:
         head = v3.new_header(
             key,
             v3.KIND_INDEX,
             header.method,
             record_id=header.record_id,
-            created_ns=time.time_ns(),
+            created_ns=clock(),
         )
         body = v3.encode_index(sorted(kept.values(), key=lambda p: p.pack_id))
         new = repo.write_file(repo.root / "index", v3.seal_body(key, head, body))
@@ -918,7 +1060,18 @@ def _prune_locked(repo: Repository, key: bytes, keep: int) -> int:
         repo.remove(path)
     for pack_id in sorted(unused):
         repo.remove(repo.pack_path(pack_id))
-    return removed
+    return PruneReport(removed, len(unused), len(repack), max(0, before - _folder_bytes(repo)))
+
+
+def _folder_bytes(repo: Repository) -> int:
+    total = 0
+    for path in repo.index_paths():
+        with contextlib.suppress(OSError):
+            total += path.stat().st_size
+    for pack_id in repo.pack_ids():
+        with contextlib.suppress(OSError):
+            total += repo.pack_path(pack_id).stat().st_size
+    return total
 
 
 # ---- listing --------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from PySide6.QtWidgets import (
     QWizardPage,
 )
 
-from app.backup import engine, service
+from app.backup import engine, service, snapshots
 from app.backup import format as fmt
 from app.backup.errors import BackupCancelled, BackupError, InvalidKeyFormat
 from app.backup.keys import format_key, generate_backup_key, parse_key
@@ -1058,6 +1058,18 @@ class BackupsTab(QWidget):
         self.message = QLabel("")
         self.message.setWordWrap(True)
         layout.addWidget(self.status)
+        # Keep rules (restic's --keep-last/daily/weekly/monthly): applied by every
+        # backup's prune; saved as soon as a box changes.
+        self.keep_last = self._keep_box(1, "How many of the newest backups to keep")
+        self.keep_daily = self._keep_box(0, "Days to keep one backup a day for")
+        self.keep_weekly = self._keep_box(0, "Weeks to keep one backup a week for")
+        self.keep_monthly = self._keep_box(0, "Months to keep one backup a month for")
+        keep_form = QFormLayout()
+        keep_form.addRow("Keep the newest", self.keep_last)
+        keep_form.addRow("and one a day for (days)", self.keep_daily)
+        keep_form.addRow("and one a week for (weeks)", self.keep_weekly)
+        keep_form.addRow("and one a month for (months)", self.keep_monthly)
+        layout.addLayout(keep_form)
         for button in (self.setup_button, self.now_button, self.password_button, self.off_button):
             layout.addWidget(button, alignment=Qt.AlignmentFlag.AlignLeft)
         layout.addWidget(self.panel)
@@ -1069,9 +1081,39 @@ class BackupsTab(QWidget):
         self.off_button.clicked.connect(self.turn_off)
         self.wizard: SetupWizard | None = None
         self.refresh()
+        for box in self._keep_boxes():
+            box.valueChanged.connect(self.save_retention)
+
+    def _keep_box(self, minimum: int, name: str) -> QSpinBox:
+        box = QSpinBox()
+        box.setRange(minimum, 999)
+        box.setAccessibleName(name)
+        return box
+
+    def _keep_boxes(self) -> tuple[QSpinBox, QSpinBox, QSpinBox, QSpinBox]:
+        return (self.keep_last, self.keep_daily, self.keep_weekly, self.keep_monthly)
+
+    def save_retention(self) -> None:
+        rule = snapshots.Retention(
+            last=self.keep_last.value(),
+            daily=self.keep_daily.value(),
+            weekly=self.keep_weekly.value(),
+            monthly=self.keep_monthly.value(),
+        )
+        service.set_retention(self.store, rule)
+        self.message.setText(f"The next backup keeps {rule.describe()}.")
 
     def refresh(self) -> None:
         state = self.store.backup_state.get()
+        rule = service.retention(self.store)
+        for box, value in zip(
+            self._keep_boxes(), (rule.last, rule.daily, rule.weekly, rule.monthly), strict=True
+        ):
+            # Showing the saved rule is not a change to save again.
+            box.blockSignals(True)
+            box.setValue(value)
+            box.setEnabled(bool(state.method))
+            box.blockSignals(False)
         if not state.method:
             self.status.setText("Backups are off. Set them up to keep your history safe.")
         else:

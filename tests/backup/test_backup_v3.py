@@ -150,7 +150,7 @@ def test_prune_keeps_the_newest_and_deletes_what_only_the_others_used(
         (profile / "attachments" / f"only-{number}.bin").unlink()
     repo = snapshots.Repository.of_snapshot(paths[0])
     before = repo.pack_ids()
-    assert snapshots.prune(folder, KEY, keep=1) == 2
+    assert snapshots.prune(folder, KEY, keep=1).snapshots == 2
     assert repo.snapshot_paths() == [paths[2]]
     assert repo.pack_ids() < before
     assert len(repo.index_paths()) == 1
