@@ -64,7 +64,10 @@ def _cold_start(root: Path, relay: RelayProcess, runs: int) -> tuple[float, floa
     home = root / "cold-home"
     profile = home / "profiles" / "default"
     profile.mkdir(parents=True)
-    ServerConfig(relay.url, relay.ca_file.read_text()).save(profile / SERVER_CONFIG_NAME)
+    keys = (relay.sender_certificate_key,)  # as `make run` pins it
+    ServerConfig(relay.url, relay.ca_file.read_text(), sender_certificate_keys=keys).save(
+        profile / SERVER_CONFIG_NAME
+    )
     env = python_env(
         {
             "CIPHERLINE_HOME": str(home),

@@ -61,6 +61,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="requests per second allowed per client address, all accounts together (burst: 4x)",
     )
     serve.add_argument(
+        "--sealed-rate",
+        type=_positive_number,
+        default=None,
+        metavar="PER_SECOND",
+        help="sealed sends per second per delivery token (or per recipient device that takes "
+        "sealed mail from anyone), and sealed send requests per connection (default: 20.0)",
+    )
+    serve.add_argument(
+        "--sealed-burst",
+        type=_burst,
+        default=None,
+        metavar="N",
+        help="how many of those may come at once before --sealed-rate applies (default: 100.0)",
+    )
+    serve.add_argument(
         "--bench-echo", action="store_true", help="also serve /v1/bench/echo (benchmark baseline)"
     )
     add_quota_flags(serve)
@@ -71,6 +86,31 @@ def build_parser() -> argparse.ArgumentParser:
 # ---- connection limits (relay/connections.py) -----------------------------------
 # Serve options, not RelaySettings: they are the listener's, not the app's. The
 # defaults are ConnectionLimits's (tests/relay/test_connection_limits.py checks).
+
+
+def _positive_number(text: str) -> float:
+    value = float(text)
+    # A zero rate would refuse every sealed send for good; NaN and infinity no bucket means.
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError("must be a positive number")
+    return value
+
+
+def _burst(text: str) -> float:
+    value = _positive_number(text)
+    # A send takes a whole token: a bucket that never holds one refuses them all.
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def sealed_rate_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The RelaySettings fields of the sealed-send flags that were given: sealed
+    sends carry no account, so these buckets are the relay's only brake on them
+    besides the address bucket (docs/relay-api.md, "Rate limits"). Floats; Any
+    because they are passed on as keywords beside fields of other types."""
+    chosen = {"sealed_rate_per_second": args.sealed_rate, "sealed_rate_burst": args.sealed_burst}
+    return {field: value for field, value in chosen.items() if value is not None}
 
 
 def _seconds(text: str) -> float:
@@ -281,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
                 address_rate_per_second=args.address_rate,
                 address_rate_burst=args.address_rate * 4,
                 bench_echo=args.bench_echo,
+                **sealed_rate_settings(args),
                 **quota_settings(args),
             )
         except ValueError as error:

@@ -237,13 +237,18 @@ class PushHub:
             subscription.event.set()
 
 
+# Clients store a device's name encrypted for the account's own devices (386
+# characters, app/protocol/device_names.py); the relay cannot read it, only bound it.
+MAX_DEVICE_NAME = 512
+
+
 class NewAccount(BaseModel):
     username: str = Field(max_length=64)
-    device_name: str = Field(min_length=1, max_length=64)
+    device_name: str = Field(min_length=1, max_length=MAX_DEVICE_NAME)
 
 
 class NewDevice(BaseModel):
-    device_name: str = Field(min_length=1, max_length=64)
+    device_name: str = Field(min_length=1, max_length=MAX_DEVICE_NAME)
 
 
 class KeyEntry(BaseModel):

@@ -208,6 +208,29 @@ class DevStack:
             state.pop(name, None)
 
 
+def write_server_config(
+    path: Path, relay: RelayProcess, vault_keys: dict[str, str]
+) -> ServerConfig:
+    """The server config every dev profile gets (the app copies it into the profile,
+    app/cli.py). It pins the relay's sender-certificate key beside its CA: a profile
+    without it neither sends nor accepts sealed mail, so the dev app would fall back
+    to authenticated sends and tell the relay who writes to whom."""
+    config = ServerConfig(
+        relay_url=relay.url,
+        relay_ca_pem=relay.ca_file.read_text(),
+        vault_nodes=(
+            VaultNodeKey(
+                node=vault_keys["node"],
+                hpke_public_key=vault_keys["hpke_public_key"],
+                signing_public_key=vault_keys["signing_public_key"],
+            ),
+        ),
+        sender_certificate_keys=(relay.sender_certificate_key,),
+    )
+    config.save(path)
+    return config
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--profile", default="default")
@@ -227,20 +250,8 @@ def main() -> int:
         except ComponentError as error:
             print(f"run: {error}", file=sys.stderr)
             return 1
-        keys = vault.public_keys()
-        config = ServerConfig(
-            relay_url=relay.url,
-            relay_ca_pem=relay.ca_file.read_text(),
-            vault_nodes=(
-                VaultNodeKey(
-                    node=keys["node"],
-                    hpke_public_key=keys["hpke_public_key"],
-                    signing_public_key=keys["signing_public_key"],
-                ),
-            ),
-        )
         config_path = stack.root / "server.json"
-        config.save(config_path)
+        write_server_config(config_path, relay, vault.public_keys())
         try:
             bus_address = stack.ensure_secret_service(state)
         except ComponentError as error:

@@ -70,9 +70,10 @@ def _shoot(out: Path, work: Path, relay: RelayProcess) -> int:
         widget.grab().save(str(out / f"{name}.png"))
         print(f"saved {out / name}.png")
 
-    bob = Person(work, "bob", relay)
-    carol = Person(work, "carol", relay)
-    make_profile(work, "alice", relay)
+    # Pinned as `make run` pins it (scripts/run_local.py), so the shots show sealed mail.
+    bob = Person(work, "bob", relay, sealed=True)
+    carol = Person(work, "carol", relay, sealed=True)
+    make_profile(work, "alice", relay, sealed=True)
     launcher = Launcher(work / "profiles" / "alice", kdf=FAST_KDF)
     launcher.start()
     dialog = launcher.dialog
@@ -286,7 +287,7 @@ def _contact_screens(
 
     from tests.services.helpers import Person
 
-    dave = Person(work, "dave", relay)
+    dave = Person(work, "dave", relay, sealed=True)
     try:
         chat = dave.client.start_direct("alice").result(20)
         dave.client.send_text(chat.conversation_id, "Hi! I found your name on the club list.")
@@ -392,7 +393,7 @@ def _restore_journey_screens(
     from app.ui.dialogs import OnboardingDialog
     from tests.services.helpers import FAST_KDF, make_profile
 
-    profile = make_profile(work, "alice-new-laptop", relay).path
+    profile = make_profile(work, "alice-new-laptop", relay, sealed=True).path
     launcher = Launcher(profile, kdf=FAST_KDF)
     launcher.start()
     first_run = launcher.dialog

@@ -10,6 +10,7 @@ from pathlib import Path
 from app.config import SERVER_CONFIG_NAME, ServerConfig, write_ca_file
 from app.crypto import RFC9106_SECOND_RECOMMENDED, Argon2Params
 from app.net import Conflict, RelayClient, RelayError
+from app.protocol.device_names import MAX_NAME_CHARACTERS, seal_device_name
 from app.services.messenger import Messenger, ServiceError
 from app.store import Account, KeyringProtector, PassphraseProtector, Protector, Store
 from app.store.database import DB_FILE_NAME
@@ -57,11 +58,16 @@ def create_account(
     """
     if Store.exists(profile.path):
         raise ServiceError("this profile already has an account")
+    name = device_name.strip()
+    if not 1 <= len(name) <= MAX_NAME_CHARACTERS:
+        raise ServiceError(f"a device name is 1 to {MAX_NAME_CHARACTERS} characters")
     identity, prekeys = Messenger.prepare_account()
     store = Store.create(profile.path, protector_for(profile.path, passphrase, kdf))
     relay = profile.relay()
     try:
-        registered = relay.register(username.strip(), device_name.strip())
+        # The relay gets the name sealed for this account's devices: it lists
+        # devices to their owner and has no use for the text.
+        registered = relay.register(username.strip(), seal_device_name(identity, name))
         relay.upload_keys(prekeys.upload_json(identity))
         prekeys.mark_published()
         with store.transaction():
@@ -69,7 +75,7 @@ def create_account(
                 Account(
                     username=str(registered["username"]),
                     device_id=int(registered["device_id"]),
-                    device_name=device_name.strip(),
+                    device_name=name,
                     relay_token=str(registered["token"]),
                     identity=identity.to_bytes(),
                     prekeys=prekeys.to_bytes(),

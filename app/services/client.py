@@ -38,6 +38,7 @@ from app.net.push import PushListener
 from app.net.relay_client import SendOutcome
 from app.protocol import ProtocolError
 from app.protocol.attachments import decrypt_attachment
+from app.protocol.device_names import open_device_name
 from app.services import delivery
 from app.services.events import (
     ConnectionChanged,
@@ -774,16 +775,44 @@ class Client:
         one that fails is dropped, as it would be stale by any retry. The result
         is how many envelopes the relay took."""
 
+        def taken(answers: dict[str, SendOutcome]) -> int:
+            return sum(1 for a in answers.values() if delivery.verdict(a) is delivery.Verdict.SENT)
+
         def send(envelopes: list[tuple[str, int, bytes]]) -> int:
             batch = [
                 OutgoingEnvelope(uuid.uuid4().hex, recipient, device_id, body)
                 for recipient, device_id, body in envelopes
             ]
-            try:
-                answers = self.relay.send(batch)
-            except RelayError:
-                return 0
-            return sum(1 for a in answers.values() if delivery.verdict(a) is delivery.Verdict.SENT)
+            # Sealed wherever a message would be: an indicator says who writes to
+            # whom, and when, as plainly as a message does.
+            sealed = self.core(self.messenger.sealing.seal_items, batch).result()
+            plain = [e for e in batch if e.client_id not in sealed]
+            count = 0
+            if sealed:
+                copies = [
+                    OutgoingEnvelope(e.client_id, e.recipient, e.device_id, *sealed[e.client_id])
+                    for e in batch
+                    if e.client_id in sealed
+                ]
+                try:
+                    answers = self.relay.send_sealed(copies)
+                except RelayError:
+                    answers = {}  # dropped like any indicator that fails: stale by a retry
+                count += taken(answers)
+                for envelope in batch:
+                    if answers.get(envelope.client_id) == "access_denied":
+                        # A stale token, forgotten as the outbox forgets it; this
+                        # copy goes authenticated while it is still current.
+                        self.core(
+                            self.messenger.sealing.forget_peer,
+                            envelope.recipient,
+                            envelope.device_id,
+                        ).result()
+                        plain.append(envelope)
+            if plain:
+                with contextlib.suppress(RelayError):
+                    count += taken(self.relay.send(plain))
+            return count
 
         def run() -> int:
             envelopes = self.core(self.messenger.typing_envelopes, conversation_id, started)
@@ -939,7 +968,17 @@ class Client:
         return self.core(run)
 
     def devices(self) -> Future[list[dict[str, Any]]]:
-        return self.net(self.relay.devices)
+        """The account's devices, each name opened (app/protocol/device_names.py);
+        `name` is None for one this device cannot read (another identity's)."""
+        identity = self.messenger.identity
+
+        def run() -> list[dict[str, Any]]:
+            listed = self.relay.devices()
+            for device in listed:
+                device["name"] = open_device_name(identity, str(device.get("name", "")))
+            return listed
+
+        return self.net(run)
 
     def remove_device(self, device_id: int) -> Future[None]:
         def run() -> None:

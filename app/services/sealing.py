@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Protocol
 
 from app.config import SERVER_CONFIG_NAME, ConfigError, ServerConfig
 from app.crypto import CryptoError, VerifyKey, random_bytes
@@ -40,7 +41,7 @@ from app.protocol.sealed import (
     seal,
 )
 from app.protocol.session import Envelope, Session
-from app.store import OutboxItem, Store
+from app.store import Store
 
 # A certificate is renewed this long before it expires, so one never expires in
 # flight between sealing and the recipient's check (the relay keeps mail 30 days,
@@ -51,6 +52,20 @@ REGISTERED = "sealed.registered"
 ALLOW_ANYONE = "sealed.allow_anyone"
 CERTIFICATE = "sealed.certificate"
 CERTIFICATE_EXPIRES = "sealed.certificate_expires"
+
+
+class Addressed(Protocol):
+    """One copy to send: an outbox item, or a typing indicator that never enters
+    the outbox but tells the relay who writes to whom just as plainly."""
+
+    @property
+    def client_id(self) -> str: ...
+    @property
+    def recipient(self) -> str: ...
+    @property
+    def device_id(self) -> int: ...
+    @property
+    def body(self) -> bytes: ...
 
 
 def pinned_keys(profile: Path) -> tuple[VerifyKey, ...]:
@@ -163,7 +178,7 @@ class Sealing:
             self._identities[encoded] = identity
         return identity
 
-    def seal_items(self, items: Iterable[OutboxItem]) -> dict[str, tuple[bytes, bytes]]:
+    def seal_items(self, items: Iterable[Addressed]) -> dict[str, tuple[bytes, bytes]]:
         """client id -> (sealed body, delivery token) for the items that can go
         sealed; each copy sealed on its own, with a fresh ephemeral key. The rest
         go authenticated."""

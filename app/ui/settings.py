@@ -166,7 +166,10 @@ class SettingsDialog(QDialog):
         self.devices.clear()
         self._device_ids = []
         for device in devices:
-            label = f"{device['name']} (#{device['device_id']})"
+            # Client.devices opened the names; None is one sealed by another
+            # device's identity, which this device cannot read.
+            name = device["name"] if device.get("name") is not None else "Name readable there only"
+            label = f"{name} (#{device['device_id']})"
             if device.get("current"):
                 label += " — this device"
             self.devices.addItem(label)

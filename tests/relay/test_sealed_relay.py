@@ -6,6 +6,7 @@ from __future__ import annotations
 import sqlite3
 import time
 import uuid
+from dataclasses import fields
 
 import pytest
 import requests
@@ -13,6 +14,8 @@ import requests
 from app.crypto import VerifyKey
 from app.net import Conflict, OutgoingEnvelope
 from app.protocol.sealed import SenderCertificate, access_key
+from relay.cli import build_parser, sealed_rate_settings
+from relay.server import RelaySettings
 from tests.relay.helpers import account, client
 from tests.support.components import RelayProcess
 
@@ -104,3 +107,34 @@ def test_sealed_sends_are_rate_limited_per_token(relay_factory: object) -> None:
     # The default bucket holds 100: the rest of the 180 wait, with a Retry-After.
     assert statuses.count("queued") >= 100
     assert "rate_limited" in statuses
+
+
+def test_the_sealed_rate_flags_set_the_buckets_and_name_their_defaults(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    defaults = {f.name: f.default for f in fields(RelaySettings)}
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert f"per connection (default: {defaults['sealed_rate_per_second']})" in shown
+    assert f"applies (default: {defaults['sealed_rate_burst']})" in shown
+    parse = build_parser().parse_args
+    assert sealed_rate_settings(parse(["serve", "--data", "/tmp/x"])) == {}
+    args = parse(["serve", "--data", "/tmp/x", "--sealed-rate", "2.5", "--sealed-burst", "7"])
+    assert sealed_rate_settings(args) == {"sealed_rate_per_second": 2.5, "sealed_rate_burst": 7}
+    for refused in (["--sealed-rate", "0"], ["--sealed-rate", "nan"], ["--sealed-burst", "0.5"]):
+        with pytest.raises(SystemExit):
+            parse(["serve", "--data", "/tmp/x", *refused])
+
+
+def test_a_relay_started_with_a_small_sealed_burst_keeps_to_it(relay_factory: object) -> None:
+    relay = relay_factory(extra_args=["--sealed-rate", "0.01", "--sealed-burst", "5"])  # type: ignore[operator]
+    bob = account(relay, "bob", keys=1)
+    key = access_key(bytes(32))
+    bob.set_sealed_access(key, allow_anyone=False)
+    statuses = list(
+        client(relay).send_sealed([_sealed("bob", b"m", key) for _ in range(12)]).values()
+    )
+    # The token's bucket holds 5, and refills one in 100 s.
+    assert statuses.count("queued") == 5
+    assert statuses.count("rate_limited") == 7

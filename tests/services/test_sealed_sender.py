@@ -198,3 +198,48 @@ def test_forged_expired_and_misattributed_certificates_are_refused(
     # Nothing of Mallory's reached a chat, under Alice's name or any other.
     assert _texts(bob, "alice") == ["hello"]
     assert [c.title for c in bob.client.conversations().result()] == ["alice"]
+
+
+def _outbox_empty(person: Person) -> bool:
+    return not on_core(person, lambda: person.client.messenger.store.outbox.pending(50))
+
+
+def test_a_typing_indicator_to_a_contact_with_a_token_goes_sealed(
+    people: dict[str, Person], relay: RelayProcess
+) -> None:
+    alice, bob = people["alice"], people["bob"]
+    chat = alice.client.start_direct("bob").result(20)
+    alice.client.send_text(chat.conversation_id, "hi bob").result(20)
+    wait_for(lambda: _texts(bob, "alice") == ["hi bob"], what="bob receives")
+    bob_chat = _conversation_id(bob, "alice")
+    bob.client.accept_request(bob_chat).result(20)  # typing: contacts only
+    bob.client.send_text(bob_chat, "hi alice").result(20)
+    wait_for(lambda: _texts(alice, "bob") == ["hi bob", "hi alice"], what="alice receives")
+    wait_for(lambda: _holds_keys(alice, ["bob"]), what="alice holds bob's token")
+    for person in (alice, bob):
+        wait_for(lambda person=person: _outbox_empty(person), what=f"{person.name}'s outbox")
+    time.sleep(0.5)  # receipts still in flight land before counting
+
+    sealed_before = _sealed_total(relay)
+    assert alice.client.send_typing(chat.conversation_id, True).result(20) == 1
+    assert _sealed_total(relay) == sealed_before + 1
+
+    def bob_sees_typing() -> bool:
+        return any(
+            getattr(e, "sender", None) == "alice" and getattr(e, "started", None) is True
+            for e in list(bob.events)
+        )
+
+    wait_for(bob_sees_typing, what="bob sees alice typing")
+
+    # With Bob offline the indicator waits on the relay: stored without a sender.
+    bob.stop()
+    assert alice.client.send_typing(chat.conversation_id, False).result(20) == 1
+    assert _sealed_total(relay) == sealed_before + 2
+    database = sqlite3.connect(relay.data_dir / "relay.sqlite3")
+    bob_id = database.execute("SELECT id FROM accounts WHERE username = 'bob'").fetchone()[0]
+    rows = database.execute(
+        "SELECT sender, sender_device FROM envelopes WHERE account_id = ?", (bob_id,)
+    ).fetchall()
+    database.close()
+    assert rows and all(row == (None, None) for row in rows), rows
