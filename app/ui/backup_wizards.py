@@ -1066,9 +1066,9 @@ class BackupsTab(QWidget):
         self.keep_monthly = self._keep_box(0, "Months to keep one backup a month for")
         keep_form = QFormLayout()
         keep_form.addRow("Keep the newest", self.keep_last)
-        keep_form.addRow("and one a day for (days)", self.keep_daily)
-        keep_form.addRow("and one a week for (weeks)", self.keep_weekly)
-        keep_form.addRow("and one a month for (months)", self.keep_monthly)
+        keep_form.addRow("Also one a day, for days", self.keep_daily)
+        keep_form.addRow("One a week, for weeks", self.keep_weekly)
+        keep_form.addRow("One a month, for months", self.keep_monthly)
         layout.addLayout(keep_form)
         for button in (self.setup_button, self.now_button, self.password_button, self.off_button):
             layout.addWidget(button, alignment=Qt.AlignmentFlag.AlignLeft)
