@@ -31,8 +31,8 @@ CREATE TABLE IF NOT EXISTS adversary_recorded (
     account_id INTEGER NOT NULL,
     device_id INTEGER NOT NULL,
     client_id TEXT NOT NULL,
-    sender TEXT NOT NULL,
-    sender_device INTEGER NOT NULL,
+    sender TEXT,  -- NULL for sealed envelopes: the relay does not know who sent them
+    sender_device INTEGER,
     body BLOB NOT NULL,
     created_at INTEGER NOT NULL
 );
