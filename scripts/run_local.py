@@ -283,6 +283,16 @@ def main() -> int:
             f" profile {args.profile!r}; keyring: {keyring_note}"
         )
 
+    def stop_requested(signum: int, _frame: object) -> None:
+        # Passed on to the app; its exit ends the wait below as a normal close would.
+        with contextlib.suppress(ProcessLookupError):
+            app.send_signal(signum)
+
+    # `make run` stopped by a terminal closing or by `kill`/`timeout`: the app is
+    # closed the same way, and the stack stopped if it was the last one, instead of
+    # leaving the relay, vault and keyring running with no app.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, stop_requested)
     try:
         returncode = app.wait()
     except KeyboardInterrupt:
