@@ -7,6 +7,7 @@ the tests rebuild the file byte for byte and decode it back. `--check` compares.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -21,15 +22,19 @@ VECTORS_BY_VERSION = {1: VECTORS, 2: VECTOR_DIR / "backup_v2.json"}
 
 
 def _frames(version: int, rng: DeterministicRng) -> list[bytes]:
+    content = bytes(range(256)) * 19 + bytes(136)
     attachment = [
         fmt.frame(fmt.FRAME_FILE_START, b"\x00\x05a.bin" + (5000).to_bytes(8, "big")),
-        fmt.frame(fmt.FRAME_FILE_DATA, bytes(range(256)) * 19 + bytes(136)),
+        fmt.frame(fmt.FRAME_FILE_DATA, content),
     ]
     if version == 1:
+        # Every version 1 writer ended each file with its SHA-256; a reader refuses
+        # a file without its end frame (docs/backup-format.md).
         return [
             fmt.record_frame("meta", b'{"counts":{"messages":1},"schema":2}'),
             fmt.record_frame("messages", b'{"body":"hello","id":1}'),
             *attachment,
+            fmt.frame(fmt.FRAME_FILE_END, hashlib.sha256(content).digest()),
         ]
     # Stand-in image bytes: the format carries pages opaquely (tests restore real ones).
     image = bytes(range(256)) * 32

@@ -99,6 +99,20 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
             action="store_true",
             help="read the profile's local passphrase from stdin (always the first line)",
         )
+        action.add_argument(
+            "--server-config",
+            # Not "server_config": a subcommand's default would overwrite the value
+            # of `cipherline --server-config PATH backup ...`, which also works.
+            dest="action_server_config",
+            type=Path,
+            default=None,
+            metavar="PATH",
+            help=(
+                "JSON file naming the relay, its CA and the vault keys; reaches the vault,"
+                " and a restore writes it into the new profile (default: the profile's"
+                " own, else for a restore the one recorded in the backup)"
+            ),
+        )
         if name == "prune":
             for rule, what in (
                 ("last", "the newest N snapshots (at least 1)"),
@@ -165,8 +179,26 @@ def _open_store(profile: Path, args: argparse.Namespace, stdin: _Input) -> Store
         raise BackupError(str(error)) from None
 
 
+def _server_config_path(args: argparse.Namespace) -> Path | None:
+    """--server-config after the action, else before `backup`, else None."""
+    chosen: Path | None = getattr(args, "action_server_config", None) or getattr(
+        args, "server_config", None
+    )
+    return chosen
+
+
+def _chosen_server_config(args: argparse.Namespace) -> ServerConfig | None:
+    path = _server_config_path(args)
+    if path is None:
+        return None
+    try:
+        return ServerConfig.load(path)
+    except ConfigError as error:
+        raise UsageError(str(error)) from None
+
+
 def _access(profile: Path, args: argparse.Namespace) -> service.VaultAccess:
-    explicit = getattr(args, "server_config", None)
+    explicit = _server_config_path(args)
     try:
         config = ServerConfig.load(explicit or profile / SERVER_CONFIG_NAME)
         profile.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -281,9 +313,12 @@ def run(args: argparse.Namespace, stdin: TextIO | None = None, out: TextIO | Non
                 raise UsageError(
                     "no usable keyring here; pass --passphrase-stdin to protect the profile"
                 )
+            chosen = _chosen_server_config(args)
             protector = _protector(profile, args, lines)
             key = _key(info, profile, args, lines)
-            result = engine.restore_backup(info.path, key, profile, protector, progress=progress)
+            result = engine.restore_backup(
+                info.path, key, profile, protector, server_config=chosen, progress=progress
+            )
             store = Store.open(profile, protector)
             try:
                 service.store_key_after_restore(store, key)
@@ -294,6 +329,13 @@ def run(args: argparse.Namespace, stdin: TextIO | None = None, out: TextIO | Non
                 f"restored {result.counts.get('messages', 0):,} messages and "
                 f"{result.files:,} attachments into profile {profile.name!r}\n"
             )
+            if result.server_config is not None:
+                out.write(f"relay: {result.server_config.relay_url}\n")
+            else:
+                err.write(
+                    "cipherline backup: this backup records no relay and none was given;"
+                    " the profile cannot connect until it is started with --server-config\n"
+                )
             return 0
     except WrongPassword as error:
         return _fail(progress, err, error, 3)

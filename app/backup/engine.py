@@ -9,6 +9,7 @@ is ever uploaded, and the previous backups stay until the new one is complete.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import os
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from app.backup import format as fmt
+from app.backup import server_record
 from app.backup.errors import (
     BackupCancelled,
     BackupError,
@@ -32,6 +34,7 @@ from app.backup.errors import (
     NotEnoughSpace,
     ProfileNotEmpty,
 )
+from app.config import ServerConfig
 from app.protocol.encoding import Reader, Writer
 from app.protocol.errors import ProtocolError
 from app.protocol.session import Session
@@ -378,6 +381,10 @@ class _FileSink:
         self._size = 0
         self._path: Path | None = None
         self._written: list[Path] = []
+        # Every name so far and the folders they imply: a second file of the same
+        # name, or a file where another one's folder is, cannot both be restored.
+        self._names: set[Path] = set()
+        self._folders: set[Path] = set()
         self._writer = _InOrder() if directory is not None else None
         self.files = 0
         self.bytes = 0
@@ -394,6 +401,15 @@ class _FileSink:
         parts = Path(relative).parts
         if not parts or Path(relative).is_absolute() or ".." in parts:
             raise CorruptBackup(frame.offset, "a file name points outside the profile")
+        path = Path(relative)
+        if path in self._names or path in self._folders:
+            raise CorruptBackup(frame.offset, f"the backup holds the file {relative} twice")
+        if any(folder in self._names for folder in path.parents):
+            raise CorruptBackup(
+                frame.offset, f"the file {relative} is inside another file of the backup"
+            )
+        self._names.add(path)
+        self._folders.update(path.parents)
         if self._digest is not None:
             self._digest = hashlib.sha256()
         self._size = 0
@@ -435,6 +451,12 @@ class _FileSink:
         self.files += 1
         self.bytes += self._size
         self._path = None
+
+    def finish(self, offset: int) -> None:
+        """At the end of the stream: a file without its end frame is incomplete
+        (its size and, in version 1, its digest were never checked)."""
+        if self._path is not None:
+            raise CorruptBackup(offset, f"the file {self._path} has no end")
 
     def close(self) -> None:
         """Stops the writer (its errors are the caller's concern by now)."""
@@ -586,6 +608,7 @@ def verify_backup(
     try:
         for frame in _frames_from(path, key, progress, cancelled):
             records += _dispatch(frame, header.version, files, image)
+        files.finish(path.stat().st_size)
     finally:
         files.close()
     if header.version >= 2 and not image.complete:
@@ -629,6 +652,9 @@ class RestoreReport:
     files: int
     file_bytes: int
     sessions_archived: int = 0  # pairwise sessions retired to decrypt-only
+    # The relay the restored profile talks to, as written into its server.json
+    # (app/backup/server_record.py); None when neither chosen nor recorded.
+    server_config: ServerConfig | None = None
 
 
 def _retire_restored_keys(store: Store) -> int:
@@ -674,6 +700,7 @@ def restore_backup(
     profile: Path,
     protector: Protector,
     *,
+    server_config: ServerConfig | None = None,
     progress: Progress = _no_progress,
     cancelled: Cancelled = _never,
 ) -> RestoreReport:
@@ -685,39 +712,55 @@ def restore_backup(
     sessions are archived and its own group chains dropped
     (`_retire_restored_keys`), so the restored profile never encrypts under a key
     the backed-up device may already have used.
+
+    Once the store is in place, so is a `server.json` the profile can connect
+    with: `server_config` when given, else the profile's own, else the one the
+    backup recorded (`server_record.install_after_restore`).
     """
     from app.backup import snapshots
 
     if snapshots.is_snapshot(path):
-        return snapshots.restore_snapshot(
+        report = snapshots.restore_snapshot(
             path, key, profile, protector, progress=progress, cancelled=cancelled
         )
+        return _with_server_config(report, profile, protector, server_config)
     if Store.exists(profile) or (profile / DB_FILE_NAME).exists():
         raise ProfileNotEmpty
     header, _length = read_header(path)
     fmt.check_key(header, key)
-    profile.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # The profile folder itself is made only when the restore succeeds: a failed
+    # one leaves no empty profile behind (the v3 restore does the same).
+    profile.parent.mkdir(parents=True, exist_ok=True)
     for stale in profile.parent.glob(f".{profile.name}.restoring-*"):
         # Left by a restore that was killed; it never became the profile.
         shutil.rmtree(stale, ignore_errors=True)
     staging = profile.parent / f".{profile.name}.restoring-{os.getpid()}-{time.time_ns()}"
     staging.mkdir(mode=0o700)
-    files = _FileSink(staging / "attachments", header.version)
-    (staging / "attachments").mkdir(mode=0o700)
     try:
+        (staging / "attachments").mkdir(mode=0o700)
+        files = _FileSink(staging / "attachments", header.version)
         try:
             frames = _frames_from(path, key, progress, cancelled)
             restore = _restore_records if header.version == 1 else _restore_image
-            counts, archived = restore(frames, staging, protector, files)
+            counts, archived = restore(frames, staging, protector, files, path.stat().st_size)
         finally:
             files.close()
         files.sync()
         if Store.exists(profile):
             raise ProfileNotEmpty
+        profile.mkdir(exist_ok=True, mode=0o700)
         _move_into_place(staging, profile)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return RestoreReport(counts, files.files, files.bytes, archived)
+    report = RestoreReport(counts, files.files, files.bytes, archived)
+    return _with_server_config(report, profile, protector, server_config)
+
+
+def _with_server_config(
+    report: RestoreReport, profile: Path, protector: Protector, chosen: ServerConfig | None
+) -> RestoreReport:
+    installed = server_record.install_after_restore(profile, protector, chosen)
+    return dataclasses.replace(report, server_config=installed)
 
 
 def _move_into_place(staging: Path, profile: Path) -> None:
@@ -734,7 +777,11 @@ def _move_into_place(staging: Path, profile: Path) -> None:
 
 
 def _restore_image(
-    frames: Iterator[fmt.Frame], staging: Path, protector: Protector, files: _FileSink
+    frames: Iterator[fmt.Frame],
+    staging: Path,
+    protector: Protector,
+    files: _FileSink,
+    size: int,
 ) -> tuple[dict[str, int], int]:
     image = _ImageSink(staging / "image.db")
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="restore-store") as pool:
@@ -749,8 +796,10 @@ def _restore_image(
                     rebuilt = pool.submit(
                         Store.create_from_image, staging, protector, image.image()
                     )
+            files.finish(size)
             if rebuilt is None:
-                raise CorruptBackup(0, "the backup holds no database")
+                # Where verify names it too: the end of the file, where it ran out.
+                raise CorruptBackup(size, "the backup holds no database")
             try:
                 # Counted from the image while the copy goes on: off the critical path.
                 counts = image.image().row_counts()
@@ -774,15 +823,23 @@ def _restore_image(
 
 
 def _restore_records(
-    frames: Iterator[fmt.Frame], staging: Path, protector: Protector, files: _FileSink
+    frames: Iterator[fmt.Frame],
+    staging: Path,
+    protector: Protector,
+    files: _FileSink,
+    size: int,
 ) -> tuple[dict[str, int], int]:
     """Version 1: one JSON record per row, loaded in one store transaction."""
     unused = _ImageSink(None)
     store = Store.create(staging, protector)
+    # The chunk of the record the store refused, so the error names where it is.
+    offset = 0
     try:
 
         def records() -> Iterator[tuple[str, bytes]]:
+            nonlocal offset
             for frame in frames:
+                offset = frame.offset
                 if frame.kind == fmt.FRAME_RECORD:
                     try:
                         record = fmt.parse_record(frame.payload)
@@ -791,12 +848,14 @@ def _restore_records(
                     yield record
                 else:
                     _dispatch(frame, 1, files, unused)
+            # Inside the import, so an incomplete file rolls the records back too.
+            files.finish(size)
 
         try:
             counts = store.import_records(records())
             return counts, _retire_restored_keys(store)
         except StoreError as error:
-            raise CorruptBackup(0, str(error)) from None
+            raise CorruptBackup(offset, str(error)) from None
     finally:
         store.close()
 

@@ -62,6 +62,9 @@ FRAME_DATABASE_END = 7
 FRAME_END = 0xFF
 FRAME_HEADER_LENGTH = 5
 MAX_FRAME_LENGTH = MAX_CHUNK_SIZE
+# How many bytes of decryption a failed final chunk may spend looking for bytes
+# appended after it (about 0.1 s; with 1 MiB chunks, up to 64 appended bytes).
+TRAILING_SEARCH_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -324,11 +327,42 @@ class BackupDecoder:
         try:
             plain = self._opener.open(chunk, last=last)
         except StreamError:
-            detail = "it ends early" if last and len(chunk) < self._sealed_size else ""
-            raise CorruptBackup(self._chunk_offset, detail) from None
+            raise self._failure(chunk, last=last) from None
         self._chunk_offset += len(chunk)
         self._plain += plain
         yield from self._frames(last)
+
+    def _failure(self, chunk: bytes | memoryview, *, last: bool) -> CorruptBackup:
+        """Names why `chunk` failed. A cut at a chunk boundary and bytes appended
+        after the final chunk each leave a chunk that authenticates under another
+        reading, so they are named only when that second opening succeeds; anything
+        else is a chunk that does not authenticate, which cannot tell an altered
+        byte from a cut inside it (the tag is what is missing or wrong either way).
+        """
+        at = self._chunk_offset
+        size = len(chunk)
+        if last and size == self._sealed_size and self._opens(chunk, last=False):
+            return CorruptBackup(
+                at + size,
+                f"the file ends after chunk {self._opener.segments_opened - 1}, not the final one",
+            )
+        # The real final chunk followed by extra bytes: a prefix opens as final. Each
+        # try costs a decryption, so the search is bounded (the failure path only).
+        budget = TRAILING_SEARCH_BYTES
+        length = size if not last else size - 1
+        while length > SEGMENT_OVERHEAD and budget > 0:
+            if self._opens(chunk[:length], last=True):
+                return CorruptBackup(at + length, "extra data follows the end of the backup")
+            budget -= length
+            length -= 1
+        return CorruptBackup(at, "the chunk there is damaged, or the file is cut short inside it")
+
+    def _opens(self, chunk: bytes | memoryview, *, last: bool) -> bool:
+        try:
+            self._opener.open(chunk, last=last)
+        except StreamError:
+            return False
+        return True
 
     def _frames(self, last: bool) -> Iterator[Frame]:
         position = 0

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.backup import engine, password_policy, snapshots
+from app.backup import engine, password_policy, server_record, snapshots
 from app.backup import format as fmt
 from app.backup.errors import BackupError, BackupNotConfigured, NotABackup
 from app.backup.keys import generate_backup_key
@@ -205,6 +205,9 @@ def back_up_now(
     method = fmt.METHOD_PASSWORD if state.method == METHOD_PASSWORD else fmt.METHOD_KEY
     record_id = bytes.fromhex(state.vault_record_id) if state.vault_record_id else b""
     folder = Path(state.folder)
+    # The relay this profile talks to travels in the store, so that a restore on a
+    # fresh machine can connect (issue #20; app/backup/server_record.py).
+    server_record.record(store, profile)
     # New backups are version 3 snapshots: each adds only what changed, and what it
     # wrote is read back and authenticated before it counts as done.
     written = snapshots.write_snapshot(

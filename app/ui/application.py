@@ -130,6 +130,8 @@ class Launcher(QObject):
             profile,
             vault_access_for(profile),
             (lambda: KeyringProtector(account=str(profile))) if use_keyring else None,
+            # The restored profile talks to the relay this launcher was started with.
+            server_config=self.profile.config,
         )
 
         def finished(result: int) -> None:

@@ -37,6 +37,7 @@ from app.backup import engine, service, snapshots
 from app.backup import format as fmt
 from app.backup.errors import BackupCancelled, BackupError, InvalidKeyFormat
 from app.backup.keys import format_key, generate_backup_key, parse_key
+from app.config import ServerConfig
 from app.protocol.vault import DEFAULT_ATTEMPT_LIMIT, LockedOut, VaultError, WrongPassword
 from app.sizes import format_size
 from app.store import BackupState, Protector, Store, StoreError
@@ -950,6 +951,7 @@ class RestoreRunPage(QWizardPage):
                 key,
                 self.owner.profile,
                 protector,
+                server_config=self.owner.server_config,
                 progress=progress.report,
                 cancelled=progress.cancelled,
             )
@@ -999,6 +1001,7 @@ class RestoreWizard(QWizard):
         *,
         home: Path | None = None,
         passphrase_protector: Callable[[str], Protector] | None = None,
+        server_config: ServerConfig | None = None,
         parent: QWidget | None = None,
     ) -> None:
         super().__init__(parent)
@@ -1008,6 +1011,9 @@ class RestoreWizard(QWizard):
         self.access = access
         self.protector_factory = protector_factory
         self.passphrase_protector = passphrase_protector
+        # The relay the restored profile talks to: the launcher's (the one it was
+        # started with). None: the profile's own server.json, else the backup's.
+        self.server_config = server_config
         self.attempts_left: int | None = None
         self.choose_page = ChooseBackupPage(home)
         self.secret_page = SecretPage(self)
@@ -1029,7 +1035,7 @@ class RestoreWizard(QWizard):
 
 
 def vault_access_for(profile: Path) -> service.VaultAccess | None:
-    from app.config import SERVER_CONFIG_NAME, ConfigError, ServerConfig
+    from app.config import SERVER_CONFIG_NAME, ConfigError
 
     try:
         config = ServerConfig.load(profile / SERVER_CONFIG_NAME)
