@@ -474,8 +474,15 @@ class Messenger:
                 )
         return warnings
 
-    def _encrypt_for(self, username: str, plaintext: bytes, message_id: int | None) -> int:
-        """Queues `plaintext` to every device of `username` we have a session with.
+    def _encrypt_for(
+        self,
+        username: str,
+        plaintext: bytes,
+        message_id: int | None,
+        devices: list[int] | None = None,
+    ) -> int:
+        """Queues `plaintext` to every device of `username` we have a session with
+        (or to those of `devices`).
 
         Never to a contact whose identity changed after it was verified and is not
         yet accepted (`UNACCEPTED`, app/store/trust.py): a message of the user's
@@ -488,14 +495,18 @@ class Messenger:
                 raise IdentityNotAccepted([username], group=False)
             self.store.held_sends.add(username, plaintext, now=self.clock())
             return 0
-        if self._shares_profile_key(username, message_id, plaintext):
-            self.sealing.mark_shared(username)
+        share = self._shares_profile_key(username, message_id, plaintext)
+        if share:
+            for device_id in share:
+                self.sealing.mark_shared(username, device_id)
             profile_key = ProfileKey(self.sealing.profile_key())
-            self._encrypt_for(username, encode_content(profile_key), None)
+            self._encrypt_for(username, encode_content(profile_key), None, share)
         if self.store.sessions.restore_notice_due(username):
             self._send_restore_notice(username)
         count = 0
         for device_id in self.store.sessions.devices(username):
+            if devices is not None and device_id not in devices:
+                continue
             state = self.store.sessions.get(username, device_id)
             assert state is not None
             session = Session.from_bytes(state)
@@ -507,22 +518,26 @@ class Messenger:
             count += 1
         return count
 
-    def _shares_profile_key(self, username: str, message_id: int | None, plaintext: bytes) -> bool:
-        """Whether this send first shares the profile key (docs/protocol.md, "Sealed
-        sender"): with someone the user writes to, a contact, or a group member
-        getting this device's sender key, once per key; never with a stranger
-        merely sent a receipt."""
-        if not self.sealing.should_share(username) or not self.store.sessions.devices(username):
-            return False
+    def _shares_profile_key(
+        self, username: str, message_id: int | None, plaintext: bytes
+    ) -> list[int]:
+        """The devices this send first shares the profile key with (docs/protocol.md,
+        "Sealed sender"): with someone the user writes to, a contact, or a group
+        member getting this device's sender key, once per key and device (a device
+        added later, or a new identity on one, gets it before its next message);
+        never with a stranger merely sent a receipt."""
+        due = self.sealing.devices_to_share(username)
+        if not due:
+            return []
         if message_id is not None:
-            return True
+            return due
         contact = self.store.contacts.get(username)
         if contact is not None and contact.accepted:
-            return True
+            return due
         try:
-            return isinstance(decode_content(plaintext), SenderKey)
+            return due if isinstance(decode_content(plaintext), SenderKey) else []
         except ProtocolError:
-            return False
+            return []
 
     def accept_sealed(self, body: bytes, server_time: int) -> IncomingResult:
         """Receives one sealed envelope (app/protocol/sealed.py). One whose outer

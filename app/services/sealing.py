@@ -13,7 +13,9 @@ transactions. State lives in the store's settings table:
 - `sealed.certificate` / `sealed.certificate_expires`: the relay's certificate
   for this device, reused until shortly before it expires.
 - `sealed.peer.<username>.<device>`: a contact device's profile key.
-- `sealed.shared.<username>`: the profile key last shared with that person.
+- `sealed.shared.<username>.<device>`: the profile key last shared with that
+  contact device, and the identity of the session it went over (a new device or
+  a new identity on the device gets the key again).
 
 When a send cannot be sealed (no delivery key of the recipient device, no valid
 certificate, no pinned relay key), it goes authenticated: docs/threat-model.md.
@@ -149,14 +151,36 @@ class Sealing:
         self.store.settings.set(CERTIFICATE_EXPIRES, expires)
 
     # ---- contacts' profile keys ----------------------------------------------------
-    def should_share(self, username: str) -> bool:
-        return (
-            self.enabled
-            and self.store.settings.get(f"sealed.shared.{username}") != self.profile_key().hex()
-        )
+    def _shared_marker(self, username: str, device_id: int) -> list[str] | None:
+        """[profile key, remote identity] (hex) for the device's current session, or
+        None without one."""
+        state = self.store.sessions.get(username, device_id)
+        if state is None:
+            return None
+        try:
+            identity = Session.from_bytes(state).remote_identity
+        except ProtocolError:
+            return None
+        return [self.profile_key().hex(), identity.hex()]
 
-    def mark_shared(self, username: str) -> None:
-        self.store.settings.set(f"sealed.shared.{username}", self.profile_key().hex())
+    def devices_to_share(self, username: str) -> list[int]:
+        """The devices of `username` with a session that do not hold the current
+        profile key yet: a device added after it was shared, or one whose session
+        now belongs to another identity (a reinstall), gets it too."""
+        if not self.enabled:
+            return []
+        due = []
+        for device_id in self.store.sessions.devices(username):
+            marker = self._shared_marker(username, device_id)
+            stored = self.store.settings.get(f"sealed.shared.{username}.{device_id}")
+            if marker is not None and stored != marker:
+                due.append(device_id)
+        return due
+
+    def mark_shared(self, username: str, device_id: int) -> None:
+        marker = self._shared_marker(username, device_id)
+        if marker is not None:
+            self.store.settings.set(f"sealed.shared.{username}.{device_id}", marker)
 
     def set_peer_profile_key(self, username: str, device_id: int, key: bytes) -> None:
         self.store.settings.set(f"sealed.peer.{username}.{device_id}", key.hex())

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import json
+from pathlib import Path
+
 import pytest
 
+from app.crypto import NONCE_LENGTH, DhPrivateKey, SigningKey, aead_open
 from app.protocol.device_names import (
     MAX_NAME_CHARACTERS,
     PREFIX,
@@ -12,6 +17,36 @@ from app.protocol.device_names import (
     seal_device_name,
 )
 from app.protocol.identity import DeviceIdentity
+from scripts.gen_device_name_vectors import deterministic
+
+VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "device_names_v1.json"
+
+
+def test_the_published_vectors_are_reproduced_byte_for_byte() -> None:
+    assert VECTORS.read_bytes() == (
+        json.dumps(deterministic(), indent=2, ensure_ascii=False) + "\n"
+    ).encode("utf-8")
+
+
+def test_the_published_vectors_open_step_by_step() -> None:
+    published = json.loads(VECTORS.read_text(encoding="utf-8"))
+    identity = DeviceIdentity(
+        SigningKey(bytes.fromhex(published["identity_signing_seed"])),
+        DhPrivateKey(bytes.fromhex(published["identity_dh_private_key"])),
+    )
+    key = bytes.fromhex(published["key"])
+    associated_data = bytes.fromhex(published["associated_data"])
+    assert len(published["cases"]) == 3
+    for case in published["cases"]:
+        stored = case["stored"]
+        assert stored.startswith(PREFIX) and len(stored) == STORED_LENGTH
+        text = stored[len(PREFIX) :]
+        sealed = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        assert sealed[:NONCE_LENGTH].hex() == case["nonce"]
+        block = aead_open(key, sealed[:NONCE_LENGTH], sealed[NONCE_LENGTH:], associated_data)
+        assert block.hex() == case["block"]
+        assert open_device_name(identity, stored) == case["name"]
+        assert open_device_name(DeviceIdentity.generate(), stored) is None
 
 
 def test_a_name_opens_under_its_identity_only() -> None:

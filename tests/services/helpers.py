@@ -38,17 +38,21 @@ class Person:
         relay: RelayProcess,
         *,
         reinstalling: Person | None = None,
+        adding_to: Person | None = None,
         sealed: bool = False,
     ) -> None:
         self.name = name
-        if reinstalling is None:
+        if adding_to is not None:
+            self.profile = make_profile(root, f"{name}-device-2", relay, sealed=sealed)
+            messenger = _new_device(self.profile, adding_to, keep_old=True)
+        elif reinstalling is None:
             self.profile = make_profile(root, name, relay, sealed=sealed)
             messenger = create_account(
                 self.profile, name, "laptop", f"{name} passphrase", kdf=FAST_KDF
             )
         else:
             self.profile = make_profile(root, f"{name}-reinstalled", relay)
-            messenger = _reinstall(self.profile, reinstalling)
+            messenger = _new_device(self.profile, reinstalling, keep_old=False)
         self.client = Client(messenger, self.profile.relay(timeout=3), tick_seconds=0.2)
         self.events: list[Event] = []
         self.client.set_listener(self.events.append)
@@ -63,11 +67,19 @@ class Person:
         token and publishes new keys, and this one is removed from the relay."""
         return Person(root, self.name, relay, reinstalling=self)
 
+    def add_device(self, root: Path, relay: RelayProcess, *, sealed: bool = False) -> Person:
+        """A second device of this account, under an identity of its own, running
+        beside this one (which stays on the relay)."""
+        return Person(root, self.name, relay, adding_to=self, sealed=sealed)
 
-def _reinstall(profile: Profile, old: Person) -> Messenger:
+
+def _new_device(profile: Profile, old: Person, *, keep_old: bool) -> Messenger:
+    """A device added to `old`'s account; unless `keep_old`, `old` is stopped and
+    removed from the relay, as after a reinstall."""
     old_device = old.client.messenger.device_id
     old_relay = old.profile.relay(token=old.client.messenger.relay_token)
-    old.stop()
+    if not keep_old:
+        old.stop()
     added = old_relay.add_device("reinstalled")
     identity, prekeys = Messenger.prepare_account()
     passphrase = f"{old.name} passphrase"
@@ -88,7 +100,8 @@ def _reinstall(profile: Profile, old: Person) -> Messenger:
             ),
             now=int(time.time() * 1000),
         )
-    old_relay.remove_device(old_device)
+    if not keep_old:
+        old_relay.remove_device(old_device)
     old_relay.close()
     return Messenger(store, profile.path)
 

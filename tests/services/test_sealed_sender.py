@@ -216,8 +216,8 @@ def test_a_typing_indicator_to_a_contact_with_a_token_goes_sealed(
     bob.client.send_text(bob_chat, "hi alice").result(20)
     wait_for(lambda: _texts(alice, "bob") == ["hi bob", "hi alice"], what="alice receives")
     wait_for(lambda: _holds_keys(alice, ["bob"]), what="alice holds bob's token")
-    for person in (alice, bob):
-        wait_for(lambda person=person: _outbox_empty(person), what=f"{person.name}'s outbox")
+    wait_for(lambda: _outbox_empty(alice), what="alice's outbox")
+    wait_for(lambda: _outbox_empty(bob), what="bob's outbox")
     time.sleep(0.5)  # receipts still in flight land before counting
 
     sealed_before = _sealed_total(relay)
@@ -243,3 +243,69 @@ def test_a_typing_indicator_to_a_contact_with_a_token_goes_sealed(
     ).fetchall()
     database.close()
     assert rows and all(row == (None, None) for row in rows), rows
+
+
+def test_a_device_added_after_the_key_was_shared_gets_it_before_the_next_message(
+    people: dict[str, Person], relay: RelayProcess, tmp_path: Path
+) -> None:
+    alice, bob = people["alice"], people["bob"]
+    chat = alice.client.start_direct("bob").result(20)
+    alice.client.send_text(chat.conversation_id, "hi bob").result(20)
+    wait_for(lambda: _texts(bob, "alice") == ["hi bob"], what="bob receives")
+    bob_sealing = bob.client.messenger.sealing
+    wait_for(lambda: on_core(bob, lambda: bob_sealing.peer_access("alice", 1)), what="bob's key")
+    wait_for(lambda: _outbox_empty(alice), what="alice's outbox")
+
+    # Bob adds a second device after Alice shared her key with his first one.
+    phone = bob.add_device(tmp_path, relay, sealed=True)
+    people["bob-phone"] = phone  # stopped by the fixture
+    phone_device = phone.client.messenger.device_id
+    assert phone_device != 1
+    # Alice learns of it (a new session to it) and writes again.
+    alice.client.start_direct("bob").result(20)
+    sessions = alice.client.messenger.store.sessions
+    assert on_core(alice, lambda: sessions.devices("bob")) == [1, phone_device]
+    alice.client.send_text(chat.conversation_id, "on every device").result(20)
+
+    wait_for(lambda: "on every device" in _texts(phone, "alice"), what="the phone receives")
+    phone_sealing = phone.client.messenger.sealing
+    assert on_core(phone, lambda: phone_sealing.peer_access("alice", 1)) == access_key(
+        on_core(alice, alice.client.messenger.sealing.profile_key)
+    )
+    # Once per device: nothing is due again, for either device.
+    alice_sealing = alice.client.messenger.sealing
+    assert on_core(alice, lambda: alice_sealing.devices_to_share("bob")) == []
+
+
+def test_a_typing_indicator_whose_token_is_refused_goes_authenticated(
+    people: dict[str, Person], relay: RelayProcess
+) -> None:
+    alice, bob = people["alice"], people["bob"]
+    chat = alice.client.start_direct("bob").result(20)
+    alice.client.send_text(chat.conversation_id, "hi bob").result(20)
+    wait_for(lambda: _texts(bob, "alice") == ["hi bob"], what="bob receives")
+    bob_chat = _conversation_id(bob, "alice")
+    bob.client.accept_request(bob_chat).result(20)  # typing: contacts only
+    bob.client.send_text(bob_chat, "hi alice").result(20)
+    wait_for(lambda: _texts(alice, "bob") == ["hi bob", "hi alice"], what="alice receives")
+    wait_for(lambda: _holds_keys(alice, ["bob"]), what="alice holds bob's token")
+    wait_for(lambda: _outbox_empty(alice), what="alice's outbox")
+    wait_for(lambda: _outbox_empty(bob), what="bob's outbox")
+
+    # Alice holds a wrong key for Bob (as if he had changed his since): the relay
+    # refuses the token it gives.
+    sealing = alice.client.messenger.sealing
+    on_core(alice, lambda: sealing.set_peer_profile_key("bob", 1, bytes(32)))
+    assert on_core(alice, lambda: sealing.peer_access("bob", 1)) is not None
+    sealed_before = _sealed_total(relay)
+    assert alice.client.send_typing(chat.conversation_id, True).result(20) == 1
+
+    def bob_sees_typing() -> bool:
+        return any(
+            getattr(e, "sender", None) == "alice" and getattr(e, "started", None) is True
+            for e in list(bob.events)
+        )
+
+    wait_for(bob_sees_typing, what="bob sees alice typing")
+    assert _sealed_total(relay) == sealed_before  # it went authenticated
+    assert on_core(alice, lambda: sealing.peer_access("bob", 1)) is None  # forgotten
