@@ -330,6 +330,15 @@ class Snapshot:
             if previous is not None and key <= previous:
                 raise CorruptBackup(0, f"the file {entry.path} is listed twice or out of order")
             previous = key
+        # A file where another file's folder would be: restore could not make both.
+        paths = {entry.path for entry in files}
+        for entry in files:
+            parts = entry.path.split("/")
+            for depth in range(1, len(parts)):
+                if "/".join(parts[:depth]) in paths:
+                    raise CorruptBackup(
+                        0, f"the file {entry.path} is inside another file of the backup"
+                    )
         return Snapshot(schema, page_size, reserve, pages, tuple(files))
 
 
