@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -118,3 +119,20 @@ def wait_for(condition: Callable[[], object], timeout: float = 20, what: str = "
 def on_core(person: Person, function: Callable[[], T]) -> T:
     """Runs `function` on the person's core thread (where the store may be read)."""
     return person.client.core(function).result(timeout=20)
+
+
+def drain_one_time_keys(thief: Person, victim: str) -> None:
+    """Fetches the victim's bundle until the relay hands out no one-time keys. The
+    relay hands one account only a few an hour, so the thief signs up a fresh
+    account for each fetch; then the victim's stock, or its hourly allowance for
+    everyone, runs out, and the next contact's bundle has none either."""
+    for _ in range(500):
+        sybil = thief.profile.relay()
+        try:
+            sybil.register(f"sybil-{uuid.uuid4().hex[:12]}", "drainer")
+            device = sybil.fetch_keys(victim)["devices"][0]
+        finally:
+            sybil.close()
+        if device["one_time_prekey"] is None and device["one_time_kem_prekey"] is None:
+            return
+    raise AssertionError("the one-time keys did not run out")

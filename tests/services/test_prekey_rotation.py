@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -38,7 +37,7 @@ from app.services.client import Client
 from app.services.messenger import Messenger, now_ms
 from app.store import Store
 from app.store.database import DB_FILE_NAME
-from tests.services.helpers import Person, on_core, wait_for
+from tests.services.helpers import Person, drain_one_time_keys, on_core, wait_for
 from tests.support.components import RelayProcess
 from tests.support.mailbox_adversary import RecordedEnvelope, RecordingMailbox
 
@@ -123,23 +122,6 @@ def served_signed_prekey(thief: Person, of: str) -> int:
     finally:
         relay.close()
     return RemoteBundle.from_fetched_device(device).signed_prekey_id
-
-
-def drain_one_time_keys(thief: Person, victim: str) -> None:
-    """Fetches the victim's bundle until the relay hands out no one-time keys. The
-    relay hands one account only a few an hour, so the thief signs up a fresh
-    account for each fetch; then the victim's stock, or its hourly allowance for
-    everyone, runs out, and the next contact's bundle has none either."""
-    for _ in range(500):
-        sybil = thief.profile.relay()
-        try:
-            sybil.register(f"sybil-{uuid.uuid4().hex[:12]}", "drainer")
-            device = sybil.fetch_keys(victim)["devices"][0]
-        finally:
-            sybil.close()
-        if device["one_time_prekey"] is None and device["one_time_kem_prekey"] is None:
-            return
-    raise AssertionError("the one-time keys did not run out")
 
 
 def conversation_id(person: Person, title: str) -> int:

@@ -43,7 +43,7 @@ from app.services.account import open_messenger
 from app.services.client import Client
 from app.services.messenger import ServiceError
 from app.services.views import MessageStatus
-from tests.services.helpers import Person, on_core, wait_for
+from tests.services.helpers import Person, drain_one_time_keys, on_core, wait_for
 from tests.support.components import RelayProcess
 from tests.support.mailbox_adversary import RecordingMailbox
 
@@ -141,23 +141,6 @@ def state_of(person: Person, peer: str) -> tuple[bytes | None, bytes, int]:
         return store.sessions.get(peer, 1), account.prekeys, int(count)
 
     return on_core(person, read)
-
-
-def drain_one_time_keys(thief: Person, victim: str) -> None:
-    """Fetches the victim's bundle until the relay hands out no one-time keys. The
-    relay hands one account only a few an hour, so the thief signs up a fresh
-    account for each fetch; then the victim's stock, or its hourly allowance for
-    everyone, runs out, and the next contact's bundle has none either."""
-    for _ in range(500):
-        sybil = thief.profile.relay()
-        try:
-            sybil.register(f"sybil-{uuid.uuid4().hex[:12]}", "drainer")
-            device = sybil.fetch_keys(victim)["devices"][0]
-        finally:
-            sybil.close()
-        if device["one_time_prekey"] is None and device["one_time_kem_prekey"] is None:
-            return
-    raise AssertionError("the one-time keys did not run out")
 
 
 def fetch_bundle(person: Person, of: str) -> dict[str, Any]:
