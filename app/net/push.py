@@ -4,10 +4,18 @@ On every (re)connection the relay first sends everything still pending, so a
 client that was offline catches up without a separate fetch. Duplicates across
 reconnects are possible (an envelope pushed but not yet acknowledged); the client
 drops them by (sender, client id).
+
+The connection lives in an asyncio loop on the listener's own thread, so only that
+thread ever touches the TLS session. (The threaded `websockets.sync` client reads
+on one thread while `close()` and keepalive pings write from others; OpenSSL
+forbids concurrent calls on one session, and the test suite caught it as a rare
+segmentation fault inside `SSL_read`.) Other threads reach the loop only through
+`call_soon_threadsafe`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -17,8 +25,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
-from websockets.sync.client import ClientConnection, connect
 
 from app.net.relay_client import Envelope
 
@@ -53,27 +61,30 @@ class PushListener:
         # Held while a callback runs, and by stop() as it sets _stop: once stop()
         # has returned, no callback starts.
         self._reporting = threading.RLock()
-        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        # Set by the listener thread once its loop runs; used only through
+        # call_soon_threadsafe from other threads.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._main: asyncio.Task[None] | None = None
+        self._wake: asyncio.Event | None = None
         self._connection: ClientConnection | None = None
+        self._closing: set[asyncio.Future[None]] = set()
+        self._ready = threading.Event()
         self.connected = False
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="push-listener", daemon=True)
         self._thread.start()
+        self._ready.wait()
 
     def stop(self) -> None:
         """Returns at once even while a handshake is stalled (a relay that accepts
-        connections but never answers): the thread then ends by itself when its
-        open timeout expires, and reports nothing more after this call."""
+        connections but never answers): the connection attempt is cancelled, and
+        nothing more is reported after this call."""
         with self._reporting:
             self._stop.set()
             was_connected, self.connected = self.connected, False
-        self._wake.set()
-        connection = self._connection
-        if connection is not None:
-            with contextlib.suppress(Exception):
-                connection.close()
+        self._in_loop(self._cancel)
         if self._thread is not None:
             self._thread.join(timeout=STOP_WAIT_SECONDS)
         if was_connected:
@@ -81,7 +92,35 @@ class PushListener:
 
     def reconnect_now(self) -> None:
         """Skip the current backoff wait (e.g. the user pressed "retry")."""
-        self._wake.set()
+        self._in_loop(self._set_wake)
+
+    def drop_connection(self) -> None:
+        """Closes the current connection; the listener reconnects, and the relay
+        then pushes everything still pending again."""
+        self._in_loop(self._close_connection)
+
+    # ---- called on the listener thread ------------------------------------------
+    def _in_loop(self, callback: Callable[[], None]) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        with contextlib.suppress(RuntimeError):  # the loop has already finished
+            loop.call_soon_threadsafe(callback)
+
+    def _cancel(self) -> None:
+        if self._main is not None:
+            self._main.cancel()
+
+    def _close_connection(self) -> None:
+        if self._connection is not None:
+            closing = asyncio.ensure_future(self._connection.close())
+            # The loop keeps only weak references to tasks.
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
+
+    def _set_wake(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
 
     def _set_state(self, connected: bool) -> None:
         with self._reporting:
@@ -91,10 +130,28 @@ class PushListener:
             self._on_state(connected)
 
     def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        try:
+            self._main = loop.create_task(self._listen())
+            self._wake = asyncio.Event()
+            self._loop = loop
+            self._ready.set()
+            if self._stop.is_set():
+                self._main.cancel()
+            loop.run_until_complete(asyncio.gather(self._main, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            self._ready.set()
+            self._loop = None
+            loop.close()
+        self._set_state(False)
+
+    async def _listen(self) -> None:
+        assert self._wake is not None
         backoff = 0.5
         while not self._stop.is_set():
             try:
-                with connect(
+                async with connect(
                     self._url,
                     # In a header, not the URL: URLs end up in access logs.
                     additional_headers={"Authorization": f"Bearer {self._token}"},
@@ -105,17 +162,17 @@ class PushListener:
                     # Frames carry ciphertext, which does not compress.
                     compression=None,
                 ) as connection:
-                    if self._stop.is_set():
-                        break  # opened after stop() gave up waiting for it
                     self._connection = connection
                     self._set_state(True)
                     backoff = 0.5
-                    for frame in connection:
+                    async for frame in connection:
                         self._handle(frame)
             except InvalidStatus:
                 self._set_state(False)
             except (OSError, ConnectionClosed, InvalidHandshake, TimeoutError):
                 self._set_state(False)
+            except asyncio.CancelledError:
+                raise
             except Exception:
                 log.warning("push connection failed unexpectedly; retrying", exc_info=True)
                 self._set_state(False)
@@ -123,10 +180,11 @@ class PushListener:
                 self._connection = None
             if self._stop.is_set():
                 break
-            self._wake.wait(backoff * (0.5 + random.random()))  # noqa: S311 - jitter
+            delay = backoff * (0.5 + random.random())  # noqa: S311 - jitter
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)
             self._wake.clear()
             backoff = min(backoff * 2, self._max_backoff)
-        self._set_state(False)
 
     def _handle(self, frame: str | bytes) -> None:
         try:

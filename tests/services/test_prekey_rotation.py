@@ -179,9 +179,7 @@ def withhold(mailbox: RecordingMailbox, recipient: str) -> None:
 def redeliver(person: Person) -> None:
     """Makes the push connection reconnect: the relay then pushes the whole mailbox."""
     assert person.client.push is not None
-    connection = person.client.push._connection
-    if connection is not None:
-        connection.close()
+    person.client.push.drop_connection()
 
 
 def in_store_files(person: Person, secret: bytes) -> bool:

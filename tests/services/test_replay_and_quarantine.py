@@ -155,9 +155,7 @@ def fetch_bundle(person: Person, of: str) -> dict[str, Any]:
 def redeliver(person: Person) -> None:
     """Makes the push connection reconnect: the relay then pushes the whole mailbox."""
     assert person.client.push is not None
-    connection = person.client.push._connection
-    if connection is not None:
-        connection.close()
+    person.client.push.drop_connection()
 
 
 def converse(a: Person, b: Person, turns: int) -> None:
