@@ -691,6 +691,10 @@ def _retire_restored_keys(store: Store) -> int:
                 raise CorruptBackup(0, "a session in the backup is malformed") from None
             store.sessions.update_archived(archive_id, retired.to_bytes())
         store.groups.drop_own_sender_keys()
+        # Envelopes still waiting to be sent were sealed under the chains retired
+        # above (a snapshot of the store's own file carries them); never sent.
+        store.execute("DELETE FROM outbox")
+        store.execute("DELETE FROM outbox_backoff")
     return archived
 
 

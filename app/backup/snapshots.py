@@ -41,6 +41,7 @@ from app.backup.errors import (
     NotEnoughSpace,
     ProfileNotEmpty,
 )
+from app.backup.page_cache import CACHE_NAME, MARK_LENGTH, PageCache
 from app.crypto import (
     SQLCIPHER_RESERVE,
     SQLCIPHER_SALT_LENGTH,
@@ -50,7 +51,7 @@ from app.crypto import (
     random_bytes,
 )
 from app.store import Protector, Store, StoreError
-from app.store.database import DB_FILE_NAME, DatabaseImageFile
+from app.store.database import DB_FILE_NAME, DatabaseImageFile, FrozenStoreFile
 from app.store.durability import fsync_directory
 
 # FastCDC 2020 (pyfastcdc) for attachment files: restic's sizes. The store is cut
@@ -459,6 +460,88 @@ def _image_pages(image: DatabaseImageFile) -> Iterator[tuple[int, bytes]]:
                         ) from None
 
 
+def _file_pages(
+    frozen: FrozenStoreFile,
+    key: bytes,
+    put: Callable[[memoryview], bytes],
+    reuse: Callable[[bytes, int], bool],
+    tick: Callable[[], None],
+) -> tuple[PageCache, list[bytes], int]:
+    """The chunk ids of the store file's pages, and its reserve: a page whose mark
+    is unchanged since the last backup keeps its chunk (see app.backup.page_cache);
+    the others are decrypted in memory and put."""
+    size = frozen.page_size
+    pages: list[bytes] = []
+    reserve = 0
+    with frozen.path.open("rb") as handle:
+        salt = handle.read(SQLCIPHER_SALT_LENGTH)
+        handle.seek(0)
+        cache = PageCache.load(frozen.path.parent / CACHE_NAME, key, salt, size)
+        codec = SqlcipherPages(frozen.key, salt, size, hmac="sha512")
+        mark_at = size - codec.reserve
+        number = 0
+        while block := handle.read(size * READ_PAGES):
+            if len(block) % size:
+                raise BackupError("the store's file ends inside a page; check the disk")
+            with memoryview(block) as view:
+                for start in range(0, len(block), size):
+                    number += 1
+                    page = view[start : start + size]
+                    mark = bytes(page[mark_at : mark_at + MARK_LENGTH])
+                    chunk = cache.chunk_for(number, mark) if number > 1 else None
+                    if chunk is None or not reuse(chunk, size - reserve):
+                        plain = _usable_plaintext(codec, number, page, reserve)
+                        if number == 1:
+                            reserve = size - len(plain)
+                        chunk = put(plain)
+                        cache.remember(number, mark, chunk)
+                    pages.append(chunk)
+                    if number % 4096 == 0:
+                        tick()
+    cache.truncate(number)
+    return cache, pages, reserve
+
+
+def _usable_plaintext(
+    codec: SqlcipherPages, number: int, page: memoryview, reserve: int
+) -> memoryview:
+    """Page `number` decrypted, without its reserve (the first page says how large
+    that is). The first page is marked a rollback-journal database, as the scratch
+    image is: the snapshot is one self-contained file, with no log beside it."""
+    try:
+        plain = bytearray(codec.decrypt(number, page))
+    except DecryptionError:
+        raise BackupError("the store's file could not be read; check the disk") from None
+    if number == 1:
+        reserve = plain[20]
+        if reserve < codec.reserve:
+            raise BackupError("the store has pages this backup cannot keep")
+        plain[18] = plain[19] = 1
+    return memoryview(plain)[: len(plain) - reserve]
+
+
+def _image_pages_of(
+    store: Store, put: Callable[[memoryview], bytes], tick: Callable[[], None]
+) -> tuple[list[bytes], int, int, int]:
+    """The chunk ids of a scratch image's pages, its reserve, schema and page size:
+    for when the store's own file cannot be held still (see Store.frozen_file)."""
+    image = store.export_image()
+    try:
+        reserve = 0
+        pages: list[bytes] = []
+        for number, plain in _image_pages(image):
+            if number == 1:
+                reserve = plain[20]
+                if reserve < SQLCIPHER_RESERVE:
+                    raise BackupError("the store's copy has pages this backup cannot keep")
+            pages.append(put(memoryview(plain)[: image.page_size - reserve]))
+            if number % 4096 == 0:
+                tick()
+        return pages, reserve, image.schema, image.page_size
+    finally:
+        image.discard()
+
+
 @dataclass(frozen=True)
 class SnapshotInfo:
     path: Path
@@ -519,21 +602,23 @@ def write_snapshot(
             done += len(plain)
             return chunk
 
-        image = store.export_image()
-        try:
-            reserve = 0
-            pages: list[bytes] = []
-            for number, plain in _image_pages(image):
-                if number == 1:
-                    reserve = plain[20]
-                    if reserve < SQLCIPHER_RESERVE:
-                        raise BackupError("the store's copy has pages this backup cannot keep")
-                pages.append(put(memoryview(plain)[: image.page_size - reserve]))
-                if number % 4096 == 0:
-                    _tick(progress, cancelled, lock, done, expected)
-            schema, page_size = image.schema, image.page_size
-        finally:
-            image.discard()
+        def reuse(chunk: bytes, length: int) -> bool:
+            nonlocal done
+            if chunk not in known and chunk not in new:
+                return False
+            done += length
+            return True
+
+        def tick() -> None:
+            _tick(progress, cancelled, lock, done, expected)
+
+        cache: PageCache | None = None
+        with store.frozen_file() as frozen:
+            if frozen is not None:
+                cache, pages, reserve = _file_pages(frozen, key, put, reuse, tick)
+                schema, page_size = frozen.schema, frozen.page_size
+        if cache is None:
+            pages, reserve, schema, page_size = _image_pages_of(store, put, tick)
         previous = {entry.path: entry for entry in parent.files} if parent else {}
         entries = []
         assert attachments_dir is not None or not files
@@ -576,6 +661,8 @@ def write_snapshot(
         # Read back what this run wrote, from the disk, and authenticate all of it.
         verify_written(repo, key, path, packs.written, new_index, known=set(known))
         verified_at = int(time.time())
+        if cache is not None:
+            cache.save(store.path.parent / CACHE_NAME, key)
         _prune_locked(repo, key, rule, clock=clock, lock=lock)
     finally:
         lock.release()

@@ -7,14 +7,17 @@ that (every page write draws a fresh IV), and this SQLCipher build has no
 (made under a random raw key with `cipher_compatibility = 4` and
 `cipher_hmac_algorithm = HMAC_SHA256`, see `app.store.database._connect_image`) in
 memory, and a restore encrypts pages back into such an image for SQLCipher to open
-(and authenticate again). This is SQLCipher's documented page format, not a cipher
-of ours:
+(and authenticate again). The next backup reads the store's own file the same way
+(SQLCipher 4's defaults, HMAC-SHA512), and decrypts only the pages whose IV and
+MAC changed since the last one. This is SQLCipher's documented page format, not
+a cipher of ours:
 
-- page 1 begins with the 16-byte file salt; every page ends with a 48-byte
-  reserve: IV (16) || HMAC-SHA256 (32);
+- page 1 begins with the 16-byte file salt; every page ends with a reserve of
+  IV (16) || HMAC, rounded up to 16 bytes: 48 for HMAC-SHA256, 80 for
+  HMAC-SHA512;
 - AES-256-CBC without padding over the page from offset 16 (page 1) or 0 up to
   the reserve, under the raw key;
-- HMAC-SHA256 over ciphertext || IV || page number (u32 little-endian), under
+- the HMAC over ciphertext || IV || page number (u32 little-endian), under
   PBKDF2-HMAC-SHA512(raw key, salt XOR 0x3a, 2 iterations, 32 bytes).
 
 Plaintext pages exist only in memory.
@@ -34,15 +37,20 @@ SQLCIPHER_SALT_LENGTH = 16
 SQLCIPHER_RESERVE = 48  # IV 16 + HMAC-SHA256 32: the least reserve a page keeps
 SQLITE_HEADER = b"SQLite format 3\x00"
 _IV = 16
-_MAC = 32
+_MAC_LENGTHS = {"sha256": 32, "sha512": 64}
 
 
 class SqlcipherPages:
-    """Decrypts and encrypts the pages of one SQLCipher 4 file (raw key, HMAC-SHA256)."""
+    """Decrypts and encrypts the pages of one SQLCipher 4 file under a raw key;
+    `hmac` is "sha256" (our scratch images) or "sha512" (SQLCipher 4's default)."""
 
-    __slots__ = ("_aes", "_mac_key", "page_size", "salt")
+    __slots__ = ("_aes", "_hmac", "_mac_key", "_mac_length", "page_size", "reserve", "salt")
 
-    def __init__(self, raw_key: bytes, salt: bytes, page_size: int) -> None:
+    def __init__(
+        self, raw_key: bytes, salt: bytes, page_size: int, *, hmac: str = "sha256"
+    ) -> None:
+        if hmac not in _MAC_LENGTHS:
+            raise ValueError(f"SQLCipher pages use HMAC-SHA256 or HMAC-SHA512, not {hmac}")
         if len(raw_key) != 32:
             raise InvalidKey("an SQLCipher raw key is 32 bytes")
         if len(salt) != SQLCIPHER_SALT_LENGTH:
@@ -52,6 +60,9 @@ class SqlcipherPages:
         self._mac_key = hashlib.pbkdf2_hmac("sha512", raw_key, mac_salt, 2, 32)
         self.page_size = page_size
         self.salt = salt
+        self._hmac = hmac
+        self._mac_length = _MAC_LENGTHS[hmac]
+        self.reserve = -(-(_IV + self._mac_length) // 16) * 16
 
     def __repr__(self) -> str:
         return f"SqlcipherPages(page_size={self.page_size}, <key hidden>)"
@@ -62,17 +73,18 @@ class SqlcipherPages:
         if len(page) != size:
             raise DecryptionError("an SQLCipher page has the wrong length")
         start = SQLCIPHER_SALT_LENGTH if number == 1 else 0
-        end = size - SQLCIPHER_RESERVE
+        end = size - self.reserve
         iv = page[end : end + _IV]
         mac = _stdlib_hmac.digest(
-            self._mac_key, bytes(page[start : end + _IV]) + number.to_bytes(4, "little"), "sha256"
+            self._mac_key, bytes(page[start : end + _IV]) + number.to_bytes(4, "little"), self._hmac
         )
-        if not _stdlib_hmac.compare_digest(mac, bytes(page[end + _IV : end + _IV + _MAC])):
+        stored = bytes(page[end + _IV : end + _IV + self._mac_length])
+        if not _stdlib_hmac.compare_digest(mac, stored):
             raise DecryptionError("an SQLCipher page failed authentication")
         decryptor = Cipher(self._aes, modes.CBC(bytes(iv))).decryptor()
         plain = decryptor.update(page[start:end]) + decryptor.finalize()
         head = SQLITE_HEADER if number == 1 else b""
-        return head + plain + bytes(SQLCIPHER_RESERVE)
+        return head + plain + bytes(self.reserve)
 
     def encrypt(self, number: int, plain: bytes | memoryview) -> bytes:
         """Page `number` (from 1) as SQLCipher stores it, under a fresh random IV."""
@@ -80,10 +92,10 @@ class SqlcipherPages:
         if len(plain) != size:
             raise ValueError("a page to encrypt has the wrong length")
         start = SQLCIPHER_SALT_LENGTH if number == 1 else 0
-        end = size - SQLCIPHER_RESERVE
+        end = size - self.reserve
         iv = os.urandom(_IV)
         encryptor = Cipher(self._aes, modes.CBC(iv)).encryptor()
         body = encryptor.update(plain[start:end]) + encryptor.finalize() + iv
-        mac = _stdlib_hmac.digest(self._mac_key, body + number.to_bytes(4, "little"), "sha256")
+        mac = _stdlib_hmac.digest(self._mac_key, body + number.to_bytes(4, "little"), self._hmac)
         head = self.salt if number == 1 else b""
-        return head + body + mac + bytes(SQLCIPHER_RESERVE - _IV - _MAC)
+        return head + body + mac + bytes(self.reserve - _IV - self._mac_length)

@@ -1272,6 +1272,18 @@ class DatabaseImageFile:
             connection.close()
 
 
+@dataclass(frozen=True)
+class FrozenStoreFile:
+    """The store's own file while `Store.frozen_file` holds it unchanged: SQLCipher 4
+    pages under `key` (its defaults: HMAC-SHA512), every committed change in it."""
+
+    path: Path
+    key: bytes = field(repr=False)
+    page_size: int
+    schema: int
+    size: int
+
+
 def _connect_image(path: Path, key: bytes, page_size: int | None = None) -> sqlcipher.Connection:
     connection = sqlcipher.connect(str(path), isolation_level=None, timeout=10)
     try:
@@ -1756,6 +1768,40 @@ class Store:
     def table_counts(self) -> dict[str, int]:
         with self._lock:
             return _row_counts(self._connection)
+
+    @contextlib.contextmanager
+    def frozen_file(self) -> Iterator[FrozenStoreFile | None]:
+        """The store's file, unchanged for as long as the block runs, so that a
+        backup can read its pages raw while the app goes on writing; None (use
+        `export_image`) when that cannot be had at once.
+
+        Empties the write-ahead log into the file, then opens a read transaction on
+        a second connection. Found with the log still empty, that transaction reads
+        the file alone, and holds SQLite's WAL_READ_LOCK(0), without which no
+        checkpoint may copy a page into the file: new commits wait in the log until
+        the block ends. A commit that slips in between leaves the log non-empty
+        (the file alone is then not the newest state), and this answers None."""
+        if not self.erase_overwritten():
+            yield None
+            return
+        connection = self._snapshot_connection()
+        try:
+            connection.execute("BEGIN")
+            schema = int(connection.execute("PRAGMA user_version").fetchone()[0])
+            page_size = int(connection.execute("PRAGMA page_size").fetchone()[0])
+            connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            log = self.path.with_name(self.path.name + "-wal")
+            with contextlib.suppress(FileNotFoundError):
+                if log.stat().st_size > 0:
+                    yield None
+                    return
+            yield FrozenStoreFile(
+                self.path, self._db_key, page_size, schema, self.path.stat().st_size
+            )
+        finally:
+            with contextlib.suppress(sqlcipher.Error):
+                connection.execute("ROLLBACK")
+            connection.close()
 
     def _snapshot_connection(self) -> sqlcipher.Connection:
         """A read-only second connection: WAL gives it a consistent snapshot while
