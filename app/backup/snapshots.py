@@ -52,7 +52,7 @@ from app.crypto import (
 )
 from app.store import Protector, Store, StoreError
 from app.store.database import DB_FILE_NAME, DatabaseImageFile, FrozenStoreFile
-from app.store.durability import fsync_directory
+from app.store.durability import WritebackPacer, fsync_directory
 
 # FastCDC 2020 (pyfastcdc) for attachment files: restic's sizes. The store is cut
 # at page boundaries instead: a page is the unit SQLite changes, so a message
@@ -61,6 +61,7 @@ CDC_AVERAGE = 1 << 20
 CDC_MIN = 256 << 10
 CDC_MAX = 4 << 20
 READ_PAGES = 256
+WRITE_PIECE = 2 << 20
 LOCK_NAME = "lock"
 LOCK_STALE_SECONDS = 15 * 60
 LOCK_REFRESH_SECONDS = 60
@@ -128,9 +129,19 @@ class Repository:
         temp = folder / f".{random_bytes(8).hex()}{TMP_SUFFIX}"
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
+            with os.fdopen(fd, "wb", buffering=0) as handle, memoryview(data) as view:
+                # In pieces, each one's writeback started and the older ones
+                # dropped behind: one 16 MiB write then fsync waits for the disk
+                # twice (throttled while dirtying, then flushing).
+                pacer = WritebackPacer(stretch=WRITE_PIECE)
+                try:
+                    pacer.start_file(handle.fileno())
+                    for start in range(0, len(view), WRITE_PIECE):
+                        handle.write(view[start : start + WRITE_PIECE])
+                        pacer.written(min(start + WRITE_PIECE, len(view)))
+                    pacer.end_file()
+                finally:
+                    pacer.close()
                 os.fsync(handle.fileno())
             os.replace(temp, target)
         except BaseException:
