@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
-  softhsm2 swtpm swtpm-tools tpm2-tools etcd-server postgresql xvfb
+  softhsm2 swtpm swtpm-tools tpm2-tools etcd-server postgresql xvfb libsodium23
   # What Qt's xcb platform plugin loads when the real app runs on a display.
   libxcb-cursor0 libxkbcommon-x11-0 libxcb-icccm4 libxcb-keysyms1 libxcb-shape0
   libxcb-render-util0 libxcb-image0 libxcb-randr0 libxcb-xinerama0 libegl1 libgl1
