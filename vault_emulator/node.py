@@ -48,6 +48,7 @@ from app.crypto import (
     server_registration_finish,
     server_registration_start,
 )
+from app.crypto.oprf import OprfError, share_evaluate
 from app.protocol.encoding import Reader, Writer
 from app.protocol.errors import ProtocolError
 from app.protocol.vault import (
@@ -75,6 +76,20 @@ from app.protocol.vault import (
     parse_inner_request,
     seal_key_transfer,
     seal_response,
+)
+from app.protocol.vault_split import (
+    ACTION_DELETE as SPLIT_DELETE,
+)
+from app.protocol.vault_split import (
+    ACTION_RETRIEVE as SPLIT_RETRIEVE,
+)
+from app.protocol.vault_split import (
+    KEY_SPLIT,
+    RESET_KEY_LENGTH,
+    SPLIT_OPS,
+    VERIFIER_LENGTH,
+    check_reset_key,
+    parse_share,
 )
 from vault_emulator import state as st
 from vault_emulator.backends import Backend, BackendError, MonotonicCounter
@@ -160,6 +175,7 @@ class AuditLog:
 TICKET_LOGIN = 1
 TICKET_REPLACE = 3
 TICKET_REGISTER = 4
+TICKET_SPLIT = 5
 TICKET_AD = b"Cipherline vault ticket v2"
 T = TypeVar("T")
 # What `_transact` asks of a decision: the state to write (None: write nothing)
@@ -411,7 +427,7 @@ class VaultNode:
     # ---- requests ------------------------------------------------------------------
     def handle(self, op: str, body: bytes) -> tuple[int, bytes]:
         """HTTP status and body. 200 carries an encrypted answer; 4xx a plain error."""
-        if op not in OPS:
+        if op not in OPS and op not in SPLIT_OPS:
             return 404, _error("unknown vault operation")
         if self.halted:
             return 503, _error(
@@ -427,7 +443,7 @@ class VaultNode:
             return 400, _error("the request is not sealed to this vault, or is malformed")
         try:
             status, left, payload = getattr(self, "_" + op)(inner.record_id, inner.fields)
-        except (BadRequest, ProtocolError, CryptoError) as error:
+        except (BadRequest, ProtocolError, CryptoError, OprfError) as error:
             # Never reached the counter: malformed fields are refused before it.
             return 400, _error(f"malformed {op} request: {error}")
         except StorageUnavailable:
@@ -655,6 +671,139 @@ class VaultNode:
             return OK, state.limit, Writer().bytes16(transfer).bytes16(replace_ticket).getvalue()
         self.audit.write(record_id, "login", "success")
         return OK, state.limit, transfer
+
+    # ---- the split vault (docs/vault-protocol.md, "The split vault") ---------------
+    def _split_register(self, record_id: bytes, fields: Reader) -> tuple[int, int, bytes]:
+        share_bytes, verifier = fields.bytes16(), fields.raw(VERIFIER_LENGTH)
+        wrapped, limit = fields.bytes16(), fields.u16()
+        fields.end()
+        share = parse_share(share_bytes)
+        if len(wrapped) != WRAPPED_KEY_LENGTH:
+            raise BadRequest(f"a wrapped key is {WRAPPED_KEY_LENGTH} bytes")
+        if not 1 <= limit <= 100:
+            raise BadRequest("the attempt limit must be 1-100")
+        generation = random_bytes(16)
+        now = int(self.clock())
+
+        def take(state: RecordState | None) -> Decision[int]:
+            # A new record's id is first taken by a placeholder: only a placeholder
+            # may be written where no value was (its storage version is then known).
+            if state is None or (state.status == st.PENDING and state.expires < now):
+                placeholder = RecordState(
+                    st.PENDING, generation=generation, expires=now + TICKET_SECONDS
+                )
+                return placeholder, OK
+            if state.status == st.ERASED:
+                return None, ERASED
+            return None, CONFLICT
+
+        def fill(state: RecordState | None) -> Decision[int]:
+            if state is None or state.status != st.PENDING or state.generation != generation:
+                return None, CONFLICT
+            active = RecordState(
+                st.ACTIVE,
+                generation=generation,
+                stored_key=wrapped,
+                key_format=KEY_SPLIT,
+                limit=limit,
+                share=share.to_bytes(),
+                verifier=verifier,
+            )
+            return active, OK
+
+        status = self._transact(record_id, take)
+        if status == OK:
+            status = self._transact(record_id, fill)
+        self.audit.write(
+            record_id, "split-register", "registered" if status == OK else _OUTCOME_NAMES[status]
+        )
+        return status, limit if status == OK else 0, b""
+
+    def _split_evaluate(self, record_id: bytes, fields: Reader) -> tuple[int, int, bytes]:
+        client_time, blinded = fields.u64(), fields.bytes16()
+        fields.end()
+        now = int(self.clock())
+        if abs(client_time - now) > REQUEST_WINDOW_SECONDS:
+            return STALE, 0, now.to_bytes(8, "big")
+        digest = hashlib.sha256(blinded).digest()[:16]
+        ticket_id = random_bytes(16)
+        evaluated: list[bytes] = []
+
+        def count(state: RecordState | None) -> Decision[int | RecordState]:
+            if (
+                state is None
+                or state.status == st.PENDING
+                or (state.status == st.ACTIVE and state.key_format != KEY_SPLIT)
+            ):
+                return None, NOT_FOUND
+            if state.status == st.ERASED:
+                return None, _erased_status(state)
+            if any(seen == digest for seen, _when in state.seen):
+                return None, STALE
+            # Evaluated first, so that a malformed element is refused (400) before
+            # the counter moves; released only once the count is stored.
+            evaluated[:] = [share_evaluate(parse_share(state.share), blinded)]
+            if state.attempts >= state.limit:
+                return state.erased(st.REASON_LOCKED_OUT), LOCKED_OUT
+            recent = tuple(
+                (seen, when) for seen, when in state.seen if when + REQUEST_WINDOW_SECONDS >= now
+            )
+            counted = replace(
+                state,
+                attempts=state.attempts + 1,
+                open_tickets=(*state.open_tickets, ticket_id)[-st.MAX_SEEN :],
+                seen=(*recent[-(st.MAX_SEEN - 1) :], (digest, client_time)),
+            )
+            return counted, counted
+
+        outcome = self._transact(record_id, count)
+        if not isinstance(outcome, RecordState):
+            self.audit.write(record_id, "split-evaluate", _OUTCOME_NAMES.get(outcome, "refused"))
+            return outcome, 0, b""
+        self.audit.write(record_id, "split-evaluate", f"attempt-{outcome.attempts}")
+        ticket = self._ticket(TICKET_SPLIT, record_id, ticket_id, b"")
+        payload = (
+            Writer()
+            .u16(outcome.attempts)
+            .u16(outcome.limit)
+            .bytes16(ticket)
+            .bytes16(evaluated[0])
+            .bytes16(outcome.stored_key)
+            .getvalue()
+        )
+        return OK, outcome.attempts_left, payload
+
+    def _split_reset(self, record_id: bytes, fields: Reader) -> tuple[int, int, bytes]:
+        ticket, reset_key, action = fields.bytes16(), fields.raw(RESET_KEY_LENGTH), fields.u8()
+        fields.end()
+        if action not in (SPLIT_RETRIEVE, SPLIT_DELETE):
+            raise BadRequest("unknown reset action")
+        granted = self._open_ticket(TICKET_SPLIT, record_id, ticket)
+        if granted is None:
+            return RETRY, 0, b""
+
+        def consume(state: RecordState | None) -> Decision[tuple[int, RecordState | None]]:
+            if state is None or state.status == st.PENDING or state.key_format != KEY_SPLIT:
+                return None, (RETRY, state)
+            if state.status == st.ERASED:
+                return None, (_erased_status(state), state)
+            if granted.ticket_id not in state.open_tickets:
+                return None, (RETRY, state)  # used already: a replay
+            if not check_reset_key(state.verifier, reset_key):
+                if state.attempts >= state.limit:
+                    return state.erased(st.REASON_LOCKED_OUT), (LOCKED_OUT, state)
+                failed = state.without_ticket(granted.ticket_id)
+                return failed, (WRONG_PASSWORD, failed)
+            if action == SPLIT_DELETE:
+                return state.erased(st.REASON_DELETED), (OK, state)
+            return replace(state, attempts=0, open_tickets=()), (OK, state)
+
+        status, state = self._transact(record_id, consume)
+        outcome = "success" if status == OK else _OUTCOME_NAMES.get(status, "refused")
+        self.audit.write(record_id, "split-reset", outcome)
+        if status == WRONG_PASSWORD and state is not None:
+            return status, state.attempts_left, b""
+        return status, state.limit if status == OK and state else 0, b""
 
 
 _OUTCOME_NAMES = {

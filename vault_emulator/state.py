@@ -23,7 +23,9 @@ from app.protocol.encoding import Reader, Writer
 from app.protocol.errors import ProtocolError
 from vault_emulator.records import Versioned
 
-STATE_VERSION = 2
+# Version 3 adds a split record's share and reset verifier; every other record is
+# still written as version 2, byte for byte (tests/vectors/vault_v2.json).
+STATE_VERSION = 3
 RECORD_AD = b"Cipherline vault record v2"
 
 PENDING = 0
@@ -61,6 +63,10 @@ class RecordState:
     replace_ticket: bytes = b""
     reason: int = REASON_NONE
     expires: int = 0
+    # A split record (key format 3): this domain's OPRF key share, and SHA-256 of
+    # the reset key that proves a right password here.
+    share: bytes = b""
+    verifier: bytes = b""
 
     def __repr__(self) -> str:
         return f"RecordState(status={self.status}, attempts={self.attempts}/{self.limit})"
@@ -77,9 +83,10 @@ class RecordState:
         return replace(self, open_tickets=tuple(t for t in self.open_tickets if t != ticket_id))
 
     def to_bytes(self) -> bytes:
+        split = bool(self.share or self.verifier)
         writer = (
             Writer()
-            .u8(STATE_VERSION)
+            .u8(STATE_VERSION if split else 2)
             .u8(self.status)
             .bytes8(self.generation)
             .bytes16(self.password_file)
@@ -94,12 +101,17 @@ class RecordState:
         writer.u8(len(self.seen))
         for digest, when in self.seen:
             writer.raw(digest).u64(when)
-        return writer.bytes8(self.replace_ticket).u8(self.reason).u64(self.expires).getvalue()
+        writer.bytes8(self.replace_ticket).u8(self.reason).u64(self.expires)
+        if split:
+            writer.bytes8(self.share).bytes8(self.verifier)
+        return writer.getvalue()
 
     @staticmethod
     def from_bytes(data: bytes) -> RecordState:
         reader = Reader(data, "record state")
-        reader.version(STATE_VERSION)
+        version = reader.u8()
+        if version not in {2, STATE_VERSION}:
+            raise ProtocolError(f"unknown record state version {version}")
         status, generation = reader.u8(), reader.bytes8()
         password_file, stored_key = reader.bytes16(), reader.bytes8()
         key_format, limit, attempts = reader.u8(), reader.u16(), reader.u16()
@@ -119,6 +131,8 @@ class RecordState:
             reader.u8(),
             reader.u64(),
         )
+        if version == STATE_VERSION:
+            state = replace(state, share=reader.bytes8(), verifier=reader.bytes8())
         reader.end()
         return state
 

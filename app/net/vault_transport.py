@@ -4,7 +4,8 @@ nodes (tests, operators). Failover between nodes is the relay's job in productio
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import requests
@@ -19,6 +20,7 @@ from app.protocol.vault import (
     VaultUnavailable,
     verify_fleet,
 )
+from app.protocol.vault_split import DomainRequest
 
 T = TypeVar("T")
 Transport = Callable[[str, bytes], Reply]
@@ -33,6 +35,25 @@ def run_flow(flow: Generator[VaultRequest, Reply, T], transport: Transport) -> T
     except StopIteration as finished:
         result: T = finished.value
         return result
+
+
+def run_split_flow(
+    flow: Generator[list[DomainRequest], list[Reply], T], transports: Sequence[Transport]
+) -> T:
+    """Runs a split-vault flow: each batch goes to its domains at once (transport
+    i - 1 reaches domain i), so a slow or dead domain costs one timeout, not three."""
+    with ThreadPoolExecutor(max_workers=len(transports)) as pool:
+        try:
+            batch = next(flow)
+            while True:
+                futures = [
+                    pool.submit(transports[request.domain - 1], request.op, request.body)
+                    for request in batch
+                ]
+                batch = flow.send([future.result() for future in futures])
+        except StopIteration as finished:
+            result: T = finished.value
+            return result
 
 
 class DirectTransport:

@@ -48,22 +48,24 @@ def fleet_factory(tmp_path: Path) -> Iterator[Callable[..., Fleet]]:
         passphrase = tmp_path / "fleet-passphrase"
         write_private(passphrase, b"a one-time fleet passphrase")
         nodes: list[VaultProcess] = []
+        # Fleets made in one test (the split vault's domains) get their own folders.
+        first = len(started)
         for index in range(count):
             extra: list[str] = []
             if cluster is not None:
                 extra += cluster.vault_client_args()
             if index > 0:
-                exported = nodes[0].export_fleet(tmp_path / "fleet.export", passphrase)
+                exported = nodes[0].export_fleet(tmp_path / f"fleet-{first}.export", passphrase)
                 extra += ["--join", str(exported), "--join-passphrase-file", str(passphrase)]
             token = None
             if backend == "softhsm":
-                token = SoftHSMToken(tmp_path / f"token-{index}").create()
+                token = SoftHSMToken(tmp_path / f"token-{first + index}").create()
             node = VaultProcess(
-                tmp_path / f"node-{index}",
+                tmp_path / f"node-{first + index}",
                 backend=backend,
                 token=token,
                 swtpm=swtpm,  # type: ignore[arg-type]
-                node_name=f"node-{index + 1}",
+                node_name=f"node-{first + index + 1}",
                 extra_init=extra,
             ).provision()
             nodes.append(node.start())

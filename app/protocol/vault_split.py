@@ -1,0 +1,368 @@
+"""The split vault, client side and sans-I/O: a backup key that any two of three
+independent vault domains can help recover, and no one domain can.
+
+Each domain is a vault fleet of its own (its own backend, fleet keys, storage and
+operators) speaking the framing of protocol version 2 (`app.protocol.vault`:
+requests HPKE-sealed to the domain's pinned fleet key, answers of one size), with
+three operations of its own. The password is hardened by a 2-of-3 threshold OPRF
+(RFC 9497's OPRF over ristretto255 with SHA-512, its key Shamir-shared, see
+`app.crypto.oprf`): at registration the client draws the OPRF key, computes the
+password's output itself, gives each domain one share and forgets the key. At
+recovery it blinds the password, asks every domain to evaluate with its share, and
+combines any two answers; no domain sees the password or the output. Each domain
+counts every evaluation durably before it answers, so each guess costs an attempt
+at two domains at least. From the output, stretched by Argon2id, come the key
+that wraps the backup key (one 60-byte wrapped key, stored at every domain) and
+one reset key per domain, which proves a right password to that domain and so
+resets its counter; a domain keeps only SHA-256 of its reset key.
+
+Guess bounds with a limit of L evaluations per domain (`guess_bound`): no domain
+compromised, ⌊3L/2⌋ guesses in all (each needs two domains' evaluations); one
+domain compromised (its share, state and keys), 2L (each guess still needs one of
+the two others); two, no bound: two shares are the OPRF key, and the wrapped key
+then falls to an offline search of the password, slowed only by Argon2id.
+
+Specification: docs/vault-protocol.md, "The split vault". Flows are generators
+that yield a batch of `DomainRequest`s (sent at once, to different domains) and
+receive one `Reply` per request, in order; `app.net.vault_transport.run_split_flow`
+runs them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import itertools
+import time
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass
+
+from app.crypto import (
+    Argon2Params,
+    CryptoError,
+    DecryptionError,
+    HpkePublicKey,
+    Rng,
+    SystemRng,
+    aead_open,
+    aead_seal,
+    argon2id,
+    hkdf_sha256,
+)
+from app.crypto.oprf import (
+    KeyShare,
+    OprfError,
+    blind,
+    combine,
+    derive_key_pair,
+    evaluate,
+    finalize,
+    split_key,
+)
+from app.protocol.encoding import Reader, Writer
+from app.protocol.errors import ProtocolError
+from app.protocol.vault import (
+    BACKUP_KEY_LENGTH,
+    LOCKED_OUT,
+    NOT_FOUND,
+    OK,
+    RECORD_ID_LENGTH,
+    STALE,
+    WRAPPED_KEY_LENGTH,
+    WRONG_PASSWORD,
+    Clock,
+    LockedOut,
+    RecordNotFound,
+    Reply,
+    VaultProtocolError,
+    VaultUnavailable,
+    WrongPassword,
+    _raise_for,
+    open_response,
+    seal_request,
+)
+
+SPLIT_OPS = ("split_register", "split_evaluate", "split_reset")
+DOMAINS = 3
+THRESHOLD = 2
+# Per domain. With three domains this allows at most ⌊3·7/2⌋ = 10 guesses in
+# all while no domain is compromised: the single vault's promise, kept.
+DEFAULT_SPLIT_LIMIT = 7
+KEY_SPLIT = 3  # a record's key format: a split record (docs/vault-protocol.md)
+RESET_KEY_LENGTH = 32
+VERIFIER_LENGTH = 32
+KEY_INFO = b"Cipherline split vault OPRF key v1"
+STRETCH_INFO = b"Cipherline split vault stretch v1"
+WRAP_INFO = b"Cipherline split vault wrap v1"
+WRAP_AD = b"Cipherline split vault wrapped key v1"
+RESET_INFO = b"Cipherline split vault reset v1"
+# Argon2id over the OPRF output: what an attacker holding two domains pays per
+# guess. RFC 9106's second recommendation, as the store's passphrase uses.
+STRETCH = Argon2Params()
+
+ACTION_RETRIEVE = 1
+ACTION_DELETE = 2
+
+
+def guess_bound(limit: int, compromised: int) -> int | None:
+    """The most password guesses an attacker gets while holding `compromised`
+    domains (None: unbounded, an offline search)."""
+    if compromised == 0:
+        return (DOMAINS * limit) // THRESHOLD
+    if compromised == 1:
+        return (DOMAINS - 1) * limit
+    return None
+
+
+@dataclass(frozen=True)
+class DomainRequest:
+    domain: int  # 1..3
+    op: str
+    body: bytes
+
+
+SplitFlow = Generator[list[DomainRequest], list[Reply], "object"]
+
+
+@dataclass(frozen=True)
+class _Secrets:
+    wrap_key: bytes
+    reset_keys: dict[int, bytes]
+
+    def __repr__(self) -> str:
+        return "_Secrets(<secret>)"
+
+
+def _secrets(output: bytes, record_id: bytes) -> _Secrets:
+    salt = hashlib.sha256(STRETCH_INFO + record_id).digest()[:16]
+    stretched = argon2id(output, salt, STRETCH, 32)
+    return _Secrets(
+        hkdf_sha256(stretched, salt=None, info=WRAP_INFO, length=32),
+        {
+            index: hkdf_sha256(
+                stretched, salt=None, info=RESET_INFO + bytes([index]), length=RESET_KEY_LENGTH
+            )
+            for index in range(1, DOMAINS + 1)
+        },
+    )
+
+
+def verifier(reset_key: bytes) -> bytes:
+    return hashlib.sha256(reset_key).digest()
+
+
+def _wrap(wrap_key: bytes, record_id: bytes, backup_key: bytes, nonce: bytes) -> bytes:
+    return nonce + aead_seal(wrap_key, nonce, backup_key, WRAP_AD + record_id)
+
+
+def _unwrap(wrap_key: bytes, record_id: bytes, wrapped: bytes) -> bytes | None:
+    try:
+        key = aead_open(wrap_key, wrapped[:12], wrapped[12:], WRAP_AD + record_id)
+    except DecryptionError:
+        return None
+    return key if len(key) == BACKUP_KEY_LENGTH else None
+
+
+def _batch(
+    domain_keys: Sequence[HpkePublicKey],
+    op: str,
+    record_id: bytes,
+    fields: dict[int, bytes],
+    rng: Rng,
+) -> Generator[list[DomainRequest], list[Reply], dict[int, tuple[int, int, bytes] | None]]:
+    """Sends `fields[i]` to domain i (all at once); each answer opened, or None for a
+    domain that did not answer (unreachable, busy, or an answer that fails)."""
+    sealed = {
+        index: seal_request(domain_keys[index - 1], op, record_id, body, rng)
+        for index, body in fields.items()
+    }
+    order = sorted(sealed)
+    replies = yield [DomainRequest(index, op, sealed[index][0]) for index in order]
+    if len(replies) != len(order):
+        raise ValueError("a split flow got a different number of replies than requests")
+    answers: dict[int, tuple[int, int, bytes] | None] = {}
+    for index, reply in zip(order, replies, strict=True):
+        try:
+            answers[index] = open_response(sealed[index][1], op, reply)
+        except (VaultUnavailable, VaultProtocolError):
+            answers[index] = None
+    return answers
+
+
+def register(
+    password: str,
+    backup_key: bytes,
+    domain_keys: Sequence[HpkePublicKey],
+    *,
+    record_id: bytes | None = None,
+    attempt_limit: int = DEFAULT_SPLIT_LIMIT,
+    rng: Rng | None = None,
+) -> Generator[list[DomainRequest], list[Reply], tuple[bytes, frozenset[int]]]:
+    """Registers a new split record; returns its id and the domains that hold a
+    share (at least two, or the registration fails: `VaultUnavailable`)."""
+    rng = rng or SystemRng()
+    if len(backup_key) != BACKUP_KEY_LENGTH:
+        raise ValueError("a backup key is 32 bytes")
+    if len(domain_keys) != DOMAINS:
+        raise ValueError("a split record needs exactly three domains")
+    record_id = record_id or rng.random_bytes(RECORD_ID_LENGTH)
+    secret = password.encode("utf-8")
+    oprf_key, _public = derive_key_pair(rng.random_bytes(32), KEY_INFO)
+    shares = split_key(oprf_key, rng)
+    secrets = _secrets(evaluate(oprf_key, secret), record_id)
+    wrapped = _wrap(secrets.wrap_key, record_id, backup_key, rng.random_bytes(12))
+    fields = {
+        share.index: Writer()
+        .bytes16(share.to_bytes())
+        .raw(verifier(secrets.reset_keys[share.index]))
+        .bytes16(wrapped)
+        .u16(attempt_limit)
+        .getvalue()
+        for share in shares
+    }
+    answers = yield from _batch(domain_keys, "split_register", record_id, fields, rng)
+    stored = frozenset(index for index, answer in answers.items() if answer and answer[0] == OK)
+    for answer in answers.values():
+        if answer is not None and answer[0] != OK:
+            _raise_for(answer[0], answer[1])
+    if len(stored) < THRESHOLD:
+        raise VaultUnavailable(
+            "fewer than two of the three vault domains answered; try again later"
+        )
+    return record_id, stored
+
+
+@dataclass(frozen=True)
+class _Evaluation:
+    index: int
+    attempts_left: int
+    ticket: bytes
+    element: bytes
+    wrapped: bytes
+
+
+def _parse_evaluation(index: int, payload: bytes) -> _Evaluation:
+    try:
+        reader = Reader(payload, "split evaluation")
+        used, limit = reader.u16(), reader.u16()
+        ticket, element, wrapped = reader.bytes16(), reader.bytes16(), reader.bytes16()
+        reader.end()
+    except ProtocolError:
+        raise VaultProtocolError("a vault domain's evaluation is malformed") from None
+    if len(wrapped) != WRAPPED_KEY_LENGTH:
+        raise VaultProtocolError("a vault domain returned a wrapped key of the wrong size")
+    return _Evaluation(index, max(limit - used, 0), ticket, element, wrapped)
+
+
+def recover(
+    password: str,
+    domain_keys: Sequence[HpkePublicKey],
+    record_id: bytes,
+    *,
+    rng: Rng | None = None,
+    clock: Clock = time.time,
+) -> Generator[list[DomainRequest], list[Reply], bytes]:
+    """The backup key, if `password` is right and two domains answer. Every domain
+    that evaluated is then told (its reset key on success, which resets its
+    counter; random bytes otherwise, which it records as a failure): the relay
+    sees the same requests whether the password was right or not."""
+    rng = rng or SystemRng()
+    if len(domain_keys) != DOMAINS:
+        raise ValueError("a split record needs exactly three domains")
+    secret = password.encode("utf-8")
+    blinding, blinded = blind(secret, rng)
+    offset = 0
+    pending = list(range(1, DOMAINS + 1))
+    evaluations: dict[int, _Evaluation] = {}
+    refusals: dict[int, int] = {}
+    for _round in range(2):  # a second round only for domains that found our clock off
+        now = int(clock()) + offset
+        fields = {index: Writer().u64(now).bytes16(blinded).getvalue() for index in pending}
+        answers = yield from _batch(domain_keys, "split_evaluate", record_id, fields, rng)
+        retry = []
+        for index, answer in answers.items():
+            if answer is None:
+                continue
+            status, _left, payload = answer
+            if status == OK:
+                evaluations[index] = _parse_evaluation(index, payload)
+            elif status == STALE and len(payload) == 8 and not _round:
+                offset = int.from_bytes(payload, "big") - int(clock())
+                retry.append(index)
+            else:
+                refusals[index] = status
+        if not retry:
+            break
+        pending = retry
+    if len(evaluations) < THRESHOLD:
+        _raise_refused(refusals)
+    backup_key, secrets = _open(secret, blinding, record_id, evaluations)
+    resets = {
+        index: Writer()
+        .bytes16(evaluation.ticket)
+        .raw(secrets.reset_keys[index] if secrets else rng.random_bytes(RESET_KEY_LENGTH))
+        .u8(ACTION_RETRIEVE)
+        .getvalue()
+        for index, evaluation in evaluations.items()
+    }
+    answers = yield from _batch(domain_keys, "split_reset", record_id, resets, rng)
+    if backup_key is not None:
+        return backup_key
+    lefts = []
+    for index, evaluation in evaluations.items():
+        answer = answers.get(index)
+        if answer is not None and answer[0] == LOCKED_OUT:
+            lefts.append(0)
+        elif answer is not None and answer[0] == WRONG_PASSWORD:
+            lefts.append(answer[1])
+        else:
+            lefts.append(evaluation.attempts_left)
+    lefts += [0] * (DOMAINS - len(lefts))
+    # Each further guess needs two domains: the second-largest count is what is left.
+    remaining = sorted(lefts, reverse=True)[THRESHOLD - 1]
+    if remaining == 0:
+        raise LockedOut
+    raise WrongPassword(remaining)
+
+
+def _raise_refused(refusals: dict[int, int]) -> None:
+    statuses = list(refusals.values())
+    if statuses.count(LOCKED_OUT) >= DOMAINS - THRESHOLD + 1:
+        raise LockedOut
+    if statuses.count(NOT_FOUND) >= DOMAINS - THRESHOLD + 1:
+        raise RecordNotFound
+    raise VaultUnavailable("fewer than two of the three vault domains could help; try again later")
+
+
+def _open(
+    secret: bytes, blinding: bytes, record_id: bytes, evaluations: dict[int, _Evaluation]
+) -> tuple[bytes | None, _Secrets | None]:
+    """Tries each pair of evaluations (a lying domain spoils only its pairs)."""
+    tried: set[bytes] = set()
+    for pair in itertools.combinations(sorted(evaluations), THRESHOLD):
+        try:
+            element = combine({index: evaluations[index].element for index in pair})
+            output = finalize(secret, blinding, element)
+        except (OprfError, CryptoError):
+            continue
+        if output in tried:
+            continue
+        tried.add(output)
+        secrets = _secrets(output, record_id)
+        for index in pair:
+            key = _unwrap(secrets.wrap_key, record_id, evaluations[index].wrapped)
+            if key is not None:
+                return key, secrets
+    return None, None
+
+
+def check_reset_key(stored_verifier: bytes, reset_key: bytes) -> bool:
+    """The domain's test of a reset key (constant time)."""
+    return hmac.compare_digest(stored_verifier, verifier(reset_key))
+
+
+def parse_share(data: bytes) -> KeyShare:
+    try:
+        return KeyShare.from_bytes(data)
+    except OprfError:
+        raise VaultProtocolError("a split vault share is malformed") from None

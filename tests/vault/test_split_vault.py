@@ -1,0 +1,273 @@
+"""The split vault on real domains: each a vault of its own (SoftHSM2, a TPM, a
+third), any two recover, one cannot; the guess bounds of
+`app.protocol.vault_split.guess_bound` played by an attacker at full strength."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from app.crypto import HpkePublicKey, SystemRng
+from app.crypto.oprf import blind, combine, finalize, share_evaluate
+from app.net.vault_transport import Transport, run_split_flow
+from app.protocol import vault_split as split
+from app.protocol.encoding import Writer
+from app.protocol.vault import (
+    CONFLICT,
+    LOCKED_OUT,
+    OK,
+    RETRY,
+    STALE,
+    LockedOut,
+    Reply,
+    VaultUnavailable,
+    WrongPassword,
+    open_response,
+    seal_request,
+)
+from tests.vault.conftest import Fleet
+from tests.vault.test_vault_operator import _operator_unseals, _record_states
+
+PASSWORD = "correct horse battery"
+BACKUP_KEY = bytes(range(32))
+
+
+def _dead(_op: str, _body: bytes) -> Reply:
+    return 503, b""
+
+
+class Recording:
+    """A transport that keeps every body it forwards (the relay's seat)."""
+
+    def __init__(self, inner: Transport) -> None:
+        self.inner = inner
+        self.sent: list[tuple[str, bytes]] = []
+
+    def __call__(self, op: str, body: bytes) -> Reply:
+        self.sent.append((op, body))
+        return self.inner(op, body)
+
+
+class Domains:
+    def __init__(self, fleets: list[Fleet]) -> None:
+        self.fleets = fleets
+        self.keys: list[HpkePublicKey] = [fleet.key() for fleet in fleets]
+        self.transports: list[Transport] = [fleet.transport for fleet in fleets]
+
+    def register(self, limit: int = split.DEFAULT_SPLIT_LIMIT) -> bytes:
+        record_id, stored = run_split_flow(
+            split.register(PASSWORD, BACKUP_KEY, self.keys, attempt_limit=limit),
+            self.transports,
+        )
+        assert stored == {1, 2, 3}
+        return record_id
+
+    def recover(
+        self, record_id: bytes, password: str = PASSWORD, down: tuple[int, ...] = ()
+    ) -> bytes:
+        transports = [
+            _dead if index + 1 in down else transport
+            for index, transport in enumerate(self.transports)
+        ]
+        return run_split_flow(split.recover(password, self.keys, record_id), transports)
+
+    def call(self, domain: int, op: str, record_id: bytes, fields: bytes) -> tuple[int, int, bytes]:
+        body, response_key = seal_request(self.keys[domain - 1], op, record_id, fields, SystemRng())
+        return open_response(response_key, op, self.transports[domain - 1](op, body))
+
+
+@pytest.fixture
+def domains(fleet_factory: Callable[..., Fleet]) -> Domains:
+    # Three softhsm domains, each its own token, fleet secrets and storage: the
+    # rules do not depend on the backend (the mixed one is its own test).
+    return Domains([fleet_factory(backend="softhsm") for _ in range(3)])
+
+
+def test_any_two_domains_recover_one_cannot_and_the_backends_differ(
+    fleet_factory: Callable[..., Fleet], swtpm: object
+) -> None:
+    mixed = Domains(
+        [
+            fleet_factory(backend="softhsm"),
+            fleet_factory(backend="tpm", swtpm=swtpm),
+            fleet_factory(backend="soft"),
+        ]
+    )
+    record_id = mixed.register()
+    assert mixed.recover(record_id) == BACKUP_KEY
+    for down in (1, 2, 3):
+        assert mixed.recover(record_id, down=(down,)) == BACKUP_KEY
+    for up in (1, 2, 3):
+        with pytest.raises(VaultUnavailable):
+            mixed.recover(record_id, down=tuple(d for d in (1, 2, 3) if d != up))
+
+
+def test_a_wrong_password_is_counted_and_a_right_one_resets_every_domain(
+    domains: Domains,
+) -> None:
+    record_id = domains.register(limit=5)
+    with pytest.raises(WrongPassword) as wrong:
+        domains.recover(record_id, "not it")
+    assert wrong.value.attempts_left == 4
+    with pytest.raises(WrongPassword) as wrong:
+        domains.recover(record_id, "not it either", down=(3,))
+    # Domains 1 and 2 have 3 left, domain 3 has 4: the next guess needs two.
+    assert wrong.value.attempts_left == 3
+    assert domains.recover(record_id) == BACKUP_KEY
+    with pytest.raises(WrongPassword) as wrong:
+        domains.recover(record_id, "after the reset")
+    assert wrong.value.attempts_left == 4
+
+
+def _attacker_guess(domains: Domains, record_id: bytes, pair: tuple[int, int], guess: str) -> bool:
+    """One online guess through two domains' evaluations, as anyone who knows the
+    record id can make it; True if both evaluated."""
+    blinding, blinded = blind(guess.encode(), SystemRng())
+    elements = {}
+    for domain in pair:
+        status, _left, payload = domains.call(
+            domain, "split_evaluate", record_id, Writer().u64(_now()).bytes16(blinded).getvalue()
+        )
+        if status != OK:
+            return False
+        elements[domain] = split._parse_evaluation(domain, payload).element
+    finalize(guess.encode(), blinding, combine(elements))
+    return True
+
+
+def _now() -> int:
+    import time
+
+    return int(time.time())
+
+
+def test_with_no_domain_compromised_the_guesses_are_bounded_by_three_halves_of_the_limit(
+    domains: Domains,
+) -> None:
+    limit = 4
+    record_id = domains.register(limit=limit)
+    left = {1: limit, 2: limit, 3: limit}
+    guesses = 0
+    while True:
+        # The attacker's best play: always the two domains with most left.
+        pair = tuple(sorted(sorted(left, key=lambda d: -left[d])[:2]))
+        if not _attacker_guess(domains, record_id, pair, f"guess {guesses}"):  # type: ignore[arg-type]
+            break
+        guesses += 1
+        for domain in pair:
+            left[domain] -= 1
+    assert guesses == split.guess_bound(limit, 0) == 6
+    with pytest.raises(LockedOut):
+        domains.recover(record_id)
+
+
+def test_one_compromised_domain_gives_twice_the_limit_and_no_offline_test(
+    domains: Domains,
+) -> None:
+    limit = 3
+    record_id = domains.register(limit=limit)
+    # The operator of domain 3, with its PIN: every secret it holds.
+    operator = domains.fleets[2].nodes[0]
+    record = _record_states(operator, _operator_unseals(operator))[record_id]
+    share = split.parse_share(record.share)
+    assert BACKUP_KEY not in record.to_bytes()
+    # Offline, the share alone opens nothing: the right password fares no better
+    # than a wrong one (each needs a second domain's evaluation).
+    for candidate in (PASSWORD, "wrong"):
+        blinding, blinded = blind(candidate.encode(), SystemRng())
+        alone = share_evaluate(share, blinded)
+        output = finalize(candidate.encode(), blinding, alone)
+        secrets = split._secrets(output, record_id)
+        assert split._unwrap(secrets.wrap_key, record_id, record.stored_key) is None
+    # Online, every guess needs one honest domain: 2 x limit guesses, the last right.
+    guesses = 0
+    opened = None
+    candidates = [f"wrong {n}" for n in range(2 * limit - 1)] + [PASSWORD, "one more"]
+    for candidate in candidates:
+        blinding, blinded = blind(candidate.encode(), SystemRng())
+        honest = None
+        for domain in (1, 2):
+            status, _left, payload = domains.call(
+                domain,
+                "split_evaluate",
+                record_id,
+                Writer().u64(_now()).bytes16(blinded).getvalue(),
+            )
+            if status == OK:
+                honest = (domain, split._parse_evaluation(domain, payload).element)
+                break
+        if honest is None:
+            break
+        guesses += 1
+        element = combine({honest[0]: honest[1], 3: share_evaluate(share, blinded)})
+        secrets = split._secrets(finalize(candidate.encode(), blinding, element), record_id)
+        opened = split._unwrap(secrets.wrap_key, record_id, record.stored_key) or opened
+    assert guesses == split.guess_bound(limit, 1) == 6
+    assert opened == BACKUP_KEY  # the bound is tight: the sixth guess was right
+
+
+def test_every_request_replayed_by_the_relay_gains_nothing(domains: Domains) -> None:
+    recording = [Recording(transport) for transport in domains.transports]
+    domains.transports = list(recording)
+    record_id = domains.register(limit=5)
+    with pytest.raises(WrongPassword):
+        domains.recover(record_id, "wrong")
+    assert domains.recover(record_id) == BACKUP_KEY
+    sent = [(index, op, body) for index, r in enumerate(recording) for op, body in r.sent]
+    assert {op for _i, op, _b in sent} == set(split.SPLIT_OPS)
+    for index, op, body in sent:
+        for target in range(3):
+            status, _body = recording[target].inner(op, body)
+            if target != index:
+                # Sealed to another domain's key: refused before any record is read.
+                assert status == 400
+                continue
+            assert status == 200
+    # Nothing was counted by the replays: a wrong guess still leaves limit - 1.
+    with pytest.raises(WrongPassword) as wrong:
+        domains.recover(record_id, "wrong again")
+    assert wrong.value.attempts_left == 4
+
+
+def test_replays_are_answered_without_counting(domains: Domains) -> None:
+    record_id = domains.register(limit=5)
+    _blinding, blinded = blind(b"a guess", SystemRng())
+    fields = Writer().u64(_now()).bytes16(blinded).getvalue()
+    op = "split_evaluate"
+    body, response_key = seal_request(domains.keys[0], op, record_id, fields, SystemRng())
+    first = open_response(response_key, op, domains.transports[0](op, body))
+    again = open_response(response_key, op, domains.transports[0](op, body))
+    assert first[0] == OK and again[0] == STALE
+    ticket = split._parse_evaluation(1, first[2]).ticket
+    reset = Writer().bytes16(ticket).raw(bytes(32)).u8(split.ACTION_RETRIEVE).getvalue()
+    assert domains.call(1, "split_reset", record_id, reset)[0] != OK
+    assert domains.call(1, "split_reset", record_id, reset)[0] == RETRY  # ticket spent
+    status, _left, _payload = domains.call(1, "split_register", record_id, _valid_upload())
+    assert status == CONFLICT  # an existing record is never overwritten
+
+
+def _valid_upload() -> bytes:
+    from app.crypto.oprf import derive_key_pair, split_key
+
+    key, _public = derive_key_pair(bytes(32), b"test")
+    share = split_key(key, SystemRng())[0]
+    return Writer().bytes16(share.to_bytes()).raw(bytes(32)).bytes16(bytes(60)).u16(5).getvalue()
+
+
+def test_the_limit_reached_erases_the_share_at_each_domain(domains: Domains) -> None:
+    record_id = domains.register(limit=2)
+    for guess in ("one", "two"):
+        with pytest.raises((WrongPassword, LockedOut)):
+            domains.recover(record_id, guess)
+    with pytest.raises(LockedOut):
+        domains.recover(record_id)
+    for domain in (1, 2, 3):
+        assert domains.call(domain, "split_register", record_id, _valid_upload())[0] == 6
+        status, _left, _payload = domains.call(
+            domain,
+            "split_evaluate",
+            record_id,
+            Writer().u64(_now()).bytes16(blind(b"x", SystemRng())[1]).getvalue(),
+        )
+        assert status == LOCKED_OUT
