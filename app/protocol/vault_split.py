@@ -97,8 +97,10 @@ WRAP_INFO = b"Cipherline split vault wrap v1"
 WRAP_AD = b"Cipherline split vault wrapped key v1"
 RESET_INFO = b"Cipherline split vault reset v1"
 # Argon2id over the OPRF output: what an attacker holding two domains pays per
-# guess. RFC 9106's second recommendation, as the store's passphrase uses.
-STRETCH = Argon2Params()
+# guess. The cost of the single vault's OPAQUE key-stretching (opaque-ke's
+# Argon2id defaults: 19 MiB, 2 passes, 1 lane), so that two domains lost leave an
+# offline search exactly as slow as the single vault's operator faces.
+STRETCH = Argon2Params(time_cost=2, memory_cost_kib=19 * 1024, parallelism=1)
 
 ACTION_RETRIEVE = 1
 ACTION_DELETE = 2
