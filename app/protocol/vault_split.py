@@ -296,9 +296,11 @@ def recover(
         if not retry:
             break
         pending = retry
-    if len(evaluations) < THRESHOLD:
-        _raise_refused(refusals)
-    backup_key, secrets = _open(secret, blinding, record_id, evaluations)
+    backup_key, secrets = (
+        _open(secret, blinding, record_id, evaluations)
+        if len(evaluations) >= THRESHOLD
+        else (None, None)
+    )
     resets = {
         index: Writer()
         .bytes16(evaluation.ticket)
@@ -307,9 +309,12 @@ def recover(
         .getvalue()
         for index, evaluation in evaluations.items()
     }
+    # Every evaluation released is answered, even when too few came to combine.
     answers = yield from _batch(domain_keys, "split_reset", record_id, resets, rng)
     if backup_key is not None:
         return backup_key
+    if len(evaluations) < THRESHOLD:
+        _raise_refused(refusals)
     lefts = []
     for index, evaluation in evaluations.items():
         answer = answers.get(index)

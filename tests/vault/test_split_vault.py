@@ -4,7 +4,9 @@ third), any two recover, one cannot; the guess bounds of
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -271,3 +273,60 @@ def test_the_limit_reached_erases_the_share_at_each_domain(domains: Domains) -> 
             Writer().u64(_now()).bytes16(blind(b"x", SystemRng())[1]).getvalue(),
         )
         assert status == LOCKED_OUT
+
+
+def test_200_concurrent_guesses_over_all_domains_with_one_killed_mid_burst(
+    domains: Domains,
+) -> None:
+    """Whole recoveries with wrong passwords from 24 threads at once, as fast as the
+    domains answer, while domain 2 is SIGKILLed: no domain evaluates more than its
+    limit, so no more guesses were possible than the bound."""
+    limit = 10
+    record_id = domains.register(limit=limit)
+    recording = [Recording(transport) for transport in domains.transports]
+    domains.transports = list(recording)
+    evaluated: dict[int, int] = {1: 0, 2: 0, 3: 0}
+    lock = threading.Lock()
+
+    def counting(index: int, inner: Transport) -> Transport:
+        def call(op: str, body: bytes) -> Reply:
+            status, answer = inner(op, body)
+            # An evaluation was released iff a reset follows it: count at the reset.
+            if op == "split_reset" and status == 200:
+                with lock:
+                    evaluated[index] += 1
+            return status, answer
+
+        return call
+
+    domains.transports = [counting(n + 1, t) for n, t in enumerate(recording)]
+    outcomes: list[str] = []
+
+    def guess(number: int) -> None:
+        if number == 40:
+            domains.fleets[1].nodes[0].kill()
+        try:
+            domains.recover(record_id, f"guess {number}")
+            outcome = "opened"
+        except WrongPassword:
+            outcome = "wrong"
+        except LockedOut:
+            outcome = "locked"
+        except VaultUnavailable:
+            outcome = "unavailable"
+        with lock:
+            outcomes.append(outcome)
+
+    with ThreadPoolExecutor(max_workers=24) as pool:
+        list(pool.map(guess, range(200)))
+    assert len(outcomes) == 200 and "opened" not in outcomes
+    # Each domain released at most its limit of evaluations; the live ones exactly.
+    assert evaluated[1] == evaluated[3] == limit
+    assert evaluated[2] <= limit
+    # So at most ⌊3L/2⌋ guesses had two evaluations (here fewer: guesses evaluated
+    # at all three domains spent three).
+    bound = split.guess_bound(limit, 0)
+    assert bound is not None and sum(evaluated.values()) // 2 <= bound
+    # The record is gone at the two live domains: even the right password fails.
+    with pytest.raises((LockedOut, VaultUnavailable)):
+        domains.recover(record_id)
