@@ -98,6 +98,13 @@ class VaultNodeKey:
     signing_public_key: str  # hex
 
 
+def _vault_domains(raw: list[list[dict[str, str]]]) -> tuple[tuple[VaultNodeKey, ...], ...]:
+    domains = tuple(tuple(VaultNodeKey(**node) for node in domain) for domain in raw)
+    if domains and (len(domains) != 3 or not all(domains)):
+        raise ConfigError("a split vault has exactly three domains, each with a pinned node")
+    return domains
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     relay_url: str
@@ -107,6 +114,10 @@ class ServerConfig:
     # sealed message's sender is believed only under a certificate one of them
     # signed. Empty: this client neither sends nor accepts sealed mail.
     sender_certificate_keys: tuple[str, ...] = field(default_factory=tuple)
+    # The split vault's three domains (docs/vault-protocol.md, "The split vault"),
+    # each a fleet pinned like `vault_nodes`; reached through the relay at
+    # /v1/vault/domains/{1,2,3}/. Empty: password backups use `vault_nodes` alone.
+    vault_domains: tuple[tuple[VaultNodeKey, ...], ...] = field(default_factory=tuple)
 
     def to_json(self) -> str:
         return json.dumps(
@@ -116,6 +127,9 @@ class ServerConfig:
                 "relay_ca_pem": self.relay_ca_pem,
                 "vault_nodes": [vars(node) for node in self.vault_nodes],
                 "sender_certificate_keys": list(self.sender_certificate_keys),
+                "vault_domains": [
+                    [vars(node) for node in domain] for domain in self.vault_domains
+                ],
             },
             indent=2,
         )
@@ -133,6 +147,7 @@ class ServerConfig:
                 sender_certificate_keys=tuple(
                     str(key) for key in raw.get("sender_certificate_keys", [])
                 ),
+                vault_domains=_vault_domains(raw.get("vault_domains", [])),
             )
         except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
             raise ConfigError(f"server config is malformed: {error}") from None

@@ -43,6 +43,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="URL of a Backup Key Vault node to pass vault requests to (repeat for a fleet)",
     )
     serve.add_argument(
+        "--vault-domain",
+        action="append",
+        default=[],
+        metavar="N=URL",
+        type=vault_domain,
+        help="a node of split-vault domain N (1-3), for /v1/vault/domains/N/ "
+        "(repeat for each node of each domain)",
+    )
+    serve.add_argument(
         "--max-attachment-bytes",
         type=int,
         default=100 * 1024 * 1024,
@@ -86,6 +95,20 @@ def build_parser() -> argparse.ArgumentParser:
 # ---- connection limits (relay/connections.py) -----------------------------------
 # Serve options, not RelaySettings: they are the listener's, not the app's. The
 # defaults are ConnectionLimits's (tests/relay/test_connection_limits.py checks).
+
+
+def vault_domain(text: str) -> tuple[int, str]:
+    number, separator, url = text.partition("=")
+    if not separator or number not in {"1", "2", "3"} or not url.startswith("http"):
+        raise argparse.ArgumentTypeError(f"expected N=URL with N 1, 2 or 3, got {text!r}")
+    return int(number), url
+
+
+def vault_domains(pairs: list[tuple[int, str]]) -> dict[int, tuple[str, ...]]:
+    domains: dict[int, tuple[str, ...]] = {}
+    for number, url in pairs:
+        domains[number] = (*domains.get(number, ()), url)
+    return domains
 
 
 def _positive_number(text: str) -> float:
@@ -315,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
                 data_dir=args.data,
                 database_url=args.database,
                 vault_urls=tuple(args.vault),
+                vault_domains=vault_domains(args.vault_domain),
                 max_attachment_bytes=args.max_attachment_bytes,
                 rate_per_second=args.rate,
                 rate_burst=args.rate * 4,

@@ -90,6 +90,8 @@ class RelaySettings:
     data_dir: Path
     database_url: str | None = None
     vault_urls: tuple[str, ...] = ()
+    # The split vault's domains: domain number (1-3) -> its nodes' URLs.
+    vault_domains: dict[int, tuple[str, ...]] = field(default_factory=dict)
     envelope_retention_ms: int = 30 * DAY_MS
     attachment_retention_ms: int = 30 * DAY_MS
     max_attachment_bytes: int = 100 * 1024 * 1024
@@ -645,6 +647,7 @@ def create_app(settings: RelaySettings) -> FastAPI:
         ),
         BodyLimit("POST", "/v1/attachments", settings.max_attachment_bytes, "an attachment"),
         BodyLimit("POST", "/v1/vault/{op}", VAULT_BODY_BYTES, "a vault request"),
+        BodyLimit("POST", "/v1/vault/domains/{domain}/{op}", VAULT_BODY_BYTES, "a vault request"),
         BodyLimit("POST", "/v1/bench/echo", settings.max_send_request_bytes, "an echo request"),
     ]
     stop = threading.Event()
@@ -1268,7 +1271,13 @@ def create_app(settings: RelaySettings) -> FastAPI:
         return FileResponse(path, media_type="application/octet-stream")
 
     # ---- vault pass-through ------------------------------------------------------
-    async def forward(method: str, path: str, body: bytes | None, request: Request) -> Response:
+    async def forward(
+        method: str,
+        path: str,
+        body: bytes | None,
+        request: Request,
+        urls: tuple[str, ...] | None = None,
+    ) -> Response:
         wait = vault_limiter.take("vault:" + client_key(request))
         if wait:
             metrics.count("rate_limited_total", kind="vault")
@@ -1278,10 +1287,11 @@ def create_app(settings: RelaySettings) -> FastAPI:
                 {"Retry-After": str(int(wait) + 1)},
                 code="rate_limited",
             )
-        if not settings.vault_urls:
+        nodes = settings.vault_urls if urls is None else urls
+        if not nodes:
             raise fail(503, "this relay has no backup vault configured")
         async with httpx.AsyncClient(timeout=15.0) as client:
-            for base in settings.vault_urls:
+            for base in nodes:
                 try:
                     upstream = await client.request(
                         method,
@@ -1312,5 +1322,26 @@ def create_app(settings: RelaySettings) -> FastAPI:
     @api.get("/v1/vault/fleet")
     async def vault_fleet(request: Request) -> Response:
         return await forward("GET", "/v1/vault/fleet", None, request)
+
+    def domain_nodes(domain: int) -> tuple[str, ...]:
+        if domain not in (1, 2, 3):
+            raise fail(404, "the split vault has domains 1, 2 and 3")
+        if domain not in settings.vault_domains:
+            raise fail(503, f"this relay has no vault domain {domain} configured")
+        return settings.vault_domains[domain]
+
+    # The split vault: the same pass-through, to one domain's nodes. Each domain is
+    # a vault of its own; the relay learns which domains a client asks, no more.
+    @api.post("/v1/vault/domains/{domain}/{op}")
+    async def vault_domain_call(domain: int, op: str, request: Request) -> Response:
+        nodes = domain_nodes(domain)
+        if not VAULT_OP.match(op):
+            raise fail(400, "unknown vault operation")
+        body = await request.body()
+        return await forward("POST", f"/v1/vault/{op}", body, request, nodes)
+
+    @api.get("/v1/vault/domains/{domain}/fleet")
+    async def vault_domain_fleet(domain: int, request: Request) -> Response:
+        return await forward("GET", "/v1/vault/fleet", None, request, domain_nodes(domain))
 
     return api

@@ -399,7 +399,12 @@ class RelayClient:
         return size
 
     # ---- vault pass-through -----------------------------------------------------
-    def vault_call(self, op: str, body: bytes) -> tuple[int, bytes]:
+    @staticmethod
+    def _vault_path(domain: int | None) -> str:
+        # The split vault's domains sit under their own prefix (relay-api.md).
+        return "/v1/vault" if domain is None else f"/v1/vault/domains/{int(domain)}"
+
+    def vault_call(self, op: str, body: bytes, domain: int | None = None) -> tuple[int, bytes]:
         """Forwards an opaque, end-to-end encrypted vault message; (status, body).
 
         A 429 comes from the relay's own rate limit, before any vault node saw the
@@ -408,7 +413,7 @@ class RelayClient:
         for attempt in range(VAULT_RATE_LIMIT_RETRIES + 1):
             try:
                 response = self._session.post(
-                    f"{self._base_url}/v1/vault/{op}",
+                    f"{self._base_url}{self._vault_path(domain)}/{op}",
                     data=body,
                     headers={"Content-Type": "application/octet-stream"},
                     timeout=self._timeout,
@@ -421,10 +426,12 @@ class RelayClient:
             time.sleep(_retry_after(response.headers.get("Retry-After")))
         return response.status_code, response.content
 
-    def vault_fleet(self) -> tuple[int, bytes]:
+    def vault_fleet(self, domain: int | None = None) -> tuple[int, bytes]:
         try:
             response = self._session.get(
-                f"{self._base_url}/v1/vault/fleet", timeout=self._timeout, verify=self._ca_file
+                f"{self._base_url}{self._vault_path(domain)}/fleet",
+                timeout=self._timeout,
+                verify=self._ca_file,
             )
         except requests.RequestException as error:
             raise RelayUnavailable(f"cannot reach the relay: {type(error).__name__}") from None

@@ -87,18 +87,21 @@ class DirectTransport:
 
 
 class RelayTransport:
-    def __init__(self, relay: RelayClient) -> None:
+    """The relay's vault pass-through; with `domain`, to that split-vault domain."""
+
+    def __init__(self, relay: RelayClient, domain: int | None = None) -> None:
         self._relay = relay
+        self._domain = domain
 
     def __call__(self, op: str, body: bytes) -> Reply:
         try:
-            return self._relay.vault_call(op, body)
+            return self._relay.vault_call(op, body, self._domain)
         except RelayUnavailable:
             return 503, b""
 
     def fleet(self) -> Reply:
         try:
-            return self._relay.vault_fleet()
+            return self._relay.vault_fleet(self._domain)
         except RelayUnavailable:
             return 503, b""
 

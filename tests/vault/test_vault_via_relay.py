@@ -6,8 +6,15 @@ from collections.abc import Callable
 
 import pytest
 
-from app.net.vault_transport import RelayTransport, fleet_key, run_flow
+from app.net.vault_transport import (
+    RelayTransport,
+    Transport,
+    fleet_key,
+    run_flow,
+    run_split_flow,
+)
 from app.protocol import vault as protocol
+from app.protocol import vault_split
 from app.protocol.vault import WrongPassword
 from tests.relay.helpers import account
 from tests.support.components import RelayProcess
@@ -71,3 +78,44 @@ def test_a_burst_past_the_relays_vault_rate_limit_waits_and_loses_no_answer(
             run_flow(protocol.retrieve(record_id, f"guess {guess}", key), transport)
         assert wrong.value.attempts_left == 39 - guess
     assert run_flow(protocol.retrieve(record_id, PASSWORD, key), transport) == BACKUP_KEY
+
+
+def test_the_split_vault_through_the_relay_any_two_domains_and_nothing_kept(
+    fleet_factory: Callable[..., Fleet], relay_factory: Callable[..., RelayProcess]
+) -> None:
+    domains = [fleet_factory() for _ in range(3)]
+    relay = relay_factory(
+        extra_args=[
+            arg
+            for number, fleet in enumerate(domains, 1)
+            for arg in ("--vault-domain", f"{number}={fleet.nodes[0].url}")
+        ]
+    )
+    client = account(relay)
+    transports = [RecordingTransport(client, number) for number in (1, 2, 3)]
+    keys = [fleet_key(t, fleet.pinned) for t, fleet in zip(transports, domains, strict=True)]
+    # Each domain's bundle is its own: domain 1's key is not domain 2's.
+    with pytest.raises(protocol.VaultKeyMismatch):
+        fleet_key(transports[1], domains[0].pinned)
+    record_id, stored = run_split_flow(
+        vault_split.register(PASSWORD, BACKUP_KEY, keys), list(transports)
+    )
+    assert stored == {1, 2, 3}
+    for down in (None, 1, 2, 3):
+        reachable: list[Transport] = [
+            (lambda _op, _body: (503, b"")) if number == down else t
+            for number, t in enumerate(transports, 1)
+        ]
+        assert run_split_flow(vault_split.recover(PASSWORD, keys, record_id), reachable) == (
+            BACKUP_KEY
+        )
+    with pytest.raises(WrongPassword):
+        run_split_flow(vault_split.recover("a wrong guess", keys, record_id), list(transports))
+    secrets = [BACKUP_KEY, PASSWORD.encode(), record_id, record_id.hex().encode()]
+    wire = b"".join(b for t in transports for b in t.seen)
+    stored_bytes = b"".join(p.read_bytes() for p in relay.data_dir.rglob("*") if p.is_file())
+    for secret in secrets:
+        assert secret not in wire
+        assert secret not in stored_bytes
+    # A domain the relay was not given, and one that does not exist.
+    assert client.vault_call("split_evaluate", b"x", 4)[0] == 404
