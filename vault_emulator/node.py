@@ -81,6 +81,9 @@ from app.protocol.vault_split import (
     ACTION_DELETE as SPLIT_DELETE,
 )
 from app.protocol.vault_split import (
+    ACTION_REPLACE as SPLIT_REPLACE,
+)
+from app.protocol.vault_split import (
     ACTION_RETRIEVE as SPLIT_RETRIEVE,
 )
 from app.protocol.vault_split import (
@@ -176,6 +179,7 @@ TICKET_LOGIN = 1
 TICKET_REPLACE = 3
 TICKET_REGISTER = 4
 TICKET_SPLIT = 5
+TICKET_SPLIT_REPLACE = 6  # not kind 3: a split record is never replaced by OPAQUE's ops
 TICKET_AD = b"Cipherline vault ticket v2"
 T = TypeVar("T")
 # What `_transact` asks of a decision: the state to write (None: write nothing)
@@ -675,7 +679,7 @@ class VaultNode:
     # ---- the split vault (docs/vault-protocol.md, "The split vault") ---------------
     def _split_register(self, record_id: bytes, fields: Reader) -> tuple[int, int, bytes]:
         share_bytes, verifier = fields.bytes16(), fields.raw(VERIFIER_LENGTH)
-        wrapped, limit = fields.bytes16(), fields.u16()
+        wrapped, limit, replace_ticket = fields.bytes16(), fields.u16(), fields.bytes16()
         fields.end()
         share = parse_share(share_bytes)
         if len(wrapped) != WRAPPED_KEY_LENGTH:
@@ -684,6 +688,10 @@ class VaultNode:
             raise BadRequest("the attempt limit must be 1-100")
         generation = random_bytes(16)
         now = int(self.clock())
+        if replace_ticket:
+            return self._split_replace(
+                record_id, replace_ticket, share.to_bytes(), verifier, wrapped, limit
+            )
 
         def take(state: RecordState | None) -> Decision[int]:
             # A new record's id is first taken by a placeholder: only a placeholder
@@ -716,6 +724,50 @@ class VaultNode:
             status = self._transact(record_id, fill)
         self.audit.write(
             record_id, "split-register", "registered" if status == OK else _OUTCOME_NAMES[status]
+        )
+        return status, limit if status == OK else 0, b""
+
+    def _split_replace(  # noqa: PLR0917
+        self,
+        record_id: bytes,
+        replace_ticket: bytes,
+        share: bytes,
+        verifier: bytes,
+        wrapped: bytes,
+        limit: int,
+    ) -> tuple[int, int, bytes]:
+        """A password change: the record's share, verifier and wrapped key replaced
+        at once, only with the one replace ticket a right password's reset issued."""
+        granted = self._open_ticket(TICKET_SPLIT_REPLACE, record_id, replace_ticket)
+        if granted is None:
+            return CONFLICT, 0, b""
+
+        def swap(state: RecordState | None) -> Decision[int]:
+            if state is not None and state.status == st.ERASED:
+                return None, ERASED
+            if (
+                state is None
+                or state.status != st.ACTIVE
+                or state.key_format != KEY_SPLIT
+                or not state.replace_ticket
+                or state.replace_ticket != granted.ticket_id
+            ):
+                return None, CONFLICT  # spent already, or never issued for this record
+            replaced = RecordState(
+                st.ACTIVE,
+                generation=random_bytes(16),
+                stored_key=wrapped,
+                key_format=KEY_SPLIT,
+                limit=limit,
+                seen=state.seen,
+                share=share,
+                verifier=verifier,
+            )
+            return replaced, OK
+
+        status = self._transact(record_id, swap)
+        self.audit.write(
+            record_id, "split-register", "replaced" if status == OK else _OUTCOME_NAMES[status]
         )
         return status, limit if status == OK else 0, b""
 
@@ -776,8 +828,9 @@ class VaultNode:
     def _split_reset(self, record_id: bytes, fields: Reader) -> tuple[int, int, bytes]:
         ticket, reset_key, action = fields.bytes16(), fields.raw(RESET_KEY_LENGTH), fields.u8()
         fields.end()
-        if action not in (SPLIT_RETRIEVE, SPLIT_DELETE):
+        if action not in (SPLIT_RETRIEVE, SPLIT_DELETE, SPLIT_REPLACE):
             raise BadRequest("unknown reset action")
+        replace_id = random_bytes(16)
         granted = self._open_ticket(TICKET_SPLIT, record_id, ticket)
         if granted is None:
             return RETRY, 0, b""
@@ -796,13 +849,22 @@ class VaultNode:
                 return failed, (WRONG_PASSWORD, failed)
             if action == SPLIT_DELETE:
                 return state.erased(st.REASON_DELETED), (OK, state)
-            return replace(state, attempts=0, open_tickets=()), (OK, state)
+            succeeded = replace(
+                state,
+                attempts=0,
+                open_tickets=(),
+                replace_ticket=replace_id if action == SPLIT_REPLACE else state.replace_ticket,
+            )
+            return succeeded, (OK, state)
 
         status, state = self._transact(record_id, consume)
         outcome = "success" if status == OK else _OUTCOME_NAMES.get(status, "refused")
         self.audit.write(record_id, "split-reset", outcome)
         if status == WRONG_PASSWORD and state is not None:
             return status, state.attempts_left, b""
+        if status == OK and state is not None and action == SPLIT_REPLACE:
+            ticket = self._ticket(TICKET_SPLIT_REPLACE, record_id, replace_id, b"")
+            return OK, state.limit, Writer().bytes16(ticket).getvalue()
         return status, state.limit if status == OK and state else 0, b""
 
 

@@ -67,6 +67,7 @@ from app.protocol.vault import (
     NOT_FOUND,
     OK,
     RECORD_ID_LENGTH,
+    REPLACE_TICKET_LENGTH,
     STALE,
     WRAPPED_KEY_LENGTH,
     WRONG_PASSWORD,
@@ -104,6 +105,7 @@ STRETCH = Argon2Params(time_cost=2, memory_cost_kib=19 * 1024, parallelism=1)
 
 ACTION_RETRIEVE = 1
 ACTION_DELETE = 2
+ACTION_REPLACE = 3
 
 
 def guess_bound(limit: int, compromised: int) -> int | None:
@@ -198,10 +200,12 @@ def register(
     *,
     record_id: bytes | None = None,
     attempt_limit: int = DEFAULT_SPLIT_LIMIT,
+    replace_tickets: dict[int, bytes] | None = None,
     rng: Rng | None = None,
 ) -> Generator[list[DomainRequest], list[Reply], tuple[bytes, frozenset[int]]]:
-    """Registers a new split record; returns its id and the domains that hold a
-    share (at least two, or the registration fails: `VaultUnavailable`)."""
+    """Registers a new split record (or, with `replace_tickets` from a right
+    password's reset at every domain, replaces one); returns its id and the domains
+    that hold a share (at least two, or it fails: `VaultUnavailable`)."""
     rng = rng or SystemRng()
     if len(backup_key) != BACKUP_KEY_LENGTH:
         raise ValueError("a backup key is 32 bytes")
@@ -219,6 +223,7 @@ def register(
         .raw(verifier(secrets.reset_keys[share.index]))
         .bytes16(wrapped)
         .u16(attempt_limit)
+        .bytes16((replace_tickets or {}).get(share.index, b""))
         .getvalue()
         for share in shares
     }
@@ -238,6 +243,7 @@ def register(
 class _Evaluation:
     index: int
     attempts_left: int
+    limit: int
     ticket: bytes
     element: bytes
     wrapped: bytes
@@ -253,7 +259,7 @@ def _parse_evaluation(index: int, payload: bytes) -> _Evaluation:
         raise VaultProtocolError("a vault domain's evaluation is malformed") from None
     if len(wrapped) != WRAPPED_KEY_LENGTH:
         raise VaultProtocolError("a vault domain returned a wrapped key of the wrong size")
-    return _Evaluation(index, max(limit - used, 0), ticket, element, wrapped)
+    return _Evaluation(index, max(limit - used, 0), limit, ticket, element, wrapped)
 
 
 def recover(
@@ -268,6 +274,90 @@ def recover(
     that evaluated is then told (its reset key on success, which resets its
     counter; random bytes otherwise, which it records as a failure): the relay
     sees the same requests whether the password was right or not."""
+    opened = yield from _recover(password, domain_keys, record_id, ACTION_RETRIEVE, rng, clock)
+    return opened.backup_key
+
+
+def delete(
+    record_id: bytes,
+    password: str,
+    domain_keys: Sequence[HpkePublicKey],
+    *,
+    rng: Rng | None = None,
+    clock: Clock = time.time,
+) -> SplitFlow:
+    """Erases the record at every domain that answers (at least two)."""
+    yield from _recover(password, domain_keys, record_id, ACTION_DELETE, rng, clock)
+    return None
+
+
+def change_password(
+    record_id: bytes,
+    old: str,
+    new: str,
+    domain_keys: Sequence[HpkePublicKey],
+    *,
+    rng: Rng | None = None,
+    clock: Clock = time.time,
+) -> Generator[list[DomainRequest], list[Reply], None]:
+    """The same record id and backup key under a new password and a new OPRF key.
+    Needs all three domains (a domain left with the old share would hold a record
+    no password opens); after a wrong old password a decoy registration of the
+    same shape is sent, so the relay cannot tell which it was."""
+    rng = rng or SystemRng()
+    try:
+        opened = yield from _recover(old, domain_keys, record_id, ACTION_REPLACE, rng, clock)
+    except WrongPassword:
+        yield from _decoy_registration(domain_keys, record_id, rng)
+        raise
+    yield from register(
+        new,
+        opened.backup_key,
+        domain_keys,
+        record_id=record_id,
+        attempt_limit=opened.limit,
+        replace_tickets=opened.replace_tickets,
+        rng=rng,
+    )
+
+
+def _decoy_registration(
+    domain_keys: Sequence[HpkePublicKey], record_id: bytes, rng: Rng
+) -> Generator[list[DomainRequest], list[Reply], None]:
+    """Requests shaped like a replacing registration whose tickets no domain
+    issued: refused before any storage is read, and ignored here."""
+    oprf_key, _public = derive_key_pair(rng.random_bytes(32), KEY_INFO)
+    fields = {
+        share.index: Writer()
+        .bytes16(share.to_bytes())
+        .raw(rng.random_bytes(VERIFIER_LENGTH))
+        .bytes16(rng.random_bytes(WRAPPED_KEY_LENGTH))
+        .u16(DEFAULT_SPLIT_LIMIT)
+        .bytes16(rng.random_bytes(REPLACE_TICKET_LENGTH))
+        .getvalue()
+        for share in split_key(oprf_key, rng)
+    }
+    yield from _batch(domain_keys, "split_register", record_id, fields, rng)
+
+
+@dataclass(frozen=True)
+class _Opened:
+    backup_key: bytes
+    limit: int
+    replace_tickets: dict[int, bytes]
+
+    def __repr__(self) -> str:
+        return "_Opened(<secret>)"
+
+
+def _recover(  # noqa: PLR0917
+    password: str,
+    domain_keys: Sequence[HpkePublicKey],
+    record_id: bytes,
+    action: int,
+    rng: Rng | None,
+    clock: Clock,
+) -> Generator[list[DomainRequest], list[Reply], _Opened]:
     rng = rng or SystemRng()
     if len(domain_keys) != DOMAINS:
         raise ValueError("a split record needs exactly three domains")
@@ -301,18 +391,21 @@ def recover(
         if len(evaluations) >= THRESHOLD
         else (None, None)
     )
+    # A replacement only where every domain can take part: otherwise just a retrieve.
+    everyone = len(evaluations) == DOMAINS
+    sent_action = ACTION_RETRIEVE if action == ACTION_REPLACE and not everyone else action
     resets = {
         index: Writer()
         .bytes16(evaluation.ticket)
         .raw(secrets.reset_keys[index] if secrets else rng.random_bytes(RESET_KEY_LENGTH))
-        .u8(ACTION_RETRIEVE)
+        .u8(sent_action)
         .getvalue()
         for index, evaluation in evaluations.items()
     }
     # Every evaluation released is answered, even when too few came to combine.
     answers = yield from _batch(domain_keys, "split_reset", record_id, resets, rng)
     if backup_key is not None:
-        return backup_key
+        return _opened(backup_key, action, sent_action, evaluations, answers)
     if len(evaluations) < THRESHOLD:
         _raise_refused(refusals)
     lefts = []
@@ -330,6 +423,37 @@ def recover(
     if remaining == 0:
         raise LockedOut
     raise WrongPassword(remaining)
+
+
+def _opened(
+    backup_key: bytes,
+    action: int,
+    sent_action: int,
+    evaluations: dict[int, _Evaluation],
+    answers: dict[int, tuple[int, int, bytes] | None],
+) -> _Opened:
+    limit = max(evaluation.limit for evaluation in evaluations.values())
+    if action != ACTION_REPLACE:
+        return _Opened(backup_key, limit, {})
+    if sent_action != ACTION_REPLACE:
+        raise VaultUnavailable(
+            "changing the password needs all three vault domains, and one did not answer;"
+            " the old password still works. Try again later."
+        )
+    tickets: dict[int, bytes] = {}
+    for index, answer in answers.items():
+        if answer is None or answer[0] != OK:
+            raise VaultUnavailable(
+                "a vault domain did not confirm the password change; the old password"
+                " still works. Try again later."
+            )
+        try:
+            reader = Reader(answer[2], "replace answer")
+            tickets[index] = reader.bytes16()
+            reader.end()
+        except ProtocolError:
+            raise VaultProtocolError("a vault domain's replace answer is malformed") from None
+    return _Opened(backup_key, limit, tickets)
 
 
 def _raise_refused(refusals: dict[int, int]) -> None:

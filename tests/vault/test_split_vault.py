@@ -22,6 +22,7 @@ from app.protocol.vault import (
     RETRY,
     STALE,
     LockedOut,
+    RecordNotFound,
     Reply,
     VaultUnavailable,
     WrongPassword,
@@ -254,7 +255,15 @@ def _valid_upload() -> bytes:
 
     key, _public = derive_key_pair(bytes(32), b"test")
     share = split_key(key, SystemRng())[0]
-    return Writer().bytes16(share.to_bytes()).raw(bytes(32)).bytes16(bytes(60)).u16(5).getvalue()
+    return (
+        Writer()
+        .bytes16(share.to_bytes())
+        .raw(bytes(32))
+        .bytes16(bytes(60))
+        .u16(5)
+        .bytes16(b"")
+        .getvalue()
+    )
 
 
 def test_the_limit_reached_erases_the_share_at_each_domain(domains: Domains) -> None:
@@ -330,3 +339,52 @@ def test_200_concurrent_guesses_over_all_domains_with_one_killed_mid_burst(
     # The record is gone at the two live domains: even the right password fails.
     with pytest.raises((LockedOut, VaultUnavailable)):
         domains.recover(record_id)
+
+
+def test_a_password_change_keeps_the_record_and_needs_all_three_domains(
+    domains: Domains,
+) -> None:
+    record_id = domains.register(limit=5)
+    recording = [Recording(transport) for transport in domains.transports]
+    domains.transports = list(recording)
+
+    def change(old: str, new: str, transports: list[Transport] | None = None) -> None:
+        run_split_flow(
+            split.change_password(record_id, old, new, domains.keys),
+            transports or domains.transports,
+        )
+
+    # With one domain down nothing changes, and the old password still opens.
+    with pytest.raises(VaultUnavailable, match="all three"):
+        change(PASSWORD, "new one", [domains.transports[0], domains.transports[1], _dead])
+    assert domains.recover(record_id) == BACKUP_KEY
+    # A wrong old password looks the same on the wire as a right one.
+    wrong_ops = _ops_of(recording, lambda: change("not it", "new one"), WrongPassword)
+    right_ops = _ops_of(recording, lambda: change(PASSWORD, "new one"), None)
+    assert wrong_ops == right_ops
+    assert domains.recover(record_id, "new one") == BACKUP_KEY
+    with pytest.raises(WrongPassword):
+        domains.recover(record_id, PASSWORD)
+    # The replacing registration, replayed, changes nothing.
+    for r in recording:
+        for op, body in r.sent:
+            if op == "split_register":
+                assert r.inner(op, body)[0] == 200
+    assert domains.recover(record_id, "new one") == BACKUP_KEY
+    run_split_flow(split.delete(record_id, "new one", domains.keys), domains.transports)
+    with pytest.raises(RecordNotFound):
+        domains.recover(record_id, "new one")
+
+
+def _ops_of(
+    recording: list[Recording], action: Callable[[], None], raises: type[Exception] | None
+) -> list[tuple[int, str, int]]:
+    """(domain, op, body size) of what `action` sent, in order."""
+    for r in recording:
+        r.sent.clear()
+    if raises is None:
+        action()
+    else:
+        with pytest.raises(raises):
+            action()
+    return [(index, op, len(body)) for index, r in enumerate(recording) for op, body in r.sent]
