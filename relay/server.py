@@ -1324,16 +1324,17 @@ def create_app(settings: RelaySettings) -> FastAPI:
         return await forward("GET", "/v1/vault/fleet", None, request)
 
     def domain_nodes(domain: int) -> tuple[str, ...]:
-        if domain not in (1, 2, 3):
-            raise fail(404, "the split vault has domains 1, 2 and 3")
         if domain not in settings.vault_domains:
-            raise fail(503, f"this relay has no vault domain {domain} configured")
+            # This relay serves no such domain (configuration, not an outage).
+            raise fail(404, f"this relay serves no split-vault domain {domain}")
         return settings.vault_domains[domain]
+
+    VaultDomain = Annotated[int, PathParameter(ge=1, le=3)]
 
     # The split vault: the same pass-through, to one domain's nodes. Each domain is
     # a vault of its own; the relay learns which domains a client asks, no more.
     @api.post("/v1/vault/domains/{domain}/{op}")
-    async def vault_domain_call(domain: int, op: str, request: Request) -> Response:
+    async def vault_domain_call(domain: VaultDomain, op: str, request: Request) -> Response:
         nodes = domain_nodes(domain)
         if not VAULT_OP.match(op):
             raise fail(400, "unknown vault operation")
@@ -1341,7 +1342,7 @@ def create_app(settings: RelaySettings) -> FastAPI:
         return await forward("POST", f"/v1/vault/{op}", body, request, nodes)
 
     @api.get("/v1/vault/domains/{domain}/fleet")
-    async def vault_domain_fleet(domain: int, request: Request) -> Response:
+    async def vault_domain_fleet(domain: VaultDomain, request: Request) -> Response:
         return await forward("GET", "/v1/vault/fleet", None, request, domain_nodes(domain))
 
     return api

@@ -94,6 +94,9 @@ from app.protocol.vault_split import (
     check_reset_key,
     parse_share,
 )
+from app.protocol.vault_split import (
+    REQUEST_INFO as SPLIT_REQUEST_INFO,
+)
 from vault_emulator import state as st
 from vault_emulator.backends import Backend, BackendError, MonotonicCounter
 from vault_emulator.etcd import StorageUnavailable
@@ -440,8 +443,9 @@ class VaultNode:
         if len(body) > MAX_BODY:
             return 413, _error("vault requests are limited to 64 KiB")
         try:
+            info = SPLIT_REQUEST_INFO if op in SPLIT_OPS else REQUEST_INFO
             inner = parse_inner_request(
-                hpke_open(self.secrets.hpke_private, body, REQUEST_INFO + op.encode())
+                hpke_open(self.secrets.hpke_private, body, info + op.encode())
             )
         except (DecryptionError, ProtocolError):
             return 400, _error("the request is not sealed to this vault, or is malformed")

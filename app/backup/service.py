@@ -15,10 +15,17 @@ from app.backup import engine, password_policy, server_record, snapshots
 from app.backup import format as fmt
 from app.backup.errors import BackupError, BackupNotConfigured, NotABackup
 from app.backup.keys import generate_backup_key
-from app.config import ServerConfig, write_ca_file
+from app.config import ServerConfig, VaultNodeKey, write_ca_file
+from app.crypto import HpkePublicKey
 from app.net import RelayClient
-from app.net.vault_transport import RelayTransport, fleet_key, pinned_nodes, run_flow
-from app.protocol import vault
+from app.net.vault_transport import (
+    RelayTransport,
+    fleet_key,
+    pinned_nodes,
+    run_flow,
+    run_split_flow,
+)
+from app.protocol import vault, vault_split
 from app.store import BackupState, Store
 from app.store.keyfile import (
     RECOVERY_METHOD_KEY,
@@ -35,17 +42,38 @@ MIN_PASSWORD_LENGTH = password_policy.MIN_PASSWORD_LENGTH
 LAST_VERIFIED_SETTING = "backup.last_verified"
 # {"daily": n, "weekly": n, "monthly": n}; "keep the newest N" stays in backup_state.
 RETENTION_SETTING = "backup.retention"
+# "split" once the password record is in the split vault; absent for a record in
+# the single vault (every record registered before the split vault existed).
+VAULT_SETTING = "backup.vault"
 
 
 @dataclass(frozen=True)
 class VaultAccess:
-    """How to reach the vault: the relay's pass-through and the pinned node keys."""
+    """How to reach the vault: the relay's pass-through and the pinned keys.
+
+    With `vault_domains` in the server config, new password records go to the split
+    vault (docs/vault-protocol.md, "The split vault"); a record is looked for there
+    first and then in the single vault, so backups registered before keep working
+    (asking a vault that does not hold a record costs no attempt)."""
 
     config: ServerConfig
     profile: Path
 
+    @property
+    def split(self) -> bool:
+        return bool(self.config.vault_domains)
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.config.vault_domains or self.config.vault_nodes)
+
+    def _relay(self) -> RelayClient:
+        return RelayClient(self.config.relay_url, write_ca_file(self.profile, self.config))
+
     def _call(self, flow: object) -> object:
-        relay = RelayClient(self.config.relay_url, write_ca_file(self.profile, self.config))
+        if not self.config.vault_nodes:
+            raise vault.RecordNotFound
+        relay = self._relay()
         try:
             transport = RelayTransport(relay)
             key = fleet_key(transport, pinned_nodes(self.config.vault_nodes))
@@ -53,21 +81,92 @@ class VaultAccess:
         finally:
             relay.close()
 
+    def _split_call(self, flow: object) -> object:
+        relay = self._relay()
+        try:
+            transports = [RelayTransport(relay, number) for number in (1, 2, 3)]
+            keys = [
+                _domain_key(transport, domain)
+                for transport, domain in zip(transports, self.config.vault_domains, strict=True)
+            ]
+            return run_split_flow(flow(keys), list(transports))  # type: ignore[operator]
+        finally:
+            relay.close()
+
+    def _either(self, split_flow: object, single_flow: object) -> object:
+        if self.split:
+            try:
+                return self._split_call(split_flow)
+            except vault.RecordNotFound:
+                if not self.config.vault_nodes:
+                    raise
+        return self._call(single_flow)
+
     def register(self, password: str, backup_key: bytes) -> bytes:
-        result = self._call(lambda key: vault.register(password, backup_key, key))
+        if self.split:
+            record_id, _stored = self._split_call(  # type: ignore[misc]
+                lambda keys: vault_split.register(password, backup_key, keys)
+            )
+        else:
+            record_id = self._call(lambda key: vault.register(password, backup_key, key))
+        assert isinstance(record_id, bytes)
+        return record_id
+
+    def retrieve(self, record_id: bytes, password: str) -> bytes:
+        result = self._either(
+            lambda keys: vault_split.recover(password, keys, record_id),
+            lambda key: vault.retrieve(record_id, password, key),
+        )
         assert isinstance(result, bytes)
         return result
 
-    def retrieve(self, record_id: bytes, password: str) -> bytes:
+    def retrieve_single(self, record_id: bytes, password: str) -> bytes:
         result = self._call(lambda key: vault.retrieve(record_id, password, key))
         assert isinstance(result, bytes)
         return result
 
+    def domain_status(self) -> list[str]:
+        """One sentence per split-vault domain: whether it answers with the keys
+        this app pins."""
+        sentences = []
+        relay = self._relay()
+        try:
+            for number, domain in enumerate(self.config.vault_domains, 1):
+                try:
+                    fleet_key(RelayTransport(relay, number), pinned_nodes(domain))
+                    sentences.append(f"Vault {number} ({domain[0].node}): answering.")
+                except vault.VaultKeyMismatch:
+                    sentences.append(
+                        f"Vault {number} ({domain[0].node}): answered with keys this app "
+                        "does not trust; not used."
+                    )
+                except vault.VaultUnavailable:
+                    sentences.append(f"Vault {number} ({domain[0].node}): not answering.")
+        finally:
+            relay.close()
+        return sentences
+
     def change_password(self, record_id: bytes, old: str, new: str) -> None:
-        self._call(lambda key: vault.change_password(record_id, old, new, key))
+        self._either(
+            lambda keys: vault_split.change_password(record_id, old, new, keys),
+            lambda key: vault.change_password(record_id, old, new, key),
+        )
 
     def delete(self, record_id: bytes, password: str) -> None:
-        self._call(lambda key: vault.delete(record_id, password, key))
+        self._either(
+            lambda keys: vault_split.delete(record_id, password, keys),
+            lambda key: vault.delete(record_id, password, key),
+        )
+
+
+def _domain_key(transport: RelayTransport, domain: tuple[VaultNodeKey, ...]) -> HpkePublicKey:
+    """The domain's fleet key, checked against its pins. A domain that does not
+    answer gets its pinned key: its requests fail like any to a dead domain, and
+    the other two carry the recovery."""
+    try:
+        return fleet_key(transport, pinned_nodes(domain))
+    except vault.VaultUnavailable:
+        return HpkePublicKey(bytes.fromhex(domain[0].hpke_public_key))
 
 
 def password_problem(password: str) -> str | None:
@@ -131,7 +230,43 @@ def set_up_with_password(
             vault_record_id=record_id.hex(),
             backup_key=key,
         )
+        store.settings.set(VAULT_SETTING, "split" if access.split else None)
     write_recovery(store, key, method=RECOVERY_METHOD_PASSWORD, vault_record_id=record_id)
+
+
+def split_vault_move_due(store: Store, access: VaultAccess | None) -> bool:
+    """Whether this profile's backup password sits in the single vault while the
+    split vault is configured: the app then offers to move it."""
+    state = store.backup_state.get()
+    return bool(
+        access is not None
+        and access.split
+        and state.method == METHOD_PASSWORD
+        and state.vault_record_id
+        and store.settings.get(VAULT_SETTING) != "split"
+    )
+
+
+def move_to_split_vault(store: Store, access: VaultAccess, password: str) -> None:
+    """Registers the same backup key under the same password in the split vault and
+    makes that the profile's record. The single vault's record is kept: the backups
+    written so far name it, and it still opens them with this password."""
+    state = store.backup_state.get()
+    if not split_vault_move_due(store, access) or not state.backup_key:
+        raise BackupNotConfigured("this backup password is not in the single vault")
+    assert state.vault_record_id is not None
+    # The password is checked where it is kept now (a wrong one costs an attempt
+    # there, as any login does), and must give back this profile's own key.
+    single = access.retrieve_single(bytes.fromhex(state.vault_record_id), password)
+    if single != state.backup_key:
+        raise BackupError("the vault gave back a key that is not this profile's backup key")
+    record_id = access.register(password, state.backup_key)
+    with store.transaction():
+        store.backup_state.update(vault_record_id=record_id.hex())
+        store.settings.set(VAULT_SETTING, "split")
+    write_recovery(
+        store, state.backup_key, method=RECOVERY_METHOD_PASSWORD, vault_record_id=record_id
+    )
 
 
 def change_password(store: Store, access: VaultAccess, old: str, new: str) -> None:

@@ -35,7 +35,7 @@ import hmac
 import itertools
 import time
 from collections.abc import Generator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from app.crypto import (
     Argon2Params,
@@ -48,6 +48,7 @@ from app.crypto import (
     aead_seal,
     argon2id,
     hkdf_sha256,
+    hpke_seal,
 )
 from app.crypto.oprf import (
     KeyShare,
@@ -69,6 +70,7 @@ from app.protocol.vault import (
     RECORD_ID_LENGTH,
     REPLACE_TICKET_LENGTH,
     STALE,
+    VERSION,
     WRAPPED_KEY_LENGTH,
     WRONG_PASSWORD,
     Clock,
@@ -80,10 +82,12 @@ from app.protocol.vault import (
     WrongPassword,
     _raise_for,
     open_response,
-    seal_request,
 )
 
 SPLIT_OPS = ("split_register", "split_evaluate", "split_reset")
+# HPKE info of a split request: a label of its own (docs/protocol.md §10), the op
+# bound as in the single vault's requests.
+REQUEST_INFO = b"Cipherline split vault v1 request "
 DOMAINS = 3
 THRESHOLD = 2
 # Per domain. With three domains this allows at most ⌊3·7/2⌋ = 10 guesses in
@@ -122,7 +126,7 @@ def guess_bound(limit: int, compromised: int) -> int | None:
 class DomainRequest:
     domain: int  # 1..3
     op: str
-    body: bytes
+    body: bytes = field(repr=False)
 
 
 SplitFlow = Generator[list[DomainRequest], list[Reply], "object"]
@@ -149,6 +153,16 @@ def _secrets(output: bytes, record_id: bytes) -> _Secrets:
             for index in range(1, DOMAINS + 1)
         },
     )
+
+
+def seal_request(
+    domain_key: HpkePublicKey, op: str, record_id: bytes, fields: bytes, rng: Rng
+) -> tuple[bytes, bytes]:
+    """(body to send, response key to keep): the single vault's inner request
+    (`app.protocol.vault.parse_inner_request` reads it) under this label."""
+    response_key = rng.random_bytes(32)
+    inner = Writer().u8(VERSION).raw(response_key).bytes16(record_id).raw(fields).getvalue()
+    return hpke_seal(domain_key, inner, REQUEST_INFO + op.encode()), response_key
 
 
 def verifier(reset_key: bytes) -> bytes:
@@ -244,9 +258,9 @@ class _Evaluation:
     index: int
     attempts_left: int
     limit: int
-    ticket: bytes
-    element: bytes
-    wrapped: bytes
+    ticket: bytes = field(repr=False)
+    element: bytes = field(repr=False)
+    wrapped: bytes = field(repr=False)
 
 
 def _parse_evaluation(index: int, payload: bytes) -> _Evaluation:

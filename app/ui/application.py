@@ -308,7 +308,27 @@ class Launcher(QObject):
         if self.dialog is not None:
             self.dialog.close()
             self.dialog = None
+        self._offer_split_vault(messenger, window)
         self.ready.emit(window)
+
+    @staticmethod
+    def _offer_split_vault(messenger: Messenger, window: MainWindow) -> None:
+        """At unlock, a password backup still in the single vault is offered the move
+        to the split vault (docs/vault-protocol.md, "The split vault")."""
+        from app.backup import service
+        from app.ui.backup_wizards import vault_access_for
+
+        try:
+            due = service.split_vault_move_due(messenger.store, vault_access_for(messenger.profile))
+        except StoreError as error:
+            log.warning("could not check the backup vault: %s", error)
+            return
+        if due:
+            window.show_note(
+                "Your backup password can now be kept by three independent vaults instead "
+                "of one: Settings → Backups → “Move my password to the split vault…”.",
+                timeout_ms=20_000,
+            )
 
     def shutdown(self) -> None:
         scheduler = getattr(self, "scheduler", None)

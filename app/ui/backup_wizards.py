@@ -38,6 +38,7 @@ from app.backup import format as fmt
 from app.backup.errors import BackupCancelled, BackupError, InvalidKeyFormat
 from app.backup.keys import format_key, generate_backup_key, parse_key
 from app.config import ServerConfig
+from app.protocol import vault_split as split_vault
 from app.protocol.vault import DEFAULT_ATTEMPT_LIMIT, LockedOut, VaultError, WrongPassword
 from app.sizes import format_size
 from app.store import BackupState, Protector, Store, StoreError
@@ -297,6 +298,23 @@ class SetupChoices:
     password: str = ""
 
 
+def vault_note(*, split: bool) -> str:
+    """What the password option means, in plain words, for the vault in use."""
+    if split:
+        guesses = split_vault.guess_bound(split_vault.DEFAULT_SPLIT_LIMIT, 0)
+        return (
+            "Your backup key is split between three independent vaults on different "
+            "hardware: any two of them can give it back to you, and no single one can "
+            f"read it or test your password. After {guesses} wrong attempts it is erased "
+            "for good."
+        )
+    return (
+        "Your backup key is kept by the Backup Key Vault, which checks your password "
+        f"without learning it. After {DEFAULT_ATTEMPT_LIMIT} wrong attempts the vault "
+        "erases the key for good."
+    )
+
+
 class MethodPage(QWizardPage):
     def __init__(self, choices: SetupChoices) -> None:
         super().__init__()
@@ -310,11 +328,7 @@ class MethodPage(QWizardPage):
             "can read it; without the key nobody can — not even us."
         )
         self.password_radio = QRadioButton("A password")
-        password_note = QLabel(
-            "Your backup key is kept by the Backup Key Vault, which checks your password "
-            f"without learning it. After {DEFAULT_ATTEMPT_LIMIT} wrong attempts the vault "
-            "erases the key for good."
-        )
+        self.password_note = password_note = QLabel(vault_note(split=False))
         for widget in (self.key_radio, key_note, self.password_radio, password_note):
             if isinstance(widget, QLabel):
                 widget.setWordWrap(True)
@@ -682,9 +696,11 @@ class SetupWizard(QWizard):
         ):
             self.setPage(page_id, page)
         self.setStartId(self.METHOD)
-        if access is None or not access.config.vault_nodes:
+        if access is None or not access.configured:
             self.method_page.password_radio.setEnabled(False)
             self.method_page.password_radio.setToolTip("No backup vault is configured.")
+        else:
+            self.method_page.password_note.setText(vault_note(split=access.split))
         # "Set up again…" starts from the earlier choices rather than from scratch.
         previous = store.backup_state.get()
         self.folder_page.prefill(previous)
@@ -1041,7 +1057,8 @@ def vault_access_for(profile: Path) -> service.VaultAccess | None:
         config = ServerConfig.load(profile / SERVER_CONFIG_NAME)
     except (ConfigError, OSError):
         return None
-    return service.VaultAccess(config, profile) if config.vault_nodes else None
+    access = service.VaultAccess(config, profile)
+    return access if access.configured else None
 
 
 class BackupsTab(QWidget):
@@ -1059,11 +1076,17 @@ class BackupsTab(QWidget):
         self.now_button = QPushButton("Back up now")
         self.password_button = QPushButton("Change password…")
         self.off_button = QPushButton("Turn off backups…")
+        self.move_button = QPushButton("Move my password to the split vault…")
+        # The split vault's three domains, checked when the tab shows them.
+        self.domains = QLabel("")
+        self.domains.setWordWrap(True)
+        self.domains.setAccessibleName("Vault status")
         self.panel = ProgressPanel("Stop backing up")
         self.panel.hide()
         self.message = QLabel("")
         self.message.setWordWrap(True)
         layout.addWidget(self.status)
+        layout.addWidget(self.domains)
         # Keep rules (restic's --keep-last/daily/weekly/monthly): applied by every
         # backup's prune; saved as soon as a box changes.
         self.keep_last = self._keep_box(1, "How many of the newest backups to keep")
@@ -1076,7 +1099,13 @@ class BackupsTab(QWidget):
         keep_form.addRow("One a week, for weeks", self.keep_weekly)
         keep_form.addRow("One a month, for months", self.keep_monthly)
         layout.addLayout(keep_form)
-        for button in (self.setup_button, self.now_button, self.password_button, self.off_button):
+        for button in (
+            self.setup_button,
+            self.now_button,
+            self.password_button,
+            self.move_button,
+            self.off_button,
+        ):
             layout.addWidget(button, alignment=Qt.AlignmentFlag.AlignLeft)
         layout.addWidget(self.panel)
         layout.addWidget(self.message)
@@ -1085,6 +1114,7 @@ class BackupsTab(QWidget):
         self.now_button.clicked.connect(self.back_up_now)
         self.password_button.clicked.connect(self.change_password)
         self.off_button.clicked.connect(self.turn_off)
+        self.move_button.clicked.connect(self.move_to_split_vault)
         self.wizard: SetupWizard | None = None
         self.refresh()
         for box in self._keep_boxes():
@@ -1149,6 +1179,55 @@ class BackupsTab(QWidget):
         self.now_button.setEnabled(on)
         self.off_button.setEnabled(on)
         self.password_button.setVisible(state.method == service.METHOD_PASSWORD)
+        self.move_button.setVisible(service.split_vault_move_due(self.store, self.access))
+        self._check_domains(state.method == service.METHOD_PASSWORD)
+
+    def _check_domains(self, password_backups: bool) -> None:
+        access = self.access
+        if access is None or not access.split or not password_backups:
+            self.domains.hide()
+            return
+        self.domains.setText("Checking the three vaults that hold your backup key…")
+        self.domains.show()
+
+        def done(sentences: list[str]) -> None:
+            self.domains.setText(
+                "Your backup key is split between three vaults; any two can give it "
+                "back.\n" + "\n".join(sentences)
+            )
+
+        def failed(error: BaseException) -> None:
+            self.domains.setText(f"The vaults could not be checked: {describe_error(error)}")
+
+        run_in_pool(access.domain_status, done, failed)
+
+    def move_to_split_vault(self) -> None:
+        access = self.access
+        if access is None:
+            return
+        password = self._ask(
+            "Move to the split vault",
+            "Your backup password, to register it with the three independent vaults:",
+        )
+        if not password:
+            return
+        self.move_button.setEnabled(False)
+        self.message.setText("Moving your backup password to the split vault…")
+        store = self.store
+
+        def done(_result: object) -> None:
+            self.move_button.setEnabled(True)
+            self.message.setText(
+                "Done: your backup key is now split between three vaults. Backups made "
+                "before still open with the same password."
+            )
+            self.refresh()
+
+        def failed(error: BaseException) -> None:
+            self.move_button.setEnabled(True)
+            self.message.setText(describe_error(error))
+
+        run_in_pool(lambda: service.move_to_split_vault(store, access, password), done, failed)
 
     def open_setup(self) -> None:
         self.wizard = SetupWizard(self.store, self.profile, self.access, parent=self)

@@ -27,7 +27,6 @@ from app.protocol.vault import (
     VaultUnavailable,
     WrongPassword,
     open_response,
-    seal_request,
 )
 from tests.vault.conftest import Fleet
 from tests.vault.test_vault_operator import _operator_unseals, _record_states
@@ -76,7 +75,9 @@ class Domains:
         return run_split_flow(split.recover(password, self.keys, record_id), transports)
 
     def call(self, domain: int, op: str, record_id: bytes, fields: bytes) -> tuple[int, int, bytes]:
-        body, response_key = seal_request(self.keys[domain - 1], op, record_id, fields, SystemRng())
+        body, response_key = split.seal_request(
+            self.keys[domain - 1], op, record_id, fields, SystemRng()
+        )
         return open_response(response_key, op, self.transports[domain - 1](op, body))
 
 
@@ -238,7 +239,7 @@ def test_replays_are_answered_without_counting(domains: Domains) -> None:
     _blinding, blinded = blind(b"a guess", SystemRng())
     fields = Writer().u64(_now()).bytes16(blinded).getvalue()
     op = "split_evaluate"
-    body, response_key = seal_request(domains.keys[0], op, record_id, fields, SystemRng())
+    body, response_key = split.seal_request(domains.keys[0], op, record_id, fields, SystemRng())
     first = open_response(response_key, op, domains.transports[0](op, body))
     again = open_response(response_key, op, domains.transports[0](op, body))
     assert first[0] == OK and again[0] == STALE

@@ -117,5 +117,5 @@ def test_the_split_vault_through_the_relay_any_two_domains_and_nothing_kept(
     for secret in secrets:
         assert secret not in wire
         assert secret not in stored_bytes
-    # A domain the relay was not given, and one that does not exist.
-    assert client.vault_call("split_evaluate", b"x", 4)[0] == 404
+    # A domain that does not exist.
+    assert client.vault_call("split_evaluate", b"x", 4)[0] == 422
