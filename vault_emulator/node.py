@@ -36,6 +36,7 @@ from app.crypto import (
     CryptoError,
     DecryptionError,
     HpkePrivateKey,
+    HpkePublicKey,
     OpaqueLoginFailed,
     OpaqueServerSetup,
     aead_open,
@@ -48,7 +49,12 @@ from app.crypto import (
     server_registration_finish,
     server_registration_start,
 )
-from app.crypto.oprf import OprfError, share_evaluate
+from app.crypto.oprf import (
+    OprfError,
+    reshare_contribution,
+    share_evaluate,
+    sum_contributions,
+)
 from app.protocol.encoding import Reader, Writer
 from app.protocol.errors import ProtocolError
 from app.protocol.vault import (
@@ -92,7 +98,9 @@ from app.protocol.vault_split import (
     SPLIT_OPS,
     VERIFIER_LENGTH,
     check_reset_key,
+    open_contribution,
     parse_share,
+    seal_contribution,
 )
 from app.protocol.vault_split import (
     REQUEST_INFO as SPLIT_REQUEST_INFO,
@@ -222,8 +230,14 @@ class VaultNode:
         audit: AuditLog,
         *,
         clock: Callable[[], float] = time.time,
+        domain: int | None = None,
+        peers: dict[int, bytes] | None = None,
     ) -> None:
         self.name = name
+        # As a split-vault domain: its number (1-3) and the other domains' pinned
+        # fleet keys, the only keys it seals a re-share contribution to.
+        self.domain = domain
+        self.peers = {number: HpkePublicKey(key) for number, key in (peers or {}).items()}
         self.backend = backend
         self.secrets = secrets
         self.records = records
@@ -690,12 +704,23 @@ class VaultNode:
             raise BadRequest(f"a wrapped key is {WRAPPED_KEY_LENGTH} bytes")
         if not 1 <= limit <= 100:
             raise BadRequest("the attempt limit must be 1-100")
-        generation = random_bytes(16)
-        now = int(self.clock())
         if replace_ticket:
             return self._split_replace(
                 record_id, replace_ticket, share.to_bytes(), verifier, wrapped, limit
             )
+        status = self._create_split_record(record_id, share.to_bytes(), verifier, wrapped, limit)
+        self.audit.write(
+            record_id, "split-register", "registered" if status == OK else _OUTCOME_NAMES[status]
+        )
+        return status, limit if status == OK else 0, b""
+
+    def _create_split_record(
+        self, record_id: bytes, share: bytes, verifier: bytes, wrapped: bytes, limit: int
+    ) -> int:
+        """Creates only: an existing record is `CONFLICT`, a tombstone `ERASED`, so a
+        replayed registration or installation never overwrites anything."""
+        generation = random_bytes(16)
+        now = int(self.clock())
 
         def take(state: RecordState | None) -> Decision[int]:
             # A new record's id is first taken by a placeholder: only a placeholder
@@ -718,18 +743,13 @@ class VaultNode:
                 stored_key=wrapped,
                 key_format=KEY_SPLIT,
                 limit=limit,
-                share=share.to_bytes(),
+                share=share,
                 verifier=verifier,
             )
             return active, OK
 
         status = self._transact(record_id, take)
-        if status == OK:
-            status = self._transact(record_id, fill)
-        self.audit.write(
-            record_id, "split-register", "registered" if status == OK else _OUTCOME_NAMES[status]
-        )
-        return status, limit if status == OK else 0, b""
+        return self._transact(record_id, fill) if status == OK else status
 
     def _split_replace(  # noqa: PLR0917
         self,
@@ -870,6 +890,65 @@ class VaultNode:
             ticket = self._ticket(TICKET_SPLIT_REPLACE, record_id, replace_id, b"")
             return OK, state.limit, Writer().bytes16(ticket).getvalue()
         return status, state.limit if status == OK and state else 0, b""
+
+    # ---- re-sharing (docs/vault-protocol.md, "Re-sharing") ---------------------------
+    def _split_holder(self, record_id: bytes, reset_key: bytes) -> tuple[int, RecordState | None]:
+        """The record, if this domain holds it and `reset_key` is its own: every
+        re-share step is for a holder of the backup key only. Counts nothing."""
+        stored = self.records.read(record_id, fresh=True)
+        state = self._state(record_id, stored)
+        if state is None or state.status == st.PENDING:
+            return NOT_FOUND, None
+        if state.status == st.ERASED:
+            return _erased_status(state), None
+        if state.key_format != KEY_SPLIT:
+            return NOT_FOUND, None
+        if not check_reset_key(state.verifier, reset_key):
+            return WRONG_PASSWORD, None
+        return OK, state
+
+    def _split_check(self, record_id: bytes, fields: Reader) -> tuple[int, int, bytes]:
+        reset_key = fields.raw(RESET_KEY_LENGTH)
+        fields.end()
+        status, state = self._split_holder(record_id, reset_key)
+        return status, state.attempts_left if state else 0, b""
+
+    def _split_reshare(self, record_id: bytes, fields: Reader) -> tuple[int, int, bytes]:
+        reset_key, target, mask = fields.raw(RESET_KEY_LENGTH), fields.u8(), fields.raw(32)
+        fields.end()
+        if self.domain is None or target not in self.peers or target == self.domain:
+            raise BadRequest("this vault node re-shares only to a peer domain it pins")
+        status, state = self._split_holder(record_id, reset_key)
+        if state is None:
+            self.audit.write(record_id, "split-reshare", _OUTCOME_NAMES.get(status, "refused"))
+            return status, 0, b""
+        other = ({1, 2, 3} - {self.domain, target}).pop()
+        term = reshare_contribution(parse_share(state.share), target, other, pairwise_mask=mask)
+        sealed = seal_contribution(self.peers[target], record_id, self.domain, target, term)
+        self.audit.write(record_id, "split-reshare", f"to-{target}")
+        payload = Writer().bytes16(sealed).bytes16(state.stored_key).u16(state.limit).getvalue()
+        return OK, state.attempts_left, payload
+
+    def _split_install(self, record_id: bytes, fields: Reader) -> tuple[int, int, bytes]:
+        first, second = fields.bytes16(), fields.bytes16()
+        verifier, wrapped, limit = fields.raw(VERIFIER_LENGTH), fields.bytes16(), fields.u16()
+        fields.end()
+        if self.domain is None:
+            raise BadRequest("this vault node is not a split-vault domain")
+        if len(wrapped) != WRAPPED_KEY_LENGTH or not 1 <= limit <= 100:
+            raise BadRequest("a wrapped key is 60 bytes and a limit 1-100")
+        sources = dict(
+            open_contribution(self.secrets.hpke_private, record_id, self.domain, sealed)
+            for sealed in (first, second)
+        )
+        if len(sources) != 2:
+            raise BadRequest("a share is rebuilt from two different domains")
+        share = sum_contributions(self.domain, list(sources.values()))
+        status = self._create_split_record(record_id, share.to_bytes(), verifier, wrapped, limit)
+        self.audit.write(
+            record_id, "split-install", "installed" if status == OK else _OUTCOME_NAMES[status]
+        )
+        return status, limit if status == OK else 0, b""
 
 
 _OUTCOME_NAMES = {

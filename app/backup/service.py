@@ -146,6 +146,11 @@ class VaultAccess:
             relay.close()
         return sentences
 
+    def repair(self, record_id: bytes, backup_key: bytes) -> frozenset[int]:
+        result = self._split_call(lambda keys: vault_split.repair(record_id, backup_key, keys))
+        assert isinstance(result, frozenset)
+        return result
+
     def change_password(self, record_id: bytes, old: str, new: str) -> None:
         self._either(
             lambda keys: vault_split.change_password(record_id, old, new, keys),
@@ -245,6 +250,23 @@ def split_vault_move_due(store: Store, access: VaultAccess | None) -> bool:
         and state.vault_record_id
         and store.settings.get(VAULT_SETTING) != "split"
     )
+
+
+def repair_split_vault(store: Store, access: VaultAccess | None) -> frozenset[int]:
+    """At unlock: gives a split-vault domain that lacks this profile's record (it was
+    down at registration, or replaced one lost for good) its share again, from the
+    other two and the backup key this profile holds. Returns the domains repaired."""
+    state = store.backup_state.get()
+    if (
+        access is None
+        or not access.split
+        or state.method != METHOD_PASSWORD
+        or not state.vault_record_id
+        or not state.backup_key
+        or store.settings.get(VAULT_SETTING) != "split"
+    ):
+        return frozenset()
+    return access.repair(bytes.fromhex(state.vault_record_id), state.backup_key)
 
 
 def move_to_split_vault(store: Store, access: VaultAccess, password: str) -> None:

@@ -41,6 +41,7 @@ from app.crypto import (
     Argon2Params,
     CryptoError,
     DecryptionError,
+    HpkePrivateKey,
     HpkePublicKey,
     Rng,
     SystemRng,
@@ -48,6 +49,7 @@ from app.crypto import (
     aead_seal,
     argon2id,
     hkdf_sha256,
+    hpke_open,
     hpke_seal,
 )
 from app.crypto.oprf import (
@@ -58,6 +60,7 @@ from app.crypto.oprf import (
     derive_key_pair,
     evaluate,
     finalize,
+    random_scalar,
     split_key,
 )
 from app.protocol.encoding import Reader, Writer
@@ -84,7 +87,14 @@ from app.protocol.vault import (
     open_response,
 )
 
-SPLIT_OPS = ("split_register", "split_evaluate", "split_reset")
+SPLIT_OPS = (
+    "split_register",
+    "split_evaluate",
+    "split_reset",
+    "split_check",
+    "split_reshare",
+    "split_install",
+)
 # HPKE info of a split request: a label of its own (docs/protocol.md §10), the op
 # bound as in the single vault's requests.
 REQUEST_INFO = b"Cipherline split vault v1 request "
@@ -135,7 +145,6 @@ SplitFlow = Generator[list[DomainRequest], list[Reply], "object"]
 @dataclass(frozen=True)
 class _Secrets:
     wrap_key: bytes
-    reset_keys: dict[int, bytes]
 
     def __repr__(self) -> str:
         return "_Secrets(<secret>)"
@@ -144,15 +153,22 @@ class _Secrets:
 def _secrets(output: bytes, record_id: bytes) -> _Secrets:
     salt = hashlib.sha256(STRETCH_INFO + record_id).digest()[:16]
     stretched = argon2id(output, salt, STRETCH, 32)
-    return _Secrets(
-        hkdf_sha256(stretched, salt=None, info=WRAP_INFO, length=32),
-        {
-            index: hkdf_sha256(
-                stretched, salt=None, info=RESET_INFO + bytes([index]), length=RESET_KEY_LENGTH
-            )
-            for index in range(1, DOMAINS + 1)
-        },
-    )
+    return _Secrets(hkdf_sha256(stretched, salt=None, info=WRAP_INFO, length=32))
+
+
+def reset_keys(backup_key: bytes, record_id: bytes) -> dict[int, bytes]:
+    """Each domain's reset key. From the backup key, not the password: whoever holds
+    the key (after a recovery, or the unlocked app) can reset counters and re-share
+    a lost domain's part without asking for the password; nobody else can."""
+    return {
+        index: hkdf_sha256(
+            backup_key,
+            salt=None,
+            info=RESET_INFO + bytes([index]) + record_id,
+            length=RESET_KEY_LENGTH,
+        )
+        for index in range(1, DOMAINS + 1)
+    }
 
 
 def seal_request(
@@ -231,10 +247,11 @@ def register(
     shares = split_key(oprf_key, rng)
     secrets = _secrets(evaluate(oprf_key, secret), record_id)
     wrapped = _wrap(secrets.wrap_key, record_id, backup_key, rng.random_bytes(12))
+    resets = reset_keys(backup_key, record_id)
     fields = {
         share.index: Writer()
         .bytes16(share.to_bytes())
-        .raw(verifier(secrets.reset_keys[share.index]))
+        .raw(verifier(resets[share.index]))
         .bytes16(wrapped)
         .u16(attempt_limit)
         .bytes16((replace_tickets or {}).get(share.index, b""))
@@ -400,18 +417,17 @@ def _recover(  # noqa: PLR0917
         if not retry:
             break
         pending = retry
-    backup_key, secrets = (
-        _open(secret, blinding, record_id, evaluations)
-        if len(evaluations) >= THRESHOLD
-        else (None, None)
+    backup_key = (
+        _open(secret, blinding, record_id, evaluations) if len(evaluations) >= THRESHOLD else None
     )
+    resets = reset_keys(backup_key, record_id) if backup_key is not None else None
     # A replacement only where every domain can take part: otherwise just a retrieve.
     everyone = len(evaluations) == DOMAINS
     sent_action = ACTION_RETRIEVE if action == ACTION_REPLACE and not everyone else action
     resets = {
         index: Writer()
         .bytes16(evaluation.ticket)
-        .raw(secrets.reset_keys[index] if secrets else rng.random_bytes(RESET_KEY_LENGTH))
+        .raw(resets[index] if resets else rng.random_bytes(RESET_KEY_LENGTH))
         .u8(sent_action)
         .getvalue()
         for index, evaluation in evaluations.items()
@@ -481,7 +497,7 @@ def _raise_refused(refusals: dict[int, int]) -> None:
 
 def _open(
     secret: bytes, blinding: bytes, record_id: bytes, evaluations: dict[int, _Evaluation]
-) -> tuple[bytes | None, _Secrets | None]:
+) -> bytes | None:
     """Tries each pair of evaluations (a lying domain spoils only its pairs)."""
     tried: set[bytes] = set()
     for pair in itertools.combinations(sorted(evaluations), THRESHOLD):
@@ -497,8 +513,8 @@ def _open(
         for index in pair:
             key = _unwrap(secrets.wrap_key, record_id, evaluations[index].wrapped)
             if key is not None:
-                return key, secrets
-    return None, None
+                return key
+    return None
 
 
 def check_reset_key(stored_verifier: bytes, reset_key: bytes) -> bool:
@@ -511,3 +527,125 @@ def parse_share(data: bytes) -> KeyShare:
         return KeyShare.from_bytes(data)
     except OprfError:
         raise VaultProtocolError("a split vault share is malformed") from None
+
+
+# ---- re-sharing: a domain that lost its part gets it back, without the password ----
+
+RESHARE_INFO = b"Cipherline split vault reshare v1"
+
+
+def check(
+    record_id: bytes,
+    backup_key: bytes,
+    domain_keys: Sequence[HpkePublicKey],
+    *,
+    rng: Rng | None = None,
+) -> Generator[list[DomainRequest], list[Reply], dict[int, int | None]]:
+    """Which domains hold this record: domain -> status (`OK`, `NOT_FOUND`,
+    `LOCKED_OUT`, ...) or None for a domain that did not answer. Asking takes the
+    domain's reset key, so only a holder of the backup key learns it."""
+    rng = rng or SystemRng()
+    resets = reset_keys(backup_key, record_id)
+    fields = {index: resets[index] for index in range(1, DOMAINS + 1)}
+    answers = yield from _batch(domain_keys, "split_check", record_id, fields, rng)
+    return {index: (answer[0] if answer else None) for index, answer in answers.items()}
+
+
+def reshare(
+    record_id: bytes,
+    backup_key: bytes,
+    target: int,
+    domain_keys: Sequence[HpkePublicKey],
+    *,
+    rng: Rng | None = None,
+) -> Generator[list[DomainRequest], list[Reply], None]:
+    """Rebuilds domain `target`'s share from the other two, which each send their
+    Lagrange term toward it, masked by a random scalar drawn here (added by one,
+    subtracted by the other) and sealed to the target's pinned key: the client
+    never sees a term, and the target sees only their sum, its own new share."""
+    rng = rng or SystemRng()
+    sources = [index for index in range(1, DOMAINS + 1) if index != target]
+    if len(sources) != THRESHOLD:
+        raise ValueError("the target is one of the three domains")
+    mask = random_scalar(rng)
+    resets = reset_keys(backup_key, record_id)
+    fields = {
+        index: Writer().raw(resets[index]).u8(target).raw(mask).getvalue() for index in sources
+    }
+    answers = yield from _batch(domain_keys, "split_reshare", record_id, fields, rng)
+    contributions, wrapped, limit = [], b"", 0
+    for index in sources:
+        answer = answers[index]
+        if answer is None or answer[0] != OK:
+            if answer is not None:
+                _raise_for(answer[0], answer[1])
+            raise VaultUnavailable(
+                "re-sharing needs the other two vault domains, and one did not answer"
+            )
+        try:
+            reader = Reader(answer[2], "reshare answer")
+            contributions.append(reader.bytes16())
+            wrapped, limit = reader.bytes16(), reader.u16()
+            reader.end()
+        except ProtocolError:
+            raise VaultProtocolError("a vault domain's reshare answer is malformed") from None
+    install = (
+        Writer()
+        .bytes16(contributions[0])
+        .bytes16(contributions[1])
+        .raw(verifier(resets[target]))
+        .bytes16(wrapped)
+        .u16(limit)
+        .getvalue()
+    )
+    answers = yield from _batch(domain_keys, "split_install", record_id, {target: install}, rng)
+    answer = answers[target]
+    if answer is None:
+        raise VaultUnavailable("the vault domain being repaired did not answer")
+    _raise_for(answer[0], answer[1])
+
+
+def repair(
+    record_id: bytes,
+    backup_key: bytes,
+    domain_keys: Sequence[HpkePublicKey],
+    *,
+    rng: Rng | None = None,
+) -> Generator[list[DomainRequest], list[Reply], frozenset[int]]:
+    """Re-shares to every domain that answers but lacks the record (never
+    registered there while it was down, or a replacement for a domain lost for
+    good), as long as two others hold it. Returns the domains repaired."""
+    rng = rng or SystemRng()
+    held = yield from check(record_id, backup_key, domain_keys, rng=rng)
+    holding = [index for index, status in held.items() if status == OK]
+    missing = [index for index, status in held.items() if status == NOT_FOUND]
+    repaired = set()
+    if len(holding) >= THRESHOLD:
+        for target in missing:
+            yield from reshare(record_id, backup_key, target, domain_keys, rng=rng)
+            repaired.add(target)
+    return frozenset(repaired)
+
+
+def seal_contribution(
+    target_key: HpkePublicKey, record_id: bytes, source: int, target: int, term: bytes
+) -> bytes:
+    """A source domain's masked term, readable by the target domain only."""
+    plain = Writer().u8(source).u8(target).raw(record_id).raw(term).getvalue()
+    return hpke_seal(target_key, plain, RESHARE_INFO)
+
+
+def open_contribution(
+    own_key: HpkePrivateKey, record_id: bytes, target: int, sealed: bytes
+) -> tuple[int, bytes]:
+    """(source, term) of a contribution sealed to this domain for this record."""
+    try:
+        reader = Reader(hpke_open(own_key, sealed, RESHARE_INFO), "contribution")
+        source, found_target = reader.u8(), reader.u8()
+        found_record, term = reader.raw(RECORD_ID_LENGTH), reader.raw(32)
+        reader.end()
+    except (DecryptionError, ProtocolError):
+        raise VaultProtocolError("a re-share contribution does not open here") from None
+    if found_target != target or found_record != record_id or source == target:
+        raise VaultProtocolError("a re-share contribution is for another record or domain")
+    return source, term

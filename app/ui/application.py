@@ -313,13 +313,18 @@ class Launcher(QObject):
 
     @staticmethod
     def _offer_split_vault(messenger: Messenger, window: MainWindow) -> None:
-        """At unlock, a password backup still in the single vault is offered the move
-        to the split vault (docs/vault-protocol.md, "The split vault")."""
+        """At unlock: a password backup still in the single vault is offered the move
+        to the split vault; one already there has any domain that lost its part
+        re-shared, in the background (docs/vault-protocol.md, "The split vault")."""
+        import shiboken6
+
         from app.backup import service
         from app.ui.backup_wizards import vault_access_for
 
+        access = vault_access_for(messenger.profile)
+        store = messenger.store
         try:
-            due = service.split_vault_move_due(messenger.store, vault_access_for(messenger.profile))
+            due = service.split_vault_move_due(store, access)
         except StoreError as error:
             log.warning("could not check the backup vault: %s", error)
             return
@@ -329,6 +334,21 @@ class Launcher(QObject):
                 "of one: Settings → Backups → “Move my password to the split vault…”.",
                 timeout_ms=20_000,
             )
+            return
+
+        def repaired(domains: frozenset[int]) -> None:
+            if domains and shiboken6.isValid(window):
+                numbers = " and ".join(str(number) for number in sorted(domains))
+                window.show_note(
+                    f"Vault {numbers} had lost its part of your backup key; it has it again.",
+                    timeout_ms=10_000,
+                )
+
+        def failed(error: BaseException) -> None:
+            # Tried again at the next unlock; nothing is lost meanwhile.
+            log.info("split vault repair did not run: %s", type(error).__name__)
+
+        run_in_pool(lambda: service.repair_split_vault(store, access), repaired, failed)
 
     def shutdown(self) -> None:
         scheduler = getattr(self, "scheduler", None)
