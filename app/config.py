@@ -127,9 +127,7 @@ class ServerConfig:
                 "relay_ca_pem": self.relay_ca_pem,
                 "vault_nodes": [vars(node) for node in self.vault_nodes],
                 "sender_certificate_keys": list(self.sender_certificate_keys),
-                "vault_domains": [
-                    [vars(node) for node in domain] for domain in self.vault_domains
-                ],
+                "vault_domains": [[vars(node) for node in domain] for domain in self.vault_domains],
             },
             indent=2,
         )

@@ -1,5 +1,5 @@
-"""Where a node's secrets live: SoftHSM2 (PKCS#11), a TPM, or — for development
-only — software.
+"""Where a node's secrets live: SoftHSM2 (PKCS#11), a TPM, a keyholder process's
+memory, or — for development only — software.
 
 Every backend offers the same three things: `seal`/`unseal` for the node's secret
 files (the fleet secrets and the node's own keys), and the node's signing key
@@ -15,6 +15,9 @@ which exists on disk only sealed by the backend.
   objects need an auth value derived from the node's PIN, and what they hold is
   masked with another PIN-derived key, so the TPM alone does not give them up.
   The TPM also keeps the node's monotonic counter (a rollback witness).
+- memory: the keys live only in a keyholder process's memory
+  (`vault_emulator/keyholder.py`), asked over a UNIX socket; nothing on disk opens
+  the sealed files, and nothing will once that process has exited.
 - soft: the wrapping key in a file. Refused without --insecure-dev.
 """
 
@@ -44,10 +47,31 @@ from app.crypto import (
     hkdf_sha256,
     random_bytes,
 )
+from vault_emulator.keyholder import (
+    KeyholderClient,
+    KeyholderError,
+    KeyholderRefused,
+    KeyholderUnreachable,
+)
 
 
 class BackendError(Exception):
     """The backend is missing, locked or refused an operation."""
+
+
+DOMAIN_LOST_MESSAGE = (
+    "this vault domain's keys lived only in its keyholder's memory, and that process "
+    "has restarted: the domain's records can never be opened again; provision a new "
+    "domain (the split vault re-shares to it)"
+)
+
+
+class KeyholderRestarted(BackendError):
+    """A `memory` node's keyholder is not the one it was provisioned with: its keys,
+    and with them everything the node sealed, are gone for good."""
+
+    def __init__(self) -> None:
+        super().__init__(DOMAIN_LOST_MESSAGE)
 
 
 class MonotonicCounter(Protocol):
@@ -562,6 +586,68 @@ class TpmBackend(_AeadSealing):
         pass
 
 
+def _keyholder_failure(error: KeyholderError) -> BackendError:
+    if isinstance(error, KeyholderUnreachable):
+        return BackendError(
+            f"{error}: a keyholder that has stopped took this domain's keys with it "
+            "(a new one would hold new keys)"
+        )
+    return BackendError(f"the keyholder failed: {error}")
+
+
+class MemoryBackend:
+    """Keys held only by a keyholder process (vault_emulator/keyholder.py); no PIN.
+
+    `expected_public_key` is the keyholder's signing key recorded at init. A
+    keyholder that answers with another one was started afresh and holds other
+    keys; telling that apart here lets the operator learn that the domain is lost,
+    not merely that a file failed authentication.
+    """
+
+    name = "memory"
+
+    def __init__(self, socket_path: Path, expected_public_key: bytes | None) -> None:
+        self._client = KeyholderClient(socket_path)
+        try:
+            self._public = self._client.public_key()
+        except KeyholderError as error:
+            raise _keyholder_failure(error) from None
+        if expected_public_key is not None and not constant_time_equal(
+            self._public, expected_public_key
+        ):
+            raise KeyholderRestarted()
+
+    def seal(self, data: bytes) -> bytes:
+        try:
+            return self._client.seal(data)
+        except KeyholderError as error:
+            raise _keyholder_failure(error) from None
+
+    def unseal(self, blob: bytes) -> bytes:
+        try:
+            return self._client.unseal(blob)
+        except KeyholderRefused:
+            raise BackendError("a sealed vault file failed authentication") from None
+        except KeyholderError as error:
+            raise _keyholder_failure(error) from None
+
+    def sign(self, message: bytes) -> bytes:
+        try:
+            return self._client.sign(message)
+        except KeyholderError as error:
+            raise _keyholder_failure(error) from None
+
+    def signing_public_key(self) -> bytes:
+        return self._public
+
+    def monotonic_counter(self) -> MonotonicCounter | None:
+        """None: the keyholder keeps nothing that outlives it, let alone a counter."""
+        return None
+
+    def close(self) -> None:
+        pass
+
+
 def open_backend(config: Any, data_dir: Path, pin: str | None, *, create: bool) -> Backend:
     if config.backend == "soft":
         return SoftBackend(data_dir, create=create)
@@ -573,4 +659,16 @@ def open_backend(config: Any, data_dir: Path, pin: str | None, *, create: bool) 
         if not config.tpm_tcti:
             raise BackendError("the TPM backend needs --tcti")
         return TpmBackend(data_dir, config.tpm_tcti, pin, create=create)
+    if config.backend == "memory":
+        if not config.keyholder_socket:
+            raise BackendError("the memory backend needs --keyholder-socket")
+        if create:
+            return MemoryBackend(Path(config.keyholder_socket), None)
+        try:
+            expected = bytes.fromhex(config.keyholder_public_key or "")
+        except ValueError:
+            expected = b""
+        if len(expected) != 32:
+            raise BackendError("vault.json does not record this node's keyholder key; run init")
+        return MemoryBackend(Path(config.keyholder_socket), expected)
     raise BackendError(f"unknown backend {config.backend!r}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -18,13 +19,20 @@ from app.crypto import (
     argon2id,
     random_bytes,
 )
-from vault_emulator.backends import Backend, BackendError, open_backend
+from vault_emulator.backends import Backend, BackendError, KeyholderRestarted, open_backend
 from vault_emulator.config import BACKENDS, ConfigError, NodeConfig, read_pin, read_secret_file
 from vault_emulator.etcd import EtcdClient, StorageUnavailable
+from vault_emulator.keyholder import KeyholderError
+from vault_emulator.keyholder import serve as serve_keyholder
 from vault_emulator.node import AuditLog, FleetSecrets, RollbackDetected, VaultNode
 from vault_emulator.records import EtcdRecords, RecordStore, SqliteRecords
 
 FLEET_FILE = "fleet.sealed"
+# Exit statuses: 2 the node cannot start (configuration, backend, storage), 3 its
+# storage was rolled back, 4 a `memory` domain's keys are gone for good.
+EXIT_FAILURE = 2
+EXIT_ROLLBACK = 3
+EXIT_DOMAIN_LOST = 4
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
         "sealed objects are bound to (softhsm and tpm; prompted for on a terminal)",
     )
     init.add_argument("--tcti", default=None, help="TPM TCTI, e.g. swtpm:host=127.0.0.1,port=2321")
+    init.add_argument(
+        "--keyholder-socket",
+        type=Path,
+        default=None,
+        help="the socket of the `keyholder` that holds a memory node's keys (memory)",
+    )
     init.add_argument("--insecure-dev", action="store_true", help="allow the software backend")
     init.add_argument(
         "--join", type=Path, default=None, help="fleet file from `export-fleet` (joins that fleet)"
@@ -82,6 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--pin-file", type=Path, default=None, help="file (mode 0600) holding the node's PIN"
     )
     keys.add_argument("--insecure-dev", action="store_true")
+    keyholder = commands.add_parser(
+        "keyholder",
+        help="hold a memory node's keys in this process's memory alone, until it exits",
+    )
+    keyholder.add_argument(
+        "--socket", type=Path, required=True, help="UNIX socket to listen on (created 0600)"
+    )
     serve = commands.add_parser("serve", help="serve the node")
     serve.add_argument("--data", type=Path, required=True)
     serve.add_argument("--host", default="127.0.0.1")
@@ -151,6 +172,17 @@ def _etcd_extra(args: argparse.Namespace) -> dict[str, str]:
     return extra
 
 
+def _keyholder_socket(args: argparse.Namespace) -> str | None:
+    if args.backend != "memory":
+        if args.keyholder_socket is not None:
+            raise ConfigError("--keyholder-socket is for the memory backend")
+        return None
+    if args.keyholder_socket is None:
+        raise ConfigError("the memory backend needs --keyholder-socket (a running keyholder's)")
+    # Absolute, so that `serve` finds it from any directory.
+    return str(args.keyholder_socket.absolute())
+
+
 def _etcd_client(extra: dict[str, str]) -> EtcdClient:
     def path(key: str) -> Path | None:
         return Path(extra[key]) if extra.get(key) else None
@@ -188,10 +220,15 @@ def main(argv: list[str] | None = None) -> int:
                 pkcs11_library=args.pkcs11_lib if args.backend == "softhsm" else None,
                 token_label=args.token_label if args.backend == "softhsm" else None,
                 tpm_tcti=args.tcti if args.backend == "tpm" else None,
+                keyholder_socket=_keyholder_socket(args),
                 extra=_etcd_extra(args),
             )
             args.data.mkdir(parents=True, exist_ok=True, mode=0o700)
             backend = open_backend(config, args.data, _pin(config, args.pin_file), create=True)
+            if config.backend == "memory":
+                config = dataclasses.replace(
+                    config, keyholder_public_key=backend.signing_public_key().hex()
+                )
             if args.join is not None:
                 if args.join_passphrase_file is None:
                     raise ConfigError("--join needs --join-passphrase-file")
@@ -246,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             backend.close()
             return 0
+        if args.command == "keyholder":
+            return serve_keyholder(args.socket)
         if args.command == "serve":
             import uvicorn
 
@@ -271,13 +310,16 @@ def main(argv: list[str] | None = None) -> int:
                 timeout_graceful_shutdown=2,
             )
             return 0
-    except (ConfigError, BackendError) as error:
+    except KeyholderRestarted as error:
         print(f"cipherline-vault: {error}", file=sys.stderr)
-        return 2
+        return EXIT_DOMAIN_LOST
+    except (ConfigError, BackendError, KeyholderError) as error:
+        print(f"cipherline-vault: {error}", file=sys.stderr)
+        return EXIT_FAILURE
     except RollbackDetected as error:
         print(f"cipherline-vault: refusing to serve: {error}", file=sys.stderr)
-        return 3
+        return EXIT_ROLLBACK
     except StorageUnavailable as error:
         print(f"cipherline-vault: the record store is unavailable: {error}", file=sys.stderr)
-        return 2
+        return EXIT_FAILURE
     return 0

@@ -1,9 +1,11 @@
 """A node's provisioning record (`vault.json` in its data directory).
 
-It names the backend and where to find it; it never holds a PIN, a key or a
-password. The node's PIN (the HSM's, or the one the TPM's sealed objects need)
-comes from a file given at start that only its owner may read: never from the
-environment or a command line, where other processes can see it in /proc.
+It names the backend and where to find it; it never holds a PIN, a private key
+or a password (a `memory` node records its keyholder's public key, to tell a
+restarted keyholder from a damaged file). The node's PIN (the HSM's, or the one
+the TPM's sealed objects need) comes from a file given at start that only its
+owner may read: never from the environment or a command line, where other
+processes can see it in /proc.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
-BackendName = Literal["softhsm", "tpm", "soft"]
-BACKENDS: tuple[BackendName, ...] = ("softhsm", "tpm", "soft")
+BackendName = Literal["softhsm", "tpm", "memory", "soft"]
+BACKENDS: tuple[BackendName, ...] = ("softhsm", "tpm", "memory", "soft")
 CONFIG_NAME = "vault.json"
 
 
@@ -31,6 +33,8 @@ class NodeConfig:
     pkcs11_library: str | None = None
     token_label: str | None = None
     tpm_tcti: str | None = None
+    keyholder_socket: str | None = None
+    keyholder_public_key: str | None = None  # hex
     extra: dict[str, str] = field(default_factory=dict)
 
     def save(self, data_dir: Path) -> None:

@@ -37,6 +37,7 @@ from tests.support.processes import (
     wait_until,
 )
 from vault_emulator.etcd import EtcdClient
+from vault_emulator.keyholder import KeyholderClient, KeyholderError
 
 SOFTHSM_LIBRARY_CANDIDATES = (
     "/usr/lib/softhsm/libsofthsm2.so",
@@ -893,12 +894,56 @@ class RelayProcess:
 # --------------------------------------------------------------------------- vault
 
 
+@dataclass
+class Keyholder:
+    """A `memory` vault node's keyholder (vault_emulator/keyholder.py): its keys
+    exist only in this process, so stopping it loses them for good."""
+
+    socket_path: Path
+    log_path: Path
+    process: ManagedProcess | None = None
+
+    def public_key(self) -> bytes:
+        """The keyholder's signing key, which also tells one keyholder from the next."""
+        try:
+            return KeyholderClient(self.socket_path, timeout=2).public_key()
+        except KeyholderError as error:
+            raise ComponentError(f"keyholder at {self.socket_path}: {error}") from None
+
+    def answering(self) -> bool:
+        try:
+            self.public_key()
+        except ComponentError:
+            return False
+        return True
+
+    def start(self, timeout: float = 15) -> Keyholder:
+        argv = [sys.executable, "-m", "vault_emulator", "keyholder", "--socket"]
+        self.process = ManagedProcess(
+            [*argv, str(self.socket_path)], self.log_path, env=python_env()
+        ).start()
+        wait_until(self.answering, timeout, "keyholder", self.process)
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+
+
 class VaultProcess:
     """One Backup Key Vault node, provisioned on a backend and served on loopback.
 
     Its PIN (the token's for softhsm; for tpm the given one, the one already in
     `pin_file`, or a fresh random one) reaches every command through `--pin-file`, a
     0600 file beside the data dir by default: never the environment or a command line.
+
+    A `memory` node has no PIN; it needs a keyholder answering at
+    `data_dir/keyholder.sock`, and starts one there (which `stop` and `kill` end)
+    when none answers.
     """
 
     def __init__(
@@ -926,7 +971,10 @@ class VaultProcess:
         self.process: ManagedProcess | None = None
         self.pin_file = pin_file or data_dir.parent / f"{data_dir.name}.pin"
         self.pin: str | None = None
-        if backend != "soft":
+        self.keyholder: Keyholder | None = None
+        if backend == "memory":
+            self.keyholder = Keyholder(data_dir / "keyholder.sock", data_dir / "keyholder.log")
+        elif backend != "soft":
             if pin is None and token is not None:
                 pin = token.pin
             if pin is None and self.pin_file.exists():
@@ -961,9 +1009,18 @@ class VaultProcess:
             if self.swtpm is None:
                 raise ComponentError("a tpm vault node needs a running Swtpm")
             return ["--tcti", self.swtpm.tcti]
+        if self.keyholder is not None:
+            return ["--keyholder-socket", str(self.keyholder.socket_path)]
         return ["--insecure-dev"]
 
+    def _ensure_keyholder(self) -> None:
+        if self.keyholder is None or self.keyholder.answering():
+            return
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.keyholder.start()
+
     def provision(self) -> VaultProcess:
+        self._ensure_keyholder()
         argv = [
             sys.executable,
             "-m",
@@ -1003,6 +1060,7 @@ class VaultProcess:
         ]
         if self.backend == "soft":
             argv.append("--insecure-dev")
+        self._ensure_keyholder()
         self.process = ManagedProcess(argv, self.data_dir / "vault.log", env=self._env()).start()
         wait_until(self.healthy, timeout, f"vault {self.node_name}", self.process)
         return self
@@ -1038,10 +1096,14 @@ class VaultProcess:
     def stop(self) -> None:
         if self.process is not None:
             self.process.stop()
+        if self.keyholder is not None:
+            self.keyholder.stop()
 
     def kill(self) -> None:
         if self.process is not None:
             self.process.kill()
+        if self.keyholder is not None:
+            self.keyholder.kill()
 
 
 def dump_json(path: Path, data: object) -> None:
