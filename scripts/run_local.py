@@ -254,11 +254,44 @@ class DevStack:
             return "soft"
         return "memory"
 
+    def ensure_split_domains(
+        self, state: dict[str, Any], swtpm: Swtpm | None
+    ) -> list[VaultProcess]:
+        """The three split-vault domains, each serving as its number with the other
+        two's fleet keys pinned (re-sharing seals only to those). A domain serving
+        with peers that have since changed (a memory domain provisioned afresh) is
+        restarted with the new ones; its keys, token and keyholder stay."""
+        nodes = [self.ensure_split_domain(state, number, swtpm) for number in SPLIT_DOMAINS]
+        keys = [node.public_keys()["hpke_public_key"] for node in nodes]
+        domains: dict[str, Any] = state["split_vault"]
+        for number, node in zip(SPLIT_DOMAINS, nodes, strict=True):
+            serve_args = [
+                "--domain",
+                str(number),
+                *[
+                    arg
+                    for peer, key in zip(SPLIT_DOMAINS, keys, strict=True)
+                    if peer != number
+                    for arg in ("--peer-domain", f"{peer}={key}")
+                ],
+            ]
+            info = domains[str(number)]
+            if info.get("pid") is not None and info.get("serve_args") == serve_args:
+                continue
+            _stop_pid(info.get("pid"))
+            node.extra_serve = serve_args
+            node.start()
+            assert node.process is not None
+            node.process.detach()
+            info.update(pid=node.process.pid, serve_args=serve_args)
+        return nodes
+
     def ensure_split_domain(
         self, state: dict[str, Any], number: int, swtpm: Swtpm | None
     ) -> VaultProcess:
         """Split-vault domain `number`: one vault node in its own folder, with its
-        own token, TPM PIN or keyholder, reused when it is still serving."""
+        own token, TPM PIN or keyholder, provisioned; its process is left serving
+        if it still does, and is started by `ensure_split_domains`."""
         domains: dict[str, Any] = state.setdefault("split_vault", {})
         info: dict[str, Any] = domains.get(str(number), {})
         directory = self.root / "split-vault" / f"domain-{number}"
@@ -288,15 +321,13 @@ class DevStack:
             return node
         if not (data_dir / "vault.json").exists():
             node.provision()
-        node.start()
-        assert node.process is not None
-        node.process.detach()
+        node.ensure_keyholder()
         keyholder_pid = info.get("keyholder_pid")
         if node.keyholder is not None and node.keyholder.process is not None:
             node.keyholder.process.detach()
             keyholder_pid = node.keyholder.process.pid
         domains[str(number)] = {
-            "pid": node.process.pid,
+            "pid": None,
             "port": node.port,
             "backend": node.backend,
             "keyholder_pid": keyholder_pid if backend == "memory" else None,
@@ -446,7 +477,7 @@ def main() -> int:
         try:
             vault = stack.ensure_vault(state)
             swtpm = stack.ensure_swtpm(state)
-            domains = [stack.ensure_split_domain(state, n, swtpm) for n in SPLIT_DOMAINS]
+            domains = stack.ensure_split_domains(state, swtpm)
             relay = stack.ensure_relay(state, vault.url, [domain.url for domain in domains])
             write_server_config(
                 config_path,

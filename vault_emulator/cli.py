@@ -114,7 +114,42 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--bench-echo", action="store_true", help="also serve /v1/echo (the benchmark's baseline)"
     )
+    serve.add_argument(
+        "--domain",
+        type=int,
+        choices=(1, 2, 3),
+        default=None,
+        help="serve as split-vault domain N (docs/vault-protocol.md, 'The split vault')",
+    )
+    serve.add_argument(
+        "--peer-domain",
+        action="append",
+        default=[],
+        type=_peer_domain,
+        metavar="M=HEX",
+        help="another split-vault domain's fleet HPKE public key (its public-keys "
+        "hpke_public_key): the only keys this domain seals a re-share term to",
+    )
     return parser
+
+
+def _peer_domain(text: str) -> tuple[int, bytes]:
+    number, separator, key = text.partition("=")
+    try:
+        if not separator or number not in {"1", "2", "3"}:
+            raise ValueError
+        return int(number), bytes.fromhex(key)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected M=HEX with M 1, 2 or 3, got {text!r}") from None
+
+
+def _peers(domain: int | None, pairs: list[tuple[int, bytes]]) -> dict[int, bytes]:
+    peers = dict(pairs)
+    if peers and domain is None:
+        raise ConfigError("--peer-domain needs --domain: which domain this node serves")
+    if domain in peers or len(peers) != len(pairs):
+        raise ConfigError("each peer domain once, and not this node's own")
+    return peers
 
 
 def _refuse_soft_without_flag(backend: str, insecure_dev: bool) -> None:
@@ -290,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
 
             from vault_emulator.server import create_app
 
+            peers = _peers(args.domain, args.peer_domain)
             config, backend, secrets = _open(args.data, args.pin_file, args.insecure_dev)
             node = VaultNode(
                 config.node_name,
@@ -297,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
                 secrets,
                 _records(config, args.data),
                 AuditLog(args.data / "audit.log", config.node_name),
+                domain=args.domain,
+                peers=peers,
             )
             migrated = node.migrate_legacy()
             if migrated:

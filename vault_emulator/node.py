@@ -73,6 +73,7 @@ from app.protocol.vault import (
     OPS,
     REQUEST_INFO,
     REQUEST_WINDOW_SECONDS,
+    RESPONSE_PLAINTEXT_LENGTH,
     RETRY,
     STALE,
     WRAPPED_KEY_LENGTH,
@@ -104,6 +105,9 @@ from app.protocol.vault_split import (
 )
 from app.protocol.vault_split import (
     REQUEST_INFO as SPLIT_REQUEST_INFO,
+)
+from app.protocol.vault_split import (
+    RESPONSE_LENGTH as SPLIT_RESPONSE_LENGTH,
 )
 from vault_emulator import state as st
 from vault_emulator.backends import Backend, BackendError, MonotonicCounter
@@ -470,7 +474,10 @@ class VaultNode:
             return 400, _error(f"malformed {op} request: {error}")
         except StorageUnavailable:
             return 503, _error("the vault's storage is unavailable; try another node")
-        return 200, seal_response(inner.response_key, op, status, left, payload, random_bytes(12))
+        length = SPLIT_RESPONSE_LENGTH if op in SPLIT_OPS else RESPONSE_PLAINTEXT_LENGTH
+        return 200, seal_response(
+            inner.response_key, op, status, left, payload, random_bytes(12), length=length
+        )
 
     def _register_start(self, record_id: bytes, fields: Reader) -> tuple[int, int, bytes]:
         request, replace_ticket = fields.bytes16(), fields.bytes16()

@@ -246,16 +246,27 @@ def parse_inner_request(plaintext: bytes) -> InnerRequest:
 
 
 def seal_response(  # noqa: PLR0917
-    response_key: bytes, op: str, status: int, attempts_left: int, payload: bytes, nonce: bytes
+    response_key: bytes,
+    op: str,
+    status: int,
+    attempts_left: int,
+    payload: bytes,
+    nonce: bytes,
+    *,
+    length: int = RESPONSE_PLAINTEXT_LENGTH,
 ) -> bytes:
+    """`length`: the padded plaintext size every answer of this family of ops has
+    (the split vault's, which carry sealed re-share terms, are larger)."""
     inner = Writer().u8(VERSION).u8(status).u16(attempts_left).bytes16(payload).getvalue()
-    if len(inner) > RESPONSE_PLAINTEXT_LENGTH:
+    if len(inner) > length:
         raise ValueError("a vault answer does not fit its fixed size")
-    inner += bytes(RESPONSE_PLAINTEXT_LENGTH - len(inner))
+    inner += bytes(length - len(inner))
     return nonce + aead_seal(response_key, nonce, inner, RESPONSE_AD + op.encode())
 
 
-def open_response(response_key: bytes, op: str, reply: Reply) -> tuple[int, int, bytes]:
+def open_response(
+    response_key: bytes, op: str, reply: Reply, *, length: int = RESPONSE_PLAINTEXT_LENGTH
+) -> tuple[int, int, bytes]:
     http_status, body = reply
     if http_status == 503 or http_status >= 500:
         raise VaultUnavailable("no backup vault node is reachable right now; try again later")
@@ -263,7 +274,7 @@ def open_response(response_key: bytes, op: str, reply: Reply) -> tuple[int, int,
         raise VaultUnavailable("the vault is busy; wait a moment and try again")
     if http_status != 200:
         raise VaultProtocolError(f"the vault refused the request (HTTP {http_status})")
-    if len(body) != 12 + RESPONSE_PLAINTEXT_LENGTH + 16:
+    if len(body) != 12 + length + 16:
         raise VaultProtocolError("the vault's answer has the wrong size")
     try:
         inner = aead_open(response_key, body[:12], body[12:], RESPONSE_AD + op.encode())

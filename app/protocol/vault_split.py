@@ -95,6 +95,10 @@ SPLIT_OPS = (
     "split_reshare",
     "split_install",
 )
+# Every split answer is padded to this size (a re-share answer carries an HPKE
+# sealed term: 1,186 bytes with the hybrid KEM), so its size tells the relay
+# nothing about the outcome.
+RESPONSE_LENGTH = 2048
 # HPKE info of a split request: a label of its own (docs/protocol.md §10), the op
 # bound as in the single vault's requests.
 REQUEST_INFO = b"Cipherline split vault v1 request "
@@ -217,7 +221,7 @@ def _batch(
     answers: dict[int, tuple[int, int, bytes] | None] = {}
     for index, reply in zip(order, replies, strict=True):
         try:
-            answers[index] = open_response(sealed[index][1], op, reply)
+            answers[index] = open_response(sealed[index][1], op, reply, length=RESPONSE_LENGTH)
         except (VaultUnavailable, VaultProtocolError):
             answers[index] = None
     return answers

@@ -20,7 +20,7 @@ from app.crypto import SigningKey
 from app.protocol.identity import DeviceIdentity
 from app.protocol.sealed import SenderCertificate
 from app.services.sealing import pinned_keys
-from scripts.run_local import SPLIT_DOMAINS, DevStack, write_server_config
+from scripts.run_local import DevStack, write_server_config
 from tests.support.components import RelayProcess
 
 # What `vault public-keys` prints; the relay part is what this test is about.
@@ -69,7 +69,7 @@ def test_make_runs_split_vault_domains_start_reprovision_a_lost_memory_domain_an
     state: dict[str, Any] = {}
     try:
         swtpm = stack.ensure_swtpm(state)
-        domains = [stack.ensure_split_domain(state, n, swtpm) for n in SPLIT_DOMAINS]
+        domains = stack.ensure_split_domains(state, swtpm)
         expected = ["softhsm" if shutil.which("softhsm2-util") else "soft"]
         expected.append("tpm" if swtpm is not None else "soft")
         assert [domain.backend for domain in domains] == [*expected, "memory"]
@@ -88,9 +88,17 @@ def test_make_runs_split_vault_domains_start_reprovision_a_lost_memory_domain_an
         config = write_server_config(stack.root / "server.json", relay, keys[0], keys)
         assert [vars(domain[0]) for domain in config.vault_domains] == keys
 
+        # Each domain serves as its number and pins the other two's fleet keys.
+        for number, info in state["split_vault"].items():
+            peers = [key["hpke_public_key"] for n, key in enumerate(keys, 1) if str(n) != number]
+            assert info["serve_args"][:2] == ["--domain", number]
+            assert all(any(key in arg for arg in info["serve_args"]) for key in peers)
+
         # Launched again while everything serves: all of it is reused.
-        again = [stack.ensure_split_domain(state, n, swtpm) for n in SPLIT_DOMAINS]
+        pids_before = {n: info["pid"] for n, info in state["split_vault"].items()}
+        again = stack.ensure_split_domains(state, swtpm)
         assert [domain.public_keys() for domain in again] == keys
+        assert {n: info["pid"] for n, info in state["split_vault"].items()} == pids_before
 
         # A memory domain whose node and keyholder stopped comes back as a new domain.
         memory = state["split_vault"]["3"]
@@ -98,9 +106,14 @@ def test_make_runs_split_vault_domains_start_reprovision_a_lost_memory_domain_an
             os.killpg(pid, signal.SIGTERM)
             psutil.Process(pid).wait(timeout=10)
         capsys.readouterr()
-        renewed = stack.ensure_split_domain(state, 3, swtpm).public_keys()
+        renewed = stack.ensure_split_domains(state, swtpm)[2].public_keys()
         assert renewed["signing_public_key"] != keys[2]["signing_public_key"]
         assert "split-vault domain 3 lost its keys" in capsys.readouterr().out
+        # The other two now pin the new domain 3, so they serve again with it.
+        for number in ("1", "2"):
+            info = state["split_vault"][number]
+            assert info["pid"] != pids_before[number]
+            assert f"3={renewed['hpke_public_key']}" in info["serve_args"]
         pids = [state["relay"]["pid"], *(d["pid"] for d in state["split_vault"].values())]
         pids += [state["split_vault"]["3"]["keyholder_pid"]]
         pids += [state["swtpm"]["pid"]] if swtpm is not None else []

@@ -1013,14 +1013,15 @@ class VaultProcess:
             return ["--keyholder-socket", str(self.keyholder.socket_path)]
         return ["--insecure-dev"]
 
-    def _ensure_keyholder(self) -> None:
+    def ensure_keyholder(self) -> None:
+        """A memory node's keyholder, started unless one already answers."""
         if self.keyholder is None or self.keyholder.answering():
             return
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.keyholder.start()
 
     def provision(self) -> VaultProcess:
-        self._ensure_keyholder()
+        self.ensure_keyholder()
         argv = [
             sys.executable,
             "-m",
@@ -1060,7 +1061,7 @@ class VaultProcess:
         ]
         if self.backend == "soft":
             argv.append("--insecure-dev")
-        self._ensure_keyholder()
+        self.ensure_keyholder()
         self.process = ManagedProcess(argv, self.data_dir / "vault.log", env=self._env()).start()
         wait_until(self.healthy, timeout, f"vault {self.node_name}", self.process)
         return self
@@ -1098,6 +1099,14 @@ class VaultProcess:
             self.process.stop()
         if self.keyholder is not None:
             self.keyholder.stop()
+
+    def restart(self, extra_serve: list[str]) -> VaultProcess:
+        """Serves again with other arguments; the keyholder (a memory node's keys)
+        keeps running."""
+        if self.process is not None:
+            self.process.stop()
+        self.extra_serve = extra_serve
+        return self.start()
 
     def kill(self) -> None:
         if self.process is not None:

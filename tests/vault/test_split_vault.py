@@ -32,7 +32,12 @@ from tests.vault.conftest import Fleet
 from tests.vault.test_vault_operator import _operator_unseals, _record_states
 
 PASSWORD = "correct horse battery"
+WRONG_PASSWORD_STATUS = 2  # a reset key that is not the record's
 BACKUP_KEY = bytes(range(32))
+
+
+def _opened(response_key: bytes, op: str, reply: Reply) -> tuple[int, int, bytes]:
+    return open_response(response_key, op, reply, length=split.RESPONSE_LENGTH)
 
 
 def _dead(_op: str, _body: bytes) -> Reply:
@@ -54,8 +59,26 @@ class Recording:
 class Domains:
     def __init__(self, fleets: list[Fleet]) -> None:
         self.fleets = fleets
-        self.keys: list[HpkePublicKey] = [fleet.key() for fleet in fleets]
-        self.transports: list[Transport] = [fleet.transport for fleet in fleets]
+        self.pin_peers()
+
+    def pin_peers(self) -> None:
+        """Each domain serves as its number, pinning the other two's fleet keys (as
+        `make run` starts them); the client pins all three."""
+        hpke = [fleet.pinned[0].hpke_public_key.hex() for fleet in self.fleets]
+        for number, fleet in enumerate(self.fleets, 1):
+            peers = [
+                arg
+                for peer, key in enumerate(hpke, 1)
+                if peer != number
+                for arg in ("--peer-domain", f"{peer}={key}")
+            ]
+            for node in fleet.nodes:
+                node.restart(["--domain", str(number), *peers])
+        self.keys: list[HpkePublicKey] = [fleet.key() for fleet in self.fleets]
+        self.transports: list[Transport] = [fleet.transport for fleet in self.fleets]
+
+    def repair(self, record_id: bytes, backup_key: bytes = BACKUP_KEY) -> frozenset[int]:
+        return run_split_flow(split.repair(record_id, backup_key, self.keys), self.transports)
 
     def register(self, limit: int = split.DEFAULT_SPLIT_LIMIT) -> bytes:
         record_id, stored = run_split_flow(
@@ -78,7 +101,9 @@ class Domains:
         body, response_key = split.seal_request(
             self.keys[domain - 1], op, record_id, fields, SystemRng()
         )
-        return open_response(response_key, op, self.transports[domain - 1](op, body))
+        return open_response(
+            response_key, op, self.transports[domain - 1](op, body), length=split.RESPONSE_LENGTH
+        )
 
 
 @pytest.fixture
@@ -95,7 +120,7 @@ def test_any_two_domains_recover_one_cannot_and_the_backends_differ(
         [
             fleet_factory(backend="softhsm"),
             fleet_factory(backend="tpm", swtpm=swtpm),
-            fleet_factory(backend="soft"),
+            fleet_factory(backend="memory"),
         ]
     )
     record_id = mixed.register()
@@ -240,8 +265,12 @@ def test_replays_are_answered_without_counting(domains: Domains) -> None:
     fields = Writer().u64(_now()).bytes16(blinded).getvalue()
     op = "split_evaluate"
     body, response_key = split.seal_request(domains.keys[0], op, record_id, fields, SystemRng())
-    first = open_response(response_key, op, domains.transports[0](op, body))
-    again = open_response(response_key, op, domains.transports[0](op, body))
+    first = open_response(
+        response_key, op, domains.transports[0](op, body), length=split.RESPONSE_LENGTH
+    )
+    again = open_response(
+        response_key, op, domains.transports[0](op, body), length=split.RESPONSE_LENGTH
+    )
     assert first[0] == OK and again[0] == STALE
     ticket = split._parse_evaluation(1, first[2]).ticket
     reset = Writer().bytes16(ticket).raw(bytes(32)).u8(split.ACTION_RETRIEVE).getvalue()
@@ -389,3 +418,61 @@ def _ops_of(
         with pytest.raises(raises):
             action()
     return [(index, op, len(body)) for index, r in enumerate(recording) for op, body in r.sent]
+
+
+def test_a_domain_down_at_registration_catches_up_without_the_password(
+    domains: Domains,
+) -> None:
+    dead_three = [domains.transports[0], domains.transports[1], _dead]
+    record_id, stored = run_split_flow(
+        split.register(PASSWORD, BACKUP_KEY, domains.keys), dead_three
+    )
+    assert stored == {1, 2}
+    # Domain 3 lacks the record, and a check without the backup key learns nothing.
+    held = run_split_flow(split.check(record_id, BACKUP_KEY, domains.keys), domains.transports)
+    assert held == {1: OK, 2: OK, 3: 1}  # 1: NOT_FOUND
+    wrong = run_split_flow(split.check(record_id, bytes(32), domains.keys), domains.transports)
+    assert wrong[1] == wrong[2] == WRONG_PASSWORD_STATUS
+    recording = [Recording(transport) for transport in domains.transports]
+    domains.transports = list(recording)
+    assert domains.repair(record_id) == {3}
+    assert domains.repair(record_id) == frozenset()  # nothing left to do
+    # Domain 3's new share is on the same polynomial: it recovers with each other one.
+    assert domains.recover(record_id, down=(1,)) == BACKUP_KEY
+    assert domains.recover(record_id, down=(2,)) == BACKUP_KEY
+    # The relay replays every re-share request, to every domain: nothing changes.
+    for index, r in enumerate(recording):
+        for op, body in list(r.sent):
+            if op in ("split_reshare", "split_install", "split_check"):
+                for target in range(3):
+                    status, _reply = recording[target].inner(op, body)
+                    assert status == (200 if target == index else 400)
+    assert domains.recover(record_id, down=(1,)) == BACKUP_KEY
+    with pytest.raises(WrongPassword) as wrong_guess:
+        domains.recover(record_id, "wrong", down=(2,))
+    assert wrong_guess.value.attempts_left == split.DEFAULT_SPLIT_LIMIT - 1
+
+
+def test_a_domain_lost_for_good_is_replaced_and_re_shared(
+    fleet_factory: Callable[..., Fleet],
+) -> None:
+    domains = Domains(
+        [fleet_factory(backend="softhsm") for _ in range(2)] + [fleet_factory(backend="memory")]
+    )
+    record_id = domains.register()
+    # The memory domain's keyholder dies: its records can never be opened again.
+    domains.fleets[2].nodes[0].kill()
+    assert domains.recover(record_id) == BACKUP_KEY  # two domains suffice meanwhile
+    domains.fleets[2] = fleet_factory(backend="memory")  # a replacement, new keys
+    domains.pin_peers()
+    assert domains.repair(record_id) == {3}
+    assert domains.recover(record_id, down=(1,)) == BACKUP_KEY
+    assert domains.recover(record_id, down=(2,)) == BACKUP_KEY
+    # A holder of another backup key cannot ask for a re-share.
+    status, _left, _payload = domains.call(
+        1,
+        "split_reshare",
+        record_id,
+        Writer().raw(bytes(32)).u8(3).raw(bytes(31) + b"\x01").getvalue(),
+    )
+    assert status == WRONG_PASSWORD_STATUS
