@@ -362,6 +362,7 @@ def _backup_screens(window: object, work: Path, shot: Any, until: Any, pump: Any
     tab.show()
     shot(tab, "16-settings-backups")
     tab.close()
+    _split_vault_screens(messenger, work, home, shot, until)
     target = work / "profiles" / "alice-restored"
     restore = RestoreWizard(target, None, protector, home=home)
     restore.show()
@@ -378,6 +379,57 @@ def _backup_screens(window: object, work: Path, shot: Any, until: Any, pump: Any
     shot(restore, "19-restore-done")
     restore.close()
     return key
+
+
+def _split_vault_screens(messenger: Any, work: Path, home: Path, shot: Any, until: Any) -> None:
+    """The password option and Settings → Backups with the split vault: three
+    domains of their own (memory backend, keys in keyholder processes) behind a
+    relay that routes /v1/vault/domains/N/ to them."""
+    from app.backup import service
+    from app.config import ServerConfig, VaultNodeKey
+    from app.ui.backup_wizards import BackupsTab, SetupWizard
+    from tests.support.components import VaultProcess
+
+    domains = [
+        VaultProcess(work / f"domain-{number}", backend="memory", node_name=f"domain-{number}")
+        .provision()
+        .start()
+        for number in (1, 2, 3)
+    ]
+    relay = RelayProcess(
+        work / "split-relay",
+        extra_args=[
+            arg
+            for number, domain in enumerate(domains, 1)
+            for arg in ("--vault-domain", f"{number}={domain.url}")
+        ],
+    ).start()
+    try:
+        config = ServerConfig(
+            relay.url,
+            relay.ca_file.read_text(),
+            vault_domains=tuple((VaultNodeKey(**d.public_keys()),) for d in domains),
+        )
+        access = service.VaultAccess(config, messenger.profile)
+        wizard = SetupWizard(messenger.store, messenger.profile, access, home=home)
+        wizard.method_page.password_radio.setChecked(True)
+        wizard.show()
+        shot(wizard, "10b-backup-method-split-vault")
+        wizard.close()
+        service.set_up_with_password(
+            messenger.store, access, "walrus lantern sepia fjord kestrel", home / "Nextcloud"
+        )
+        domains[2].kill()
+        tab = BackupsTab(messenger.store, messenger.profile, access)
+        tab.resize(560, 420)
+        tab.show()
+        until(lambda: "not answering" in tab.domains.text(), 30)
+        shot(tab, "16b-settings-backups-split-vault")
+        tab.close()
+    finally:
+        relay.stop()
+        for domain in domains:
+            domain.stop()
 
 
 def _restore_journey_screens(

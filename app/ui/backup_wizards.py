@@ -1191,9 +1191,18 @@ class BackupsTab(QWidget):
         self.domains.show()
 
         def done(sentences: list[str]) -> None:
+            answering = sum(sentence.endswith(": answering.") for sentence in sentences)
+            verdict = (
+                "All three answer."
+                if answering == 3
+                else "Two answer, which is enough: restores keep working."
+                if answering == 2
+                else "Fewer than two answer: restoring with the password waits until one "
+                "is back. Backups go on."
+            )
             self.domains.setText(
                 "Your backup key is split between three vaults; any two can give it "
-                "back.\n" + "\n".join(sentences)
+                "back.\n" + "\n".join(sentences) + "\n" + verdict
             )
 
         def failed(error: BaseException) -> None:

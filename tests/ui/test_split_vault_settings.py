@@ -72,6 +72,7 @@ def test_the_tab_shows_the_three_vaults_and_moves_a_password_over(
         tab.refresh()
         qtbot.waitUntil(lambda: "not answering" in tab.domains.text(), timeout=20_000)
         assert tab.domains.text().count(": answering") == 2
+        assert "Two answer, which is enough: restores keep working." in tab.domains.text()
     finally:
         store.close()
 
