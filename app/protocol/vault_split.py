@@ -146,18 +146,11 @@ class DomainRequest:
 SplitFlow = Generator[list[DomainRequest], list[Reply], "object"]
 
 
-@dataclass(frozen=True)
-class _Secrets:
-    wrap_key: bytes
-
-    def __repr__(self) -> str:
-        return "_Secrets(<secret>)"
-
-
-def _secrets(output: bytes, record_id: bytes) -> _Secrets:
+def derive_wrap_key(output: bytes, record_id: bytes) -> bytes:
+    """The key that wraps the backup key: from the OPRF output, stretched."""
     salt = hashlib.sha256(STRETCH_INFO + record_id).digest()[:16]
     stretched = argon2id(output, salt, STRETCH, 32)
-    return _Secrets(hkdf_sha256(stretched, salt=None, info=WRAP_INFO, length=32))
+    return hkdf_sha256(stretched, salt=None, info=WRAP_INFO, length=32)
 
 
 def reset_keys(backup_key: bytes, record_id: bytes) -> dict[int, bytes]:
@@ -189,11 +182,11 @@ def verifier(reset_key: bytes) -> bytes:
     return hashlib.sha256(reset_key).digest()
 
 
-def _wrap(wrap_key: bytes, record_id: bytes, backup_key: bytes, nonce: bytes) -> bytes:
+def wrap(wrap_key: bytes, record_id: bytes, backup_key: bytes, nonce: bytes) -> bytes:
     return nonce + aead_seal(wrap_key, nonce, backup_key, WRAP_AD + record_id)
 
 
-def _unwrap(wrap_key: bytes, record_id: bytes, wrapped: bytes) -> bytes | None:
+def unwrap(wrap_key: bytes, record_id: bytes, wrapped: bytes) -> bytes | None:
     try:
         key = aead_open(wrap_key, wrapped[:12], wrapped[12:], WRAP_AD + record_id)
     except DecryptionError:
@@ -249,8 +242,8 @@ def register(
     secret = password.encode("utf-8")
     oprf_key, _public = derive_key_pair(rng.random_bytes(32), KEY_INFO)
     shares = split_key(oprf_key, rng)
-    secrets = _secrets(evaluate(oprf_key, secret), record_id)
-    wrapped = _wrap(secrets.wrap_key, record_id, backup_key, rng.random_bytes(12))
+    wrap_key = derive_wrap_key(evaluate(oprf_key, secret), record_id)
+    wrapped = wrap(wrap_key, record_id, backup_key, rng.random_bytes(12))
     resets = reset_keys(backup_key, record_id)
     fields = {
         share.index: Writer()
@@ -513,9 +506,9 @@ def _open(
         if output in tried:
             continue
         tried.add(output)
-        secrets = _secrets(output, record_id)
+        wrap_key = derive_wrap_key(output, record_id)
         for index in pair:
-            key = _unwrap(secrets.wrap_key, record_id, evaluations[index].wrapped)
+            key = unwrap(wrap_key, record_id, evaluations[index].wrapped)
             if key is not None:
                 return key
     return None

@@ -207,8 +207,8 @@ def test_one_compromised_domain_gives_twice_the_limit_and_no_offline_test(
         blinding, blinded = blind(candidate.encode(), SystemRng())
         alone = share_evaluate(share, blinded)
         output = finalize(candidate.encode(), blinding, alone)
-        secrets = split._secrets(output, record_id)
-        assert split._unwrap(secrets.wrap_key, record_id, record.stored_key) is None
+        wrap_key = split.derive_wrap_key(output, record_id)
+        assert split.unwrap(wrap_key, record_id, record.stored_key) is None
     # Online, every guess needs one honest domain: 2 x limit guesses, the last right.
     guesses = 0
     opened = None
@@ -230,8 +230,8 @@ def test_one_compromised_domain_gives_twice_the_limit_and_no_offline_test(
             break
         guesses += 1
         element = combine({honest[0]: honest[1], 3: share_evaluate(share, blinded)})
-        secrets = split._secrets(finalize(candidate.encode(), blinding, element), record_id)
-        opened = split._unwrap(secrets.wrap_key, record_id, record.stored_key) or opened
+        wrap_key = split.derive_wrap_key(finalize(candidate.encode(), blinding, element), record_id)
+        opened = split.unwrap(wrap_key, record_id, record.stored_key) or opened
     assert guesses == split.guess_bound(limit, 1) == 6
     assert opened == BACKUP_KEY  # the bound is tight: the sixth guess was right
 
