@@ -113,16 +113,19 @@ def domains(fleet_factory: Callable[..., Fleet]) -> Domains:
     return Domains([fleet_factory(backend="softhsm") for _ in range(3)])
 
 
-def test_any_two_domains_recover_one_cannot_and_the_backends_differ(
-    fleet_factory: Callable[..., Fleet], swtpm: object
-) -> None:
-    mixed = Domains(
+@pytest.fixture
+def mixed(fleet_factory: Callable[..., Fleet], swtpm: object) -> Domains:
+    """The domains as deployed: SoftHSM2, a TPM (swtpm) and the memory backend."""
+    return Domains(
         [
             fleet_factory(backend="softhsm"),
             fleet_factory(backend="tpm", swtpm=swtpm),
             fleet_factory(backend="memory"),
         ]
     )
+
+
+def test_any_two_domains_recover_one_cannot_and_the_backends_differ(mixed: Domains) -> None:
     record_id = mixed.register()
     assert mixed.recover(record_id) == BACKUP_KEY
     for down in (1, 2, 3):
@@ -315,15 +318,15 @@ def test_the_limit_reached_erases_the_share_at_each_domain(domains: Domains) -> 
 
 
 def test_200_concurrent_guesses_over_all_domains_with_one_killed_mid_burst(
-    domains: Domains,
+    mixed: Domains,
 ) -> None:
     """Whole recoveries with wrong passwords from 24 threads at once, as fast as the
     domains answer, while domain 2 is SIGKILLed: no domain evaluates more than its
     limit, so no more guesses were possible than the bound."""
     limit = 10
-    record_id = domains.register(limit=limit)
-    recording = [Recording(transport) for transport in domains.transports]
-    domains.transports = list(recording)
+    record_id = mixed.register(limit=limit)
+    recording = [Recording(transport) for transport in mixed.transports]
+    mixed.transports = list(recording)
     evaluated: dict[int, int] = {1: 0, 2: 0, 3: 0}
     lock = threading.Lock()
 
@@ -338,14 +341,14 @@ def test_200_concurrent_guesses_over_all_domains_with_one_killed_mid_burst(
 
         return call
 
-    domains.transports = [counting(n + 1, t) for n, t in enumerate(recording)]
+    mixed.transports = [counting(n + 1, t) for n, t in enumerate(recording)]
     outcomes: list[str] = []
 
     def guess(number: int) -> None:
         if number == 40:
-            domains.fleets[1].nodes[0].kill()
+            mixed.fleets[1].nodes[0].kill()
         try:
-            domains.recover(record_id, f"guess {number}")
+            mixed.recover(record_id, f"guess {number}")
             outcome = "opened"
         except WrongPassword:
             outcome = "wrong"
@@ -368,7 +371,7 @@ def test_200_concurrent_guesses_over_all_domains_with_one_killed_mid_burst(
     assert bound is not None and sum(evaluated.values()) // 2 <= bound
     # The record is gone at the two live domains: even the right password fails.
     with pytest.raises((LockedOut, VaultUnavailable)):
-        domains.recover(record_id)
+        mixed.recover(record_id)
 
 
 def test_a_password_change_keeps_the_record_and_needs_all_three_domains(
