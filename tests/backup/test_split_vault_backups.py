@@ -47,6 +47,11 @@ def split_stack(
 
     single = node("single")
     domains = [node(f"domain-{number}") for number in (1, 2, 3)]
+    # As make run serves them: each its number and the other two's keys pinned.
+    hpke = [domain.public_keys()["hpke_public_key"] for domain in domains]
+    for number, domain in enumerate(domains, 1):
+        peers = [f"{peer}={key}" for peer, key in enumerate(hpke, 1) if peer != number]
+        domain.restart(["--domain", str(number), *[a for p in peers for a in ("--peer-domain", p)]])
     relay = relay_factory(
         extra_args=[
             "--vault",
