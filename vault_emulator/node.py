@@ -901,7 +901,9 @@ class VaultNode:
     # ---- re-sharing (docs/vault-protocol.md, "Re-sharing") ---------------------------
     def _split_holder(self, record_id: bytes, reset_key: bytes) -> tuple[int, RecordState | None]:
         """The record, if this domain holds it and `reset_key` is its own: every
-        re-share step is for a holder of the backup key only. Counts nothing."""
+        re-share step is for a holder of the backup key only. Counts nothing. A
+        reset key that is not the record's is answered as a missing record, so
+        that without the backup key nobody learns whether this domain holds one."""
         stored = self.records.read(record_id, fresh=True)
         state = self._state(record_id, stored)
         if state is None or state.status == st.PENDING:
@@ -911,7 +913,7 @@ class VaultNode:
         if state.key_format != KEY_SPLIT:
             return NOT_FOUND, None
         if not check_reset_key(state.verifier, reset_key):
-            return WRONG_PASSWORD, None
+            return NOT_FOUND, None
         return OK, state
 
     def _split_check(self, record_id: bytes, fields: Reader) -> tuple[int, int, bytes]:

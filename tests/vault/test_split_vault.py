@@ -18,6 +18,7 @@ from app.protocol.encoding import Writer
 from app.protocol.vault import (
     CONFLICT,
     LOCKED_OUT,
+    NOT_FOUND,
     OK,
     RETRY,
     STALE,
@@ -32,7 +33,6 @@ from tests.vault.conftest import Fleet
 from tests.vault.test_vault_operator import _operator_unseals, _record_states
 
 PASSWORD = "correct horse battery"
-WRONG_PASSWORD_STATUS = 2  # a reset key that is not the record's
 BACKUP_KEY = bytes(range(32))
 
 
@@ -433,9 +433,9 @@ def test_a_domain_down_at_registration_catches_up_without_the_password(
     assert stored == {1, 2}
     # Domain 3 lacks the record, and a check without the backup key learns nothing.
     held = run_split_flow(split.check(record_id, BACKUP_KEY, domains.keys), domains.transports)
-    assert held == {1: OK, 2: OK, 3: 1}  # 1: NOT_FOUND
+    assert held == {1: OK, 2: OK, 3: NOT_FOUND}
     wrong = run_split_flow(split.check(record_id, bytes(32), domains.keys), domains.transports)
-    assert wrong[1] == wrong[2] == WRONG_PASSWORD_STATUS
+    assert wrong == {1: NOT_FOUND, 2: NOT_FOUND, 3: NOT_FOUND}  # as if nobody held it
     recording = [Recording(transport) for transport in domains.transports]
     domains.transports = list(recording)
     assert domains.repair(record_id) == {3}
@@ -478,4 +478,4 @@ def test_a_domain_lost_for_good_is_replaced_and_re_shared(
         record_id,
         Writer().raw(bytes(32)).u8(3).raw(bytes(31) + b"\x01").getvalue(),
     )
-    assert status == WRONG_PASSWORD_STATUS
+    assert status == NOT_FOUND
