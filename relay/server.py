@@ -843,6 +843,14 @@ def create_app(settings: RelaySettings) -> FastAPI:
             ) from None
         return {"device_id": device_id, "token": token}
 
+    @api.put("/v1/devices/self/name")
+    def rename_own_device(body: NewDevice, device: Auth) -> dict[str, Any]:
+        # An older client registered its name in the clear; a newer one replaces it
+        # with the sealed form (app/protocol/device_names.py), and only its own.
+        if not storage.rename_device(device.account_id, device.device_id, body.device_name):
+            raise fail(404, "this device is not active on this account")
+        return {"device_id": device.device_id}
+
     @api.get("/v1/devices")
     def list_devices(device: Auth) -> dict[str, Any]:
         return {

@@ -384,6 +384,20 @@ class Storage:
             ).fetchone()
         return int(row[0]) if row else None
 
+    def rename_device(self, account_id: int, device_id: int, name: str) -> bool:
+        """Replaces an active device's stored name; False if there is none."""
+        with self.transaction() as conn:
+            cursor = self.run(
+                conn,
+                "UPDATE devices SET name = ? WHERE account_id = ? AND device_id = ?"
+                " AND revoked = 0",
+                (name, account_id, device_id),
+            )
+            renamed = bool(cursor.rowcount)
+        # The old name (perhaps in the clear) goes from the WAL at the next scrub.
+        self._content_deleted()
+        return renamed
+
     def devices(self, account_id: int) -> list[tuple[int, str, bool]]:
         with self.read() as conn:
             rows = self.run(

@@ -279,6 +279,9 @@ class RelayClient:
         ]
         return devices
 
+    def rename_own_device(self, stored_name: str) -> None:
+        self._request("PUT", "/v1/devices/self/name", json_body={"device_name": stored_name})
+
     def remove_device(self, device_id: int) -> None:
         self._request("DELETE", f"/v1/devices/{device_id}")
 

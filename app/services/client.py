@@ -38,7 +38,8 @@ from app.net.push import PushListener
 from app.net.relay_client import SendOutcome
 from app.protocol import ProtocolError
 from app.protocol.attachments import decrypt_attachment
-from app.protocol.device_names import open_device_name
+from app.protocol.device_names import MAX_NAME_CHARACTERS, open_device_name, seal_device_name
+from app.protocol.device_names import PREFIX as DEVICE_NAME_PREFIX
 from app.services import delivery
 from app.services.events import (
     ConnectionChanged,
@@ -154,6 +155,25 @@ class Client:
         # Rotate if due, and make the relay serve the signed prekey this device holds
         # (it may have missed an upload, or the profile may be an older copy).
         self.check_prekeys(long_lived=True)
+        self.net(self._seal_plain_device_name)
+
+    def _seal_plain_device_name(self) -> bool:
+        """A name an older version registered in the clear is replaced by its
+        sealed form (app/protocol/device_names.py); True if it was. Tried again at
+        the next start when the relay cannot be reached."""
+        try:
+            listed = self.relay.devices()
+            own = next((d for d in listed if d.get("current")), None)
+            name = str(own.get("name", "")) if own else ""
+            if not name or name.startswith(DEVICE_NAME_PREFIX):
+                return False
+            self.relay.rename_own_device(
+                seal_device_name(self.messenger.identity, name[:MAX_NAME_CHARACTERS])
+            )
+        except (RelayError, ValueError) as error:
+            log.info("device name not sealed yet (%s)", type(error).__name__)
+            return False
+        return True
 
     def _envelope_arrived(self, envelope: Envelope) -> None:
         with self._inbox_lock:

@@ -10,7 +10,7 @@ from app.protocol.device_names import PREFIX, STORED_LENGTH, open_device_name, s
 from app.protocol.identity import DeviceIdentity
 from app.services.account import create_account
 from app.services.client import Client
-from tests.services.helpers import FAST_KDF, make_profile
+from tests.services.helpers import FAST_KDF, make_profile, wait_for
 from tests.support.components import RelayProcess
 
 NAME = "Kitchen laptop ☕"
@@ -53,3 +53,54 @@ def test_the_relay_holds_no_device_name_and_the_devices_list_them(
             data = path.read_bytes()
             for name in (NAME, OTHER_NAME, "Kitchen", "hall"):
                 assert name.encode() not in data, (path.name, name)
+
+
+def test_a_name_an_older_client_stored_in_the_clear_is_sealed_at_the_next_start(
+    tmp_path: Path, relay: RelayProcess
+) -> None:
+    profile = make_profile(tmp_path, "bob", relay)
+    messenger = create_account(profile, "bob", NAME, "bob passphrase", kdf=FAST_KDF)
+    # What an older client left: the name in the clear (its own route, as it had).
+    owner = profile.relay(token=messenger.relay_token)
+    owner.rename_own_device("Bob's old laptop")
+    assert [d["name"] for d in owner.devices()] == ["Bob's old laptop"]
+    # The route renames the caller's own device, never another account's.
+    mallory = create_account(
+        make_profile(tmp_path, "mallory", relay), "mallory", "m", "m passphrase", kdf=FAST_KDF
+    )
+    mallory.store.close()
+    stranger = profile.relay(token=mallory.relay_token)
+    stranger.rename_own_device("renamed by mallory")
+    stranger.close()
+    assert [d["name"] for d in owner.devices()] == ["Bob's old laptop"]
+    client = Client(messenger, profile.relay(timeout=3), tick_seconds=0.2)
+    client.start()
+    try:
+        wait_for(
+            lambda: all(d["name"].startswith(PREFIX) for d in owner.devices()),
+            what="the sealed name",
+        )
+        listed = client.devices().result(20)
+    finally:
+        client.stop()
+        owner.close()
+    assert [d["name"] for d in listed] == ["Bob's old laptop"]
+    database = sqlite3.connect(relay.data_dir / "relay.sqlite3")
+    stored = [
+        row[0]
+        for row in database.execute(
+            "SELECT d.name FROM devices d JOIN accounts a ON a.id = d.account_id"
+            " WHERE a.username = 'bob'"
+        )
+    ]
+    database.close()
+    assert len(stored) == 1 and stored[0].startswith(PREFIX)
+
+    # Nor, once the relay's scrub has run (every 5 s), in its write-ahead log.
+    def gone() -> bool:
+        return not any(
+            path.exists() and b"old laptop" in path.read_bytes()
+            for path in (relay.data_dir / "relay.sqlite3", relay.data_dir / "relay.sqlite3-wal")
+        )
+
+    wait_for(gone, timeout=15, what="the old name gone from the relay's files")
