@@ -48,6 +48,9 @@ PACKAGES = ("app.protocol", "app.store")
 # Fields that hold public data only; each says why. Keep this list short: anything
 # that is key material, a token, a password or message plaintext does not belong.
 PUBLIC_FIELDS: dict[str, str] = {
+    "app.protocol.device_list.DeviceList.signed": (
+        "the signed device list as published through the relay, public keys only"
+    ),
     "app.protocol.identity.PublicIdentity.binding_signature": (
         "Ed25519 signature in the published identity; the relay hands it to anyone"
     ),
