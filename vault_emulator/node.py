@@ -224,6 +224,39 @@ def _erased_status(state: RecordState) -> int:
     return NOT_FOUND if state.reason == st.REASON_DELETED else LOCKED_OUT
 
 
+def _settle(
+    state: RecordState,
+    ticket_id: bytes,
+    *,
+    right: bool,
+    delete: bool,
+    replace_id: bytes | None,
+) -> Decision[tuple[int, RecordState | None]]:
+    """How the second step of a login settles its record, in the single vault
+    (`login_finish`) and in a split domain (`split_reset`) alike: an open ticket is
+    spent whatever happens (a replay finds it gone); a wrong answer at the limit
+    erases the record; a right one resets the counter and closes every ticket, or
+    deletes the record, or also opens a replacement (`replace_id`)."""
+    if state.status == st.ERASED:
+        return None, (_erased_status(state), state)
+    if ticket_id not in state.open_tickets:
+        return None, (RETRY, state)  # used already: a replay
+    if not right:
+        if state.attempts >= state.limit:
+            return state.erased(st.REASON_LOCKED_OUT), (LOCKED_OUT, state)
+        failed = state.without_ticket(ticket_id)
+        return failed, (WRONG_PASSWORD, failed)
+    if delete:
+        return state.erased(st.REASON_DELETED), (OK, state)
+    succeeded = replace(
+        state,
+        attempts=0,
+        open_tickets=(),
+        replace_ticket=state.replace_ticket if replace_id is None else replace_id,
+    )
+    return succeeded, (OK, state)
+
+
 class VaultNode:
     def __init__(
         self,
@@ -666,24 +699,13 @@ class VaultNode:
         ) -> Decision[tuple[int, RecordState | None]]:
             if state is None or state.status == st.PENDING:
                 return None, (RETRY, state)
-            if state.status == st.ERASED:
-                return None, (_erased_status(state), state)
-            if granted.ticket_id not in state.open_tickets:
-                return None, (RETRY, state)  # used already: a replay
-            if session_key is None:
-                if state.attempts >= state.limit:
-                    return state.erased(st.REASON_LOCKED_OUT), (LOCKED_OUT, state)
-                failed = state.without_ticket(granted.ticket_id)
-                return failed, (WRONG_PASSWORD, failed)
-            if action == ACTION_DELETE:
-                return state.erased(st.REASON_DELETED), (OK, state)
-            succeeded = replace(
+            return _settle(
                 state,
-                attempts=0,
-                open_tickets=(),
-                replace_ticket=replace_id if action == ACTION_REPLACE else state.replace_ticket,
+                granted.ticket_id,
+                right=session_key is not None,
+                delete=action == ACTION_DELETE,
+                replace_id=replace_id if action == ACTION_REPLACE else None,
             )
-            return succeeded, (OK, state)
 
         status, state = self._transact(record_id, consume)
         if status != OK or session_key is None or state is None:
@@ -867,26 +889,17 @@ class VaultNode:
             return RETRY, 0, b""
 
         def consume(state: RecordState | None) -> Decision[tuple[int, RecordState | None]]:
-            if state is None or state.status == st.PENDING or state.key_format != KEY_SPLIT:
+            if state is None or state.status == st.PENDING:
                 return None, (RETRY, state)
-            if state.status == st.ERASED:
-                return None, (_erased_status(state), state)
-            if granted.ticket_id not in state.open_tickets:
-                return None, (RETRY, state)  # used already: a replay
-            if not check_reset_key(state.verifier, reset_key):
-                if state.attempts >= state.limit:
-                    return state.erased(st.REASON_LOCKED_OUT), (LOCKED_OUT, state)
-                failed = state.without_ticket(granted.ticket_id)
-                return failed, (WRONG_PASSWORD, failed)
-            if action == SPLIT_DELETE:
-                return state.erased(st.REASON_DELETED), (OK, state)
-            succeeded = replace(
+            if state.status == st.ACTIVE and state.key_format != KEY_SPLIT:
+                return None, (RETRY, state)  # a single-vault record has no split tickets
+            return _settle(
                 state,
-                attempts=0,
-                open_tickets=(),
-                replace_ticket=replace_id if action == SPLIT_REPLACE else state.replace_ticket,
+                granted.ticket_id,
+                right=check_reset_key(state.verifier, reset_key),
+                delete=action == SPLIT_DELETE,
+                replace_id=replace_id if action == SPLIT_REPLACE else None,
             )
-            return succeeded, (OK, state)
 
         status, state = self._transact(record_id, consume)
         outcome = "success" if status == OK else _OUTCOME_NAMES.get(status, "refused")
