@@ -913,30 +913,8 @@ class AttachmentRepository(_Repository):
         thumbnail_width: int = 0,
         thumbnail_height: int = 0,
     ) -> Attachment:
-        cursor = self._execute(
-            "INSERT INTO attachments (message_id, filename, mime, size, blob_id, key, digest,"
-            " local_path, state, caption, thumbnail, thumbnail_width, thumbnail_height)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                message_id,
-                filename,
-                mime,
-                size,
-                blob_id,
-                key,
-                digest,
-                local_path,
-                state,
-                caption,
-                thumbnail or None,
-                thumbnail_width,
-                thumbnail_height,
-            ),
-        )
-        attachment_id = cursor.lastrowid
-        assert attachment_id is not None
-        return Attachment(
-            attachment_id,
+        # The columns in Attachment's field order after its id: one tuple for both.
+        row = (
             message_id,
             filename,
             mime,
@@ -951,6 +929,15 @@ class AttachmentRepository(_Repository):
             thumbnail_width,
             thumbnail_height,
         )
+        cursor = self._execute(
+            "INSERT INTO attachments (message_id, filename, mime, size, blob_id, key, digest,"
+            " local_path, state, caption, thumbnail, thumbnail_width, thumbnail_height)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            row,
+        )
+        attachment_id = cursor.lastrowid
+        assert attachment_id is not None
+        return Attachment(attachment_id, *row)
 
     def get(self, attachment_id: int) -> Attachment | None:
         row = self._execute(
