@@ -24,6 +24,7 @@ import binascii
 import json
 import os
 import sys
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -109,8 +110,27 @@ def _refuse(problem: str) -> StoreCorrupt:
     )
 
 
+class _WrappedKeyJson(ABC):
+    """What a key file and a recovery file share: a JSON header that is also the
+    AEAD's associated data (canonical form), and the nonce and wrapped key after it."""
+
+    nonce: bytes
+    wrapped_key: bytes
+
+    @abstractmethod
+    def header(self) -> dict[str, object]:
+        """Each file's own header fields."""
+
+    def associated_data(self) -> bytes:
+        return json.dumps(self.header(), sort_keys=True, separators=(",", ":")).encode()
+
+    def to_json(self) -> str:
+        body = self.header() | {"nonce": _b64(self.nonce), "wrapped_key": _b64(self.wrapped_key)}
+        return json.dumps(body, indent=2, sort_keys=True) + "\n"
+
+
 @dataclass(frozen=True)
-class KeyFile:
+class KeyFile(_WrappedKeyJson):
     method: str  # "passphrase" | "keyring"
     nonce: bytes
     wrapped_key: bytes
@@ -135,13 +155,6 @@ class KeyFile:
         if self.keyring_account:
             header["keyring_account"] = self.keyring_account
         return header
-
-    def associated_data(self) -> bytes:
-        return json.dumps(self.header(), sort_keys=True, separators=(",", ":")).encode()
-
-    def to_json(self) -> str:
-        body = self.header() | {"nonce": _b64(self.nonce), "wrapped_key": _b64(self.wrapped_key)}
-        return json.dumps(body, indent=2, sort_keys=True) + "\n"
 
     @staticmethod
     def from_json(text: str) -> KeyFile:
@@ -407,7 +420,7 @@ def _recovery_bytes(raw: dict[str, object], name: str, length: int) -> bytes:
 
 
 @dataclass(frozen=True)
-class RecoveryFile:
+class RecoveryFile(_WrappedKeyJson):
     """The database key sealed under a key derived from the backup key.
 
     `method` says how the user holds the backup key: as 64 digits ("key") or
@@ -470,13 +483,6 @@ class RecoveryFile:
         if self.vault_record_id:
             header["vault_record_id"] = self.vault_record_id.hex()
         return header
-
-    def associated_data(self) -> bytes:
-        return json.dumps(self.header(), sort_keys=True, separators=(",", ":")).encode()
-
-    def to_json(self) -> str:
-        body = self.header() | {"nonce": _b64(self.nonce), "wrapped_key": _b64(self.wrapped_key)}
-        return json.dumps(body, indent=2, sort_keys=True) + "\n"
 
     @staticmethod
     def from_json(text: str) -> RecoveryFile:
