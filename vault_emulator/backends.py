@@ -156,7 +156,7 @@ class SoftBackend(_AeadSealing):
         return None
 
     def close(self) -> None:
-        pass
+        """Nothing to release: each request opens its own connection to the keyholder."""
 
 
 class SoftHsmBackend:
@@ -645,7 +645,7 @@ class MemoryBackend:
         return None
 
     def close(self) -> None:
-        pass
+        """Nothing to release: each request opens its own connection to the keyholder."""
 
 
 def open_backend(config: Any, data_dir: Path, pin: str | None, *, create: bool) -> Backend:
