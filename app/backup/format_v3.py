@@ -226,6 +226,13 @@ class PackEntry:
     blobs: tuple[BlobEntry, ...]
 
 
+def _read_ids(reader: Reader, count: int) -> tuple[bytes, ...]:
+    """`count` chunk ids in one read: a snapshot names one per store page, and every
+    backup and prune reads them all."""
+    block = reader.raw(count * ID_LENGTH)
+    return tuple(block[at : at + ID_LENGTH] for at in range(0, len(block), ID_LENGTH))
+
+
 def encode_index(packs: list[PackEntry]) -> bytes:
     writer = Writer().u32(len(packs))
     for pack in packs:
@@ -295,14 +302,11 @@ class Snapshot:
 
     def encode(self) -> bytes:
         writer = Writer().u16(self.schema).u32(self.page_size).u8(self.reserve)
-        writer.u32(len(self.pages))
-        for page in self.pages:
-            writer.raw(page)
+        writer.u32(len(self.pages)).raw(b"".join(self.pages))
         writer.u32(len(self.files))
         for entry in self.files:
             writer.text16(entry.path).u64(entry.size).u32(len(entry.chunks))
-            for chunk in entry.chunks:
-                writer.raw(chunk)
+            writer.raw(b"".join(entry.chunks))
         return writer.getvalue()
 
     @staticmethod
@@ -310,12 +314,11 @@ class Snapshot:
         reader = Reader(plain, "snapshot")
         try:
             schema, page_size, reserve = reader.u16(), reader.u32(), reader.u8()
-            pages = tuple(reader.raw(ID_LENGTH) for _ in range(reader.u32()))
+            pages = _read_ids(reader, reader.u32())
             files = []
             for _ in range(reader.u32()):
                 path, size = reader.text16(), reader.u64()
-                chunks = tuple(reader.raw(ID_LENGTH) for _ in range(reader.u32()))
-                files.append(FileEntry(path, size, chunks))
+                files.append(FileEntry(path, size, _read_ids(reader, reader.u32())))
             reader.end()
         except ProtocolError:
             raise CorruptBackup(0, "the snapshot is malformed") from None
