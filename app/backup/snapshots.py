@@ -72,6 +72,10 @@ TMP_SUFFIX = ".tmp"
 # chunks no kept snapshot uses: restic's default (--max-unused 50% per pack is
 # its "repack small/mostly unused packs" rule); lower rewrites more for little.
 REPACK_UNUSED_SHARE = 0.5
+# Index files are merged into one when a prune deletes or repacks something, or
+# once more than this many have gathered: a backup that removes nothing then adds
+# one small index instead of rewriting the whole of it (restic merges on prune too).
+INDEX_FILES_BEFORE_MERGE = 16
 
 Progress = Callable[[int, int], None]
 Cancelled = Callable[[], bool]
@@ -1198,7 +1202,12 @@ def _prune_locked(
                 repack.append(pack)
     listed = {p.pack_id for packs in index.files.values() for p in packs}
     unused = existing - kept.keys()
-    if not repack and not unused and listed <= kept.keys() and len(index.files) <= 1:
+    if (
+        not repack
+        and not unused
+        and listed <= kept.keys()
+        and len(index.files) <= INDEX_FILES_BEFORE_MERGE
+    ):
         return PruneReport(removed, 0, 0, 0)
     header = read_header(kept_snapshots[0][1]) if kept_snapshots else None
     if repack and header is not None:

@@ -356,3 +356,30 @@ def test_a_snapshot_with_a_file_inside_another_file_is_refused() -> None:
             v3.Snapshot.decode(snapshot.encode())
     fine = v3.Snapshot(1, 4096, 48, (chunk,), (v3.FileEntry("a-x", 1, (chunk,)),))
     assert v3.Snapshot.decode(fine.encode()) == fine
+
+
+def test_a_backup_that_removes_nothing_only_adds_files(
+    full_store: tuple[Store, Path], tmp_path: Path
+) -> None:
+    """What a sync client sees: new files only, no index rewritten and none deleted,
+    until a prune removes something or many indexes have gathered."""
+    store, profile = full_store
+    folder = tmp_path / "cloud"
+    first = _snapshot(store, profile, folder, keep=30)
+    before = set(_repo_files(folder))
+    for number in range(3):
+        _add_message(store, f"later {number}")
+        _snapshot(store, profile, folder, keep=30)
+        after = set(_repo_files(folder))
+        lock = {p for p in after | before if p.name == "lock"}
+        assert before - lock <= after, "a file the previous backups wrote went away"
+        before = after
+    repo = snapshots.Repository.of_snapshot(first)
+    assert len(repo.index_paths()) == 4
+    # Past the threshold, the indexes are merged into one (and nothing is lost).
+    for number in range(snapshots.INDEX_FILES_BEFORE_MERGE):
+        _add_message(store, f"much later {number}")
+        last = _snapshot(store, profile, folder, keep=30)
+    assert len(repo.index_paths()) < snapshots.INDEX_FILES_BEFORE_MERGE
+    engine.verify_backup(last, KEY)
+    engine.verify_backup(first, KEY)
