@@ -6,6 +6,7 @@ test command installs the Debian packages first, so a missing one is a failure.
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,6 +26,18 @@ from tests.support.components import (
     VaultProcess,
     Xvfb,
 )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Cyclic garbage is collected on the main thread only, between tests, as the
+    app collects on its GUI thread (app/ui/garbage.py): a cycle holding a Qt widget
+    must never be destroyed on a worker thread that happened to allocate."""
+    gc.disable()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    gc.collect()
 
 
 @pytest.fixture(autouse=True)

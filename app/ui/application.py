@@ -34,6 +34,7 @@ from app.ui.dialogs import (
     RecoveryRequest,
     UnlockDialog,
 )
+from app.ui.garbage import GuiThreadCollector, collect_on_gui_thread
 from app.ui.main_window import MainWindow
 from app.ui.tray import TrayController
 from app.ui.workers import run_in_pool
@@ -377,11 +378,14 @@ def _exit_after_first_paint(application: QApplication, launcher: Launcher) -> No
 
 
 def configure_application(application: QApplication) -> None:
-    """Names, icon and the quit rule: the app ends when its last window closes."""
+    """Names, icon and the quit rule: the app ends when its last window closes;
+    and Python's cyclic garbage is collected on the GUI thread only (app/ui/garbage.py)."""
     application.setApplicationName("Cipherline")
     application.setDesktopFileName("cipherline")
     application.setWindowIcon(app_icon())
     application.setQuitOnLastWindowClosed(True)
+    if application.findChild(GuiThreadCollector) is None:
+        collect_on_gui_thread(application)
 
 
 def launch(application: QApplication, profile: Path, *, kdf: object = None) -> Launcher:
