@@ -224,6 +224,27 @@ def _erased_status(state: RecordState) -> int:
     return NOT_FOUND if state.reason == st.REASON_DELETED else LOCKED_OUT
 
 
+def _count(
+    state: RecordState, ticket_id: bytes, digest: bytes, client_time: int, now: int
+) -> Decision[int | RecordState]:
+    """How the first step of a login counts against its record, in the single vault
+    (`login_start`) and in a split domain (`split_evaluate`) alike: at the limit the
+    record is erased; otherwise the attempt is counted, a single-use ticket opened
+    and the request remembered (for as long as the request window)."""
+    if state.attempts >= state.limit:
+        return state.erased(st.REASON_LOCKED_OUT), LOCKED_OUT
+    recent = tuple(
+        (seen, when) for seen, when in state.seen if when + REQUEST_WINDOW_SECONDS >= now
+    )
+    counted = replace(
+        state,
+        attempts=state.attempts + 1,
+        open_tickets=(*state.open_tickets, ticket_id)[-st.MAX_SEEN :],
+        seen=(*recent[-(st.MAX_SEEN - 1) :], (digest, client_time)),
+    )
+    return counted, counted
+
+
 def _settle(
     state: RecordState,
     ticket_id: bytes,
@@ -647,18 +668,7 @@ class VaultNode:
                 ]
             except CryptoError:
                 raise BadRequest("the credential request is malformed") from None
-            if state.attempts >= state.limit:
-                return state.erased(st.REASON_LOCKED_OUT), LOCKED_OUT
-            recent = tuple(
-                (seen, when) for seen, when in state.seen if when + REQUEST_WINDOW_SECONDS >= now
-            )
-            counted = replace(
-                state,
-                attempts=state.attempts + 1,
-                open_tickets=(*state.open_tickets, ticket_id),
-                seen=(*recent[-(st.MAX_SEEN - 1) :], (digest, client_time)),
-            )
-            return counted, counted
+            return _count(state, ticket_id, digest, client_time, now)
 
         outcome = self._transact(record_id, count)
         if not isinstance(outcome, RecordState):
@@ -848,18 +858,7 @@ class VaultNode:
             # Evaluated first, so that a malformed element is refused (400) before
             # the counter moves; released only once the count is stored.
             evaluated[:] = [share_evaluate(parse_share(state.share), blinded)]
-            if state.attempts >= state.limit:
-                return state.erased(st.REASON_LOCKED_OUT), LOCKED_OUT
-            recent = tuple(
-                (seen, when) for seen, when in state.seen if when + REQUEST_WINDOW_SECONDS >= now
-            )
-            counted = replace(
-                state,
-                attempts=state.attempts + 1,
-                open_tickets=(*state.open_tickets, ticket_id)[-st.MAX_SEEN :],
-                seen=(*recent[-(st.MAX_SEEN - 1) :], (digest, client_time)),
-            )
-            return counted, counted
+            return _count(state, ticket_id, digest, client_time, now)
 
         outcome = self._transact(record_id, count)
         if not isinstance(outcome, RecordState):

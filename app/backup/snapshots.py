@@ -1275,19 +1275,7 @@ def list_snapshots(folder: Path) -> list[engine.BackupInfo]:
                     header = read_header(path)
                 except (BackupError, OSError):
                     continue
-                found.append(
-                    engine.BackupInfo(
-                        path,
-                        header.total,
-                        header.created_ns // 1_000_000_000,
-                        header.method_name,
-                        bool(header.flags & v3.FLAG_ATTACHMENTS),
-                        header.record_id,
-                        version=v3.VERSION,
-                        added=header.added,
-                        created_ns=header.created_ns,
-                    )
-                )
+                found.append(_backup_info(path, header))
     return found
 
 
@@ -1301,7 +1289,10 @@ def is_snapshot(path: Path) -> bool:
 
 
 def describe_snapshot(path: Path) -> engine.BackupInfo:
-    header = read_header(path)
+    return _backup_info(path, read_header(path))
+
+
+def _backup_info(path: Path, header: v3.Header) -> engine.BackupInfo:
     return engine.BackupInfo(
         path,
         header.total,
