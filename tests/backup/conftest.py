@@ -35,6 +35,21 @@ def populate(
     (attachments / "nested" / "a2.bin").write_bytes(b"small file")
 
 
+def add_message(store: Store, text: str) -> None:
+    """One message from bob, whose text is also its id: a change for a backup to see."""
+    with store.transaction():
+        conversation = store.conversations.direct("bob", now=1)
+        store.messages.add(
+            conversation_id=conversation.id,
+            uuid=f"new-{text}",
+            sender="bob",
+            outgoing=False,
+            body=text,
+            sent_at=9_999,
+            status="received",
+        )
+
+
 @pytest.fixture
 def full_store(tmp_path: Path) -> Iterator[tuple[Store, Path]]:
     profile = tmp_path / "profile"

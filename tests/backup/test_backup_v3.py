@@ -16,7 +16,7 @@ from app.backup import format as fmt
 from app.backup import format_v3 as v3
 from app.backup.errors import CorruptBackup, WrongKey
 from app.store import Store
-from tests.backup.conftest import SECRET_TEXT, populate
+from tests.backup.conftest import SECRET_TEXT, add_message, populate
 from tests.store.conftest import protector
 
 KEY = bytes(range(32))
@@ -33,20 +33,6 @@ def _snapshot(store: Store, profile: Path, folder: Path, **kwargs: object) -> Pa
         **kwargs,  # type: ignore[arg-type]
     )
     return info.path
-
-
-def _add_message(store: Store, text: str) -> None:
-    with store.transaction():
-        conversation = store.conversations.direct("bob", now=1)
-        store.messages.add(
-            conversation_id=conversation.id,
-            uuid=f"new-{text}",
-            sender="bob",
-            outgoing=False,
-            body=text,
-            sent_at=9_999,
-            status="received",
-        )
 
 
 def _bodies(profile: Path) -> set[str]:
@@ -67,7 +53,7 @@ def test_a_second_backup_adds_only_what_changed_and_both_restore(tmp_path: Path)
     populate(store, profile, messages=3000)
     folder = tmp_path / "cloud"
     first = _snapshot(store, profile, folder, keep=5)
-    _add_message(store, "only in the second")
+    add_message(store, "only in the second")
     second = _snapshot(store, profile, folder, keep=5)
     infos = engine.list_backups(folder)
     assert [i.path for i in infos] == [second, first]
@@ -179,7 +165,7 @@ def test_a_backup_or_prune_killed_after_any_write_leaves_every_snapshot_whole(
     folder = tmp_path / "cloud"
     first = _snapshot(store, profile, folder, keep=5)
     counted: list[str] = []
-    _add_message(store, "second")
+    add_message(store, "second")
     (profile / "attachments" / "second.bin").write_bytes(os.urandom(40_000))
     _snapshot(store, profile, tmp_path / "dry", keep=1, checkpoint=counted.append)
     # Every file the run writes or deletes, as in the dry run; the real run has
@@ -368,7 +354,7 @@ def test_a_backup_that_removes_nothing_only_adds_files(
     first = _snapshot(store, profile, folder, keep=30)
     before = set(_repo_files(folder))
     for number in range(3):
-        _add_message(store, f"later {number}")
+        add_message(store, f"later {number}")
         _snapshot(store, profile, folder, keep=30)
         after = set(_repo_files(folder))
         lock = {p for p in after | before if p.name == "lock"}
@@ -378,7 +364,7 @@ def test_a_backup_that_removes_nothing_only_adds_files(
     assert len(repo.index_paths()) == 4
     # Past the threshold, the indexes are merged into one (and nothing is lost).
     for number in range(snapshots.INDEX_FILES_BEFORE_MERGE):
-        _add_message(store, f"much later {number}")
+        add_message(store, f"much later {number}")
         last = _snapshot(store, profile, folder, keep=30)
     assert len(repo.index_paths()) < snapshots.INDEX_FILES_BEFORE_MERGE
     engine.verify_backup(last, KEY)

@@ -15,7 +15,8 @@ from app.backup import format as fmt
 from app.backup.keys import format_key
 from app.cli import main
 from app.store import Store
-from tests.backup.test_backup_v3 import KEY, _add_message, _bodies, _Crash, _crash_at
+from tests.backup.conftest import add_message
+from tests.backup.test_backup_v3 import KEY, _bodies, _Crash, _crash_at
 from tests.store.conftest import protector
 
 NS = 1_000_000_000
@@ -75,7 +76,7 @@ def test_a_prune_by_days_and_weeks_keeps_those_snapshots_and_they_restore(
     # One backup a day for 15 days, from Monday 2026-03-02, each with a new message.
     for day in range(15):
         when = _at(2026, 3, 2) + day * 86_400 * NS
-        _add_message(store, f"day {day}")
+        add_message(store, f"day {day}")
         made[when] = _write(store, profile, folder, when, keep=100)
     report = snapshots.prune(
         folder, KEY, retention=snapshots.Retention(last=1, daily=3, weekly=3), tz=UTC
@@ -105,7 +106,7 @@ def _mostly_unused_pack(store: Store, profile: Path, folder: Path) -> tuple[Path
     repo = snapshots.Repository.for_key(folder, KEY)
     (first_pack,) = repo.pack_ids()
     big.unlink()
-    _add_message(store, "after the big file went")
+    add_message(store, "after the big file went")
     second = _write(store, profile, folder, _at(2026, 4, 2), keep=100)
     return second, first_pack
 
@@ -190,7 +191,7 @@ def test_the_cli_lists_and_prunes_with_keep_rules(
     store, profile = full_store
     folder = tmp_path / "cloud"
     for day in range(4):
-        _add_message(store, f"cli day {day}")
+        add_message(store, f"cli day {day}")
         _write(store, profile, folder, _at(2026, 5, 1 + day), keep=100)
     key = format_key(KEY)
     code, out, _err = _cli(monkeypatch, capsys, "backup", "list", "--folder", str(folder))

@@ -17,7 +17,7 @@ from app.backup.page_cache import CACHE_NAME, PageCache
 from app.crypto import SqlcipherPages
 from app.store import Store
 from app.store.database import DB_FILE_NAME
-from tests.backup.conftest import SECRET_TEXT, populate
+from tests.backup.conftest import SECRET_TEXT, add_message, populate
 from tests.store.conftest import protector
 
 KEY = bytes(range(32))
@@ -42,20 +42,6 @@ def _snapshot(store: Store, profile: Path, folder: Path, key: bytes = KEY) -> Pa
     return snapshots.write_snapshot(
         store, folder, key, method=fmt.METHOD_KEY, attachments_dir=profile / "attachments", keep=5
     ).path
-
-
-def _add_message(store: Store, text: str) -> None:
-    with store.transaction():
-        conversation = store.conversations.direct("bob", now=1)
-        store.messages.add(
-            conversation_id=conversation.id,
-            uuid=f"new-{text}",
-            sender="bob",
-            outgoing=False,
-            body=text,
-            sent_at=9_999,
-            status="received",
-        )
 
 
 def _restored_bodies(path: Path, target: Path) -> set[str]:
@@ -83,7 +69,7 @@ def test_the_next_backup_decrypts_only_the_pages_that_changed(
         total = _pages(profile)
         assert sorted(decrypted_pages) == list(range(1, total + 1))  # the first reads all
         decrypted_pages.clear()
-        _add_message(store, "only in the second")
+        add_message(store, "only in the second")
         second = _snapshot(store, profile, folder)
         assert total > 50
         assert 1 <= len(decrypted_pages) <= 12, (len(decrypted_pages), total)
@@ -149,7 +135,7 @@ def test_the_file_is_held_still_while_the_app_writes_and_the_outbox_is_not_resto
             assert frozen is not None
             before = hashlib.sha256(database.read_bytes()).digest()
             for number in range(300):  # more than enough for an automatic checkpoint
-                _add_message(store, f"written while frozen {number}")
+                add_message(store, f"written while frozen {number}")
             store.execute("PRAGMA wal_checkpoint(PASSIVE)")
             assert hashlib.sha256(database.read_bytes()).digest() == before
         path = _snapshot(store, profile, tmp_path / "cloud")
@@ -178,7 +164,7 @@ def test_a_reader_that_keeps_the_log_full_makes_the_backup_copy_the_store_instea
         reader.execute(f"PRAGMA key = \"x'{store._db_key.hex()}'\"")
         reader.execute("BEGIN")
         reader.execute("SELECT COUNT(*) FROM messages").fetchone()
-        _add_message(store, "after the reader began")
+        add_message(store, "after the reader began")
         with store.frozen_file() as frozen:
             assert frozen is None
         path = _snapshot(store, profile, tmp_path / "cloud")
@@ -199,7 +185,7 @@ def test_writes_racing_the_backup_never_tear_a_snapshot(tmp_path: Path) -> None:
     def write() -> None:
         number = 0
         while not stop.is_set():
-            _add_message(store, f"racing {number}")
+            add_message(store, f"racing {number}")
             written.append(number)
             number += 1
 

@@ -3,6 +3,7 @@ keyholder process (vault_emulator/keyholder.py), the split vault's third domain.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -161,16 +162,12 @@ def _opens_with_any_window(blob: bytes, files: dict[str, bytes], old_public: byt
         for match in re.finditer(rb"(?=([0-9a-fA-F]{64}))", content):
             candidates.add(bytes.fromhex(match.group(1).decode()))
         for candidate in candidates:
-            try:
+            with contextlib.suppress(DecryptionError):  # not the wrapping key
                 aead_open(candidate, nonce, ciphertext, SEAL_AD)
                 found.append(f"{name}: a wrapping key")
-            except DecryptionError:
-                pass
-            try:
+            with contextlib.suppress(CryptoError):  # not a signing key at all
                 if SigningKey(candidate).verify_key().to_bytes() == old_public:
                     found.append(f"{name}: the signing key")
-            except CryptoError:
-                pass
     return found
 
 
