@@ -295,6 +295,16 @@ QUOTA_FLAGS: tuple[tuple[str, str, str], ...] = (
         "fetches of one account's keys per hour that hand out one-time prekeys, "
         "to everyone together (default: 50)",
     ),
+    (
+        "--max-link-mailboxes",
+        "max_link_mailboxes",
+        "link mailboxes (linking a new device) open at once, in all (default: 1000)",
+    ),
+    (
+        "--link-mailbox-ms",
+        "link_mailbox_ms",
+        "how long a link mailbox stays open, in milliseconds (default: 600000)",
+    ),
 )
 
 

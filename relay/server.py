@@ -35,10 +35,16 @@ from starlette.websockets import WebSocketDisconnect
 
 from app import __version__
 from app.crypto import SigningKey, constant_time_equal, sha256
+from app.protocol.device_list import FORMAT as DEVICE_LIST_FORMAT
+from app.protocol.encoding import Reader
+from app.protocol.errors import ProtocolError
 from app.protocol.sealed import ACCESS_KEY_LENGTH, SenderCertificate
 from relay.gate import gate_for
 from relay.metrics import Metrics
 from relay.storage import (
+    DEVICE_LIST_EVENT,
+    DEVICE_REMOVED_EVENT,
+    LINK_NOTIFY_PREFIX,
     PRIVATE_FILE_MODE,
     DeviceRow,
     HandoutLimits,
@@ -77,7 +83,30 @@ VAULT_BODY_BYTES = 64 * 1024
 PURGE_SECONDS = 60
 # /metrics is unauthenticated: its storage-derived gauges are computed at most this often.
 DEPTH_REFRESH_SECONDS = 5.0
-QUOTA_KINDS = ("device", "prekey", "mailbox_envelopes", "mailbox_bytes", "attachment")
+QUOTA_KINDS = (
+    "device",
+    "prekey",
+    "mailbox_envelopes",
+    "mailbox_bytes",
+    "attachment",
+    "link_mailboxes",
+    "link_messages",
+)
+# A signed device list (docs/protocol.md §13) of 32 devices is under 5 KiB.
+MAX_DEVICE_LIST_BYTES = 8 * 1024
+# u8 format | u64 version: all of a list the relay reads.
+DEVICE_LIST_HEADER_BYTES = 9
+# A push connection of a device removed from its account is closed with this code
+# (HTTP's 410 Gone, in the private range), its requests answered 401 "device_removed".
+DEVICE_REMOVED_CLOSE = 4410
+DEVICE_REMOVED_MESSAGE = "this device was removed from the account"
+# A link mailbox id: 40 random bits as 8 characters of RFC 4648 base32.
+LINK_ID = re.compile(r"^[A-Z2-7]{8}$")
+LINK_ID_BYTES = 5
+LINK_ROLES = {"new": 1, "existing": 2}
+LINK_PUBLIC_KEY_BYTES = 32
+MAX_LINK_WAIT_SECONDS = 25.0
+LINK_NOT_FOUND = "no such link request, or it expired"
 # Set on the ASGI scope by LimitRequestBodies so a 413 it answers itself (before any
 # route matched) is still logged and counted under its route template.
 ROUTE_TEMPLATE_KEY = "cipherline.route_template"
@@ -132,6 +161,20 @@ class RelaySettings:
     sender_certificate_ms: int = DAY_MS
     vault_rate_per_second: float = 5.0
     vault_rate_burst: float = 20.0
+    # ---- link mailboxes (docs/relay-api.md, "Linking a device"): anonymous, so
+    # bounded in all, and limited per client address on top of the address bucket.
+    link_mailbox_ms: int = 10 * 60_000
+    max_link_mailboxes: int = 1000
+    max_link_body_bytes: int = 64 * 1024
+    # Per role, per mailbox: 64 x 64 KiB carries a provision of 4 MiB (the
+    # account's contacts, lists and groups: app/services/link_state.py).
+    max_link_messages: int = 64
+    link_rate_per_second: float = 10.0
+    link_rate_burst: float = 40.0
+    # Opening one holds a place of max_link_mailboxes for link_mailbox_ms: one
+    # address alone can take few of them.
+    link_open_rate_per_second: float = 0.2
+    link_open_burst: float = 10.0
     bench_echo: bool = False
     clock: Callable[[], int] = field(default=lambda: int(time.time() * 1000))
 
@@ -146,6 +189,8 @@ class RelaySettings:
         # In a send an envelope is base64 in JSON: a third larger, and then some.
         if self.max_send_request_bytes < self.max_envelope_bytes * 4 // 3 + 1024:
             raise ValueError("a send request must fit at least one envelope of the largest size")
+        if self.link_mailbox_ms < 1 or self.max_link_mailboxes < 1 or self.max_link_messages < 1:
+            raise ValueError("link mailboxes need a lifetime, room for one, and for one message")
 
 
 class RelayHTTPError(HTTPException):
@@ -198,6 +243,8 @@ class Subscription:
     def __init__(self) -> None:
         self.event = asyncio.Event()
         self.keys_changed = True  # checked once when the connection opens
+        self.device_list_changed = False
+        self.removed = False
 
     async def wait(self, timeout: float) -> bool:
         with contextlib.suppress(TimeoutError):
@@ -225,18 +272,61 @@ class PushHub:
         if not self._subscriptions[key]:
             del self._subscriptions[key]
 
-    def wake(self, account_id: int, device_id: int, *, keys: bool = False) -> None:
+    def wake(self, account_id: int, device_id: int, *, keys: bool = False, event: str = "") -> None:
+        """Thread-safe. `event`: DEVICE_LIST_EVENT or DEVICE_REMOVED_EVENT, if any."""
+        loop = self._loop
+        if loop is None:
+            return
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(self._wake, (account_id, device_id), keys, event)
+
+    def _wake(self, key: tuple[int, int], keys: bool, event: str) -> None:
+        for subscription in list(self._subscriptions.get(key, ())):
+            subscription.keys_changed |= keys
+            subscription.device_list_changed |= event == DEVICE_LIST_EVENT
+            subscription.removed |= event == DEVICE_REMOVED_EVENT
+            subscription.event.set()
+
+    def notified(self, payload: str) -> None:
+        """A PostgreSQL NOTIFY from any instance: "account:device[:event]"."""
+        account, _, rest = payload.partition(":")
+        device, _, event = rest.partition(":")
+        with contextlib.suppress(ValueError):
+            self.wake(int(account), int(device), event=event)
+
+
+class LinkWaiters:
+    """Wakes long polls on a link mailbox (of this process) when a message is posted
+    to it or it is closed; a poll then reads the mailbox again."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[str, set[asyncio.Event]] = defaultdict(set)
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def add(self, mailbox_id: str) -> asyncio.Event:
+        event = asyncio.Event()
+        self._waiting[mailbox_id].add(event)
+        return event
+
+    def discard(self, mailbox_id: str, event: asyncio.Event) -> None:
+        self._waiting[mailbox_id].discard(event)
+        if not self._waiting[mailbox_id]:
+            del self._waiting[mailbox_id]
+
+    def wake(self, mailbox_id: str) -> None:
         """Thread-safe."""
         loop = self._loop
         if loop is None:
             return
         with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(self._wake, (account_id, device_id), keys)
+            loop.call_soon_threadsafe(self._wake, mailbox_id)
 
-    def _wake(self, key: tuple[int, int], keys: bool) -> None:
-        for subscription in list(self._subscriptions.get(key, ())):
-            subscription.keys_changed |= keys
-            subscription.event.set()
+    def _wake(self, mailbox_id: str) -> None:
+        for event in list(self._waiting.get(mailbox_id, ())):
+            event.set()
 
 
 # Clients store a device's name encrypted for the account's own devices (386
@@ -296,6 +386,20 @@ class SealedAccess(BaseModel):
     allow_anyone: bool = False
 
 
+class DeviceListUpload(BaseModel):
+    # Bounded by the request limit; the decoded size is checked with a clear 413.
+    device_list: str = Field(max_length=64 * 1024)
+
+
+class NewLinkMailbox(BaseModel):
+    public_key: str = Field(max_length=1024)
+
+
+class LinkMessage(BaseModel):
+    # Bounded by the route's request limit; the decoded size is checked with a 413.
+    body: str
+
+
 class AckRequest(BaseModel):
     seqs: list[Annotated[int, Field(ge=0, le=MAX_STORED_INT)]] = Field(max_length=1000)
 
@@ -314,6 +418,30 @@ def _unb64(text: str, what: str, limit: int) -> bytes:
     if len(data) > limit:
         raise fail(413, f"{what} is larger than {limit} bytes")
     return data
+
+
+def device_list_version(signed: bytes) -> int:
+    """The version of a published device list: all the relay reads of it. The
+    signature means nothing here (the relay does not know which account identity a
+    contact pinned); clients open lists themselves (app/protocol/device_list.py)."""
+    reader = Reader(signed, "device list")
+    try:
+        reader.version(DEVICE_LIST_FORMAT)
+        version = reader.u64()
+    except ProtocolError:
+        raise fail(
+            400,
+            f"a device list starts with its format ({DEVICE_LIST_FORMAT}) and a 64-bit"
+            " version; this one does not",
+        ) from None
+    if not 1 <= version <= MAX_STORED_INT:
+        # Storage holds signed 64 bits; a client counts up from 1 and never gets near.
+        raise fail(400, f"a device list's version is 1 to {MAX_STORED_INT} on this relay")
+    return version
+
+
+def new_link_id() -> str:
+    return base64.b32encode(secrets.token_bytes(LINK_ID_BYTES)).decode("ascii")
 
 
 def _json_log(**fields: Any) -> None:
@@ -611,11 +739,14 @@ def create_app(settings: RelaySettings) -> FastAPI:
     certificate_key = sender_certificate_key(settings.data_dir)
     gate = gate_for(storage)
     hub = PushHub()
+    links = LinkWaiters()
     metrics = Metrics()
     limiter = TokenBucket(settings.rate_per_second, settings.rate_burst)
     address_limiter = TokenBucket(settings.address_rate_per_second, settings.address_rate_burst)
     vault_limiter = TokenBucket(settings.vault_rate_per_second, settings.vault_rate_burst)
     sealed_limiter = TokenBucket(settings.sealed_rate_per_second, settings.sealed_rate_burst)
+    link_limiter = TokenBucket(settings.link_rate_per_second, settings.link_rate_burst)
+    link_open_limiter = TokenBucket(settings.link_open_rate_per_second, settings.link_open_burst)
     mailbox_quota = MailboxQuota(settings.mailbox_quota, settings.mailbox_quota_bytes)
     handout_limits = HandoutLimits(
         settings.prekey_fetches_per_requester, settings.prekey_handouts_per_account, HOUR_MS
@@ -649,17 +780,25 @@ def create_app(settings: RelaySettings) -> FastAPI:
         BodyLimit("POST", "/v1/vault/{op}", VAULT_BODY_BYTES, "a vault request"),
         BodyLimit("POST", "/v1/vault/domains/{domain}/{op}", VAULT_BODY_BYTES, "a vault request"),
         BodyLimit("POST", "/v1/bench/echo", settings.max_send_request_bytes, "an echo request"),
+        # Base64 in JSON: a third larger, and then some.
+        BodyLimit(
+            "POST",
+            "/v1/provisioning/{mailbox_id}/messages/{role}",
+            settings.max_link_body_bytes * 4 // 3 + 1024,
+            "a link message",
+        ),
     ]
     stop = threading.Event()
 
     @contextlib.asynccontextmanager
     async def lifespan(_api: FastAPI) -> AsyncIterator[None]:
         hub.bind(asyncio.get_running_loop())
+        links.bind(asyncio.get_running_loop())
         gate.start(asyncio.get_running_loop())
         threads: list[threading.Thread] = []
         if isinstance(storage, PostgresStorage):
             listener = threading.Thread(
-                target=storage.listen, args=(hub.wake, stop), daemon=True, name="pg-listen"
+                target=storage.listen, args=(notified, stop), daemon=True, name="pg-listen"
             )
             listener.start()
             threads.append(listener)
@@ -670,6 +809,9 @@ def create_app(settings: RelaySettings) -> FastAPI:
                 if time.monotonic() >= next_purge:
                     next_purge = time.monotonic() + PURGE_SECONDS
                     purge()
+                # Every round, not every purge: a link mailbox lives minutes, and its
+                # bodies should not outlive it by much more than a scrub.
+                sweep_links()
                 scrub()
 
         cleaner = threading.Thread(target=janitor, daemon=True, name="janitor")
@@ -681,7 +823,21 @@ def create_app(settings: RelaySettings) -> FastAPI:
         gate.stop()
         storage.close()
 
+    def notified(payload: str) -> None:
+        """A PostgreSQL NOTIFY, from this instance or another."""
+        if payload.startswith(LINK_NOTIFY_PREFIX):
+            links.wake(payload.removeprefix(LINK_NOTIFY_PREFIX))
+        else:
+            hub.notified(payload)
+
+    def sweep_links() -> None:
+        try:
+            storage.sweep_link_mailboxes(settings.clock())
+        except Exception as error:  # noqa: BLE001 - the next round tries again
+            _json_log(event="link_sweep_failed", error=type(error).__name__, at=_where(error))
+
     def purge() -> None:
+        sweep_links()
         now = settings.clock()
         try:
             storage.purge(now - settings.envelope_retention_ms)
@@ -708,6 +864,7 @@ def create_app(settings: RelaySettings) -> FastAPI:
     api.state.storage = storage
     api.state.purge = purge
     api.state.scrub = scrub
+    api.state.sweep_links = sweep_links
 
     # ---- errors: always JSON with a sentence, never a traceback ------------------
     @api.exception_handler(StarletteHTTPException)
@@ -721,7 +878,11 @@ def create_app(settings: RelaySettings) -> FastAPI:
     @api.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, error: RequestValidationError) -> JSONResponse:
         first = error.errors()[0] if error.errors() else {}
-        where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
+        location = list(first.get("loc", ()))
+        # The leading "body" names the request body; a field called "body" stays.
+        if location[:1] == ["body"]:
+            location = location[1:]
+        where = ".".join(str(part) for part in location)
         message = first.get("msg", "invalid request")
         return JSONResponse({"error": f"{where or 'request'}: {message}"[:300]}, status_code=422)
 
@@ -737,7 +898,7 @@ def create_app(settings: RelaySettings) -> FastAPI:
     api.add_middleware(ObserveRequests, metrics=metrics)
 
     metrics.declare("quota_refusals_total", "kind", QUOTA_KINDS)
-    metrics.declare("rate_limited_total", "kind", ("account", "address", "vault", "sealed"))
+    metrics.declare("rate_limited_total", "kind", ("account", "address", "vault", "sealed", "link"))
     metrics.declare("body_too_large_total", "route", [limit.template for limit in body_limits])
     metrics.declare("prekey_withheld_total", "limit", ("requester", "target"))
     metrics.declare("prekey_drain_suspected_total")
@@ -745,6 +906,12 @@ def create_app(settings: RelaySettings) -> FastAPI:
     metrics.declare("sealed_refused_total")
     metrics.gauge_add("push_connections", 0)
     metrics.collect(_every(DEPTH_REFRESH_SECONDS, lambda: _depth_gauges(storage)))
+    metrics.collect(
+        _every(
+            DEPTH_REFRESH_SECONDS,
+            lambda: {"link_mailboxes": storage.open_link_mailboxes(settings.clock())},
+        )
+    )
 
     def refuse_quota(
         kind: str, status: int, code: str, message: str, retry_after_ms: int | None = None
@@ -784,8 +951,11 @@ def create_app(settings: RelaySettings) -> FastAPI:
             device = looked_up[1]  # by LimitRequestBodies, moments ago
         else:
             device = await gate.read(storage.device_for_token, token)
-        if device is None or device.revoked:
-            raise fail(401, "the token is unknown or revoked")
+        if device is None:
+            raise fail(401, "the token is unknown")
+        if device.revoked:
+            # Distinct from an unknown token: the client stops trying, and says why.
+            raise fail(401, DEVICE_REMOVED_MESSAGE, code="device_removed")
         limit(f"account:{device.account_id}")
         return device
 
@@ -867,12 +1037,49 @@ def create_app(settings: RelaySettings) -> FastAPI:
     ) -> dict[str, Any]:
         if not storage.revoke_device(device.account_id, device_id):
             raise fail(404, "no such device on this account")
+        # Its push connections close now (other instances: the NOTIFY revoke sent).
+        hub.wake(device.account_id, device_id, event=DEVICE_REMOVED_EVENT)
         return {"removed": device_id}
 
     @api.post("/v1/tokens/revoke")
     def revoke_token(device: Auth) -> dict[str, Any]:
-        storage.revoke_device(device.account_id, device.device_id)
+        if storage.revoke_device(device.account_id, device.device_id):
+            hub.wake(device.account_id, device.device_id, event=DEVICE_REMOVED_EVENT)
         return {"revoked": device.device_id}
+
+    # ---- device lists (docs/protocol.md §13) ---------------------------------------
+    @api.put("/v1/devices/list")
+    def publish_device_list(body: DeviceListUpload, device: Auth) -> dict[str, Any]:
+        signed = _unb64(body.device_list, "device_list", MAX_DEVICE_LIST_BYTES)
+        if len(signed) < DEVICE_LIST_HEADER_BYTES:
+            raise fail(400, "a device list is too short to hold its format and version")
+        version = device_list_version(signed)
+        outcome = storage.publish_device_list(
+            device.account_id, device.device_id, version, signed, settings.clock()
+        )
+        if outcome.outcome == "stale":
+            raise fail(
+                409,
+                "a device list with this or a newer version is already published"
+                f" (version {outcome.version}); sign a newer one",
+                code="stale_device_list",
+            )
+        for other in outcome.others:
+            hub.wake(device.account_id, other, event=DEVICE_LIST_EVENT)
+        return {"version": outcome.version}
+
+    def published_list(account_id: int) -> str | None:
+        stored = storage.device_list(account_id)
+        return None if stored is None else _b64(stored[1])
+
+    @api.get("/v1/users/{username}/device-list")
+    def fetch_device_list(
+        username: Annotated[str, PathParameter(max_length=64)], device: Auth
+    ) -> dict[str, Any]:
+        account_id = storage.account_id(username.lower())
+        if account_id is None:
+            raise fail(404, "no such user")
+        return {"username": username.lower(), "device_list": published_list(account_id)}
 
     # ---- prekeys -----------------------------------------------------------------
     def stock_body(stock: tuple[int, int]) -> dict[str, Any]:
@@ -945,6 +1152,9 @@ def create_app(settings: RelaySettings) -> FastAPI:
 
         return {
             "username": username.lower(),
+            # The list says which of these devices the account stands behind; a
+            # client encrypts to no other (docs/protocol.md §13).
+            "device_list": published_list(account_id),
             "devices": [
                 {
                     "device_id": b["device_id"],
@@ -1157,15 +1367,24 @@ def create_app(settings: RelaySettings) -> FastAPI:
         authorization = websocket.headers.get("authorization", "")
         token = authorization[7:].strip() if authorization.startswith("Bearer ") else ""
         device = await gate.read(storage.device_for_token, token) if token else None
-        if device is None or device.revoked:
-            await websocket.close(code=4401, reason="the token is unknown or revoked")
+        if device is None:
+            await websocket.close(code=4401, reason="the token is unknown")
             return
         await websocket.accept()
+        if device.revoked:
+            # Accepted first: a close before the handshake reaches the client as a
+            # bare HTTP 403, and a removed device should learn why and stop trying.
+            await websocket.close(code=DEVICE_REMOVED_CLOSE, reason=DEVICE_REMOVED_MESSAGE)
+            return
         key = (device.account_id, device.device_id)
         subscription = hub.subscribe(key)
         metrics.gauge_add("push_connections", 1)
         last_sent = 0
         closed = asyncio.Event()
+
+        async def still_active() -> bool:
+            current = await gate.read(storage.device_for_token, token)
+            return current is not None and not current.revoked
 
         async def notice_close() -> None:
             # Clients send nothing on this socket, so a receive only ever returns its
@@ -1179,8 +1398,19 @@ def create_app(settings: RelaySettings) -> FastAPI:
 
         watcher = asyncio.create_task(notice_close())
         try:
+            # A removal between the lookup above and the subscription woke no one.
+            subscription.removed = not await still_active()
             while not closed.is_set():
                 subscription.event.clear()
+                if subscription.removed:
+                    await websocket.close(code=DEVICE_REMOVED_CLOSE, reason=DEVICE_REMOVED_MESSAGE)
+                    break
+                if subscription.device_list_changed:
+                    subscription.device_list_changed = False
+                    published = await gate.read(storage.device_list, device.account_id)
+                    if published is not None:
+                        message = {"type": "device_list", "version": published[0]}
+                        await websocket.send_text(json.dumps(message))
                 batch = await gate.read(envelopes_for, device, last_sent, PUSH_BATCH)
                 for envelope in batch:
                     await websocket.send_text(json.dumps({"type": "envelope", **envelope}))
@@ -1193,6 +1423,11 @@ def create_app(settings: RelaySettings) -> FastAPI:
                     if min(stock) < 10:
                         await websocket.send_text(json.dumps({"type": "keys_low"}))
                 if not await subscription.wait(PUSH_IDLE_SECONDS):
+                    # A removal's wake-up may have been lost (another instance's
+                    # NOTIFY while this one's listener reconnected).
+                    if not await still_active():
+                        subscription.removed = True
+                        continue
                     await websocket.send_text(json.dumps({"type": "ping"}))
                     # Another relay instance may have handed out keys meanwhile.
                     subscription.keys_changed = True
@@ -1202,6 +1437,145 @@ def create_app(settings: RelaySettings) -> FastAPI:
             watcher.cancel()
             hub.unsubscribe(key, subscription)
             metrics.gauge_add("push_connections", -1)
+
+    # ---- link mailboxes (docs/relay-api.md, "Linking a device") --------------------
+    # Anonymous: a new device has no token yet, and the relay need not learn which
+    # account links. The id is the capability; every request is limited per address.
+    def link_limit(request: Request, bucket: TokenBucket = link_limiter) -> None:
+        limit("ip:" + client_key(request))
+        wait = bucket.take("link:" + client_key(request))
+        if wait:
+            metrics.count("rate_limited_total", kind="link")
+            raise fail(
+                429,
+                "too many link requests from this address; slow down",
+                {"Retry-After": str(_wait_seconds(wait * 1000))},
+                code="rate_limited",
+            )
+
+    def link_id(mailbox_id: str) -> str:
+        canonical = mailbox_id.upper()  # read aloud or typed: any case will do
+        if not LINK_ID.match(canonical):
+            raise fail(400, "a link request id is 8 characters: letters A-Z and digits 2-7")
+        return canonical
+
+    def link_role(role: str) -> int:
+        if role not in LINK_ROLES:
+            raise fail(400, "a link mailbox role is 'new' or 'existing'")
+        return LINK_ROLES[role]
+
+    LinkId = Annotated[str, PathParameter(max_length=64)]
+    LinkRole = Annotated[str, PathParameter(max_length=64)]
+
+    @api.post("/v1/provisioning", status_code=201)
+    async def open_link_mailbox(body: NewLinkMailbox, request: Request) -> dict[str, Any]:
+        link_limit(request)
+        public_key = _unb64(body.public_key, "public_key", 1024)
+        if len(public_key) != LINK_PUBLIC_KEY_BYTES:
+            raise fail(400, f"public_key is {LINK_PUBLIC_KEY_BYTES} bytes")
+        link_limit(request, link_open_limiter)
+        now = settings.clock()
+        expires_at = now + settings.link_mailbox_ms
+        for _attempt in range(8):  # 40-bit ids: a collision is already rare
+            mailbox_id = new_link_id()
+            try:
+                opened = await gate.write(
+                    storage.open_link_mailbox,
+                    mailbox_id,
+                    public_key,
+                    now,
+                    expires_at,
+                    settings.max_link_mailboxes,
+                )
+            except QuotaExceeded:
+                refusal = refuse_quota(
+                    "link_mailboxes",
+                    503,
+                    "link_capacity",
+                    "this relay has as many link requests open as it allows; try again in a minute",
+                    60_000,
+                )
+                raise refusal from None
+            if opened:
+                metrics.count("link_mailboxes_opened_total")
+                return {"id": mailbox_id, "expires_at": expires_at}
+        raise fail(503, "could not draw a free link request id; try again")
+
+    @api.get("/v1/provisioning/{mailbox_id}")
+    async def link_mailbox_key(mailbox_id: LinkId, request: Request) -> dict[str, Any]:
+        link_limit(request)
+        found = await gate.read(storage.link_mailbox, link_id(mailbox_id), settings.clock())
+        if found is None:
+            raise fail(404, LINK_NOT_FOUND)
+        return {"public_key": _b64(found[0]), "expires_at": found[1]}
+
+    @api.post("/v1/provisioning/{mailbox_id}/messages/{role}", status_code=201)
+    async def post_link_message(
+        mailbox_id: LinkId, role: LinkRole, body: LinkMessage, request: Request
+    ) -> dict[str, Any]:
+        link_limit(request)
+        mailbox, code = link_id(mailbox_id), link_role(role)
+        payload = _unb64(body.body, "body", settings.max_link_body_bytes)
+        try:
+            index = await gate.write(
+                storage.post_link_message,
+                mailbox,
+                code,
+                payload,
+                settings.clock(),
+                settings.max_link_messages,
+            )
+        except QuotaExceeded as refusal:
+            raise refuse_quota(
+                "link_messages",
+                409,
+                "link_quota",
+                f"a link request holds at most {refusal.limit} messages from each side",
+            ) from None
+        if index is None:
+            raise fail(404, LINK_NOT_FOUND)
+        links.wake(mailbox)
+        return {"index": index}
+
+    @api.get("/v1/provisioning/{mailbox_id}/messages/{role}")
+    async def link_messages(
+        mailbox_id: LinkId,
+        role: LinkRole,
+        request: Request,
+        after: Annotated[int, Query(ge=-1, le=MAX_STORED_INT)] = -1,
+        wait: Annotated[float, Query(ge=0, le=MAX_LINK_WAIT_SECONDS, allow_inf_nan=False)] = 0,
+    ) -> dict[str, Any]:
+        link_limit(request)
+        mailbox, code = link_id(mailbox_id), link_role(role)
+        deadline = time.monotonic() + wait
+        while True:
+            # Registered before the read, so a post between the read and the wait
+            # still wakes this poll.
+            woken = links.add(mailbox)
+            try:
+                found = await gate.read(
+                    storage.link_messages, mailbox, code, after, settings.clock()
+                )
+                if found is None:
+                    raise fail(404, LINK_NOT_FOUND)
+                remaining = deadline - time.monotonic()
+                if found or remaining <= 0:
+                    return {
+                        "messages": [{"index": index, "body": _b64(data)} for index, data in found]
+                    }
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(woken.wait(), timeout=remaining)
+            finally:
+                links.discard(mailbox, woken)
+
+    @api.delete("/v1/provisioning/{mailbox_id}")
+    async def close_link_mailbox(mailbox_id: LinkId, request: Request) -> dict[str, Any]:
+        link_limit(request)
+        mailbox = link_id(mailbox_id)
+        if not await gate.write(storage.close_link_mailbox, mailbox, settings.clock()):
+            raise fail(404, LINK_NOT_FOUND)
+        links.wake(mailbox)  # a long poll on it answers 404 now
+        return {"id": mailbox, "closed": True}
 
     # ---- attachments -------------------------------------------------------------
     def attachment_refusal(retry_after_ms: int) -> RelayHTTPError:

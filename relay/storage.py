@@ -13,7 +13,7 @@ import hashlib
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -74,6 +74,25 @@ CREATE TABLE IF NOT EXISTS prekey_handouts (
     requester_account INTEGER NOT NULL,
     handed_at INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS device_lists (
+    account_id INTEGER PRIMARY KEY REFERENCES accounts (id) ON DELETE CASCADE,
+    version INTEGER NOT NULL,
+    body BLOB NOT NULL,
+    published_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS link_mailboxes (
+    id TEXT PRIMARY KEY,
+    public_key BLOB NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS link_messages (
+    mailbox_id TEXT NOT NULL REFERENCES link_mailboxes (id) ON DELETE CASCADE,
+    role INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    body BLOB NOT NULL,
+    PRIMARY KEY (mailbox_id, role, idx)
+);
 """
 )
 
@@ -88,6 +107,7 @@ CREATE INDEX IF NOT EXISTS attachments_by_account ON attachments (account_id, cr
 CREATE INDEX IF NOT EXISTS prekey_handouts_by_target ON prekey_handouts (target_account, handed_at);
 CREATE INDEX IF NOT EXISTS prekey_handouts_by_pair
     ON prekey_handouts (target_account, requester_account, handed_at);
+CREATE INDEX IF NOT EXISTS link_mailboxes_by_expiry ON link_mailboxes (expires_at);
 """
 
 # Columns added since the first release: CREATE TABLE IF NOT EXISTS leaves an older
@@ -150,6 +170,13 @@ def tighten(path: Path) -> None:
 
 ONE_TIME_PREKEY = 1
 ONE_TIME_KEM_PREKEY = 2
+# What a push wake-up is about besides new mail (also a PostgreSQL NOTIFY's suffix).
+DEVICE_LIST_EVENT = "list"
+DEVICE_REMOVED_EVENT = "removed"
+# A link mailbox's NOTIFY payload starts with this; a device's is two numbers.
+LINK_NOTIFY_PREFIX = "link:"
+# pg_advisory_xact_lock key that serialises opening link mailboxes (their count).
+LINK_MAILBOX_LOCK = 4243
 
 
 def token_hash(token: str) -> bytes:
@@ -215,6 +242,16 @@ class MailboxDepth:
     max_device_bytes: int
 
 
+@dataclass(frozen=True)
+class DeviceListPublish:
+    # "published", "unchanged" (the same list again) or "stale" (not newer).
+    outcome: str
+    # The version stored now.
+    version: int
+    # The account's other active devices, to be told of a published list.
+    others: list[int]
+
+
 class QuotaExceeded(Exception):
     """A write would pass a per-account or per-device quota; nothing of it was stored."""
 
@@ -248,8 +285,13 @@ class Storage:
     def run(self, conn: Any, sql: str, params: Sequence[Any] = ()) -> Any:
         return conn.execute(self._sql(sql), tuple(params))
 
-    def notify(self, conn: Any, account_id: int, device_id: int) -> None:
-        """Cross-instance wake-up; SQLite runs one instance, so nothing to do."""
+    def notify(self, conn: Any, account_id: int, device_id: int, event: str = "") -> None:
+        """Cross-instance wake-up of a device's push connections: new mail, or
+        `event` (DEVICE_LIST_EVENT, DEVICE_REMOVED_EVENT). SQLite runs one instance,
+        so nothing to do."""
+
+    def notify_link(self, conn: Any, mailbox_id: str) -> None:
+        """Cross-instance wake-up of long polls on a link mailbox; as `notify`."""
 
     def close(self) -> None:
         pass
@@ -427,6 +469,9 @@ class Storage:
                 "DELETE FROM envelopes WHERE account_id = ? AND device_id = ?",
                 (account_id, device_id),
             )
+            if changed:
+                # Its push connections, on whichever instance, close at once.
+                self.notify(conn, account_id, device_id, DEVICE_REMOVED_EVENT)
         self._content_deleted()
         return changed
 
@@ -798,6 +843,196 @@ class Storage:
             ).fetchone()
         return MailboxDepth(*(int(value) for value in row))
 
+    # ---- device lists (docs/protocol.md §13) ------------------------------------
+    def publish_device_list(
+        self, account_id: int, publisher: int, version: int, body: bytes, now: int
+    ) -> DeviceListPublish:
+        """Stores `body` as the account's list if `version` is newer than the one
+        stored. The same list again is `unchanged` (a retried publish), any other
+        list under a version not newer is `stale`, and nothing is stored."""
+        with self.transaction() as conn:
+            self._lock_account(conn, account_id)
+            row = self.run(
+                conn,
+                "SELECT version, body FROM device_lists WHERE account_id = ?",
+                (account_id,),
+            ).fetchone()
+            if row is not None:
+                stored_version, stored_body = int(row[0]), bytes(row[1])
+                if stored_version == version and stored_body == body:
+                    return DeviceListPublish("unchanged", version, [])
+                if version <= stored_version:
+                    return DeviceListPublish("stale", stored_version, [])
+                self.run(
+                    conn,
+                    "UPDATE device_lists SET version = ?, body = ?, published_at = ?"
+                    " WHERE account_id = ?",
+                    (version, body, now, account_id),
+                )
+            else:
+                self.run(
+                    conn,
+                    "INSERT INTO device_lists (account_id, version, body, published_at)"
+                    " VALUES (?, ?, ?, ?)",
+                    (account_id, version, body, now),
+                )
+            others = [
+                int(r[0])
+                for r in self.run(
+                    conn,
+                    "SELECT device_id FROM devices WHERE account_id = ? AND revoked = 0"
+                    " AND device_id <> ? ORDER BY device_id",
+                    (account_id, publisher),
+                ).fetchall()
+            ]
+            for device_id in others:
+                self.notify(conn, account_id, device_id, DEVICE_LIST_EVENT)
+        return DeviceListPublish("published", version, others)
+
+    def device_list(self, account_id: int) -> tuple[int, bytes] | None:
+        """(version, signed list) the account last published, if any."""
+        with self.read() as conn:
+            row = self.run(
+                conn,
+                "SELECT version, body FROM device_lists WHERE account_id = ?",
+                (account_id,),
+            ).fetchone()
+        return None if row is None else (int(row[0]), bytes(row[1]))
+
+    # ---- link mailboxes (docs/relay-api.md, "Linking a device") ---------------
+    def open_link_mailbox(
+        self, mailbox_id: str, public_key: bytes, now: int, expires_at: int, max_open: int
+    ) -> bool:
+        """False if `mailbox_id` is taken (the caller draws another);
+        QuotaExceeded("link_mailboxes") if `max_open` are open."""
+        with self.transaction() as conn:
+            if self.dialect == "postgres":
+                # Makes the count and the insert one step across instances.
+                self.run(conn, "SELECT pg_advisory_xact_lock(?)", (LINK_MAILBOX_LOCK,))
+            taken = self.run(
+                conn, "SELECT 1 FROM link_mailboxes WHERE id = ?", (mailbox_id,)
+            ).fetchone()
+            if taken is not None:
+                return False
+            open_now = int(
+                self.run(
+                    conn, "SELECT COUNT(*) FROM link_mailboxes WHERE expires_at > ?", (now,)
+                ).fetchone()[0]
+            )
+            if open_now >= max_open:
+                raise QuotaExceeded("link_mailboxes", max_open)
+            self.run(
+                conn,
+                "INSERT INTO link_mailboxes (id, public_key, created_at, expires_at)"
+                " VALUES (?, ?, ?, ?)",
+                (mailbox_id, public_key, now, expires_at),
+            )
+        return True
+
+    def link_mailbox(self, mailbox_id: str, now: int) -> tuple[bytes, int] | None:
+        """(public key, expires at) of an open mailbox; None if none or expired."""
+        with self.read() as conn:
+            row = self.run(
+                conn,
+                "SELECT public_key, expires_at FROM link_mailboxes WHERE id = ? AND expires_at > ?",
+                (mailbox_id, now),
+            ).fetchone()
+        return None if row is None else (bytes(row[0]), int(row[1]))
+
+    def post_link_message(
+        self, mailbox_id: str, role: int, body: bytes, now: int, max_messages: int
+    ) -> int | None:
+        """The new message's index (from 0, per role); None if the mailbox is not
+        open; QuotaExceeded("link_messages") once the role has `max_messages`."""
+        lock = " FOR UPDATE" if self.dialect == "postgres" else ""
+        with self.transaction() as conn:
+            # Locked so two posts at once cannot draw the same index.
+            row = self.run(
+                conn,
+                f"SELECT 1 FROM link_mailboxes WHERE id = ? AND expires_at > ?{lock}",  # noqa: S608
+                (mailbox_id, now),
+            ).fetchone()
+            if row is None:
+                return None
+            count = int(
+                self.run(
+                    conn,
+                    "SELECT COUNT(*) FROM link_messages WHERE mailbox_id = ? AND role = ?",
+                    (mailbox_id, role),
+                ).fetchone()[0]
+            )
+            if count >= max_messages:
+                raise QuotaExceeded("link_messages", max_messages)
+            self.run(
+                conn,
+                "INSERT INTO link_messages (mailbox_id, role, idx, body) VALUES (?, ?, ?, ?)",
+                (mailbox_id, role, count, body),
+            )
+            self.notify_link(conn, mailbox_id)
+        return count
+
+    def link_messages(
+        self, mailbox_id: str, role: int, after: int, now: int
+    ) -> list[tuple[int, bytes]] | None:
+        """A role's messages with index > `after`; None if the mailbox is not open."""
+        with self.read() as conn:
+            row = self.run(
+                conn,
+                "SELECT 1 FROM link_mailboxes WHERE id = ? AND expires_at > ?",
+                (mailbox_id, now),
+            ).fetchone()
+            if row is None:
+                return None
+            rows = self.run(
+                conn,
+                "SELECT idx, body FROM link_messages WHERE mailbox_id = ? AND role = ?"
+                " AND idx > ? ORDER BY idx",
+                (mailbox_id, role, after),
+            ).fetchall()
+        return [(int(r[0]), bytes(r[1])) for r in rows]
+
+    def close_link_mailbox(self, mailbox_id: str, now: int) -> bool:
+        """Deletes the mailbox and its messages; True if it was open."""
+        with self.transaction() as conn:
+            self.run(conn, "DELETE FROM link_messages WHERE mailbox_id = ?", (mailbox_id,))
+            row = self.run(
+                conn,
+                "DELETE FROM link_mailboxes WHERE id = ? RETURNING expires_at",
+                (mailbox_id,),
+            ).fetchone()
+            if row is not None:
+                self.notify_link(conn, mailbox_id)
+        self._content_deleted()
+        return row is not None and int(row[0]) > now
+
+    def sweep_link_mailboxes(self, now: int) -> int:
+        """Deletes expired mailboxes and their messages; how many mailboxes went."""
+        with self.transaction() as conn:
+            self.run(
+                conn,
+                "DELETE FROM link_messages WHERE mailbox_id IN"
+                " (SELECT id FROM link_mailboxes WHERE expires_at <= ?)",
+                (now,),
+            )
+            removed = max(
+                int(
+                    self.run(
+                        conn, "DELETE FROM link_mailboxes WHERE expires_at <= ?", (now,)
+                    ).rowcount
+                ),
+                0,
+            )
+        if removed:
+            self._content_deleted()
+        return removed
+
+    def open_link_mailboxes(self, now: int) -> int:
+        with self.read() as conn:
+            row = self.run(
+                conn, "SELECT COUNT(*) FROM link_mailboxes WHERE expires_at > ?", (now,)
+            ).fetchone()
+        return int(row[0])
+
     # ---- attachments ----------------------------------------------------------
     def _attachment_bytes(self, conn: Any, account_id: int, since: int) -> int:
         """Bytes uploaded after `since`: an upload counts for 24 hours to the
@@ -1015,19 +1250,23 @@ class PostgresStorage(Storage):
         with conn.transaction():
             yield conn
 
-    def notify(self, conn: Any, account_id: int, device_id: int) -> None:
-        conn.execute("SELECT pg_notify(%s, %s)", (self.CHANNEL, f"{account_id}:{device_id}"))
+    def notify(self, conn: Any, account_id: int, device_id: int, event: str = "") -> None:
+        payload = f"{account_id}:{device_id}" + (f":{event}" if event else "")
+        conn.execute("SELECT pg_notify(%s, %s)", (self.CHANNEL, payload))
 
-    def listen(self, callback: Any, stop: threading.Event) -> None:
-        """Blocks, calling `callback(account_id, device_id)` for every NOTIFY."""
+    def notify_link(self, conn: Any, mailbox_id: str) -> None:
+        conn.execute("SELECT pg_notify(%s, %s)", (self.CHANNEL, LINK_NOTIFY_PREFIX + mailbox_id))
+
+    def listen(self, callback: Callable[[str], None], stop: threading.Event) -> None:
+        """Blocks, calling `callback(payload)` for every NOTIFY: "account:device",
+        "account:device:event", or LINK_NOTIFY_PREFIX + a link mailbox id."""
         while not stop.is_set():
             try:
                 with self._psycopg.connect(self._dsn, autocommit=True) as conn:
                     conn.execute(f"LISTEN {self.CHANNEL}")
                     while not stop.is_set():
                         for note in conn.notifies(timeout=1.0):
-                            account, _, device = note.payload.partition(":")
-                            callback(int(account), int(device))
+                            callback(note.payload)
             except self._psycopg.OperationalError:
                 stop.wait(1.0)
 

@@ -9,10 +9,12 @@ here: the typed error carries the wait, and the caller schedules the retry.
 from __future__ import annotations
 
 import base64
+import contextlib
 import email.utils
 import math
 import random
 import time
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +26,10 @@ import requests
 # longest it waits each time (a relay asking for more is answered with the 429).
 VAULT_RATE_LIMIT_RETRIES = 5
 VAULT_RATE_LIMIT_MAX_WAIT = 5.0
+# A link mailbox's sides (docs/relay-api.md, "Linking a device").
+LINK_ROLES = ("new", "existing")
+# The relay holds a long poll at most this long; the request waits a little more.
+LINK_MAX_WAIT = 25.0
 
 
 def parse_retry_after(header: str | None, now: float | None = None) -> float | None:
@@ -49,6 +55,11 @@ def parse_retry_after(header: str | None, now: float | None = None) -> float | N
 def _retry_after(header: str | None) -> float:
     wait = parse_retry_after(header)
     return min(max(1.0 if wait is None else wait, 0.1), VAULT_RATE_LIMIT_MAX_WAIT)
+
+
+def _path(segment: str) -> str:
+    """One path segment: what the caller typed cannot reach another route."""
+    return urllib.parse.quote(segment, safe="")
 
 
 class RelayError(Exception):
@@ -187,6 +198,7 @@ class RelayClient:
         stream: bool = False,
         auth: bool = True,
         headers: dict[str, str] | None = None,
+        timeout: float | None = None,
     ) -> requests.Response:
         attempts = self._retries + 1 if retry else 1
         all_headers = dict(headers or {})
@@ -202,7 +214,7 @@ class RelayClient:
                     data=data,
                     params=params,
                     headers=all_headers,
-                    timeout=self._timeout,
+                    timeout=self._timeout if timeout is None else timeout,
                     verify=self._ca_file,
                     stream=stream,
                 )
@@ -287,6 +299,79 @@ class RelayClient:
 
     def revoke_token(self) -> None:
         self._request("POST", "/v1/tokens/revoke")
+
+    # ---- device lists (docs/protocol.md §13) ------------------------------------
+    def publish_device_list(self, signed: bytes) -> int:
+        """Publishes the account's signed device list; the version now published.
+
+        Safe to retry: the same list again is accepted. A list not newer than the
+        published one raises Conflict (the relay's code `stale_device_list`)."""
+        body = {"device_list": base64.b64encode(signed).decode("ascii")}
+        raw = self._request("PUT", "/v1/devices/list", json_body=body, retry=True).json()
+        return int(raw["version"])
+
+    def fetch_device_list(self, username: str) -> bytes | None:
+        """The signed list `username` last published (unverified: open it with
+        app.protocol.device_list), or None if none; NotFound for no such user."""
+        raw = self._request("GET", f"/v1/users/{_path(username)}/device-list", retry=True).json()
+        published = raw.get("device_list")
+        return None if published is None else base64.b64decode(published)
+
+    # ---- linking a device -----------------------------------------------------
+    # Never with this device's token (auth=False): a new device has none, and the
+    # relay need not learn which account links. The mailbox id is the capability.
+    def open_link_mailbox(self, public_key: bytes) -> tuple[str, int]:
+        """Opens a link mailbox for the new device's 32-byte public key:
+        (its id, when it expires in ms). Not retried: a retry would open another."""
+        body = {"public_key": base64.b64encode(public_key).decode("ascii")}
+        raw = self._request("POST", "/v1/provisioning", json_body=body, auth=False).json()
+        return str(raw["id"]), int(raw["expires_at"])
+
+    def link_mailbox_key(self, mailbox_id: str) -> bytes:
+        """The public key the new device opened `mailbox_id` with; NotFound once
+        it has expired or was closed."""
+        raw = self._request(
+            "GET", f"/v1/provisioning/{_path(mailbox_id)}", retry=True, auth=False
+        ).json()
+        return base64.b64decode(raw["public_key"])
+
+    def post_link_message(self, mailbox_id: str, role: str, body: bytes) -> int:
+        """Posts an (end-to-end encrypted) message as `role` ("new" or "existing");
+        its index. Not retried: a retry would post it twice."""
+        if role not in LINK_ROLES:
+            raise ValueError(f"a link role is one of {LINK_ROLES}")
+        raw = self._request(
+            "POST",
+            f"/v1/provisioning/{_path(mailbox_id)}/messages/{role}",
+            json_body={"body": base64.b64encode(body).decode("ascii")},
+            auth=False,
+        ).json()
+        return int(raw["index"])
+
+    def link_messages(
+        self, mailbox_id: str, role: str, after: int, wait: float = 0
+    ) -> list[tuple[int, bytes]]:
+        """`role`'s messages with index > `after` (-1 for all), as (index, body).
+        With `wait` (seconds, at most 25) the relay holds the request until one
+        arrives or the time is up."""
+        if role not in LINK_ROLES:
+            raise ValueError(f"a link role is one of {LINK_ROLES}")
+        wait = min(max(wait, 0.0), LINK_MAX_WAIT)
+        raw = self._request(
+            "GET",
+            f"/v1/provisioning/{_path(mailbox_id)}/messages/{role}",
+            params={"after": after, "wait": wait},
+            retry=True,
+            auth=False,
+            timeout=self._timeout + wait,
+        ).json()
+        return [(int(item["index"]), base64.b64decode(item["body"])) for item in raw["messages"]]
+
+    def close_link_mailbox(self, mailbox_id: str) -> None:
+        """Ends a link early, deleting what it holds. One already gone (closed by
+        the other side, or expired) is not an error: either way it is closed."""
+        with contextlib.suppress(NotFound):
+            self._request("DELETE", f"/v1/provisioning/{_path(mailbox_id)}", auth=False)
 
     # ---- prekeys ----------------------------------------------------------------
     def upload_keys(self, body: dict[str, Any]) -> dict[str, Any]:
