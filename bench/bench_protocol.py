@@ -8,10 +8,15 @@
   4 HMAC, 2 HKDF, seal, open, one Ed25519 signature and one verification.
 - session start: bundle verification, PQXDH on both sides and the first message.
 Target: each at most 3x its primitives (ratio ours/limit >= 0.33).
-- sealed sender: a 1:1 message (as above) sealed and opened (ephemeral X25519
-  key, one agreement each side, HKDF, AES-GCM over the padded inner message; the
-  certificate verified once, as the recipient's cache does) against the same
-  message unsealed. Target: at most 1.5x (issue #22), printed as the ratio.
+- sealed sender, steady state: a 1:1 message (as above) sent over a sealed
+  channel (docs/protocol.md §11: the tag, key and chain step are 3 HMAC a side,
+  AES-GCM over the padded inner message, the window moved on) against the same
+  message unsealed. Target: at most 1.5x (issue #22).
+- sealed sender, first message to a device: the version 1 envelope that opens a
+  channel (ephemeral X25519 key, one agreement each side, HKDF, AES-GCM; the
+  certificate verified once, as the recipient's cache does, and the channel's
+  first window derived) against the same message unsealed. Paid once per device
+  and certificate (a day): reported with its ratio, no target.
 """
 
 from __future__ import annotations
@@ -30,7 +35,14 @@ from app.crypto import (
     random_bytes,
 )
 from app.protocol.identity import DeviceIdentity, LocalPrekeys, RemoteBundle
-from app.protocol.sealed import CertificateCache, SenderCertificate, open_sealed, seal
+from app.protocol.sealed import (
+    CertificateCache,
+    ReceiveChannel,
+    SendChannel,
+    SenderCertificate,
+    open_sealed,
+    seal,
+)
 from app.protocol.sender_keys import SenderKeyState
 from app.protocol.session import Session
 from bench.harness import BenchReport, Comparison, rate
@@ -124,22 +136,54 @@ def run(quick: bool) -> BenchReport:
     def plain_message() -> None:
         b_session.decrypt(a_session.encrypt(payload))
 
-    def sealed_message() -> None:
-        sealed = seal(bob_public, certificate, frame_header + a_session.encrypt(payload))
+    bob_encoded = bob_public.to_bytes()
+    seed = random_bytes(32)
+
+    def opening_message() -> None:
+        sealed = seal(
+            bob_public, certificate, frame_header + a_session.encrypt(payload), channel_seed=seed
+        )
         opened = open_sealed(bob, sealed, trusted, 0, cache=cache, own_public=bob_public)
+        assert opened.channel_seed is not None
+        ReceiveChannel.start(opened.channel_seed, certificate, bob_encoded)
         b_session.decrypt(opened.frame[2:])
 
+    # A fresh channel every CHANNEL_MAX_MESSAGES is far beyond what one run sends;
+    # the measurement is of the steady state, one message after another.
+    send_channel = SendChannel.start(seed, certificate, bob_encoded)
+    receive_channel = ReceiveChannel.start(seed, certificate, bob_encoded)
+
+    def channel_message() -> None:
+        nonlocal send_channel, receive_channel
+        if send_channel.exhausted:
+            send_channel = SendChannel.start(seed, certificate, bob_encoded)
+            receive_channel = ReceiveChannel.start(seed, certificate, bob_encoded)
+        frame = receive_channel.open(send_channel.seal(frame_header + a_session.encrypt(payload)))
+        b_session.decrypt(frame[2:])
+
     plain_s = _seconds_per(plain_message, seconds)
-    sealed_s = _seconds_per(sealed_message, seconds)
+    channel_s = _seconds_per(channel_message, seconds)
+    opening_s = _seconds_per(opening_message, seconds)
     report.comparisons.append(
         Comparison(
-            "sealed 1:1 message, us (seal + open + ratchet)",
-            sealed_s * 1e6,
+            "sealed 1:1 message over a channel, us (seal + open + ratchet)",
+            channel_s * 1e6,
             plain_s * 1e6,
             "us",
             "plain ratchet message",
             target=1.5,
             higher_is_better=False,
+        )
+    )
+    report.comparisons.append(
+        Comparison(
+            "sealed 1:1 first message (opens a channel), us",
+            opening_s * 1e6,
+            plain_s * 1e6,
+            "us",
+            "plain ratchet message",
+            higher_is_better=False,
+            notes="once per recipient device and certificate (a day)",
         )
     )
 

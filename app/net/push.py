@@ -33,6 +33,8 @@ from app.net.relay_client import Envelope
 log = logging.getLogger(__name__)
 
 OPEN_TIMEOUT_SECONDS = 10
+# The relay's close code for a device removed from its account (docs/relay-api.md).
+DEVICE_REMOVED_CLOSE = 4410
 # How long stop() waits for the thread: enough to close an open connection
 # cleanly, not to wait out a handshake that will never finish.
 STOP_WAIT_SECONDS = 1.0
@@ -48,6 +50,7 @@ class PushListener:
         on_envelope: Callable[[Envelope], None],
         on_state: Callable[[bool], None],
         on_keys_low: Callable[[], None] | None = None,
+        on_removed: Callable[[], None] | None = None,
         max_backoff: float = 15.0,
     ) -> None:
         self._url = url
@@ -56,6 +59,7 @@ class PushListener:
         self._on_envelope = on_envelope
         self._on_state = on_state
         self._on_keys_low = on_keys_low
+        self._on_removed = on_removed
         self._max_backoff = max_backoff
         self._stop = threading.Event()
         # Held while a callback runs, and by stop() as it sets _stop: once stop()
@@ -167,9 +171,17 @@ class PushListener:
                     backoff = 0.5
                     async for frame in connection:
                         self._handle(frame)
+                if connection.close_code == DEVICE_REMOVED_CLOSE:
+                    self._removed()
+                    break
             except InvalidStatus:
                 self._set_state(False)
-            except (OSError, ConnectionClosed, InvalidHandshake, TimeoutError):
+            except ConnectionClosed as closed:
+                self._set_state(False)
+                if closed.rcvd is not None and closed.rcvd.code == DEVICE_REMOVED_CLOSE:
+                    self._removed()
+                    break
+            except (OSError, InvalidHandshake, TimeoutError):
                 self._set_state(False)
             except asyncio.CancelledError:
                 raise
@@ -185,6 +197,13 @@ class PushListener:
                 await asyncio.wait_for(self._wake.wait(), delay)
             self._wake.clear()
             backoff = min(backoff * 2, self._max_backoff)
+
+    def _removed(self) -> None:
+        """The relay closed with "this device was removed from the account": no
+        reconnecting (the token is dead); the client locks itself."""
+        self._set_state(False)
+        if self._on_removed is not None:
+            self._report(self._on_removed)
 
     def _handle(self, frame: str | bytes) -> None:
         try:

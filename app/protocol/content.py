@@ -12,7 +12,7 @@ end-to-end encrypted too.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from app.protocol.encoding import Reader, Writer
 from app.protocol.errors import MalformedMessage
@@ -40,6 +40,14 @@ DELETE = 12
 EDIT = 13
 TYPING = 14
 PROFILE_KEY = 15
+DEVICE_LIST = 16
+SENT_TRANSCRIPT = 17
+READ_SYNC = 18
+VERIFIED_SYNC = 19
+# What a sent transcript may carry: a text or reply, or an attachment.
+TRANSCRIBED = (TEXT, REPLY, ATTACHMENT, ATTACHMENT_THUMBNAIL)
+# A signed device list is at most 32 devices of about 100 bytes each.
+MAX_DEVICE_LIST = 8192
 
 RECEIPT_DELIVERED = 1
 RECEIPT_READ = 2
@@ -143,6 +151,46 @@ class ProfileKey:
 
 
 @dataclass(frozen=True)
+class DeviceListUpdate:
+    """The sender account's signed device list (app/protocol/device_list.py): the
+    first message of every session a device starts, and sent to every contact
+    when the list changes, so that a contact encrypts to exactly the devices the
+    account identity lists and accepts messages only from them."""
+
+    signed: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class SentTranscript:
+    """A message this account sent from another of its devices, to our own
+    devices only: so that every device shows the chat whole (Signal's "sent
+    transcript"). `destination` is the peer of a direct chat ("" in a group);
+    `group_id` the group's (empty for a direct chat); `content` the encoded
+    content as sent (a text, reply or attachment)."""
+
+    destination: str
+    group_id: bytes = field(repr=False)
+    content: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class ReadSync:
+    """Messages the user read on another of the account's devices (their ids)."""
+
+    message_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class VerifiedSync:
+    """The user marked a contact's identity verified (or not) on another of the
+    account's devices; applied only while the contact has that identity."""
+
+    username: str
+    identity: bytes = field(repr=False)
+    verified: bool
+
+
+@dataclass(frozen=True)
 class Receipt:
     kind: int
     message_ids: tuple[str, ...]
@@ -233,6 +281,10 @@ Content = (
     | Edit
     | Typing
     | ProfileKey
+    | DeviceListUpdate
+    | SentTranscript
+    | ReadSync
+    | VerifiedSync
 )
 
 
@@ -291,6 +343,20 @@ def encode_content(content: Content) -> bytes:
             if len(content.key) != 32:
                 raise ValueError("a profile key is 32 bytes")
             writer.u8(PROFILE_KEY).raw(content.key)
+        case DeviceListUpdate():
+            if len(content.signed) > MAX_DEVICE_LIST:
+                raise ValueError("a device list is at most 8 KiB")
+            writer.u8(DEVICE_LIST).bytes16(content.signed)
+        case SentTranscript():
+            writer.u8(SENT_TRANSCRIPT).text16(content.destination).bytes16(content.group_id)
+            writer.bytes32(content.content)
+        case ReadSync():
+            writer.u8(READ_SYNC).u16(len(content.message_ids))
+            for message_id in content.message_ids:
+                writer.text16(message_id)
+        case VerifiedSync():
+            writer.u8(VERIFIED_SYNC).text16(content.username).bytes16(content.identity)
+            writer.u8(1 if content.verified else 0)
     return writer.getvalue()
 
 
@@ -367,6 +433,24 @@ def decode_content(data: bytes) -> Content:
         content = GroupChangeContent(reader.bytes32(1 << 20))
     elif kind == PROFILE_KEY:
         content = ProfileKey(reader.raw(32))
+    elif kind == SENT_TRANSCRIPT:
+        destination, group_id = reader.text16(), reader.bytes16()
+        inner = reader.bytes32(1 << 20)
+        if not inner[1:2] or inner[1] not in TRANSCRIBED:
+            raise MalformedMessage("a sent transcript carries a text or an attachment only")
+        content = SentTranscript(destination, group_id, inner)
+    elif kind == READ_SYNC:
+        content = ReadSync(tuple(reader.text16() for _ in range(reader.u16())))
+    elif kind == VERIFIED_SYNC:
+        username, identity = reader.text16(), reader.bytes16()
+        verified = reader.u8()
+        if verified > 1:
+            raise MalformedMessage("a verified sync's state is 0 or 1")
+        content = VerifiedSync(username, identity, verified == 1)
+    elif kind == DEVICE_LIST:
+        content = DeviceListUpdate(reader.bytes16())
+        if len(content.signed) > MAX_DEVICE_LIST:
+            raise MalformedMessage("a device list is at most 8 KiB")
     else:
         raise MalformedMessage(f"unknown content type {kind}")
     reader.end()

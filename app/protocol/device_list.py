@@ -44,6 +44,11 @@ class StaleDeviceList(DeviceListError):
     already seen: what a relay replaying or forking lists would serve."""
 
 
+class UnlistedDevice(DeviceListError):
+    """A message from a device the account's newest list does not name with that
+    identity: a device the relay added, or one the account removed."""
+
+
 @dataclass(frozen=True)
 class DeviceList:
     version: int
@@ -135,6 +140,20 @@ def open_device_list(signed: bytes, account: PublicIdentity) -> DeviceList:
     if version < 1 or not 1 <= count <= MAX_DEVICES or ids != sorted(set(ids)) or 0 in ids:
         raise DeviceListError("the device list's version or devices are out of order")
     return DeviceList(version, issued_at, listed_account, devices, signed)
+
+
+def declared(signed: bytes) -> tuple[int, PublicIdentity]:
+    """The version and account identity a list names for itself, unchecked: what a
+    client that holds no identity for the account yet (or sees it change) opens
+    the list under, and then warns about as any identity change (trust on first
+    use)."""
+    try:
+        reader = Reader(signed, "device list")
+        reader.version(FORMAT)
+        version, _issued = reader.u64(), reader.u64()
+        return version, PublicIdentity.from_bytes(reader.bytes16())
+    except (MalformedMessage, ProtocolError):
+        raise DeviceListError("the device list is malformed") from None
 
 
 def newest(held: DeviceList | None, candidate: DeviceList) -> DeviceList:

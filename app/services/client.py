@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from app.net import (
+    Conflict,
     Envelope,
     NotFound,
     OutgoingEnvelope,
@@ -40,10 +41,13 @@ from app.protocol import ProtocolError
 from app.protocol.attachments import decrypt_attachment
 from app.protocol.device_names import MAX_NAME_CHARACTERS, open_device_name, seal_device_name
 from app.protocol.device_names import PREFIX as DEVICE_NAME_PREFIX
+from app.protocol.identity import PublicIdentity
 from app.services import delivery
+from app.services.account import LinkedAccount
 from app.services.events import (
     ConnectionChanged,
     ConversationsChanged,
+    DeviceUnlinked,
     Event,
     IdentityChanged,
     IncomingMessage,
@@ -110,6 +114,7 @@ class Client:
         self._tick_seconds = tick_seconds
         self._ticker: threading.Thread | None = None
         self.push: PushListener | None = None
+        self.device_list_published: Future[bool] | None = None
         self.connected = False
         self.undecryptable = 0  # quarantined: shown as "could not be decrypted"
         self.replayed = 0  # replays, dropped without a trace
@@ -148,6 +153,7 @@ class Client:
             on_envelope=self._envelope_arrived,
             on_state=self._connection_changed,
             on_keys_low=self._keys_low,
+            on_removed=self._removed_by_relay,
         )
         self.push.start()
         self._ticker = threading.Thread(target=self._tick, name="cipherline-ticker", daemon=True)
@@ -156,6 +162,90 @@ class Client:
         # (it may have missed an upload, or the profile may be an older copy).
         self.check_prekeys(long_lived=True)
         self.net(self._seal_plain_device_name)
+        # Kept so that a caller can wait until contacts can fetch the list.
+        self.device_list_published = self.net(self._publish_device_list)
+        self.action(self._own_sessions)
+
+    def _own_sessions(self) -> None:
+        """Sessions with our other devices, for sent transcripts and syncs."""
+        own = self.messenger.username
+        if self.core(self.messenger.lacks_sessions, own).result():
+            try:
+                self._ensure_sessions([own])
+            except ServiceError as error:
+                log.info("no sessions with our other devices yet (%s)", error)
+
+    def _publish_device_list(self) -> bool:
+        """Makes the relay serve our newest device list (docs/protocol.md §13): made
+        the first time for an account from before lists; one the relay holds that
+        is newer (another of our devices changed it) is taken instead, and one of
+        an earlier installation of the account is superseded. True when published
+        or already current; tried again at the next start when offline."""
+        try:
+            signed: bytes | None = self.core(self.messenger.own_device_list).result()
+            for _attempt in range(3):
+                if signed is None or self._published(signed):
+                    return True
+                current = self.relay.fetch_device_list(self.messenger.username)
+                if current is None:
+                    return False
+                signed = self.core(self.messenger.relay_device_list, current).result()
+                if signed is None:
+                    self._check_still_listed()
+        except RelayError as error:
+            log.info("device list not published yet (%s)", type(error).__name__)
+        return False
+
+    def _published(self, signed: bytes) -> bool:
+        """False when the relay holds a list at least as new (Conflict)."""
+        try:
+            self.relay.publish_device_list(signed)
+        except Conflict:
+            return False
+        return True
+
+    def _removed_by_relay(self) -> None:
+        self._emit(DeviceUnlinked("This device was removed from your account."))
+
+    def _check_still_listed(self) -> None:
+        if not self.core(self.messenger.still_listed).result():
+            self._emit(DeviceUnlinked("This device was removed from your account."))
+
+    def approve_link(self, device_name: str, identity: PublicIdentity) -> Future[LinkedAccount]:
+        """The user approved linking a new device (its name and device identity came
+        over the link's encrypted channel): registers it with the relay under a
+        sealed name, names it in our device list (sent to every contact and
+        published), and returns what the new device is given."""
+
+        def run() -> LinkedAccount:
+            account = self.messenger.account_identity
+            name = device_name.strip()[:MAX_NAME_CHARACTERS] or "Linked device"
+            added = self.relay.add_device(seal_device_name(account, name))
+            device_id, token = int(added["device_id"]), str(added["token"])
+            try:
+                signed = self.core(self.messenger.approve_link, device_id, identity).result()
+            except BaseException:
+                with contextlib.suppress(RelayError):
+                    self.relay.remove_device(device_id)
+                raise
+            try:
+                self.relay.publish_device_list(signed)
+            except RelayError as error:
+                # Contacts get it in their chats all the same; the next start
+                # publishes it for those who fetch it.
+                log.info("device list not published yet (%s)", type(error).__name__)
+            self.request_flush()
+            return LinkedAccount(
+                username=self.messenger.username,
+                device_id=device_id,
+                device_name=name,
+                relay_token=token,
+                account_identity=account.to_bytes(),
+                device_list=signed,
+                sync_state=self.core(self.messenger.link_sync_state).result(),
+            )
+
+        return self.net(run)
 
     def _seal_plain_device_name(self) -> bool:
         """A name an older version registered in the clear is replaced by its
@@ -168,7 +258,7 @@ class Client:
             if not name or name.startswith(DEVICE_NAME_PREFIX):
                 return False
             self.relay.rename_own_device(
-                seal_device_name(self.messenger.identity, name[:MAX_NAME_CHARACTERS])
+                seal_device_name(self.messenger.account_identity, name[:MAX_NAME_CHARACTERS])
             )
         except (RelayError, ValueError) as error:
             log.info("device name not sealed yet (%s)", type(error).__name__)
@@ -575,6 +665,8 @@ class Client:
 
     # ---- receiving ------------------------------------------------------------
     def _after_receive(self, result: IncomingResult) -> None:
+        if result.unlinked:
+            self._emit(DeviceUnlinked("Another of your devices removed this one from the account."))
         for peer in result.identity_changed:
             self._emit(IdentityChanged(peer))
         by_conversation: dict[int, list[MessageView]] = {}
@@ -875,7 +967,7 @@ class Client:
             names = sorted(
                 {m.strip().lower() for m in members if m.strip()} - {self.messenger.username}
             )
-            missing = [n for n in names if not self.core(self.messenger.has_sessions, n).result()]
+            missing = [n for n in names if self.core(self.messenger.lacks_sessions, n).result()]
             self._ensure_sessions(missing)
             view = self.core(self.messenger.create_group, title, names).result()
             self.core(self._conversations_event).result()
@@ -887,7 +979,7 @@ class Client:
     def add_member(self, conversation_id: int, username: str) -> Future[ConversationView]:
         def run() -> ConversationView:
             name = username.strip().lower()
-            if not self.core(self.messenger.has_sessions, name).result():
+            if self.core(self.messenger.lacks_sessions, name).result():
                 self._ensure_sessions([name])
             view = self.core(self.messenger.change_members, conversation_id, [name], []).result()
             self.core(self._conversations_event).result()
@@ -990,7 +1082,7 @@ class Client:
     def devices(self) -> Future[list[dict[str, Any]]]:
         """The account's devices, each name opened (app/protocol/device_names.py);
         `name` is None for one this device cannot read (another identity's)."""
-        identity = self.messenger.identity
+        identity = self.messenger.account_identity
 
         def run() -> list[dict[str, Any]]:
             listed = self.relay.devices()
@@ -1001,8 +1093,17 @@ class Client:
         return self.net(run)
 
     def remove_device(self, device_id: int) -> Future[None]:
+        """Unlinks another of our devices: a device list without it goes to every
+        contact (they stop encrypting to it at their next message) and to the
+        relay, which then signs it out and tells it why."""
+
         def run() -> None:
-            if device_id == self.messenger.device_id:
+            listed = self.core(self.messenger.listed_devices).result()
+            if device_id in listed:
+                signed = self.core(self.messenger.unlink_device, device_id).result()
+                self.request_flush()
+                self.relay.publish_device_list(signed)
+            elif device_id == self.messenger.device_id:
                 raise ServiceError("This device cannot remove itself here.")
             self.relay.remove_device(device_id)
 

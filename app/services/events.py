@@ -57,6 +57,14 @@ class TypingChanged:
 
 
 @dataclass(frozen=True)
+class DeviceUnlinked:
+    """This device was removed from the account (from another of its devices, or
+    the relay revoked it): it locks itself and says why."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
 class ServiceError:
     """An operation failed; `text` is a sentence for the user."""
 
@@ -71,5 +79,6 @@ Event = (
     | ConnectionChanged
     | IdentityChanged
     | TypingChanged
+    | DeviceUnlinked
     | ServiceError
 )

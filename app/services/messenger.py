@@ -7,6 +7,7 @@ a crash leaves either all of it or none of it.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import io
 import json
@@ -34,22 +35,32 @@ from app.protocol.content import (
     AttachmentPointer,
     Content,
     Delete,
+    DeviceListUpdate,
     Edit,
     GroupChangeContent,
     GroupUpdate,
     ProfileKey,
     Quote,
     Reaction,
+    ReadSync,
     Receipt,
     RestoreNotice,
     SenderKey,
+    SentTranscript,
     Text,
     TimerUpdate,
     Typing,
+    VerifiedSync,
     decode_content,
     decode_frame,
     encode_content,
     encode_frame,
+)
+from app.protocol.device_list import (
+    DeviceListError,
+    StaleDeviceList,
+    UnlistedDevice,
+    declared,
 )
 from app.protocol.identity import (
     DeviceIdentity,
@@ -62,6 +73,8 @@ from app.protocol.safety import qr_payload, safety_number
 from app.protocol.sender_keys import SenderKeyDistribution, SenderKeyState, group_message_chain
 from app.protocol.session import Session, SessionStart
 from app.services import delivery
+from app.services.devices import DeviceLists, ListChange
+from app.services.link_state import export_sync_state
 from app.services.sealing import Sealing, pinned_keys
 from app.services.views import (
     DELETED_TEXT,
@@ -76,7 +89,7 @@ from app.services.views import (
     Thumbnail,
     unaccepted_sentence,
 )
-from app.store import Conversation, Message, OutboxItem, Store
+from app.store import Attachment, Conversation, Message, OutboxItem, Store
 from app.store.receiving import is_device_failure
 
 log = logging.getLogger("cipherline.messenger")
@@ -121,6 +134,9 @@ class IncomingResult:
     # Messages already shown that changed (a reaction): repainted, never notified.
     updated_messages: list[tuple[int, Message]] = field(default_factory=list)
     identity_changed: list[str] = field(default_factory=list)
+    # Our account's newest list no longer names this device: it was unlinked from
+    # another of our devices, and locks itself.
+    unlinked: bool = False
     attachments_to_fetch: list[int] = field(default_factory=list)
     needs_sessions: set[str] = field(default_factory=set)
     # Set when the envelope was not delivered: the error's type name (never its text).
@@ -153,6 +169,13 @@ class Messenger:
         self.attachments_dir = profile / "attachments"
         self.attachments_dir.mkdir(exist_ok=True, mode=0o700)
         self.sealing = Sealing(store, self.identity, pinned_keys(profile), clock)
+        self.devices = DeviceLists(store, self.username, self.device_id, self.identity, clock)
+
+    @property
+    def account_identity(self) -> DeviceIdentity:
+        """What safety numbers and group changes use: one identity for the account
+        (docs/protocol.md §13); `identity` is this device's own, for its sessions."""
+        return self.devices.account_identity
 
     # ---- account --------------------------------------------------------------
     @staticmethod
@@ -200,6 +223,85 @@ class Messenger:
             prekeys = self.prekeys()
             prekeys.mark_uploaded(upload, self.clock())
             self.store.account.set_prekeys(prekeys.to_bytes())
+
+    # ---- our devices ----------------------------------------------------------
+    def own_device_list(self) -> bytes:
+        """Our signed device list, to publish (made the first time: this device
+        alone, its identity the account's)."""
+        with self.store.transaction():
+            return self.devices.own().signed
+
+    def relay_device_list(self, signed: bytes) -> bytes | None:
+        """The relay refused our list as not newer than its own, `signed`. Taken when
+        it is ours and newer (another of our devices changed it); when it is an
+        earlier installation's (another account identity: this device was set up
+        afresh), ours is signed again past its version. Returns the list to
+        publish now, or None."""
+        with self.store.transaction():
+            own = self.devices.own()
+            try:
+                version, theirs = declared(signed)
+            except DeviceListError:
+                return None
+            if theirs.to_bytes() == own.account.to_bytes():
+                self.devices.adopt_own(signed)
+                return None
+            return self.devices.sign_own(list(own.devices), at_least=version + 1).signed
+
+    def approve_link(self, device_id: int, identity: PublicIdentity) -> bytes:
+        """The user approved linking a new device (registered with the relay as
+        `device_id`, its device identity `identity`): our list names it from now
+        on. Every contact and our other devices are sent the new list, and our
+        group chains start afresh. Returns the list to publish and to hand to the
+        new device."""
+        with self.store.transaction():
+            own = self.devices.own()
+            if own.identity_of(device_id) is not None:
+                raise ServiceError("that device is already linked to this account")
+            listed = self.devices.sign_own([*own.devices, (device_id, identity)])
+            self._device_list_notices(self.username, ListChange(added=[device_id]))
+            self._announce_device_list(listed.signed)
+            return listed.signed
+
+    def unlink_device(self, device_id: int) -> bytes:
+        """Removes another of our devices from the account's list: contacts stop
+        encrypting to it at their next message (the new list goes to all of them),
+        our group chains start afresh, and its sessions are dropped. Returns the
+        list to publish."""
+        if device_id == self.device_id:
+            raise ServiceError("This device cannot remove itself here.")
+        with self.store.transaction():
+            own = self.devices.own()
+            if own.identity_of(device_id) is None:
+                raise ServiceError("that device is not linked to this account")
+            listed = self.devices.sign_own([d for d in own.devices if d[0] != device_id])
+            self.store.sessions.delete(self.username, device_id)
+            self.store.sessions.delete_archived(self.username, device_id)
+            self._device_list_notices(self.username, ListChange(removed=[device_id]))
+            self._announce_device_list(listed.signed)
+            return listed.signed
+
+    def listed_devices(self) -> list[int]:
+        """Our account's devices as our newest list names them, this one included."""
+        with self.store.transaction():
+            return self.devices.own().device_ids()
+
+    def still_listed(self) -> bool:
+        """False once our newest list no longer names this device (unlinked)."""
+        return self.device_id in self.listed_devices()
+
+    def link_sync_state(self) -> bytes:
+        """The contacts, device lists and groups a device being linked is given."""
+        with self.store.transaction():
+            return export_sync_state(self.store)
+
+    def _announce_device_list(self, signed: bytes) -> None:
+        """Our new list to every device we have a session with that may read it: each
+        contact's listed devices and our own other ones."""
+        update = encode_content(DeviceListUpdate(signed))
+        for username in sorted({name for name, _device, _state in self.store.sessions.all()}):
+            for device_id in self._sending_devices(username):
+                self._encrypt_to_device(username, device_id, update, None)
 
     # ---- views ----------------------------------------------------------------
     def conversation_view(self, conversation: Conversation) -> ConversationView:
@@ -444,16 +546,48 @@ class Messenger:
         return bool(self.store.sessions.devices(username))
 
     def install_bundles(self, username: str, fetched: dict[str, Any]) -> list[str]:
-        """Starts sessions with every device in a fetched bundle; returns identity warnings."""
+        """Starts sessions with the devices of a fetched bundle that the account's
+        newest device list names (docs/protocol.md §13), each under the identity the
+        list gives it; returns identity warnings. A device the relay lists on its
+        own is skipped: nothing is ever encrypted to it."""
         warnings = []
         with self.store.transaction():
+            bundles = []
             for entry in fetched.get("devices", []):
                 try:
-                    bundle = RemoteBundle.from_fetched_device(entry)
+                    bundles.append(RemoteBundle.from_fetched_device(entry))
                 except ProtocolError as error:
                     raise ServiceError(f"{username}'s keys are invalid: {error}") from None
+            signed = fetched.get("device_list")
+            if username == self.username:
+                # Our own other devices (for sent transcripts and syncs).
+                if isinstance(signed, str) and signed:
+                    with contextlib.suppress(ValueError, DeviceListError):
+                        self.devices.adopt_own(base64.b64decode(signed, validate=True))
+                bundles = [b for b in bundles if b.device_id != self.device_id]
+            elif isinstance(signed, str) and signed:
+                try:
+                    change = self.devices.adopt(username, base64.b64decode(signed, validate=True))
+                except StaleDeviceList:
+                    pass  # the relay served an older list than one held: keep ours
+                except (DeviceListError, ValueError) as error:
+                    raise ServiceError(f"{username}'s device list is invalid: {error}") from None
+                else:
+                    if change.identity_changed:
+                        warnings.append(username)
+                    self._device_list_notices(username, change)
+            listed = self.devices.held(username)
+            if listed is None:
+                # No list (an account from before lists): one device, as then, whose
+                # identity is the account's.
+                bundles = sorted(bundles, key=lambda b: b.device_id)[:1]
+            for bundle in bundles:
                 identity = bundle.identity.to_bytes()
-                if self.store.contacts.observe_identity(username, identity, now=self.clock()):
+                if listed is not None:
+                    named = listed.identity_of(bundle.device_id)
+                    if named is None or named.to_bytes() != identity:
+                        continue
+                elif self.store.contacts.observe_identity(username, identity, now=self.clock()):
                     warnings.append(username)
                 existing = self.store.sessions.get(username, bundle.device_id)
                 if existing is not None:
@@ -471,6 +605,14 @@ class Messenger:
                 session = Session.initiate(self.identity, bundle)
                 self.store.sessions.save(
                     username, bundle.device_id, session.to_bytes(), now=self.clock()
+                )
+                # The session's first message is our device list: the contact then
+                # knows this device is the account's before anything else arrives.
+                self._encrypt_to_device(
+                    username,
+                    bundle.device_id,
+                    encode_content(DeviceListUpdate(self.devices.own().signed)),
+                    None,
                 )
         return warnings
 
@@ -504,19 +646,32 @@ class Messenger:
         if self.store.sessions.restore_notice_due(username):
             self._send_restore_notice(username)
         count = 0
-        for device_id in self.store.sessions.devices(username):
+        for device_id in self._sending_devices(username):
             if devices is not None and device_id not in devices:
                 continue
-            state = self.store.sessions.get(username, device_id)
-            assert state is not None
-            session = Session.from_bytes(state)
-            envelope = encode_frame(FRAME_PAIRWISE, session.encrypt(plaintext))
-            self.store.sessions.save(username, device_id, session.to_bytes(), now=self.clock())
-            self.store.outbox.add(
-                uuid.uuid4().hex, message_id, username, device_id, envelope, now=self.clock()
-            )
+            self._encrypt_to_device(username, device_id, plaintext, message_id)
             count += 1
         return count
+
+    def _sending_devices(self, username: str) -> list[int]:
+        """The devices of `username` we have a session with that its newest device
+        list names (all with a session, for an account without a list): a device
+        the relay adds is never encrypted to."""
+        listed = self.devices.devices(username)
+        sessions = self.store.sessions.devices(username)
+        return sessions if listed is None else [d for d in sessions if d in listed]
+
+    def _encrypt_to_device(
+        self, username: str, device_id: int, plaintext: bytes, message_id: int | None
+    ) -> None:
+        state = self.store.sessions.get(username, device_id)
+        assert state is not None
+        session = Session.from_bytes(state)
+        envelope = encode_frame(FRAME_PAIRWISE, session.encrypt(plaintext))
+        self.store.sessions.save(username, device_id, session.to_bytes(), now=self.clock())
+        self.store.outbox.add(
+            uuid.uuid4().hex, message_id, username, device_id, envelope, now=self.clock()
+        )
 
     def _shares_profile_key(
         self, username: str, message_id: int | None, plaintext: bytes
@@ -548,6 +703,10 @@ class Messenger:
         sender."""
         try:
             unsealed = self.sealing.open(body)
+        except ReplayError as error:
+            # A channel envelope opened before (docs/protocol.md §11): dropped, as
+            # any replay, without a trace in a chat or the quarantine.
+            return IncomingResult(dropped=type(error).__name__)
         except ProtocolError as error:
             reason = type(error).__name__
             log.warning("refused a sealed envelope (%s)", reason)
@@ -608,7 +767,21 @@ class Messenger:
             raise ServiceError(f"You blocked {conversation.peer}. Unblock them to send messages.")
 
     def missing_sessions(self, conversation_id: int) -> list[str]:
-        return [name for name in self.recipients(conversation_id) if not self.has_sessions(name)]
+        """Recipients with no session, or none with a device their list names."""
+        missing = [name for name in self.recipients(conversation_id) if self.lacks_sessions(name)]
+        if self.lacks_sessions(self.username):
+            missing.append(self.username)  # our other devices get a transcript
+        return missing
+
+    def lacks_sessions(self, username: str) -> bool:
+        """No session with `username`, or none with a device its list names."""
+        have = set(self.store.sessions.devices(username))
+        listed = self.devices.devices(username)
+        if username == self.username:
+            return bool(set(listed or []) - have)
+        if listed is None:
+            return not have
+        return not have or not set(listed) <= have
 
     def send_text(
         self, conversation_id: int, text: str, reply_to: int | None = None
@@ -877,7 +1050,21 @@ class Messenger:
             elif conversation.request:
                 self.store.conversations.set_request(conversation.id, False)
             self._deliver(conversation, encode_content(content), message.id)
+            self._sync_own(
+                SentTranscript(
+                    conversation.peer or "", conversation.group_id or b"", encode_content(content)
+                )
+            )
         return self.message_view(message)
+
+    def _sync_own(self, content: Content) -> None:
+        """To our other devices (those our list names that we have a session with)."""
+        devices = self._sending_devices(self.username)
+        if not devices:
+            return
+        plaintext = encode_content(content)
+        for device_id in devices:
+            self._encrypt_to_device(self.username, device_id, plaintext, None)
 
     def _deliver(
         self, conversation: Conversation, plaintext: bytes, message_id: int | None
@@ -897,7 +1084,7 @@ class Messenger:
         self.store.groups.set_own_sender_key(conversation.group_id, state.to_bytes(), 0)
         queued = 0
         for member in self.recipients(conversation.id):
-            for device_id in self.store.sessions.devices(member):
+            for device_id in self._sending_devices(member):
                 self.store.outbox.add(
                     uuid.uuid4().hex, message_id, member, device_id, frame, now=self.clock()
                 )
@@ -1039,7 +1226,9 @@ class Messenger:
             for name in names:
                 if name != self.username:
                     self.store.contacts.accept(name, now=self.clock())
-            created = gs.create(group_id, title, self.username, names, self.identity.signing_key)
+            created = gs.create(
+                group_id, title, self.username, names, self.account_identity.signing_key
+            )
             self._hold_group_state(created, None)
             self._announce_group(conversation, f"You created the group “{title}”")
             self._rotate_sender_key(group_id)
@@ -1098,7 +1287,7 @@ class Messenger:
             raise ServiceError("members can be changed only in groups")
         added = tuple(a.strip().lower() for a in add if a.strip())
         removed = tuple(r.strip().lower() for r in remove if r.strip())
-        key = self.identity.signing_key
+        key = self.account_identity.signing_key
         with self.store.transaction():
             for name in added:
                 if name != self.username:
@@ -1190,12 +1379,14 @@ class Messenger:
                 plaintext = self._open_pairwise(sender, sender_device, payload, result)
             else:
                 group_id, _chain = group_message_chain(payload)
-                state_bytes = self.store.groups.member_sender_key(group_id, sender)
+                state_bytes = self.store.groups.member_sender_key(group_id, sender, sender_device)
                 if state_bytes is None:
                     raise NoSession("no sender key from that member for that group")
                 state = SenderKeyState.from_bytes(state_bytes)
                 plaintext = state.decrypt(payload)
-                self.store.groups.set_member_sender_key(group_id, sender, state.to_bytes())
+                self.store.groups.set_member_sender_key(
+                    group_id, sender, sender_device, state.to_bytes()
+                )
             content = decode_content(plaintext)
             # Decrypted all the same, so the session stays in step for an unblock.
             # Only group state and sender keys are kept from a blocked member: the
@@ -1205,6 +1396,16 @@ class Messenger:
             ):
                 result.blocked = True
                 return result
+            if isinstance(content, SentTranscript | ReadSync | VerifiedSync):
+                # From our own devices only, over a pairwise session.
+                if sender == self.username and group_id is None:
+                    self._apply_sync(content, result, server_time)
+                return result
+            if isinstance(content, DeviceListUpdate):
+                # Only over the pairwise session: a list comes from the account.
+                if group_id is None:
+                    self._take_device_list(sender, content, result)
+                return result
             if isinstance(content, ProfileKey):
                 # Only over the pairwise session, whose sender is authenticated: the
                 # key lets that device's sealed mail reach us (docs/protocol.md §11).
@@ -1212,8 +1413,115 @@ class Messenger:
                     self.sealing.set_peer_profile_key(sender, sender_device, content.key)
                 return result
             if self._first_delivery(sender, content, plaintext):
-                self._handle(sender, content, group_id, result, server_time)
+                self._handle(
+                    sender, sender_device, content, group_id, result=result, server_time=server_time
+                )
         return result
+
+    def _attachment_row(self, message_id: int, content: AttachmentPointer) -> Attachment:
+        return self.store.attachments.add(
+            message_id=message_id,
+            filename=content.filename,
+            mime=content.mime,
+            size=content.size,
+            key=content.key,
+            digest=content.digest,
+            blob_id=content.blob_id,
+            local_path=None,
+            state="pending" if content.size <= AUTO_DOWNLOAD_BYTES else "remote",
+            caption=content.caption,
+            thumbnail=content.thumbnail,
+            thumbnail_width=content.thumbnail_width,
+            thumbnail_height=content.thumbnail_height,
+        )
+
+    def _apply_sync(
+        self,
+        content: SentTranscript | ReadSync | VerifiedSync,
+        result: IncomingResult,
+        server_time: int,
+    ) -> None:
+        """What another of our devices did: a message it sent, messages it read, a
+        contact it verified."""
+        if isinstance(content, SentTranscript):
+            self._apply_transcript(content, result, server_time)
+        elif isinstance(content, ReadSync):
+            # Reading a message on one device reads it and everything before it in
+            # that chat (what the other device showed), as Signal's read sync does.
+            read_up_to: dict[int, int] = {}
+            for message_id in content.message_ids:
+                message = self.store.messages.by_uuid(message_id)
+                if message is not None and not message.outgoing:
+                    previous = read_up_to.get(message.conversation_id, 0)
+                    read_up_to[message.conversation_id] = max(previous, message.sent_at)
+            for conversation_id, up_to in read_up_to.items():
+                unread = 0
+                for message in self.store.messages.newest(conversation_id, 200):
+                    if message.outgoing or message.kind == "system":
+                        continue
+                    if message.status != MessageStatus.RECEIVED:
+                        continue
+                    if message.sent_at > up_to:
+                        unread += 1
+                        continue
+                    self.store.messages.set_status(message.id, MessageStatus.READ)
+                    updated = self.store.messages.get(message.id)
+                    if updated is not None:
+                        result.updated_messages.append((conversation_id, updated))
+                self.store.conversations.set_unread(conversation_id, unread)
+                result.changed_conversations.add(conversation_id)
+        else:
+            contact = self.store.contacts.get(content.username)
+            if contact is not None and contact.identity_key == content.identity:
+                blocked = bool(self.store.contacts.unaccepted([content.username]))
+                self.store.contacts.set_verified(
+                    content.username, content.verified, now=self.clock()
+                )
+                if blocked and not self.store.contacts.unaccepted([content.username]):
+                    self._release_held(content.username)
+                conversation = self.store.conversations.by_peer(content.username)
+                if conversation is not None:
+                    result.changed_conversations.add(conversation.id)
+
+    def _apply_transcript(
+        self, transcript: SentTranscript, result: IncomingResult, server_time: int
+    ) -> None:
+        inner = decode_content(transcript.content)
+        if not isinstance(inner, Text | AttachmentPointer):
+            return
+        if transcript.group_id:
+            conversation = self.store.conversations.by_group(transcript.group_id)
+            if conversation is None:
+                return
+        else:
+            if not transcript.destination or transcript.destination == self.username:
+                return
+            conversation = self.store.conversations.direct(transcript.destination, now=self.clock())
+            self.store.contacts.accept(transcript.destination, now=self.clock())
+        if self.store.messages.by_uuid(inner.message_id) is not None:
+            return
+        quote = inner.quote if isinstance(inner, Text) else None
+        timer = inner.timer_seconds
+        message = self.store.messages.add(
+            conversation_id=conversation.id,
+            uuid=inner.message_id,
+            sender=self.username,
+            outgoing=True,
+            body=inner.body if isinstance(inner, Text) else inner.filename,
+            sent_at=min(inner.sent_at, server_time + 60_000),
+            status=MessageStatus.SENT,
+            kind="text" if isinstance(inner, Text) else "attachment",
+            received_at=self.clock(),
+            expires_at=self.clock() + timer * 1000 if timer else None,
+            quote=(quote.message_id, quote.author, quote.snippet) if quote else None,
+        )
+        if isinstance(inner, AttachmentPointer):
+            row = self._attachment_row(message.id, inner)
+            if row.state == "pending":
+                result.attachments_to_fetch.append(row.id)
+        self.store.conversations.touch(conversation.id, message.sent_at)
+        result.new_messages.append((conversation.id, message))
+        result.changed_conversations.add(conversation.id)
 
     def _first_delivery(self, sender: str, content: Content, plaintext: bytes) -> bool:
         """False for a group update, sender key or timer change already applied.
@@ -1274,9 +1582,84 @@ class Messenger:
             # one replaced here (`_open_archived` takes it back).
             self.store.sessions.archive(sender, device, existing, now=self.clock())
         self.store.sessions.save(sender, device, session.to_bytes(), now=self.clock())
-        if self.store.contacts.observe_identity(sender, remote.to_bytes(), now=self.clock()):
-            result.identity_changed.append(sender)
+        self._check_listed(sender, device, remote.to_bytes(), plaintext, result)
         return plaintext
+
+    def _check_listed(
+        self, sender: str, device: int, remote: bytes, plaintext: bytes, result: IncomingResult
+    ) -> None:
+        """A session a device of `sender` started is taken only if the account's
+        newest device list names the device with that identity (docs/protocol.md
+        §13). Its first message is that account's list: taken first when it is
+        newer, so a device just linked is known. Raises UnlistedDevice otherwise
+        (the whole envelope is then rolled back and quarantined)."""
+        if sender == self.username:
+            self.devices.own()  # our list is always held, made the first time
+        with contextlib.suppress(ProtocolError):
+            content = decode_content(plaintext)
+            if isinstance(content, DeviceListUpdate):
+                self._take_device_list(sender, content, result)
+        if self.devices.held(sender) is None:
+            # No list held (an account from before lists): its device's identity is
+            # the account's, as then.
+            if self.store.contacts.observe_identity(sender, remote, now=self.clock()):
+                result.identity_changed.append(sender)
+            return
+        if self.devices.listed_identity(sender, device) != remote:
+            raise UnlistedDevice("a session from a device the account's device list does not name")
+
+    def _take_device_list(
+        self, sender: str, content: DeviceListUpdate, result: IncomingResult
+    ) -> None:
+        if sender == self.username:
+            previous = self.devices.own()
+            taken = self.devices.adopt_own(content.signed)
+            if taken is None:
+                return  # not newer, or not under our account identity
+            added, removed, rekeyed = taken.changes_from(previous)
+            self._device_list_notices(self.username, ListChange(added, removed, rekeyed))
+            for device_id in removed:
+                self.store.sessions.delete(self.username, device_id)
+                self.store.sessions.delete_archived(self.username, device_id)
+            if taken.identity_of(self.device_id) is None:
+                result.unlinked = True
+            elif self.lacks_sessions(self.username):
+                result.needs_sessions.add(self.username)
+            return
+        try:
+            change = self.devices.adopt(sender, content.signed)
+        except StaleDeviceList:
+            return  # a list we hold already, or a replayed older one
+        if change.identity_changed and sender not in result.identity_changed:
+            result.identity_changed.append(sender)
+        if self.lacks_sessions(sender):
+            result.needs_sessions.add(sender)  # a device just linked: start its session
+        self._device_list_notices(sender, change)
+
+    def _device_list_notices(self, username: str, change: ListChange) -> None:
+        """After a contact's (or our own) list changed: our sender keys in the groups
+        shared with them start afresh at the next group message, so a removed
+        device cannot read on and an added one gets the new chain; the removed
+        devices' chains are forgotten. In the chat with them, "Alice linked a new
+        device" / "Alice removed a device", as Signal shows such changes."""
+        if not change.any:
+            return
+        for device_id in change.removed + change.rekeyed:
+            self.store.groups.forget_device_sender_keys(username, device_id)
+        for group_id in self.store.groups.shared_with(username):
+            if self.username in self.store.groups.members(group_id):
+                self.store.groups.set_own_sender_key(group_id, None, 0)
+        if username == self.username:
+            return
+        conversation = self.store.conversations.by_peer(username)
+        if conversation is None:
+            return
+        if change.added:
+            self._system_message(conversation.id, f"{username} linked a new device")
+        if change.removed:
+            self._system_message(conversation.id, f"{username} removed a device")
+        if change.rekeyed:
+            self._system_message(conversation.id, f"{username} set up a device again")
 
     def _open_archived(
         self, sender: str, device: int, payload: bytes, start: SessionStart | None
@@ -1364,8 +1747,10 @@ class Messenger:
     def _handle(
         self,
         sender: str,
+        sender_device: int,
         content: Content,
         group_id: bytes | None,
+        *,
         result: IncomingResult,
         server_time: int,
     ) -> None:
@@ -1396,21 +1781,7 @@ class Messenger:
                 quote=(quote.message_id, quote.author, quote.snippet) if quote else None,
             )
             if isinstance(content, AttachmentPointer):
-                row = self.store.attachments.add(
-                    message_id=message.id,
-                    filename=content.filename,
-                    mime=content.mime,
-                    size=content.size,
-                    key=content.key,
-                    digest=content.digest,
-                    blob_id=content.blob_id,
-                    local_path=None,
-                    state="pending" if content.size <= AUTO_DOWNLOAD_BYTES else "remote",
-                    caption=content.caption,
-                    thumbnail=content.thumbnail,
-                    thumbnail_width=content.thumbnail_width,
-                    thumbnail_height=content.thumbnail_height,
-                )
+                row = self._attachment_row(message.id, content)
                 if row.state == "pending":
                     result.attachments_to_fetch.append(row.id)
             message = self._apply_early_changes(sender, group_id, message, result)
@@ -1451,7 +1822,9 @@ class Messenger:
             if sender not in self.store.groups.members(distribution.group_id):
                 return
             state = SenderKeyState.from_distribution(distribution)
-            self.store.groups.set_member_sender_key(distribution.group_id, sender, state.to_bytes())
+            self.store.groups.set_member_sender_key(
+                distribution.group_id, sender, sender_device, state.to_bytes()
+            )
         elif isinstance(content, RestoreNotice):
             conversation = self.store.conversations.direct(sender, now=self.clock())
             notice = self._system_message(
@@ -1655,7 +2028,7 @@ class Messenger:
                 conversation.id, f"{received.author} added you to “{new.title}”", at
             )
             result.needs_sessions.update(
-                m for m in new.members if m != self.username and not self.has_sessions(m)
+                m for m in new.members if m != self.username and self.lacks_sessions(m)
             )
             result.changed_conversations.add(conversation.id)
             return
@@ -1673,7 +2046,7 @@ class Messenger:
         for name in removed:
             text = f"{name} left" if name == actor else f"{actor} removed {name}"
             self._system_message(conversation.id, text, at)
-            self.store.groups.set_member_sender_key(group_id, name, None)
+            self.store.groups.forget_member_sender_keys(group_id, name)
         if self.username not in new.members:
             self.store.groups.set_own_sender_key(group_id, None, 0)
         elif removed:
@@ -1685,7 +2058,7 @@ class Messenger:
                 if name != self.username:
                     self._encrypt_for(name, distribution, None)
         result.needs_sessions.update(
-            m for m in added if m != self.username and not self.has_sessions(m)
+            m for m in added if m != self.username and self.lacks_sessions(m)
         )
         result.changed_conversations.add(conversation.id)
 
@@ -1767,13 +2140,16 @@ class Messenger:
                 self.store.messages.set_status(message.id, MessageStatus.READ)
             # Not while a request (nor to someone blocked): accepting sends them.
             self._send_read_receipts(conversation, unread)
+            if unread:
+                self._sync_own(ReadSync(tuple(m.uuid for m in unread)))
         return changed
 
     def safety_number(self, peer: str) -> SafetyNumberView:
         contact = self.store.contacts.get(peer)
         if contact is None or contact.identity_key is None:
             raise ServiceError(f"no safety number yet: exchange a message with {peer} first")
-        own = self.identity.public.to_bytes()
+        # The account identity's: every device of the account has the same number.
+        own = self.account_identity.public.to_bytes()
         return SafetyNumberView(
             peer=peer,
             digits=safety_number(own, self.username, contact.identity_key, peer),
@@ -1787,6 +2163,9 @@ class Messenger:
         with self.store.transaction():
             blocked = bool(self.store.contacts.unaccepted([peer]))
             self.store.contacts.set_verified(peer, verified, now=self.clock())
+            contact = self.store.contacts.get(peer)
+            if contact is not None and contact.identity_key is not None:
+                self._sync_own(VerifiedSync(peer, contact.identity_key, verified))
             if blocked and not self.store.contacts.unaccepted([peer]):
                 self._release_held(peer)
 

@@ -19,6 +19,25 @@ transactions. State lives in the store's settings table:
 
 When a send cannot be sealed (no delivery key of the recipient device, no valid
 certificate, no pinned relay key), it goes authenticated: docs/threat-model.md.
+
+Sealed channels (docs/protocol.md §11) live in their own tables
+(`Store.sealed_channels`), never in settings:
+
+- Sending: the first sealed copy to a contact device is a version 1 envelope
+  that carries a fresh channel seed, and so is every one after it until one of
+  them is known to have reached the relay (it left the outbox): a channel
+  envelope before that could reach a recipient that never got the seed. From
+  then on, copies to that device are channel envelopes, with no public-key
+  operation. A channel is bound to one certificate and one session: a renewed
+  certificate, a new identity on the device or a session replaced (started anew
+  by either side) opens a new one, as does the channel's last message.
+- A copy still in the outbox keeps its channel envelope (`sealed_send_pending`):
+  a retry sends the same bytes again instead of spending another index, so
+  failed sends never push the recipient's window out of reach.
+- Receiving: a channel's window of expected tags and their keys, bound to the
+  certificate of its opener. A device keeps its two newest channels per contact
+  device (the previous one for envelopes still on their way), each until its
+  certificate expires.
 """
 
 from __future__ import annotations
@@ -28,22 +47,32 @@ from pathlib import Path
 from typing import Protocol
 
 from app.config import SERVER_CONFIG_NAME, ConfigError, ServerConfig
-from app.crypto import CryptoError, VerifyKey, random_bytes
+from app.crypto import CryptoError, VerifyKey, random_bytes, sha256
 from app.protocol.content import FRAME_PAIRWISE, decode_frame
+from app.protocol.encoding import Writer
 from app.protocol.errors import NoSession, ProtocolError
 from app.protocol.identity import DeviceIdentity, PublicIdentity
 from app.protocol.sealed import (
+    CHANNEL_SEED_LENGTH,
     PROFILE_KEY_LENGTH,
     CertificateCache,
+    ExpiredCertificate,
     IdentityMismatch,
+    ReceiveChannel,
+    SendChannel,
+    UnknownChannelTag,
     Unsealed,
     access_key,
+    channel_id,
+    channel_tag,
     check_identity,
+    is_channel_envelope,
     open_sealed,
     seal,
 )
 from app.protocol.session import Envelope, Session
 from app.store import Store
+from app.store.database import SendChannelRow
 
 # A certificate is renewed this long before it expires, so one never expires in
 # flight between sealing and the recipient's check (the relay keeps mail 30 days,
@@ -54,6 +83,13 @@ REGISTERED = "sealed.registered"
 ALLOW_ANYONE = "sealed.allow_anyone"
 CERTIFICATE = "sealed.certificate"
 CERTIFICATE_EXPIRES = "sealed.certificate_expires"
+# A channel is opened only by a copy the relay always takes (its limit is 256 KiB
+# an envelope): an opener refused for its size would go authenticated, leaving the
+# recipient without the seed of the channel envelopes that follow.
+MAX_OPENER_FRAME = 96 * 1024
+# Channels a device keeps per contact device: the newest, and the one before for
+# its envelopes still on their way.
+RECEIVE_CHANNELS_KEPT = 2
 
 
 class Addressed(Protocol):
@@ -187,8 +223,10 @@ class Sealing:
 
     def forget_peer(self, username: str, device_id: int) -> None:
         """The relay refused the delivery token: the contact changed its key, or
-        withdrew it. Sends to that device go authenticated until a new one comes."""
+        withdrew it. Sends to that device go authenticated until a new one comes,
+        and then open a new channel (the refused copies may have opened this one)."""
         self.store.settings.set(f"sealed.peer.{username}.{device_id}", None)
+        self.store.sealed_channels.delete_send_channel(username, device_id)
 
     def peer_access(self, username: str, device_id: int) -> bytes | None:
         stored = self.store.settings.get(f"sealed.peer.{username}.{device_id}")
@@ -204,11 +242,19 @@ class Sealing:
 
     def seal_items(self, items: Iterable[Addressed]) -> dict[str, tuple[bytes, bytes]]:
         """client id -> (sealed body, delivery token) for the items that can go
-        sealed; each copy sealed on its own, with a fresh ephemeral key. The rest
-        go authenticated."""
+        sealed: each copy on its own, over the channel to its device when there is
+        a confirmed one, else in a version 1 envelope (with a fresh ephemeral key)
+        that opens one. The rest go authenticated."""
         certificate = self.certificate() if self.enabled else None
         if certificate is None:
             return {}
+        items = list(items)
+        channels = self.store.sealed_channels
+        channels.settle_pending()
+        # Typing indicators never enter the outbox: they are never retried, and
+        # their leaving it would prove nothing.
+        queued = {i.client_id for i in self.store.outbox.items([i.client_id for i in items])}
+        certificate_digest = sha256(certificate)
         sealed: dict[str, tuple[bytes, bytes]] = {}
         for item in items:
             token = self.peer_access(item.recipient, item.device_id)
@@ -216,18 +262,144 @@ class Sealing:
             if token is None or state is None:
                 continue
             try:
-                recipient = self._identity(Session.from_bytes(state).remote_identity)
-                sealed[item.client_id] = (seal(recipient, certificate, item.body), token)
+                session = Session.from_bytes(state)
+                body = self._seal_one(
+                    item,
+                    session,
+                    certificate,
+                    certificate_digest,
+                    queued=item.client_id in queued,
+                )
             except ProtocolError:
                 continue
+            sealed[item.client_id] = (body, token)
         return sealed
+
+    def _seal_one(
+        self,
+        item: Addressed,
+        session: Session,
+        certificate: bytes,
+        certificate_digest: bytes,
+        *,
+        queued: bool,
+    ) -> bytes:
+        channels = self.store.sealed_channels
+        username, device_id = item.recipient, item.device_id
+        recipient = self._identity(session.remote_identity)
+        prefix = self._session_prefix(username, device_id, session)
+        base = b"" if session.pending_prekey is None else session.pending_prekey.ephemeral
+        marker = prefix + Writer().bytes16(base).getvalue()
+        row = channels.send_channel(username, device_id)
+        if row is not None and not self._still_current(row, certificate_digest, prefix, marker):
+            channels.delete_send_channel(username, device_id)
+            row = None
+        if row is not None and row.seed is None:
+            return self._seal_on_channel(item, row, queued=queued)
+        if len(item.body) > MAX_OPENER_FRAME:
+            return seal(recipient, certificate, item.body)
+        if row is None:
+            if not queued:
+                return seal(recipient, certificate, item.body)
+            seed = random_bytes(CHANNEL_SEED_LENGTH)
+            channel = SendChannel.start(seed, certificate, recipient.to_bytes())
+            row = SendChannelRow(
+                channel_id(seed), channel.to_bytes(), seed, certificate_digest, marker
+            )
+            channels.save_send_channel(username, device_id, row)
+        assert row.seed is not None
+        if queued:
+            channels.add_pending(
+                item.client_id,
+                username,
+                device_id,
+                row.channel_id,
+                opener=True,
+                digest=sha256(item.body),
+                envelope=None,
+                now=self.clock(),
+            )
+        return seal(recipient, certificate, item.body, channel_seed=row.seed)
+
+    def _seal_on_channel(self, item: Addressed, row: SendChannelRow, *, queued: bool) -> bytes:
+        channels = self.store.sealed_channels
+        digest = sha256(item.body)
+        if queued:
+            earlier = channels.pending(item.client_id)
+            if earlier is not None and earlier[2] is not None:
+                same_channel, same_body = earlier[0] == row.channel_id, earlier[1] == digest
+                if same_channel and same_body:
+                    # The retry of a copy: the same bytes (its key was used once, on
+                    # this very plaintext), never a second index.
+                    return earlier[2]
+        channel = SendChannel.from_bytes(row.state)
+        envelope = channel.seal(item.body)
+        if channel.exhausted:
+            # The next copy opens a new channel; this one's envelopes still open.
+            channels.delete_send_channel(item.recipient, item.device_id)
+        else:
+            channels.save_send_channel(
+                item.recipient,
+                item.device_id,
+                SendChannelRow(
+                    row.channel_id,
+                    channel.to_bytes(),
+                    None,
+                    row.certificate_digest,
+                    row.session_marker,
+                ),
+            )
+        if queued:
+            channels.add_pending(
+                item.client_id,
+                item.recipient,
+                item.device_id,
+                row.channel_id,
+                opener=False,
+                digest=digest,
+                envelope=envelope,
+                now=self.clock(),
+            )
+        return envelope
+
+    def _session_prefix(self, username: str, device_id: int, session: Session) -> bytes:
+        """What tells the session a channel was opened on from a later one: the
+        peer's identity and the newest archived session of the device (every session
+        replaced by a new one, started by either side, or retired by a restore, is
+        archived). The marker a channel keeps adds the base key of the session's
+        start while it is one we started and the peer has not answered."""
+        return (
+            Writer()
+            .bytes16(session.remote_identity)
+            .u64(self.store.sealed_channels.archive_mark(username, device_id))
+            .getvalue()
+        )
+
+    @staticmethod
+    def _still_current(
+        row: SendChannelRow, certificate_digest: bytes, prefix: bytes, marker: bytes
+    ) -> bool:
+        if row.certificate_digest != certificate_digest:
+            return False
+        if row.session_marker == marker:
+            return True
+        # A session we started stops carrying its start once the peer answers: the
+        # same session still (same identity, nothing archived since), no base key.
+        answered = marker == prefix + b"\x00\x00"
+        return answered and row.session_marker.startswith(prefix)
 
     # ---- receiving -----------------------------------------------------------------
     def open(self, body: bytes) -> Unsealed:
         """Opens a sealed envelope: its certificate signed by a pinned relay key and
         unexpired, and naming the identity of the session the inner message belongs
         to. Raises a ProtocolError (IdentityMismatch, ExpiredCertificate,
-        CertificateError, SealedSenderError, MalformedMessage) otherwise."""
+        CertificateError, SealedSenderError, MalformedMessage) otherwise.
+
+        A channel envelope opens with the keys of its channel, under the certificate
+        that opened the channel, with the same identity check; one whose tag is in
+        no window raises UnknownChannelTag, and one already opened ChannelReplay."""
+        if is_channel_envelope(body):
+            return self._open_on_channel(body)
         unsealed = open_sealed(
             self.identity,
             body,
@@ -237,7 +409,67 @@ class Sealing:
             own_public=self.own_public,
         )
         self._check_identity(unsealed)
+        if unsealed.channel_seed is not None:
+            # Only now: the channel takes the name of a certificate whose identity
+            # is the message's, as a version 1 envelope's would.
+            self._accept_channel(unsealed.certificate.to_bytes(), unsealed)
         return unsealed
+
+    def _accept_channel(self, certificate: bytes, unsealed: Unsealed) -> None:
+        assert unsealed.channel_seed is not None
+        channels = self.store.sealed_channels
+        sender = unsealed.certificate
+        now = self.clock()
+        channels.drop_expired(now)
+        seed_id = channel_id(unsealed.channel_seed)
+        if channels.has_seed(seed_id):
+            return  # announced again before the sender knew it arrived, or replayed
+        for kept, row in enumerate(channels.receive_channels(sender.username, sender.device_id)):
+            assert row.state is not None
+            older = kept >= RECEIVE_CHANNELS_KEPT - 1
+            if older or ReceiveChannel.from_bytes(row.state).sender().identity != sender.identity:
+                channels.retire_receive_channel(row.id)
+        channel = ReceiveChannel.start(
+            unsealed.channel_seed, certificate, self.own_public.to_bytes()
+        )
+        channels.add_receive_channel(
+            sender.username,
+            sender.device_id,
+            seed_id=seed_id,
+            expires=sender.expires,
+            state=channel.to_bytes(),
+            tags=channel.tags(),
+            now=now,
+        )
+
+    def _open_on_channel(self, body: bytes) -> Unsealed:
+        channels = self.store.sealed_channels
+        row = channels.by_tag(channel_tag(body))
+        if row is None or row.state is None:
+            raise UnknownChannelTag("the channel expects no envelope with this tag")
+        if self.clock() >= row.expires:
+            channels.retire_receive_channel(row.id)
+            raise ExpiredCertificate("the certificate of the channel has expired")
+        channel = ReceiveChannel.from_bytes(row.state)
+        before = channel.tags()
+        unsealed = Unsealed(channel.sender(), channel.open(body))
+        try:
+            self._check_identity(unsealed)
+        except IdentityMismatch:
+            # The device's session is another identity's now: the channel's
+            # certificate names no one who can still send on it.
+            channels.retire_receive_channel(row.id)
+            raise
+        after = channel.tags()
+        channels.update_receive_channel(row.id, channel.to_bytes(), before - after, after - before)
+        return unsealed
+
+    def drop_channels(self, username: str, device_id: int) -> None:
+        """Ends the channels a contact device opened to this one (its session was
+        archived: what the channel certified is gone with it)."""
+        channels = self.store.sealed_channels
+        for row in channels.receive_channels(username, device_id):
+            channels.retire_receive_channel(row.id)
 
     def _check_identity(self, unsealed: Unsealed) -> None:
         certificate = unsealed.certificate

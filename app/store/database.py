@@ -73,6 +73,8 @@ BACKUP_TABLES = (
     "group_members",
     "attachments",
     "backup_state",
+    "device_lists",
+    "member_sender_keys",
 )
 
 
@@ -294,6 +296,48 @@ class AccountRepository(_Repository):
     def set_prekeys(self, prekeys: bytes) -> None:
         self._execute("UPDATE account SET prekeys = ? WHERE id = 1", (prekeys,))
 
+    def account_identity(self) -> bytes | None:
+        """The account identity's private keys on a linked device; None where this
+        device's own identity is the account identity (docs/protocol.md §13)."""
+        row = self._execute("SELECT account_identity FROM account WHERE id = 1").fetchone()
+        return None if row is None or row[0] is None else bytes(row[0])
+
+    def set_account_identity(self, identity: bytes | None) -> None:
+        self._execute("UPDATE account SET account_identity = ? WHERE id = 1", (identity,))
+
+
+@dataclass(frozen=True)
+class HeldDeviceList:
+    account_key: bytes = field(repr=False)  # the account identity it was opened under
+    version: int
+    signed: bytes = field(repr=False)
+
+
+class DeviceListRepository(_Repository):
+    """The newest signed device list held for each account, ours included: what
+    a message to that account is encrypted to (app/protocol/device_list.py)."""
+
+    def get(self, username: str) -> HeldDeviceList | None:
+        row = self._execute(
+            "SELECT account_key, version, signed FROM device_lists WHERE username = ?",
+            (username,),
+        ).fetchone()
+        return None if row is None else HeldDeviceList(bytes(row[0]), int(row[1]), bytes(row[2]))
+
+    def save(
+        self, username: str, account_key: bytes, version: int, signed: bytes, *, now: int
+    ) -> None:
+        self._execute(
+            "INSERT INTO device_lists (username, account_key, version, signed, updated_at)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (username) DO UPDATE SET"
+            " account_key = excluded.account_key, version = excluded.version,"
+            " signed = excluded.signed, updated_at = excluded.updated_at",
+            (username, account_key, version, signed, now),
+        )
+
+    def delete(self, username: str) -> None:
+        self._execute("DELETE FROM device_lists WHERE username = ?", (username,))
+
 
 class ContactRepository(_Repository):
     """Contacts and how far their identity keys are trusted: every change of trust
@@ -418,6 +462,39 @@ class ContactRepository(_Repository):
         self._apply(existing, TrustEvent.KEY_CHANGED, now=now)
         return True
 
+    def import_linked(
+        self,
+        username: str,
+        *,
+        display_name: str,
+        identity_key: bytes | None,
+        verified: bool,
+        identity_changed: bool,
+        identity_unaccepted: bool,
+        accepted: bool,
+        blocked: bool,
+        now: int,
+    ) -> None:
+        """A contact as another device of the account holds it, trust included
+        (a device being linked takes the account's contacts: app/services/link_state.py)."""
+        self._execute(
+            "INSERT INTO contacts (username, display_name, identity_key, verified, verified_at,"
+            " identity_changed, identity_unaccepted, accepted, blocked, added_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                username,
+                display_name,
+                identity_key,
+                int(verified),
+                now if verified else None,
+                int(identity_changed),
+                int(identity_unaccepted),
+                int(accepted),
+                int(blocked),
+                now,
+            ),
+        )
+
     def set_verified(self, username: str, verified: bool, *, now: int) -> None:
         contact = self.get(username)
         if contact is not None:
@@ -480,6 +557,12 @@ class SessionRepository(_Repository):
             self._execute(
                 "DELETE FROM sessions WHERE username = ? AND device_id = ?", (username, device_id)
             )
+
+    def delete_archived(self, username: str, device_id: int) -> None:
+        self._execute(
+            "DELETE FROM archived_sessions WHERE username = ? AND device_id = ?",
+            (username, device_id),
+        )
 
     def all(self) -> list[tuple[str, int, bytes]]:
         """Every live session as (username, device id, state)."""
@@ -627,6 +710,9 @@ class ConversationRepository(_Repository):
 
     def mark_read(self, conversation_id: int) -> None:
         self._execute("UPDATE conversations SET unread = 0 WHERE id = ?", (conversation_id,))
+
+    def set_unread(self, conversation_id: int, count: int) -> None:
+        self._execute("UPDATE conversations SET unread = ? WHERE id = ?", (count, conversation_id))
 
     def set_timer(self, conversation_id: int, seconds: int) -> None:
         self._execute(
@@ -1157,18 +1243,62 @@ class GroupRepository(_Repository):
                 "INSERT INTO group_members (group_id, username) VALUES (?, ?)", (group_id, new)
             )
 
-    def member_sender_key(self, group_id: bytes, username: str) -> bytes | None:
+    def member_sender_key(self, group_id: bytes, username: str, device_id: int) -> bytes | None:
+        row = self._execute(
+            "SELECT state FROM member_sender_keys"
+            " WHERE group_id = ? AND username = ? AND device_id = ?",
+            (group_id, username, device_id),
+        ).fetchone()
+        if row is not None:
+            return bytes(row[0])
+        # A chain received before chains were kept per device.
         row = self._execute(
             "SELECT sender_key FROM group_members WHERE group_id = ? AND username = ?",
             (group_id, username),
         ).fetchone()
         return bytes(row[0]) if row and row[0] is not None else None
 
-    def set_member_sender_key(self, group_id: bytes, username: str, state: bytes | None) -> None:
+    def set_member_sender_key(
+        self, group_id: bytes, username: str, device_id: int, state: bytes
+    ) -> None:
+        if not self._execute(
+            "SELECT 1 FROM group_members WHERE group_id = ? AND username = ?",
+            (group_id, username),
+        ).fetchone():
+            return
         self._execute(
-            "UPDATE group_members SET sender_key = ? WHERE group_id = ? AND username = ?",
-            (state, group_id, username),
+            "INSERT INTO member_sender_keys (group_id, username, device_id, state)"
+            " VALUES (?, ?, ?, ?) ON CONFLICT (group_id, username, device_id)"
+            " DO UPDATE SET state = excluded.state",
+            (group_id, username, device_id, state),
         )
+
+    def forget_member_sender_keys(self, group_id: bytes, username: str) -> None:
+        """Every chain of a member (removed from the group, or one of whose devices
+        was removed from their account)."""
+        self._execute(
+            "DELETE FROM member_sender_keys WHERE group_id = ? AND username = ?",
+            (group_id, username),
+        )
+        self._execute(
+            "UPDATE group_members SET sender_key = NULL WHERE group_id = ? AND username = ?",
+            (group_id, username),
+        )
+
+    def forget_device_sender_keys(self, username: str, device_id: int) -> None:
+        """The chains of one device of `username`, in every group."""
+        self._execute(
+            "DELETE FROM member_sender_keys WHERE username = ? AND device_id = ?",
+            (username, device_id),
+        )
+
+    def shared_with(self, username: str) -> list[bytes]:
+        """The groups `username` is a member of."""
+        rows = self._execute(
+            "SELECT group_id FROM group_members WHERE username = ? ORDER BY group_id",
+            (username,),
+        ).fetchall()
+        return [bytes(r[0]) for r in rows]
 
 
 class SettingsRepository(_Repository):
@@ -1408,6 +1538,206 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
+@dataclass(frozen=True)
+class SendChannelRow:
+    channel_id: bytes = field(repr=False)
+    state: bytes = field(repr=False)
+    seed: bytes | None = field(repr=False)  # None once the channel is confirmed
+    certificate_digest: bytes = field(repr=False)
+    session_marker: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class ReceiveChannelRow:
+    id: int
+    username: str
+    device_id: int
+    expires: int
+    state: bytes | None = field(repr=False)  # None: retired
+
+
+class SealedChannelRepository(_Repository):
+    """Sealed channels' state (app/services/sealing.py, docs/protocol.md §11): the
+    chain keys of both ends, the tags expected, and the copies sealed but not yet
+    taken by the relay. Only ever in this encrypted store."""
+
+    # ---- sending end -------------------------------------------------------------
+    def send_channel(self, username: str, device_id: int) -> SendChannelRow | None:
+        row = self._execute(
+            "SELECT channel_id, state, seed, certificate_digest, session_marker"
+            " FROM sealed_send_channels WHERE username = ? AND device_id = ?",
+            (username, device_id),
+        ).fetchone()
+        if row is None:
+            return None
+        seed = None if row[2] is None else bytes(row[2])
+        return SendChannelRow(bytes(row[0]), bytes(row[1]), seed, bytes(row[3]), bytes(row[4]))
+
+    def save_send_channel(self, username: str, device_id: int, channel: SendChannelRow) -> None:
+        self._execute(
+            "INSERT INTO sealed_send_channels (username, device_id, channel_id, state, seed,"
+            " certificate_digest, session_marker) VALUES (?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (username, device_id) DO UPDATE SET channel_id = excluded.channel_id,"
+            " state = excluded.state, seed = excluded.seed,"
+            " certificate_digest = excluded.certificate_digest,"
+            " session_marker = excluded.session_marker",
+            (
+                username,
+                device_id,
+                channel.channel_id,
+                channel.state,
+                channel.seed,
+                channel.certificate_digest,
+                channel.session_marker,
+            ),
+        )
+
+    def delete_send_channel(self, username: str, device_id: int) -> None:
+        self._execute(
+            "DELETE FROM sealed_send_channels WHERE username = ? AND device_id = ?",
+            (username, device_id),
+        )
+        self._execute(
+            "DELETE FROM sealed_send_pending WHERE username = ? AND device_id = ?",
+            (username, device_id),
+        )
+
+    def add_pending(
+        self,
+        client_id: str,
+        username: str,
+        device_id: int,
+        channel_id: bytes,
+        *,
+        opener: bool,
+        digest: bytes,
+        envelope: bytes | None,
+        now: int,
+    ) -> None:
+        self._execute(
+            "INSERT INTO sealed_send_pending (client_id, username, device_id, channel_id,"
+            " opener, digest, envelope, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (client_id) DO UPDATE SET username = excluded.username,"
+            " device_id = excluded.device_id, channel_id = excluded.channel_id,"
+            " opener = excluded.opener, digest = excluded.digest,"
+            " envelope = excluded.envelope",
+            (client_id, username, device_id, channel_id, int(opener), digest, envelope, now),
+        )
+
+    def pending(self, client_id: str) -> tuple[bytes, bytes, bytes | None] | None:
+        """(channel id, digest of the body, channel envelope or None) of a copy
+        sealed before."""
+        row = self._execute(
+            "SELECT channel_id, digest, envelope FROM sealed_send_pending WHERE client_id = ?",
+            (client_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        return bytes(row[0]), bytes(row[1]), None if row[2] is None else bytes(row[2])
+
+    def settle_pending(self) -> None:
+        """Copies that left the outbox are settled: the relay took them (or refused
+        them for good). A channel one of whose openers left is confirmed: its seed
+        is deleted and its envelopes go as channel envelopes from now on."""
+        self._execute(
+            "UPDATE sealed_send_channels SET seed = NULL WHERE seed IS NOT NULL AND channel_id IN"
+            " (SELECT channel_id FROM sealed_send_pending WHERE opener = 1"
+            " AND client_id NOT IN (SELECT client_id FROM outbox))"
+        )
+        self._execute(
+            "DELETE FROM sealed_send_pending WHERE client_id NOT IN (SELECT client_id FROM outbox)"
+        )
+
+    def archive_mark(self, username: str, device_id: int) -> int:
+        """The newest archived session of a device (0: none): a session replaced
+        since a channel was opened is one the channel must not outlive."""
+        row = self._execute(
+            "SELECT MAX(id) FROM archived_sessions WHERE username = ? AND device_id = ?",
+            (username, device_id),
+        ).fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
+
+    # ---- receiving end -----------------------------------------------------------
+    def has_seed(self, seed_id: bytes) -> bool:
+        row = self._execute(
+            "SELECT 1 FROM sealed_receive_channels WHERE seed_id = ?", (seed_id,)
+        ).fetchone()
+        return row is not None
+
+    def add_receive_channel(
+        self,
+        username: str,
+        device_id: int,
+        *,
+        seed_id: bytes,
+        expires: int,
+        state: bytes,
+        tags: Iterable[bytes],
+        now: int,
+    ) -> int:
+        cursor = self._execute(
+            "INSERT INTO sealed_receive_channels (username, device_id, seed_id, expires, state,"
+            " created_at) VALUES (?, ?, ?, ?, ?, ?)",
+            (username, device_id, seed_id, expires, state, now),
+        )
+        channel_id = int(cursor.lastrowid)
+        self._add_tags(channel_id, tags)
+        return channel_id
+
+    def _add_tags(self, channel_id: int, tags: Iterable[bytes]) -> None:
+        self._store.executemany(
+            "INSERT OR IGNORE INTO sealed_channel_tags (tag, channel_id) VALUES (?, ?)",
+            ((tag, channel_id) for tag in tags),
+        )
+
+    def by_tag(self, tag: bytes) -> ReceiveChannelRow | None:
+        row = self._execute(
+            "SELECT c.id, c.username, c.device_id, c.expires, c.state"
+            " FROM sealed_channel_tags t JOIN sealed_receive_channels c ON c.id = t.channel_id"
+            " WHERE t.tag = ?",
+            (tag,),
+        ).fetchone()
+        if row is None:
+            return None
+        state = None if row[4] is None else bytes(row[4])
+        return ReceiveChannelRow(int(row[0]), row[1], int(row[2]), int(row[3]), state)
+
+    def receive_channels(self, username: str, device_id: int) -> list[ReceiveChannelRow]:
+        """A contact device's live channels, newest first."""
+        rows = self._execute(
+            "SELECT id, username, device_id, expires, state FROM sealed_receive_channels"
+            " WHERE username = ? AND device_id = ? AND state IS NOT NULL ORDER BY id DESC",
+            (username, device_id),
+        ).fetchall()
+        return [ReceiveChannelRow(int(r[0]), r[1], int(r[2]), int(r[3]), bytes(r[4])) for r in rows]
+
+    def update_receive_channel(
+        self, channel_id: int, state: bytes, removed: Iterable[bytes], added: Iterable[bytes]
+    ) -> None:
+        self._execute(
+            "UPDATE sealed_receive_channels SET state = ? WHERE id = ?", (state, channel_id)
+        )
+        self._store.executemany(
+            "DELETE FROM sealed_channel_tags WHERE tag = ? AND channel_id = ?",
+            ((tag, channel_id) for tag in removed),
+        )
+        self._add_tags(channel_id, added)
+
+    def retire_receive_channel(self, channel_id: int) -> None:
+        """Ends a channel: its keys and tags go; its seed id stays until it expires."""
+        self._execute("UPDATE sealed_receive_channels SET state = NULL WHERE id = ?", (channel_id,))
+        self._execute("DELETE FROM sealed_channel_tags WHERE channel_id = ?", (channel_id,))
+
+    def drop_expired(self, now: int) -> None:
+        """Channels whose certificate expired: nothing of theirs can open any more."""
+        self._execute(
+            "DELETE FROM sealed_channel_tags WHERE channel_id IN"
+            " (SELECT id FROM sealed_receive_channels WHERE expires <= ?)",
+            (now,),
+        )
+        self._execute("DELETE FROM sealed_receive_channels WHERE expires <= ?", (now,))
+
+
 class Store:
     """One profile's encrypted database. Thread-safe by one lock; the services use it
     from a single worker thread, the lock only guards against mistakes."""
@@ -1421,6 +1751,7 @@ class Store:
         self.account = AccountRepository(self)
         self.contacts = ContactRepository(self)
         self.sessions = SessionRepository(self)
+        self.device_lists = DeviceListRepository(self)
         self.conversations = ConversationRepository(self)
         self.messages = MessageRepository(self)
         self.attachments = AttachmentRepository(self)
@@ -1435,6 +1766,8 @@ class Store:
         self.quarantine = QuarantineRepository(self)
         # What waits for a changed identity to be accepted (trust.py).
         self.held_sends = HeldSendRepository(self)
+        # Sealed channels' keys and tags (app/services/sealing.py).
+        self.sealed_channels = SealedChannelRepository(self)
 
     # ---- opening --------------------------------------------------------------
     @staticmethod

@@ -299,4 +299,84 @@ MIGRATIONS: list[str] = [
     """
     CREATE TABLE partly_sent (message_id INTEGER PRIMARY KEY);
     """,
+    # 13: linked devices (issue #19; docs/protocol.md §13). An account has one
+    # account identity; each device a device identity of its own.
+    # account.account_identity: the account identity's private keys, on a device
+    #   linked to the account (NULL: this device's identity is the account
+    #   identity, as for every account made before linking existed).
+    # device_lists: the newest signed device list seen for each contact, and our
+    #   own (username = ours), under the account identity it was opened with; a
+    #   contact's messages go to exactly the devices it names.
+    # member_sender_keys: a group member's sender key chain per device (each device
+    #   of an account sends on a chain of its own); group_members.sender_key stays
+    #   for chains received before, whose device was not recorded.
+    """
+    ALTER TABLE account ADD COLUMN account_identity BLOB;
+    CREATE TABLE device_lists (
+        username TEXT PRIMARY KEY,
+        account_key BLOB NOT NULL,
+        version INTEGER NOT NULL,
+        signed BLOB NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+    CREATE TABLE member_sender_keys (
+        group_id BLOB NOT NULL,
+        username TEXT NOT NULL,
+        device_id INTEGER NOT NULL,
+        state BLOB NOT NULL,
+        PRIMARY KEY (group_id, username, device_id)
+    );
+    """,
+    # 14: sealed channels (issue #22; docs/protocol.md §11), the fast path of sealed
+    # sender. Channel keys live here and nowhere else; none of it is backed up (a
+    # restored profile opens new channels).
+    # sealed_send_channels: this device's channel to one contact device: the chain
+    #   state (app/protocol/sealed.py SendChannel), the seed while no envelope that
+    #   opens the channel is known to have reached the relay (NULL once one has),
+    #   the certificate it is bound to (digest) and the session it was opened on.
+    # sealed_send_pending: copies sealed but still in the outbox, by client id: a
+    #   retry sends the same channel envelope again rather than spending another
+    #   index, and an opener's departure from the outbox confirms its channel.
+    # sealed_receive_channels: channels contact devices opened to this device, with
+    #   the certificate's expiry; state NULL once retired (its seed id is kept until
+    #   then, so a replayed opener cannot start it over).
+    # sealed_channel_tags: every tag a live channel expects or recently spent.
+    """
+    CREATE TABLE sealed_send_channels (
+        username TEXT NOT NULL,
+        device_id INTEGER NOT NULL,
+        channel_id BLOB NOT NULL,
+        state BLOB NOT NULL,
+        seed BLOB,
+        certificate_digest BLOB NOT NULL,
+        session_marker BLOB NOT NULL,
+        PRIMARY KEY (username, device_id)
+    );
+    CREATE TABLE sealed_send_pending (
+        client_id TEXT PRIMARY KEY,
+        username TEXT NOT NULL,
+        device_id INTEGER NOT NULL,
+        channel_id BLOB NOT NULL,
+        opener INTEGER NOT NULL,
+        digest BLOB NOT NULL,
+        envelope BLOB,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE sealed_receive_channels (
+        id INTEGER PRIMARY KEY,
+        username TEXT NOT NULL,
+        device_id INTEGER NOT NULL,
+        seed_id BLOB NOT NULL UNIQUE,
+        expires INTEGER NOT NULL,
+        state BLOB,
+        created_at INTEGER NOT NULL
+    );
+    CREATE INDEX sealed_receive_channels_by_device
+        ON sealed_receive_channels (username, device_id);
+    CREATE TABLE sealed_channel_tags (
+        tag BLOB PRIMARY KEY,
+        channel_id INTEGER NOT NULL
+    );
+    CREATE INDEX sealed_channel_tags_by_channel ON sealed_channel_tags (channel_id);
+    """,
 ]

@@ -90,7 +90,10 @@ def test_after_a_restore_no_session_can_encrypt_and_archived_ones_still_decrypt(
         store.groups.set_members(group_id, ["alice", "bob"])
         store.groups.set_own_sender_key(group_id, own_chain.to_bytes(), 0)
         store.groups.set_member_sender_key(
-            group_id, "bob", SenderKeyState.from_distribution(bob_chain.distribution()).to_bytes()
+            group_id,
+            "bob",
+            1,
+            SenderKeyState.from_distribution(bob_chain.distribution()).to_bytes(),
         )
     info = engine.write_backup(store, tmp_path / "backups", KEY, method=fmt.METHOD_KEY)
     backed_up = alice_session.to_bytes()
@@ -128,7 +131,7 @@ def test_after_a_restore_no_session_can_encrypt_and_archived_ones_still_decrypt(
                 session.encrypt(b"never")
         group = restored.groups.get(group_id)
         assert group is not None and group.own_sender_key is None
-        assert restored.groups.member_sender_key(group_id, "bob") is not None
+        assert restored.groups.member_sender_key(group_id, "bob", 1) is not None
 
         # Archived: still opens late messages of the old session, in order or not.
         session = Session.from_bytes(archived[0][1])

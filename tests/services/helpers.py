@@ -8,7 +8,7 @@ from typing import TypeVar
 
 from app.config import SERVER_CONFIG_NAME, ServerConfig
 from app.crypto import Argon2Params
-from app.services.account import Profile, create_account, protector_for
+from app.services.account import Profile, create_account, create_linked_account, protector_for
 from app.services.client import Client
 from app.services.events import Event
 from app.services.messenger import Messenger
@@ -41,11 +41,14 @@ class Person:
         reinstalling: Person | None = None,
         adding_to: Person | None = None,
         sealed: bool = False,
+        linked: tuple[Profile, Messenger] | None = None,
     ) -> None:
         self.name = name
-        if adding_to is not None:
+        if linked is not None:
+            self.profile, messenger = linked
+        elif adding_to is not None:
             self.profile = make_profile(root, f"{name}-device-2", relay, sealed=sealed)
-            messenger = _new_device(self.profile, adding_to, keep_old=True)
+            messenger = _link_device(self.profile, adding_to)
         elif reinstalling is None:
             self.profile = make_profile(root, name, relay, sealed=sealed)
             messenger = create_account(
@@ -53,11 +56,16 @@ class Person:
             )
         else:
             self.profile = make_profile(root, f"{name}-reinstalled", relay)
-            messenger = _new_device(self.profile, reinstalling, keep_old=False)
+            messenger = _reinstalled_device(self.profile, reinstalling)
         self.client = Client(messenger, self.profile.relay(timeout=3), tick_seconds=0.2)
         self.events: list[Event] = []
         self.client.set_listener(self.events.append)
         self.client.start()
+        if reinstalling is not None:
+            # As a reinstalled app's first start: its new list is published before
+            # anyone fetches its keys.
+            assert self.client.device_list_published is not None
+            assert self.client.device_list_published.result(timeout=20)
 
     def stop(self) -> None:
         self.client.stop()
@@ -69,18 +77,26 @@ class Person:
         return Person(root, self.name, relay, reinstalling=self)
 
     def add_device(self, root: Path, relay: RelayProcess, *, sealed: bool = False) -> Person:
-        """A second device of this account, under an identity of its own, running
-        beside this one (which stays on the relay)."""
+        """A second device linked to this account (as the link dialogs do, without
+        the mailbox: tests/services/test_linking.py runs that), running beside
+        this one: a device identity of its own, named in the account's list."""
         return Person(root, self.name, relay, adding_to=self, sealed=sealed)
 
 
-def _new_device(profile: Profile, old: Person, *, keep_old: bool) -> Messenger:
-    """A device added to `old`'s account; unless `keep_old`, `old` is stopped and
+def _link_device(profile: Profile, existing: Person) -> Messenger:
+    identity, prekeys = Messenger.prepare_account()
+    linked = existing.client.approve_link("phone", identity.public).result(timeout=30)
+    return create_linked_account(
+        profile, linked, identity, prekeys, f"{existing.name} passphrase", kdf=FAST_KDF
+    )
+
+
+def _reinstalled_device(profile: Profile, old: Person) -> Messenger:
+    """A device added to `old`'s account under a new identity; `old` is stopped and
     removed from the relay, as after a reinstall."""
     old_device = old.client.messenger.device_id
     old_relay = old.profile.relay(token=old.client.messenger.relay_token)
-    if not keep_old:
-        old.stop()
+    old.stop()
     added = old_relay.add_device("reinstalled")
     identity, prekeys = Messenger.prepare_account()
     passphrase = f"{old.name} passphrase"
@@ -101,8 +117,7 @@ def _new_device(profile: Profile, old: Person, *, keep_old: bool) -> Messenger:
             ),
             now=int(time.time() * 1000),
         )
-    if not keep_old:
-        old_relay.remove_device(old_device)
+    old_relay.remove_device(old_device)
     old_relay.close()
     return Messenger(store, profile.path)
 

@@ -111,13 +111,20 @@ def test_attachment_and_identity_change(people: dict[str, Person], tmp_path: Pat
     assert b"the secret plan" not in b"".join(
         p.read_bytes() for p in (bob.profile.path / "attachments").iterdir()
     )
-    # Bob's identity changes (a reinstall gets a new key): Alice is warned.
+    # Bob's identity changes (a reinstall gets a new key, and publishes a device
+    # list under it, past the relay's version): Alice is warned.
+    from app.protocol.device_list import sign_device_list
     from app.protocol.identity import DeviceIdentity, LocalPrekeys
 
     bob_relay = bob.profile.relay(token=bob.client.messenger.relay_token)
     new_device = bob_relay.add_device("new laptop")
     fresh = bob.profile.relay(token=new_device["token"])
-    fresh.upload_keys(LocalPrekeys.generate(batch=2).upload_json(DeviceIdentity.generate()))
+    reinstalled = DeviceIdentity.generate()
+    fresh.upload_keys(LocalPrekeys.generate(batch=2).upload_json(reinstalled))
+    device_id = int(new_device["device_id"])
+    fresh.publish_device_list(
+        sign_device_list(reinstalled, 2, [(device_id, reinstalled.public)], int(time.time() * 1000))
+    )
     bob_relay.remove_device(1)
     alice.client.start_direct("bob").result(20)
     wait_for(

@@ -205,7 +205,7 @@ def group_state(
     return (
         chat.timer_seconds if chat is not None else None,
         tuple(store.groups.members(trip.group_id)),
-        store.groups.member_sender_key(trip.group_id, "alice"),
+        store.groups.member_sender_key(trip.group_id, "alice", 1),
         trip.group_id,
     )
 
@@ -273,7 +273,7 @@ def test_replayed_group_update_sender_key_and_timer_change_are_not_applied_again
     cast.back(bob)
     wait_for(lambda: "first" in rows(bob, "alice"), what="bob gets the first messages")
     firsts = mailbox.recorded(sender="alice", recipient="bob")
-    assert len(firsts) == 4  # timer, group update, sender key, text
+    assert len(firsts) == 5  # device list, timer, group update, sender key, text
 
     converse(alice, bob, TURNS)
     # Later state an old replay would put back: timer off, carol in the group, and
@@ -378,7 +378,8 @@ def test_a_crafted_message_is_quarantined_and_the_rest_of_its_batch_delivered(
     cast.offline(alice)
     bob.client.start_direct("alice").result(20)
     bob.client.send_text(conversation_id(bob, "alice"), "hi alice").result(20)
-    wait_for(lambda: mailbox.pending("alice") == 1, what="bob's message queued")
+    # (The session's first message is Bob's device list, then his text.)
+    wait_for(lambda: mailbox.pending("alice") == 2, what="bob's message queued")
     cast.offline(bob)
     fetched = fetch_bundle(carol, "alice")
     signed_prekey = RemoteBundle.from_fetched_device(fetched).signed_prekey.to_bytes()
@@ -389,12 +390,13 @@ def test_a_crafted_message_is_quarantined_and_the_rest_of_its_batch_delivered(
 
     carol_chat = conversation_id(carol, "bob")
     carol.client.send_text(carol_chat, "before it").result(20)
-    wait_for(lambda: mailbox.pending("bob") == 1, what="carol's first message queued")
+    # (Carol's device list first, as her session's first message.)
+    wait_for(lambda: mailbox.pending("bob") == 2, what="carol's first message queued")
     mailbox.queue("bob", crafted, sender="alice")
     carol.client.send_text(carol_chat, "after it").result(20)
-    wait_for(lambda: mailbox.pending("bob") == 3, what="carol's second message queued")
+    wait_for(lambda: mailbox.pending("bob") == 4, what="carol's second message queued")
 
-    cast.back(bob, one_batch_of=3)
+    cast.back(bob, one_batch_of=4)
     wait_for(lambda: rows(bob, "carol") == ["before it", "after it"], what="carol's texts")
     wait_for(lambda: mailbox.pending("bob") == 0, what="the whole batch acknowledged")
     assert rows(bob, "alice", system=True) == [UNDECRYPTABLE.format("alice")]
@@ -472,7 +474,7 @@ def test_mutated_envelopes_never_escape_the_protocol_errors_nor_block_the_batch(
     cast.offline(carol)
     bob.client.start_direct("carol").result(20)
     bob.client.send_text(conversation_id(bob, "carol"), "hi carol").result(20)
-    wait_for(lambda: mailbox.pending("carol") == 1, what="bob's message to carol queued")
+    wait_for(lambda: mailbox.pending("carol") == 2, what="bob's message to carol queued")
     settle(mailbox, alice, bob)
     originals = [e.body for e in mailbox.recorded(sender="alice", recipient="bob")]
     assert any(body[1] != FRAME_PAIRWISE for body in originals)  # group frames too

@@ -22,6 +22,9 @@ from app.protocol.content import FRAME_PAIRWISE, Text, encode_content, encode_fr
 from app.protocol.identity import DeviceIdentity, RemoteBundle
 from app.protocol.sealed import SenderCertificate, access_key, seal
 from app.protocol.session import Session
+from app.services.account import open_messenger
+from app.services.client import Client
+from app.services.sealing import CERTIFICATE_EXPIRES
 from tests.relay.helpers import client
 from tests.services.helpers import Person, on_core, wait_for
 from tests.support.components import RelayProcess
@@ -309,3 +312,205 @@ def test_a_typing_indicator_whose_token_is_refused_goes_authenticated(
     wait_for(bob_sees_typing, what="bob sees alice typing")
     assert _sealed_total(relay) == sealed_before  # it went authenticated
     assert on_core(alice, lambda: sealing.peer_access("bob", 1)) is None  # forgotten
+
+
+# ---- sealed channels (docs/protocol.md §11) ---------------------------------------
+def _restart(person: Person) -> None:
+    """Stops the client (unless it is already) and opens the same profile again, as
+    a relaunch does."""
+    with contextlib.suppress(RuntimeError):  # stopped before, to go offline
+        person.stop()
+    messenger = open_messenger(person.profile, f"{person.name} passphrase")
+    person.client = Client(messenger, person.profile.relay(timeout=3), tick_seconds=0.2)
+    person.client.set_listener(person.events.append)
+    person.client.start()
+
+
+def _mailbox(relay: RelayProcess, username: str) -> list[tuple[int, bytes, object, object]]:
+    """(seq, body, sender, sender device) of what waits for `username` on the relay."""
+    database = sqlite3.connect(relay.data_dir / "relay.sqlite3")
+    try:
+        account = database.execute(
+            "SELECT id FROM accounts WHERE username = ?", (username,)
+        ).fetchone()[0]
+        rows = database.execute(
+            "SELECT seq, body, sender, sender_device FROM envelopes WHERE account_id = ?"
+            " ORDER BY seq",
+            (account,),
+        ).fetchall()
+    finally:
+        database.close()
+    return [(row[0], bytes(row[1]), row[2], row[3]) for row in rows]
+
+
+def _contacts_with_keys(alice: Person, bob: Person) -> int:
+    """Alice and Bob write to each other until each holds the other's delivery token;
+    then Alice's channel to Bob is dropped, so her next copy opens a new one.
+    Returns Alice's chat with Bob."""
+    chat = alice.client.start_direct("bob").result(20)
+    alice.client.send_text(chat.conversation_id, "hi bob").result(20)
+    wait_for(lambda: _texts(bob, "alice") == ["hi bob"], what="bob receives")
+    bob_chat = _conversation_id(bob, "alice")
+    bob.client.accept_request(bob_chat).result(20)
+    bob.client.send_text(bob_chat, "hi alice").result(20)
+    wait_for(lambda: _texts(alice, "bob") == ["hi bob", "hi alice"], what="alice receives")
+    wait_for(lambda: _holds_keys(alice, ["bob"]), what="alice holds bob's token")
+    wait_for(lambda: _outbox_empty(alice) and _outbox_empty(bob), what="outboxes")
+    time.sleep(0.5)  # receipts still in flight land
+    channels = alice.client.messenger.store.sealed_channels
+    on_core(alice, lambda: channels.delete_send_channel("bob", 1))
+    return chat.conversation_id
+
+
+def _send(person: Person, chat: int, text: str) -> None:
+    person.client.send_text(chat, text).result(20)
+    wait_for(lambda: _outbox_empty(person), what=f"{text!r} leaves the outbox")
+
+
+def _common_run(first: bytes, second: bytes, length: int = 8) -> bool:
+    runs = {first[i : i + length] for i in range(len(first) - length + 1)}
+    return any(second[i : i + length] in runs for i in range(len(second) - length + 1))
+
+
+def test_messages_after_the_first_go_over_a_channel_that_survives_restarts(
+    people: dict[str, Person], relay: RelayProcess
+) -> None:
+    alice, bob = people["alice"], people["bob"]
+    chat = _contacts_with_keys(alice, bob)
+    bob.stop()  # what Alice sends waits on the relay, to be looked at
+    for text in ("one", "two", "three"):
+        _send(alice, chat, text)
+    waiting = _mailbox(relay, "bob")
+    assert waiting and all((sender, device) == (None, None) for _s, _b, sender, device in waiting)
+    bodies = [body for _seq, body, _sender, _device in waiting]
+    # The first opens the channel (a version 1 envelope, ephemeral key and
+    # certificate inside); the others carry only a tag. (A receipt or other
+    # automatic copy that follows goes over the channel too.)
+    assert len(bodies) >= 3
+    assert [body[0] for body in bodies] == [1] + [2] * (len(bodies) - 1)
+    for index, first in enumerate(bodies):
+        for second in bodies[index + 1 :]:
+            assert not _common_run(first[1:], second[1:])
+
+    _restart(alice)  # the sending end's chain key and index come back from the store
+    _send(alice, chat, "four")
+    after_restart = _mailbox(relay, "bob")
+    assert len(after_restart) > len(bodies)
+    assert [body[0] for _s, body, _x, _y in after_restart] == [1] + [2] * (len(after_restart) - 1)
+    assert after_restart[-1][1][1:17] not in {body[1:17] for body in bodies}
+
+    _restart(bob)
+    wait_for(
+        lambda: _texts(bob, "alice") == ["hi bob", "hi alice", "one", "two", "three", "four"],
+        what="bob opens the opener and the channel envelopes",
+    )
+    _restart(bob)  # the receiving end's window comes back from the store
+    _send(alice, chat, "five")
+    wait_for(lambda: "five" in _texts(bob, "alice"), what="bob opens after a restart")
+    assert bob.client.undecryptable == 0
+    assert on_core(bob, bob.client.messenger.store.quarantine.all) == []
+
+
+def test_replayed_and_unknown_channel_envelopes_are_refused(
+    people: dict[str, Person], relay: RelayProcess
+) -> None:
+    alice, bob = people["alice"], people["bob"]
+    chat = _contacts_with_keys(alice, bob)
+    token = access_key(on_core(bob, bob.client.messenger.sealing.profile_key))
+    bob.stop()
+    for text in ("one", "two", "three", "four"):
+        _send(alice, chat, text)
+    recorded = [body for _seq, body, _s, _d in _mailbox(relay, "bob")]
+    assert len(recorded) >= 4
+    assert [body[0] for body in recorded] == [1] + [2] * (len(recorded) - 1)
+    recorded = recorded[:4]
+    _restart(bob)
+    expected = ["hi bob", "hi alice", "one", "two", "three", "four"]
+    wait_for(lambda: _texts(bob, "alice") == expected, what="bob receives")
+    quarantined_before = len(on_core(bob, bob.client.messenger.store.quarantine.all))
+    replayed_before = bob.client.replayed
+    reported_before = bob.client.replayed + bob.client.undecryptable
+
+    # The relay sends what it recorded again, in another order, and a channel
+    # envelope whose tag no channel expects.
+    replays = [recorded[2], recorded[0], recorded[3], recorded[1]]
+    unknown = bytes([2]) + bytes(16) + recorded[1][17:]
+    stranger = client(relay)
+    answers = stranger.send_sealed(
+        [OutgoingEnvelope(uuid.uuid4().hex, "bob", 1, body, token) for body in [*replays, unknown]]
+    )
+    assert set(answers.values()) == {"queued"}
+    wait_for(
+        lambda: bob.client.replayed + bob.client.undecryptable == reported_before + 5,
+        what="bob reports all five",
+    )
+    time.sleep(0.5)
+    # Nothing delivered twice, nothing in any chat.
+    assert _texts(bob, "alice") == expected
+    assert [c.title for c in bob.client.conversations().result()] == ["alice"]
+    reasons = [q.reason for q in on_core(bob, bob.client.messenger.store.quarantine.all)]
+    new = reasons[quarantined_before:]
+    # The unknown tag is quarantined as refused; the replayed channel envelopes are
+    # reported as replays (quarantined under that name until the messenger drops a
+    # ReplayError from a sealed envelope as it does a ratchet replay), and the
+    # replayed opener's inner message is a ratchet replay.
+    assert new.count("UnknownChannelTag") == 1
+    assert set(new) <= {"UnknownChannelTag", "ChannelReplay"}
+    assert new.count("ChannelReplay") + bob.client.replayed - replayed_before == 4
+    # A new channel message still opens: the window was not disturbed.
+    _send(alice, chat, "five")
+    wait_for(lambda: _texts(bob, "alice") == [*expected, "five"], what="bob receives five")
+
+
+def test_expiry_and_a_changed_identity_end_a_channel(
+    people: dict[str, Person], relay: RelayProcess
+) -> None:
+    alice, bob = people["alice"], people["bob"]
+    chat = _contacts_with_keys(alice, bob)
+    for text in ("one", "two"):
+        _send(alice, chat, text)
+    expected = ["hi bob", "hi alice", "one", "two"]
+    wait_for(lambda: _texts(bob, "alice") == expected, what="bob receives")
+    bob_store = bob.client.messenger.store
+
+    def reasons() -> list[str]:
+        return [q.reason for q in on_core(bob, bob_store.quarantine.all)]
+
+    # Bob's copy of the certificate the channel is bound to has expired: a channel
+    # envelope under it is refused as an expired certificate would be.
+    on_core(bob, lambda: bob_store.execute("UPDATE sealed_receive_channels SET expires = 1"))
+    _send(alice, chat, "three")
+    wait_for(lambda: "ExpiredCertificate" in reasons(), what="bob refuses the expired channel")
+    assert _texts(bob, "alice") == expected
+
+    # Alice's certificate expires: she fetches a new one, and her next copy is a
+    # fresh version 1 envelope that opens a new channel bound to it.
+    sealing = alice.client.messenger.sealing
+    old = on_core(alice, sealing.certificate)
+    on_core(alice, lambda: alice.client.messenger.store.settings.set(CERTIFICATE_EXPIRES, 1))
+    bob.stop()
+    _send(alice, chat, "four")
+    assert on_core(alice, sealing.certificate) not in (None, old)
+    assert [body[0] for _s, body, _x, _y in _mailbox(relay, "bob")] == [1]
+    _restart(bob)
+    wait_for(lambda: _texts(bob, "alice")[-1:] == ["four"], what="bob opens the new channel")
+    _send(alice, chat, "five")  # on the new channel
+    wait_for(lambda: _texts(bob, "alice")[-1:] == ["five"], what="bob receives five")
+
+    # Bob's session with Alice's device now belongs to another identity (as after
+    # a reinstall): a channel envelope certified for Alice's old identity does not
+    # lend her name to it.
+    bob_store = bob.client.messenger.store
+    rogue = DeviceIdentity.generate().public.to_bytes()
+
+    def swap_identity() -> None:
+        state = bob_store.sessions.get("alice", 1)
+        assert state is not None
+        session = Session.from_bytes(state)
+        session.remote_identity = rogue
+        bob_store.sessions.save("alice", 1, session.to_bytes(), now=int(time.time() * 1000))
+
+    on_core(bob, swap_identity)
+    _send(alice, chat, "six")
+    wait_for(lambda: "IdentityMismatch" in reasons(), what="bob refuses the mismatch")
+    assert "six" not in _texts(bob, "alice")

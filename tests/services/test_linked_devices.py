@@ -1,0 +1,292 @@
+"""One account on two devices, and a relay that adds devices of its own (issue #19;
+docs/protocol.md §13, docs/threat-model.md "Devices").
+
+Real relay, real clients: Alice links a phone (the account identity and a device
+list naming it come from her laptop), Bob writes to both; the relay, with
+Alice's token, registers a device of its own and tries to get read and to be
+believed."""
+
+from __future__ import annotations
+
+import base64
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from app.net import OutgoingEnvelope
+from app.protocol.content import (
+    FRAME_PAIRWISE,
+    DeviceListUpdate,
+    Text,
+    encode_content,
+    encode_frame,
+)
+from app.protocol.device_list import open_device_list, sign_device_list
+from app.protocol.identity import DeviceIdentity, LocalPrekeys, RemoteBundle
+from app.protocol.session import Session
+from app.services.events import DeviceUnlinked, IdentityChanged
+from app.services.messenger import IdentityNotAccepted
+from tests.services.helpers import Person, on_core, wait_for
+from tests.support.components import RelayProcess
+
+
+@pytest.fixture
+def people(tmp_path: Path, relay: RelayProcess) -> Iterator[dict[str, Person]]:
+    created = {name: Person(tmp_path, name, relay) for name in ("alice", "bob")}
+    yield created
+    for someone in created.values():
+        someone.stop()
+
+
+def _chat(person: Person, title: str) -> int:
+    conversations = person.client.conversations().result()
+    return next(c.conversation_id for c in conversations if c.title == title)
+
+
+def _bodies(person: Person, title: str, *, system: bool = False) -> list[str]:
+    conversations = person.client.conversations().result()
+    match = [c for c in conversations if c.title == title]
+    if not match:
+        return []
+    _view, messages = person.client.open_conversation(match[0].conversation_id).result()
+    return [m.body for m in messages if m.system == system]
+
+
+def _talking(alice: Person, bob: Person) -> None:
+    """Alice and Bob have written to each other (each holds the other's list)."""
+    chat = alice.client.start_direct("bob").result(20)
+    alice.client.send_text(chat.conversation_id, "hi bob").result(20)
+    wait_for(lambda: _bodies(bob, "alice") == ["hi bob"], what="bob receives")
+    bob_chat = _chat(bob, "alice")
+    bob.client.accept_request(bob_chat).result(20)
+    bob.client.send_text(bob_chat, "hi alice").result(20)
+    wait_for(lambda: "hi alice" in _bodies(alice, "bob"), what="alice receives")
+
+
+def _ghost(relay: RelayProcess, owner: Person) -> tuple[str, int, DeviceIdentity]:
+    """What a malicious relay can do with an account: register a device with keys
+    of its own (it holds every token; here it uses the owner's)."""
+    owner_relay = owner.profile.relay(token=owner.client.messenger.relay_token)
+    try:
+        added = owner_relay.add_device("relay's own")
+    finally:
+        owner_relay.close()
+    identity = DeviceIdentity.generate()
+    ghost = owner.profile.relay(token=str(added["token"]))
+    try:
+        ghost.upload_keys(LocalPrekeys.generate(batch=4).upload_json(identity))
+    finally:
+        ghost.close()
+    return str(added["token"]), int(added["device_id"]), identity
+
+
+def _mailbox(owner: Person, token: str) -> list[object]:
+    client = owner.profile.relay(token=token)
+    try:
+        return list(client.fetch())
+    finally:
+        client.close()
+
+
+def test_a_linked_device_reads_and_writes_as_the_account(
+    people: dict[str, Person], tmp_path: Path, relay: RelayProcess
+) -> None:
+    alice, bob = people["alice"], people["bob"]
+    _talking(alice, bob)
+    on_core(alice, lambda: alice.client.messenger.set_verified("bob", True))
+
+    phone = alice.add_device(tmp_path, relay)
+    people["alice-phone"] = phone
+    # Bob is told, in the chat, by Alice's laptop.
+    wait_for(
+        lambda: "alice linked a new device" in _bodies(bob, "alice", system=True),
+        what="bob sees the new device",
+    )
+    assert not any(isinstance(e, IdentityChanged) for e in bob.events)
+    # One account identity: the same safety number on every device, and the phone
+    # has Bob as the laptop had him, verified.
+    number = bob.client.safety_number("alice").result()
+    assert alice.client.safety_number("bob").result().digits == number.digits
+    assert phone.client.safety_number("bob").result().digits == number.digits
+    assert phone.client.safety_number("bob").result().verified
+
+    bob.client.send_text(_chat(bob, "alice"), "to both of you").result(20)
+    wait_for(lambda: "to both of you" in _bodies(phone, "bob"), what="the phone receives")
+    wait_for(lambda: "to both of you" in _bodies(alice, "bob"), what="the laptop receives")
+    phone.client.send_text(_chat(phone, "bob"), "from alice's phone").result(20)
+    wait_for(lambda: "from alice's phone" in _bodies(bob, "alice"), what="bob hears the phone")
+    time.sleep(1)  # anything duplicated would have arrived by now
+    assert _bodies(phone, "bob").count("to both of you") == 1
+    assert _bodies(alice, "bob").count("to both of you") == 1
+    assert _bodies(bob, "alice").count("from alice's phone") == 1
+    assert not any(isinstance(e, IdentityChanged) for e in bob.events)
+
+
+def test_a_device_the_relay_adds_is_never_encrypted_to_nor_believed(
+    people: dict[str, Person], relay: RelayProcess
+) -> None:
+    alice, bob = people["alice"], people["bob"]
+    _talking(alice, bob)
+    on_core(bob, lambda: bob.client.messenger.set_verified("alice", True))
+    ghost_token, ghost_device, ghost_identity = _ghost(relay, alice)
+
+    # Bob fetches Alice's keys again: the relay lists its device; Bob's client
+    # starts no session with it, and his next message is not encrypted to it.
+    bob.client.start_direct("alice").result(20)
+    bob_sessions = bob.client.messenger.store.sessions
+    assert on_core(bob, lambda: bob_sessions.devices("alice")) == [1]
+    bob.client.send_text(_chat(bob, "alice"), "for alice only").result(20)
+    wait_for(lambda: "for alice only" in _bodies(alice, "bob"), what="alice receives")
+    assert _mailbox(alice, ghost_token) == []
+
+    # The relay's device writes to Bob, first replaying Alice's real device list
+    # (which does not name it), then a text: refused, quarantined, nothing shown,
+    # and Alice stays verified.
+    fetched = bob.profile.relay(token=ghost_token)
+    try:
+        bundle = RemoteBundle.from_fetched_device(fetched.fetch_keys("bob")["devices"][0])
+        alice_list = on_core(alice, alice.client.messenger.own_device_list)
+        session = Session.initiate(ghost_identity, bundle)
+        frames = [
+            encode_content(DeviceListUpdate(alice_list)),
+            encode_content(Text(str(uuid.uuid4()), int(time.time() * 1000), "ghost says hi")),
+        ]
+        fetched.send(
+            [
+                OutgoingEnvelope(
+                    uuid.uuid4().hex, "bob", 1, encode_frame(FRAME_PAIRWISE, session.encrypt(f))
+                )
+                for f in frames
+            ]
+        )
+    finally:
+        fetched.close()
+    wait_for(lambda: bob.client.undecryptable >= 2, what="bob refuses both")
+    quarantined = on_core(bob, bob.client.messenger.store.quarantine.all)
+    assert {q.reason for q in quarantined} == {"UnlistedDevice"}
+    assert "ghost says hi" not in _bodies(bob, "alice")
+    assert bob.client.safety_number("alice").result().verified
+    assert not any(isinstance(e, IdentityChanged) for e in bob.events)
+    assert ghost_device not in on_core(bob, lambda: bob_sessions.devices("alice"))
+
+
+def test_a_relay_made_account_identity_is_an_identity_change_that_blocks_sending(
+    people: dict[str, Person], relay: RelayProcess
+) -> None:
+    alice, bob = people["alice"], people["bob"]
+    _talking(alice, bob)
+    on_core(bob, lambda: bob.client.messenger.set_verified("alice", True))
+    ghost_token, ghost_device, ghost_identity = _ghost(relay, alice)
+    # The relay publishes a list of its own making (it cannot sign one under
+    # Alice's account identity, so it signs under its device's identity).
+    forged = sign_device_list(
+        ghost_identity, 99, [(ghost_device, ghost_identity.public)], int(time.time() * 1000)
+    )
+    ghost = bob.profile.relay(token=ghost_token)
+    try:
+        ghost.publish_device_list(forged)
+    finally:
+        ghost.close()
+
+    bob.client.start_direct("alice").result(20)
+    wait_for(
+        lambda: any(isinstance(e, IdentityChanged) and e.peer == "alice" for e in bob.events),
+        what="bob is warned",
+    )
+    number = bob.client.safety_number("alice").result()
+    assert not number.verified and number.unaccepted
+    assert number.digits != alice.client.safety_number("bob").result().digits
+    with pytest.raises(IdentityNotAccepted):
+        bob.client.send_text(_chat(bob, "alice"), "are you there?").result(20)
+    assert _mailbox(alice, ghost_token) == []
+
+
+def test_unlinking_stops_delivery_to_the_removed_device_within_one_message(
+    people: dict[str, Person], tmp_path: Path, relay: RelayProcess
+) -> None:
+    alice, bob = people["alice"], people["bob"]
+    _talking(alice, bob)
+    phone = alice.add_device(tmp_path, relay)
+    people["alice-phone"] = phone
+    bob.client.send_text(_chat(bob, "alice"), "before").result(20)
+    wait_for(lambda: "before" in _bodies(phone, "bob"), what="the phone receives")
+    old_list = on_core(alice, alice.client.messenger.own_device_list)
+
+    phone_id = phone.client.messenger.device_id
+    alice.client.remove_device(phone_id).result(20)
+    wait_for(
+        lambda: "alice removed a device" in _bodies(bob, "alice", system=True),
+        what="bob sees the removal",
+    )
+    bob.client.send_text(_chat(bob, "alice"), "after").result(20)
+    wait_for(lambda: "after" in _bodies(alice, "bob"), what="the laptop receives")
+    assert on_core(bob, lambda: bob.client.messenger.store.sessions.devices("alice")) == [1]
+    wait_for(
+        lambda: any(isinstance(e, DeviceUnlinked) for e in phone.events),
+        what="the phone is told",
+    )
+    assert "after" not in _bodies(phone, "bob")
+
+    # A relay serving the older list (naming the phone) brings nothing back.
+    account = on_core(alice, lambda: alice.client.messenger.account_identity.public)
+    assert phone_id in open_device_list(old_list, account).device_ids()
+    stale = {"username": "alice", "devices": [], "device_list": _b64(old_list)}
+    on_core(bob, lambda: bob.client.messenger.install_bundles("alice", stale))
+    assert on_core(bob, lambda: bob.client.messenger.devices.devices("alice")) == [1]
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _outgoing(person: Person, title: str) -> list[str]:
+    conversations = person.client.conversations().result()
+    match = [c for c in conversations if c.title == title]
+    if not match:
+        return []
+    _view, messages = person.client.open_conversation(match[0].conversation_id).result()
+    return [m.body for m in messages if m.outgoing and not m.system]
+
+
+def _unread(person: Person, title: str) -> int:
+    conversations = person.client.conversations().result()
+    return next(c.unread for c in conversations if c.title == title)
+
+
+def test_sent_messages_reads_and_verification_follow_to_every_device(
+    people: dict[str, Person], tmp_path: Path, relay: RelayProcess
+) -> None:
+    alice, bob = people["alice"], people["bob"]
+    _talking(alice, bob)
+    phone = alice.add_device(tmp_path, relay)
+    people["alice-phone"] = phone
+
+    # Sent on the laptop: on the phone too, as Alice's own message, once.
+    alice.client.send_text(_chat(alice, "bob"), "sent from the laptop").result(20)
+    wait_for(
+        lambda: "sent from the laptop" in _outgoing(phone, "bob"), what="the phone's transcript"
+    )
+    phone.client.send_text(_chat(phone, "bob"), "sent from the phone").result(20)
+    wait_for(
+        lambda: "sent from the phone" in _outgoing(alice, "bob"), what="the laptop's transcript"
+    )
+    wait_for(lambda: "sent from the phone" in _bodies(bob, "alice"), what="bob receives")
+
+    # Read on the phone: read on the laptop.
+    bob.client.send_text(_chat(bob, "alice"), "read me once").result(20)
+    wait_for(lambda: "read me once" in _bodies(alice, "bob"), what="the laptop receives")
+    wait_for(lambda: "read me once" in _bodies(phone, "bob"), what="the phone receives")
+    assert _unread(alice, "bob") >= 1
+    phone.client.mark_read(_chat(phone, "bob")).result(20)
+    wait_for(lambda: _unread(alice, "bob") == 0, what="the laptop sees it read")
+
+    # Verified on the laptop: verified on the phone.
+    assert not phone.client.safety_number("bob").result().verified
+    alice.client.set_verified("bob", True).result(20)
+    wait_for(lambda: phone.client.safety_number("bob").result().verified, what="phone verifies")
+    time.sleep(1)
+    assert _outgoing(phone, "bob").count("sent from the laptop") == 1
+    assert _bodies(bob, "alice").count("sent from the phone") == 1
