@@ -49,6 +49,7 @@ from typing import Protocol
 from app.config import SERVER_CONFIG_NAME, ConfigError, ServerConfig
 from app.crypto import CryptoError, VerifyKey, random_bytes, sha256
 from app.protocol.content import FRAME_PAIRWISE, decode_frame
+from app.protocol.device_list import open_device_list
 from app.protocol.encoding import Writer
 from app.protocol.errors import NoSession, ProtocolError
 from app.protocol.identity import DeviceIdentity, PublicIdentity
@@ -471,6 +472,18 @@ class Sealing:
         for row in channels.receive_channels(username, device_id):
             channels.retire_receive_channel(row.id)
 
+    def _listed_identity(self, username: str, device_id: int) -> bytes | None:
+        held = self.store.device_lists.get(username)
+        contact = self.store.contacts.get(username)
+        if held is None or contact is None or contact.identity_key != held.account_key:
+            return None
+        try:
+            listed = open_device_list(held.signed, PublicIdentity.from_bytes(held.account_key))
+        except ProtocolError:
+            return None
+        identity = listed.identity_of(device_id)
+        return None if identity is None else identity.to_bytes()
+
     def _check_identity(self, unsealed: Unsealed) -> None:
         certificate = unsealed.certificate
         kind, payload = decode_frame(unsealed.frame)
@@ -484,6 +497,12 @@ class Sealing:
         state = self.store.sessions.get(certificate.username, certificate.device_id)
         if state is not None:
             check_identity(certificate, Session.from_bytes(state).remote_identity)
+            return
+        listed = self._listed_identity(certificate.username, certificate.device_id)
+        if listed is not None:
+            # A device of an account with a device list has an identity of its own,
+            # the one the list gives it (docs/protocol.md §13).
+            check_identity(certificate, listed)
             return
         contact = self.store.contacts.get(certificate.username)
         if contact is not None and contact.identity_key is not None:

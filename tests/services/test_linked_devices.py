@@ -290,3 +290,32 @@ def test_sent_messages_reads_and_verification_follow_to_every_device(
     time.sleep(1)
     assert _outgoing(phone, "bob").count("sent from the laptop") == 1
     assert _bodies(bob, "alice").count("sent from the phone") == 1
+
+
+@pytest.mark.parametrize("sealed", [False, True], ids=["authenticated", "sealed"])
+def test_every_device_of_a_member_reads_and_writes_in_a_group(
+    tmp_path: Path, relay: RelayProcess, sealed: bool
+) -> None:
+    alice = Person(tmp_path, "alice", relay, sealed=sealed)
+    bob = Person(tmp_path, "bob", relay, sealed=sealed)
+    everyone = [alice, bob]
+    try:
+        _talking(alice, bob)
+        phone = alice.add_device(tmp_path, relay, sealed=sealed)
+        everyone.append(phone)
+        group = bob.client.create_group("Trip", ["alice"]).result(20)
+        bob.client.send_text(group.conversation_id, "hello trip").result(20)
+        wait_for(lambda: "hello trip" in _bodies(alice, "Trip"), what="the laptop in the group")
+        wait_for(lambda: "hello trip" in _bodies(phone, "Trip"), what="the phone in the group")
+        # Each of Alice's devices sends on a sender key chain of its own.
+        phone.client.send_text(_chat(phone, "Trip"), "from the phone").result(20)
+        alice.client.send_text(_chat(alice, "Trip"), "from the laptop").result(20)
+        for text in ("from the phone", "from the laptop"):
+            wait_for(lambda text=text: text in _bodies(bob, "Trip"), what=f"bob reads {text}")
+        wait_for(
+            lambda: "from the phone" in _outgoing(alice, "Trip"), what="the laptop's transcript"
+        )
+        assert bob.client.undecryptable == 0
+    finally:
+        for someone in everyone:
+            someone.stop()
