@@ -9,7 +9,7 @@
 - session start: bundle verification, PQXDH on both sides and the first message.
 Target: each at most 3x its primitives (ratio ours/limit >= 0.33).
 - sealed sender, steady state: a 1:1 message (as above) sent over a sealed
-  channel (docs/protocol.md §11: the tag, key and chain step are 3 HMAC a side,
+  channel (docs/protocol.md §11: the tag, key and chain step are 2 keyed BLAKE2b a side,
   AES-GCM over the padded inner message, the window moved on) against the same
   message unsealed. Target: at most 1.5x (issue #22).
 - sealed sender, first message to a device: the version 1 envelope that opens a

@@ -39,9 +39,14 @@ opened it and to the recipient's identity:
 
     CK_0 = HKDF-SHA256(seed, salt = SHA-256(certificate),
                        info = CHANNEL_INFO || recipient identity encoding, 32)
-    T_i = HMAC-SHA256(CK_i, CHANNEL_TAG_LABEL):   tag_i = T_i[0:16], nonce_i = T_i[16:28]
-    M_i = HMAC-SHA512(CK_i, CHANNEL_STEP_LABEL):  K_i = M_i[0:32] (the AES-256-GCM key),
-                                                  CK_i+1 = M_i[32:64] (CK_i then deleted)
+    T_i = BLAKE2b(key = CK_i, person = CHANNEL_TAG_PERSON, 28 bytes, of the empty
+                  message):   tag_i = T_i[0:16], nonce_i = T_i[16:28]
+    M_i = BLAKE2b(key = CK_i, person = CHANNEL_STEP_PERSON, 64 bytes, of the empty
+                  message):   K_i = M_i[0:32] (the AES-256-GCM key),
+                              CK_i+1 = M_i[32:64] (CK_i then deleted)
+
+(keyed BLAKE2b, RFC 7693, with no salt and the personalization strings padded
+with zero bytes to 16, as libsodium's crypto_kdf derives subkeys).
 
 and message i of the channel travels as
 
@@ -56,7 +61,6 @@ tag opens once (its key is deleted), so a replay does not open.
 
 from __future__ import annotations
 
-import hmac
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -70,6 +74,7 @@ from app.crypto import (
     VerifyKey,
     aead_open,
     aead_seal,
+    blake2b_keyed,
     hkdf_sha256,
     sha256,
 )
@@ -374,8 +379,9 @@ def access_key(profile_key: bytes) -> bytes:
 
 # ---- sealed channels ------------------------------------------------------------
 # Labels of their own (docs/protocol.md §10): the ratchet's 0x01/0x02 are not reused.
-CHANNEL_TAG_LABEL = b"Cipherline sealed channel tag v1"
-CHANNEL_STEP_LABEL = b"Cipherline sealed channel step v1"
+# BLAKE2b personalization strings (16 bytes at most).
+CHANNEL_TAG_PERSON = b"CL-channel-tag"
+CHANNEL_STEP_PERSON = b"CL-channel-step"
 _MAX_CHANNEL_ENVELOPE = MAX_SEALED + LARGEST_BUCKET + CHANNEL_OVERHEAD
 
 
@@ -391,15 +397,15 @@ def channel_chain_key(seed: bytes, certificate: bytes, recipient: bytes) -> byte
 def _channel_step(chain_key: bytes) -> tuple[bytes, bytes, bytes, bytes]:
     """(tag, AES key, nonce, next chain key) of the message CK_i belongs to.
 
-    Two HMACs a step, the standard library's one-shot `hmac.digest` (OpenSSL, as
-    app.crypto's): the step runs on both sides of every message and the window
-    derives ahead, so it is most of a channel message's cost above the ratchet's."""
-    tag_block = hmac.digest(chain_key, CHANNEL_TAG_LABEL, "sha256")
-    key_block = hmac.digest(chain_key, CHANNEL_STEP_LABEL, "sha512")
+    Two keyed BLAKE2b calls a step (one pass each, where HMAC takes two): the step
+    runs on both sides of every message and the window derives ahead, so it is
+    most of a channel message's cost above the ratchet's."""
+    tag_block = blake2b_keyed(chain_key, b"", 28, CHANNEL_TAG_PERSON)
+    key_block = blake2b_keyed(chain_key, b"", 64, CHANNEL_STEP_PERSON)
     return (
         tag_block[:CHANNEL_TAG_LENGTH],
         key_block[:32],
-        tag_block[CHANNEL_TAG_LENGTH : CHANNEL_TAG_LENGTH + 12],
+        tag_block[CHANNEL_TAG_LENGTH:],
         key_block[32:],
     )
 
