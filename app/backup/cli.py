@@ -21,6 +21,7 @@ from app.config import SERVER_CONFIG_NAME, ConfigError, ServerConfig, profile_di
 from app.protocol.vault import LockedOut, VaultError, WrongPassword
 from app.sizes import format_size
 from app.store import Store, StoreError, keyring_usable
+from app.store.database import RESTORED_DEVICE_SETTING, RESTORED_TAKE_OVER
 from app.store.keyfile import KeyringProtector, PassphraseProtector, Protector
 
 VAULT_EXIT = 10
@@ -113,6 +114,16 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
                 " own, else for a restore the one recorded in the backup)"
             ),
         )
+        if name == "restore":
+            action.add_argument(
+                "--take-over",
+                action="store_true",
+                help=(
+                    "at its first start, the restored profile takes the original device's"
+                    " place (the original is signed out); by default it becomes another"
+                    " device of the account and the original keeps working"
+                ),
+            )
         if name == "prune":
             for rule, what in (
                 ("last", "the newest N snapshots (at least 1)"),
@@ -322,6 +333,9 @@ def run(args: argparse.Namespace, stdin: TextIO | None = None, out: TextIO | Non
             store = Store.open(profile, protector)
             try:
                 service.store_key_after_restore(store, key)
+                if args.take_over:
+                    with store.transaction():
+                        store.settings.set(RESTORED_DEVICE_SETTING, RESTORED_TAKE_OVER)
             finally:
                 store.close()
             progress.end()

@@ -39,7 +39,12 @@ from app.protocol.encoding import Reader, Writer
 from app.protocol.errors import ProtocolError
 from app.protocol.session import Session
 from app.store import Protector, Store, StoreError
-from app.store.database import DB_FILE_NAME, DatabaseImageFile
+from app.store.database import (
+    DB_FILE_NAME,
+    RESTORED_ADD,
+    RESTORED_DEVICE_SETTING,
+    DatabaseImageFile,
+)
 from app.store.durability import (
     ReadDropper,
     WritebackPacer,
@@ -695,6 +700,20 @@ def _retire_restored_keys(store: Store) -> int:
         # above (a snapshot of the store's own file carries them); never sent.
         store.execute("DELETE FROM outbox")
         store.execute("DELETE FROM outbox_backoff")
+        # Sealed channels (docs/protocol.md §11) run on chains the original goes on
+        # using: never resumed either; the next sealed message opens fresh ones.
+        for table in (
+            "sealed_send_channels",
+            "sealed_send_pending",
+            "sealed_receive_channels",
+            "sealed_channel_tags",
+        ):
+            store.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed names
+        # Not a clone of the original device (issue #19): at its first start the
+        # copy becomes a device of its own, or takes the original's place
+        # (app/services/account.py, `settle_restored_device`); adding is the
+        # default until the user chooses.
+        store.settings.set(RESTORED_DEVICE_SETTING, RESTORED_ADD)
     return archived
 
 

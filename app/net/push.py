@@ -51,6 +51,7 @@ class PushListener:
         on_state: Callable[[bool], None],
         on_keys_low: Callable[[], None] | None = None,
         on_removed: Callable[[], None] | None = None,
+        on_device_list: Callable[[], None] | None = None,
         max_backoff: float = 15.0,
     ) -> None:
         self._url = url
@@ -60,6 +61,7 @@ class PushListener:
         self._on_state = on_state
         self._on_keys_low = on_keys_low
         self._on_removed = on_removed
+        self._on_device_list = on_device_list
         self._max_backoff = max_backoff
         self._stop = threading.Event()
         # Held while a callback runs, and by stop() as it sets _stop: once stop()
@@ -219,6 +221,8 @@ class PushListener:
             self._report(self._on_envelope, envelope)
         elif kind == "keys_low" and self._on_keys_low is not None:
             self._report(self._on_keys_low)
+        elif kind == "device_list" and self._on_device_list is not None:
+            self._report(self._on_device_list)
 
     def _report(self, callback: Callable[..., None], *args: Any) -> None:
         with self._reporting:

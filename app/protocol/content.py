@@ -44,10 +44,20 @@ DEVICE_LIST = 16
 SENT_TRANSCRIPT = 17
 READ_SYNC = 18
 VERIFIED_SYNC = 19
+# One chunk of a history transfer to a newly linked device (docs/protocol.md §14,
+# "History transfer"): from our own devices only, like types 17-19.
+HISTORY_CHUNK = 20
 # What a sent transcript may carry: a text or reply, or an attachment.
 TRANSCRIBED = (TEXT, REPLY, ATTACHMENT, ATTACHMENT_THUMBNAIL)
 # A signed device list is at most 32 devices of about 100 bytes each.
 MAX_DEVICE_LIST = 8192
+# A history transfer names itself with 16 random bytes; a chunk holds at most this
+# many messages and its encrypted blob at most this many plaintext bytes (a sender
+# cuts chunks far below both: app/services/history.py).
+HISTORY_TRANSFER_ID_LENGTH = 16
+MAX_HISTORY_CHUNK_MESSAGES = 50_000
+MAX_HISTORY_CHUNK_BYTES = 64 * 1024 * 1024
+MAX_BLOB_ID = 128
 
 RECEIPT_DELIVERED = 1
 RECEIPT_READ = 2
@@ -191,6 +201,26 @@ class VerifiedSync:
 
 
 @dataclass(frozen=True)
+class HistoryChunk:
+    """One chunk of the history another of our devices transfers to this one
+    (docs/protocol.md §14, "History transfer"): where its encrypted blob waits on
+    the relay (its attachment path) and the key and digest to open it. `index`
+    counts chunks from 0 within the transfer, `last` marks the final one,
+    `messages` is how many this chunk holds and `total` how many the whole
+    transfer does (for progress); `size` is the blob's plaintext size."""
+
+    transfer_id: bytes = field(repr=False)
+    index: int
+    last: bool
+    messages: int
+    total: int
+    blob_id: str
+    key: bytes = field(repr=False)
+    digest: bytes = field(repr=False)
+    size: int
+
+
+@dataclass(frozen=True)
 class Receipt:
     kind: int
     message_ids: tuple[str, ...]
@@ -285,6 +315,7 @@ Content = (
     | SentTranscript
     | ReadSync
     | VerifiedSync
+    | HistoryChunk
 )
 
 
@@ -357,6 +388,12 @@ def encode_content(content: Content) -> bytes:
         case VerifiedSync():
             writer.u8(VERIFIED_SYNC).text16(content.username).bytes16(content.identity)
             writer.u8(1 if content.verified else 0)
+        case HistoryChunk():
+            _check_history_chunk(content, ValueError)
+            writer.u8(HISTORY_CHUNK).raw(content.transfer_id).u32(content.index)
+            writer.u8(1 if content.last else 0).u32(content.messages).u32(content.total)
+            writer.text16(content.blob_id).raw(content.key).raw(content.digest)
+            writer.u64(content.size)
     return writer.getvalue()
 
 
@@ -447,6 +484,17 @@ def decode_content(data: bytes) -> Content:
         if verified > 1:
             raise MalformedMessage("a verified sync's state is 0 or 1")
         content = VerifiedSync(username, identity, verified == 1)
+    elif kind == HISTORY_CHUNK:
+        transfer_id, index = reader.raw(HISTORY_TRANSFER_ID_LENGTH), reader.u32()
+        last = reader.u8()
+        if last > 1:
+            raise MalformedMessage("a history chunk's last flag is 0 or 1")
+        messages, total, blob_id = reader.u32(), reader.u32(), reader.text16()
+        key, digest, size = reader.raw(32), reader.raw(32), reader.u64()
+        content = HistoryChunk(
+            transfer_id, index, last == 1, messages, total, blob_id, key, digest, size
+        )
+        _check_history_chunk(content, MalformedMessage)
     elif kind == DEVICE_LIST:
         content = DeviceListUpdate(reader.bytes16())
         if len(content.signed) > MAX_DEVICE_LIST:
@@ -465,6 +513,19 @@ def _check_thumbnail(content: AttachmentPointer, error: type[Exception]) -> None
     sides = (content.thumbnail_width, content.thumbnail_height)
     if not all(1 <= side <= MAX_THUMBNAIL_SIDE for side in sides):
         raise error("the thumbnail's size is out of range")
+
+
+def _check_history_chunk(content: HistoryChunk, error: type[Exception]) -> None:
+    if len(content.transfer_id) != HISTORY_TRANSFER_ID_LENGTH:
+        raise error("a history transfer id is 16 bytes")
+    if len(content.key) != 32 or len(content.digest) != 32:
+        raise error("a history chunk's key and digest are 32 bytes each")
+    if not 0 < len(content.blob_id.encode("utf-8")) <= MAX_BLOB_ID:
+        raise error("a history chunk's blob id is 1-128 bytes")
+    if content.messages > MAX_HISTORY_CHUNK_MESSAGES or content.messages > content.total:
+        raise error("a history chunk holds too many messages")
+    if content.size > MAX_HISTORY_CHUNK_BYTES:
+        raise error("a history chunk is too large")
 
 
 def _utf8(data: bytes) -> str:

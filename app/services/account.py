@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -9,14 +10,20 @@ from pathlib import Path
 
 from app.config import SERVER_CONFIG_NAME, ServerConfig, write_ca_file
 from app.crypto import RFC9106_SECOND_RECOMMENDED, Argon2Params
-from app.net import Conflict, RelayClient, RelayError
+from app.net import Conflict, NotFound, RelayClient, RelayError
 from app.protocol.device_list import DeviceListError, initial_device_list, open_device_list
 from app.protocol.device_names import MAX_NAME_CHARACTERS, seal_device_name
 from app.protocol.identity import DeviceIdentity, LocalPrekeys
+from app.services.devices import DeviceLists
 from app.services.link_state import SyncStateError, import_sync_state
 from app.services.messenger import Messenger, ServiceError
 from app.store import Account, KeyringProtector, PassphraseProtector, Protector, Store
-from app.store.database import DB_FILE_NAME
+from app.store.database import (
+    DB_FILE_NAME,
+    RESTORED_ADD,
+    RESTORED_DEVICE_SETTING,
+    RESTORED_TAKE_OVER,
+)
 from app.store.keyfile import KEY_FILE_NAME
 
 
@@ -198,10 +205,97 @@ def _discard(store: Store, path: Path) -> None:
     shutil.rmtree(path / "attachments", ignore_errors=True)
 
 
-def open_messenger(profile: Profile, passphrase: str | None) -> Messenger:
+def open_messenger(
+    profile: Profile, passphrase: str | None, *, take_over: bool | None = None
+) -> Messenger:
+    """Opens the profile; a fresh restore first becomes a device of its own
+    (`settle_restored_device`), taking the original's place if `take_over` (the
+    user's answer at the end of the restore; None: as chosen before, or added)."""
     store = Store.open(profile.path, protector_for(profile.path, passphrase))
     try:
+        if take_over is not None:
+            choose_restored_device(store, take_over=take_over)
+        settle_restored_device(profile, store)
         return Messenger(store, profile.path)
     except ServiceError:
         store.close()
         raise
+
+
+def choose_restored_device(store: Store, *, take_over: bool) -> None:
+    """The user's answer at the end of a restore (docs/protocol.md §13, "Restore"):
+    take the original device's place, or become a device of the account beside it."""
+    with store.transaction():
+        if store.settings.get(RESTORED_DEVICE_SETTING) is not None:
+            store.settings.set(
+                RESTORED_DEVICE_SETTING, RESTORED_TAKE_OVER if take_over else RESTORED_ADD
+            )
+
+
+def settle_restored_device(profile: Profile, store: Store) -> None:
+    """A profile restored from a backup holds the original device's id, token and
+    keys: run as is, the original and the copy would both receive and take each
+    other's envelopes. At its first start it becomes a device of its own: a new
+    device identity and prekeys, registered with the relay and named in the
+    account's device list (signed with the account identity, which the backup
+    holds, so contacts' safety numbers stay the same). Taking over, the original is
+    also left out of the list and removed from the relay, which signs it out and
+    tells it why; adding, the original keeps working and is sent the new list.
+    Nothing to do for a profile that is not a fresh restore. Raises ServiceError,
+    changing nothing, when the relay cannot be reached: the copy never starts as
+    a clone, and the next start tries again."""
+    choice = store.settings.get(RESTORED_DEVICE_SETTING)
+    if choice not in (RESTORED_ADD, RESTORED_TAKE_OVER):
+        return
+    account = store.account.get()
+    if account is None:
+        return
+    original_identity = DeviceIdentity.from_bytes(account.identity)
+    held_account = store.account.account_identity()
+    account_identity = (
+        original_identity if held_account is None else DeviceIdentity.from_bytes(held_account)
+    )
+    now = int(time.time() * 1000)
+    own = DeviceLists(store, account.username, account.device_id, original_identity, lambda: now)
+    with store.transaction():
+        listed = own.own()
+    identity, prekeys = Messenger.prepare_account()
+    relay = profile.relay(token=account.relay_token)
+    try:
+        added = relay.add_device(seal_device_name(account_identity, account.device_name))
+        device_id, token = int(added["device_id"]), str(added["token"])
+        relay.token = token
+        relay.upload_keys(prekeys.upload_json(identity))
+        prekeys.mark_published()
+        kept = [
+            (d, i)
+            for d, i in listed.devices
+            if not (choice == RESTORED_TAKE_OVER and d == account.device_id)
+        ]
+        with store.transaction():
+            signed = own.sign_own([*kept, (device_id, identity.public)]).signed
+            store.account.save(
+                Account(
+                    username=account.username,
+                    device_id=device_id,
+                    device_name=account.device_name,
+                    relay_token=token,
+                    identity=identity.to_bytes(),
+                    prekeys=prekeys.to_bytes(),
+                ),
+                now=now,
+            )
+            # This device's identity is new; the account's stays what it was.
+            store.account.set_account_identity(account_identity.to_bytes())
+            store.settings.delete(RESTORED_DEVICE_SETTING)
+        relay.publish_device_list(signed)
+        if choice == RESTORED_TAKE_OVER:
+            with contextlib.suppress(NotFound):
+                relay.remove_device(account.device_id)
+    except RelayError as error:
+        raise ServiceError(
+            "Cannot reach the relay to set this computer up as a device of your account"
+            f" ({error}). Check the connection and start Cipherline again."
+        ) from None
+    finally:
+        relay.close()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import io
 import logging
 import os
 import random
@@ -38,17 +39,19 @@ from app.net import (
 from app.net.push import PushListener
 from app.net.relay_client import SendOutcome
 from app.protocol import ProtocolError
-from app.protocol.attachments import decrypt_attachment
+from app.protocol.attachments import AttachmentSecret, decrypt_attachment
+from app.protocol.content import HistoryChunk
 from app.protocol.device_names import MAX_NAME_CHARACTERS, open_device_name, seal_device_name
 from app.protocol.device_names import PREFIX as DEVICE_NAME_PREFIX
 from app.protocol.identity import PublicIdentity
-from app.services import delivery
+from app.services import delivery, history
 from app.services.account import LinkedAccount
 from app.services.events import (
     ConnectionChanged,
     ConversationsChanged,
     DeviceUnlinked,
     Event,
+    HistoryProgress,
     IdentityChanged,
     IncomingMessage,
     MessagesChanged,
@@ -67,6 +70,7 @@ from app.services.views import (
     Thumbnail,
 )
 from app.store import OutboxItem, PassphraseProtector, Store, StoreError, WrongPassphrase
+from app.store.database import HistoryChunkRow
 
 log = logging.getLogger("cipherline.client")
 # How often a running client checks its prekeys (rotation, retried uploads).
@@ -75,6 +79,11 @@ KEY_CHECK_SECONDS = 3600.0
 
 class Closing(ServiceError):
     """The client is shutting down; late calls from the UI are dropped."""
+
+
+class HistoryTransferCancelled(ServiceError):
+    """A history transfer was cancelled, or the client is shutting down; starting
+    it again resumes after the last chunk sent."""
 
 
 T = TypeVar("T")
@@ -134,6 +143,15 @@ class Client:
         self._seen_seqs: collections.OrderedDict[int, None] = collections.OrderedDict()
         self._fetch_every = max(1.0, CATCH_UP_TICKS * tick_seconds)
         self._keys_lock = threading.Lock()  # one prekey check (and upload) at a time
+        # History transfer (app/services/history.py): its own threads, since a
+        # transfer waits out a relay outage for as long as it lasts. One outgoing
+        # transfer at a time; one importer, woken again by each announcement.
+        self._history = ThreadPoolExecutor(3, thread_name_prefix="cipherline-history")
+        self._history_cancel = threading.Event()
+        self._history_out_lock = threading.Lock()
+        self._history_lock = threading.Lock()
+        self._history_wanted = False
+        self._history_running = False
 
     # ---- life cycle -----------------------------------------------------------
     def set_listener(self, listener: Callable[[Event], None]) -> None:
@@ -154,6 +172,7 @@ class Client:
             on_state=self._connection_changed,
             on_keys_low=self._keys_low,
             on_removed=self._removed_by_relay,
+            on_device_list=self._own_list_event,
         )
         self.push.start()
         self._ticker = threading.Thread(target=self._tick, name="cipherline-ticker", daemon=True)
@@ -165,6 +184,38 @@ class Client:
         # Kept so that a caller can wait until contacts can fetch the list.
         self.device_list_published = self.net(self._publish_device_list)
         self.action(self._own_sessions)
+        self.action(self._greet_after_restore)
+        # History left half-imported, or half-sent, when the app last closed.
+        self._import_history_soon()
+        self._submit(self._history, self._resume_history_transfer)
+
+    def _greet_after_restore(self) -> None:
+        """A restored profile (now a device of its own) starts sessions with its
+        contacts at once: each gets this device's list and the restore notice now,
+        not at the next message, so messages to the account reach this device."""
+        owed = self.core(self.messenger.owed_restore_notices).result()
+        if not owed:
+            return
+        for name in owed:
+            try:
+                self._ensure_sessions([name])
+            except ServiceError as error:
+                log.info("no fresh session yet after the restore (%s)", error)
+        self.core(self.messenger.send_owed_restore_notices).result()
+        self.request_flush()
+
+    def _own_list_event(self) -> None:
+        self.net(self._own_list_published)
+
+    def _own_list_published(self) -> None:
+        """The relay says another of our devices published a list."""
+        try:
+            signed = self.relay.fetch_device_list(self.messenger.username)
+        except RelayError as error:
+            log.info("could not fetch our device list (%s)", type(error).__name__)
+            return
+        if signed is not None:
+            self._after_receive(self.core(self.messenger.take_own_list, signed).result())
 
     def _own_sessions(self) -> None:
         """Sessions with our other devices, for sent transcripts and syncs."""
@@ -205,7 +256,12 @@ class Client:
         return True
 
     def _removed_by_relay(self) -> None:
-        self._emit(DeviceUnlinked("This device was removed from your account."))
+        self._emit(
+            DeviceUnlinked(
+                "This device was signed out: it was removed from your account on another"
+                " device, or your account was moved to another computer."
+            )
+        )
 
     def _check_still_listed(self) -> None:
         if not self.core(self.messenger.still_listed).result():
@@ -351,6 +407,7 @@ class Client:
 
     def stop(self) -> None:
         self._stop.set()
+        self._history_cancel.set()  # a transfer waiting out an outage stops now
         self._flush_wanted.set()
         if self.push is not None:
             self.push.stop()
@@ -358,6 +415,7 @@ class Client:
             self._ticker.join(timeout=5)
         self._actions.shutdown(wait=True, cancel_futures=True)
         self._net.shutdown(wait=True, cancel_futures=True)
+        self._history.shutdown(wait=True, cancel_futures=True)
         self._core.submit(self.messenger.store.close).result()
         self._core.shutdown(wait=True)
         self.relay.close()
@@ -698,6 +756,8 @@ class Client:
             self._conversations_event_soon()
         for attachment_id in result.attachments_to_fetch:
             self.net(self._download, attachment_id)
+        if result.history_chunks:
+            self._import_history_soon()
         if result.needs_sessions:
             self.action(self._ensure_sessions, sorted(result.needs_sessions))
         self.request_flush()
@@ -967,7 +1027,11 @@ class Client:
             names = sorted(
                 {m.strip().lower() for m in members if m.strip()} - {self.messenger.username}
             )
-            missing = [n for n in names if self.core(self.messenger.lacks_sessions, n).result()]
+            # Our own other devices too: they get the group as this one has it.
+            own = self.messenger.username
+            missing = [
+                n for n in [*names, own] if self.core(self.messenger.lacks_sessions, n).result()
+            ]
             self._ensure_sessions(missing)
             view = self.core(self.messenger.create_group, title, names).result()
             self.core(self._conversations_event).result()
@@ -979,8 +1043,11 @@ class Client:
     def add_member(self, conversation_id: int, username: str) -> Future[ConversationView]:
         def run() -> ConversationView:
             name = username.strip().lower()
-            if self.core(self.messenger.lacks_sessions, name).result():
-                self._ensure_sessions([name])
+            own = self.messenger.username
+            missing = [
+                n for n in (name, own) if self.core(self.messenger.lacks_sessions, n).result()
+            ]
+            self._ensure_sessions(missing)
             view = self.core(self.messenger.change_members, conversation_id, [name], []).result()
             self.core(self._conversations_event).result()
             self.request_flush()
@@ -1124,3 +1191,240 @@ class Client:
 
     def emit_error(self, text: str) -> None:
         self._emit(ServiceErrorEvent(text))
+
+    # ---- history transfer (issue #19; docs/protocol.md §14) --------------------
+    def transfer_history(
+        self,
+        to_device_id: int,
+        *,
+        progress: Callable[[int, int], None] | None = None,
+        chunk_messages: int = history.CHUNK_MESSAGES,
+    ) -> Future[int]:
+        """Sends this device's history to our device `to_device_id` (just linked):
+        chunk by chunk through the relay's attachment path, each announced over
+        our pairwise session with it. Survives a dropped connection or a relay
+        restart (each upload is retried with backoff) and an app restart (the
+        next start resumes after the last chunk announced); calling it again for
+        the same device resumes, or returns at once when it is done.
+
+        `progress(done, total)` (messages) is called on a worker thread after each
+        chunk; `HistoryProgress(sending=True)` events say the same. The result is
+        how many messages were sent; HistoryTransferCancelled after
+        `cancel_history_transfer` or `stop`, ServiceError when the relay refuses
+        the chunks for good."""
+        self._history_cancel.clear()
+        return self._submit(
+            self._history, self._send_history, to_device_id, chunk_messages, progress
+        )
+
+    def cancel_history_transfer(self) -> None:
+        """Stops an outgoing transfer after its current step; calling
+        `transfer_history` again for the same device resumes it."""
+        self._history_cancel.set()
+
+    def history_progress(self, *, sending: bool = False) -> Future[HistoryProgress | None]:
+        """Where the newest transfer stands: to this device, or (`sending`) from it."""
+
+        def run() -> HistoryProgress | None:
+            store = self.messenger.store
+            if sending:
+                transfer = history.load_outgoing(store)
+                if transfer is None:
+                    return None
+                return HistoryProgress(transfer.done, transfer.total, transfer.finished, True)
+            found = history.incoming_progress(store)
+            return None if found is None else HistoryProgress(*found)
+
+        return self.core(run)
+
+    def _history_wait(self, failures: int, stop: threading.Event, hint: float | None) -> None:
+        delay = hint if hint is not None else min(10.0, 0.25 * 2 ** min(failures, 6))
+        delay *= 0.75 + random.random() / 2  # noqa: S311 - jitter only
+        if stop.wait(delay) or self._stop.is_set():
+            raise HistoryTransferCancelled("The history transfer was stopped.")
+
+    def _resume_history_transfer(self) -> None:
+        transfer = self.core(history.load_outgoing, self.messenger.store).result()
+        if transfer is None or transfer.finished or transfer.cancelled:
+            return
+        if transfer.device_id not in self.core(self.messenger.listed_devices).result():
+            return  # unlinked meanwhile: nothing to resume
+        try:
+            self._send_history(transfer.device_id, history.CHUNK_MESSAGES, None)
+        except ServiceError as error:
+            log.info("history transfer not resumed (%s)", type(error).__name__)
+
+    def _send_history(
+        self,
+        device_id: int,
+        chunk_messages: int,
+        progress: Callable[[int, int], None] | None,
+    ) -> int:
+        try:
+            return self._send_history_chunks(device_id, chunk_messages, progress)
+        except HistoryTransferCancelled:
+            if not self._stop.is_set():
+                # The user's cancel: the next start does not resume it unasked.
+                self.core(history.cancel_outgoing, self.messenger.store).result()
+            raise
+
+    def _send_history_chunks(
+        self,
+        device_id: int,
+        chunk_messages: int,
+        progress: Callable[[int, int], None] | None,
+    ) -> int:
+        store = self.messenger.store
+        with self._history_out_lock:
+            transfer = self.core(history.begin_transfer, store, device_id).result()
+            self._history_sent(transfer, progress)
+            while not transfer.finished:
+                if self._history_cancel.is_set() or self._stop.is_set():
+                    raise HistoryTransferCancelled("The history transfer was stopped.")
+                if not self.core(self.messenger.reaches_own_device, device_id).result():
+                    self._history_session(device_id)
+                    continue
+                chunk = self.core(
+                    lambda t=transfer: history.export_chunk(
+                        store, t.after_id, t.until_id, limit=chunk_messages
+                    )
+                ).result()
+                sealed = history.seal_chunk(chunk.records)
+                blob_id = self._history_upload(sealed.blob)
+                announcement = HistoryChunk(
+                    transfer_id=transfer.transfer_id,
+                    index=transfer.next_index,
+                    last=not chunk.more,
+                    messages=len(chunk.records),
+                    # A row id freed by a deletion can be reused below `until_id`.
+                    total=max(transfer.total, len(chunk.records)),
+                    blob_id=blob_id,
+                    key=sealed.secret.key,
+                    digest=sealed.secret.digest,
+                    size=sealed.secret.size,
+                )
+                advanced = transfer.advanced(chunk)
+                if not self.core(
+                    self.messenger.announce_history_chunk, device_id, announcement, advanced
+                ).result():
+                    continue  # the session went (an unlink?): made again, or cancelled
+                transfer = advanced
+                self.request_flush()
+                self._history_sent(transfer, progress)
+            return transfer.done
+
+    def _history_sent(
+        self, transfer: history.OutgoingTransfer, progress: Callable[[int, int], None] | None
+    ) -> None:
+        if progress is not None:
+            try:
+                progress(transfer.done, transfer.total)
+            except Exception:
+                log.exception("history progress callback failed")
+        self._emit(HistoryProgress(transfer.done, transfer.total, transfer.finished, True))
+
+    def _history_session(self, device_id: int) -> None:
+        """Waits for a session with the new device: its keys reach the relay only
+        once it has made its profile from the provision."""
+        failures = 0
+        while not self.core(self.messenger.reaches_own_device, device_id).result():
+            if device_id not in self.core(self.messenger.listed_devices).result():
+                raise ServiceError("That device is no longer linked to your account.")
+            try:
+                self._ensure_sessions([self.messenger.username])
+            except (ServiceError, RelayError) as error:
+                log.info("no session with the new device yet (%s)", type(error).__name__)
+            if self.core(self.messenger.reaches_own_device, device_id).result():
+                return
+            failures += 1
+            self._history_wait(failures, self._history_cancel, None)
+
+    def _history_upload(self, blob: bytes) -> str:
+        failures = 0
+        while True:
+            if self._history_cancel.is_set() or self._stop.is_set():
+                raise HistoryTransferCancelled("The history transfer was stopped.")
+            try:
+                return self.relay.upload_attachment(io.BytesIO(blob))
+            except RelayError as error:
+                if not _whole_request(error):
+                    raise ServiceError(f"The relay refused the history: {error}") from None
+                failures += 1
+                hint = error.retry_after if isinstance(error, RateLimited) else None
+                log.info("history upload failed (%s); retrying", type(error).__name__)
+                self._history_wait(failures, self._history_cancel, hint)
+            except OSError as error:  # the connection dropped mid-upload
+                failures += 1
+                log.info("history upload failed (%s); retrying", type(error).__name__)
+                self._history_wait(failures, self._history_cancel, None)
+
+    def _import_history_soon(self) -> None:
+        with self._history_lock:
+            self._history_wanted = True
+            if self._history_running:
+                return
+            self._history_running = True
+        self._submit(self._history, self._import_history)
+
+    def _import_history(self) -> None:
+        """Fetches and imports every announced chunk, until none is left; woken again
+        by each new announcement while it runs."""
+        try:
+            while True:
+                with self._history_lock:
+                    if not self._history_wanted or self._stop.is_set():
+                        self._history_running = False
+                        return
+                    self._history_wanted = False
+                self._import_pending()
+        except BaseException:
+            with self._history_lock:
+                self._history_running = False
+            if not self._stop.is_set():
+                log.exception("history import stopped")
+            raise
+
+    def _import_pending(self) -> None:
+        store = self.messenger.store
+        failures = 0
+        while not self._stop.is_set():
+            rows = self.core(store.history.pending).result()
+            if not rows:
+                return
+            for row in rows:
+                try:
+                    records = self._fetch_chunk(row)
+                except RelayError as error:
+                    if _whole_request(error):
+                        failures += 1
+                        self._history_wait(failures, self._stop, None)
+                        break  # the relay is back: start again from the list
+                    log.warning("a history chunk is gone from the relay (%s)", error.status)
+                    self.core(history.fail_chunk, store, row).result()
+                except OSError as error:
+                    failures += 1
+                    log.info("history download failed (%s); retrying", type(error).__name__)
+                    self._history_wait(failures, self._stop, None)
+                    break
+                except ProtocolError as error:
+                    log.warning("a history chunk was refused (%s)", type(error).__name__)
+                    self.core(history.fail_chunk, store, row).result()
+                else:
+                    failures = 0
+                    self.core(
+                        lambda r=row, found=records: history.import_chunk(
+                            store, r, found, own_username=self.messenger.username
+                        )
+                    ).result()
+                    self.core(self._conversations_event_soon)
+                done, total, finished = self.core(store.history.progress, row.transfer_id).result()
+                self._emit(HistoryProgress(done, total, finished))
+
+    def _fetch_chunk(self, row: HistoryChunkRow) -> list[history.HistoryRecord]:
+        assert row.key is not None
+        assert row.digest is not None
+        target = history.BoundedBuffer(history.sealed_size_bound(row.size))
+        self.relay.download_attachment(row.blob_id, target)
+        return history.open_chunk(
+            target.getvalue(), AttachmentSecret(row.key, row.digest, row.size)
+        )

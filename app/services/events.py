@@ -65,6 +65,19 @@ class DeviceUnlinked:
 
 
 @dataclass(frozen=True)
+class HistoryProgress:
+    """A history transfer between two of the account's devices moved on
+    (docs/protocol.md §14, "History transfer"): on the new device as chunks are
+    imported (`sending` False), on the existing one as they are sent (`sending`
+    True). Counts are messages; `finished` once every chunk is through."""
+
+    done_messages: int
+    total_messages: int
+    finished: bool
+    sending: bool = False
+
+
+@dataclass(frozen=True)
 class ServiceError:
     """An operation failed; `text` is a sentence for the user."""
 
@@ -80,5 +93,6 @@ Event = (
     | IdentityChanged
     | TypingChanged
     | DeviceUnlinked
+    | HistoryProgress
     | ServiceError
 )

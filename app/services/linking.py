@@ -23,6 +23,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 from app.crypto import RFC9106_SECOND_RECOMMENDED, Argon2Params
@@ -51,6 +52,8 @@ EXISTING = "existing"
 # by the mailbox's life (ten minutes), after which the relay answers 404.
 POLL_SECONDS = 5.0
 PUBLIC_KEY_LENGTH = 32
+# The relay keeps a link mailbox ten minutes; a little more for clock skew.
+LINK_LIFETIME_SECONDS = 11 * 60
 
 
 class LinkCancelled(ServiceError):
@@ -73,7 +76,12 @@ def _wait(
     after: int,
     cancelled: threading.Event,
 ) -> list[tuple[int, bytes]]:
+    # A relay that stays unreachable must not keep the dialog waiting for ever:
+    # past the mailbox's life nothing can arrive.
+    deadline = time.monotonic() + LINK_LIFETIME_SECONDS
     while not cancelled.is_set():
+        if time.monotonic() > deadline:
+            raise ServiceError("The link request expired. Start again on the new device.")
         try:
             messages = relay.link_messages(mailbox_id, role, after, wait=POLL_SECONDS)
         except NotFound:
@@ -164,6 +172,12 @@ class NewDeviceLinking:
                     self._provision = opened
                     return opened
 
+    @property
+    def history_offered(self) -> bool:
+        """Whether the existing device will send its history (after `wait_for_approval`):
+        the new device's client then reports `HistoryProgress` events as it arrives."""
+        return self._provision is not None and self._provision.history_offer
+
     def finish(
         self, passphrase: str | None, *, kdf: Argon2Params = RFC9106_SECOND_RECOMMENDED
     ) -> Messenger:
@@ -204,6 +218,9 @@ class ExistingDeviceLinking:
         self._relay = relay
         self._link = ExistingDeviceLink()
         self._hello: DeviceHello | None = None
+        # The history transfer `approve(transfer_history=True)` started: its result
+        # is how many messages were sent (Client.transfer_history).
+        self.history_transfer: Future[int] | None = None
 
     def start(self, code_text: str) -> None:
         """Takes the QR text or the typed code and answers the new device with this
@@ -248,9 +265,17 @@ class ExistingDeviceLinking:
                     self._hello = hello
                     return hello.device_name, self._link.confirmation_code
 
-    def approve(self, *, progress: Callable[[str], None] | None = None) -> None:
+    def approve(
+        self,
+        *,
+        progress: Callable[[str], None] | None = None,
+        transfer_history: bool = False,
+    ) -> None:
         """Registers the new device, names it in the account's list and sends it
-        the account (identity, contacts, groups, list)."""
+        the account (identity, contacts, groups, list). With `transfer_history`
+        the provision offers this device's history and, once it is sent, the
+        transfer starts in the background (`history_transfer`; progress as
+        `HistoryProgress(sending=True)` events from the client)."""
         hello = self._hello
         assert hello is not None
         try:
@@ -268,12 +293,17 @@ class ExistingDeviceLinking:
                 account_identity=linked.account_identity,
                 device_list=linked.device_list,
                 sync_state=linked.sync_state,
+                history_offer=transfer_history,
             )
         )
         if progress is not None:
             progress("Sending your contacts and groups…")
         _post_all(self._relay, self._link.mailbox_id, EXISTING, chunks)
         self._link.close()
+        if transfer_history:
+            # Waits (on the client's history threads) for the new device's keys,
+            # which reach the relay once it has made its profile from the provision.
+            self.history_transfer = self.client.transfer_history(linked.device_id)
 
     def refuse(self) -> None:
         """Tells the new device the link was declined (best effort)."""

@@ -39,6 +39,7 @@ from app.protocol.content import (
     Edit,
     GroupChangeContent,
     GroupUpdate,
+    HistoryChunk,
     ProfileKey,
     Quote,
     Reaction,
@@ -74,6 +75,7 @@ from app.protocol.sender_keys import SenderKeyDistribution, SenderKeyState, grou
 from app.protocol.session import Session, SessionStart
 from app.services import delivery
 from app.services.devices import DeviceLists, ListChange
+from app.services.history import OutgoingTransfer, record_announcement, save_outgoing
 from app.services.link_state import export_sync_state
 from app.services.sealing import Sealing, pinned_keys
 from app.services.views import (
@@ -90,6 +92,7 @@ from app.services.views import (
     unaccepted_sentence,
 )
 from app.store import Attachment, Conversation, Message, OutboxItem, Store
+from app.store.database import HistoryChunkRow
 from app.store.receiving import is_device_failure
 
 log = logging.getLogger("cipherline.messenger")
@@ -151,6 +154,9 @@ class IncomingResult:
     # A delete or edit overwrote text: the caller erases the old pages from the
     # write-ahead log (Store.erase_overwritten) once the transaction committed.
     erase: bool = False
+    # Another of our devices announced a chunk of history (content type 20): the
+    # client fetches and imports it in the background.
+    history_chunks: bool = False
 
 
 class Messenger:
@@ -226,10 +232,16 @@ class Messenger:
 
     # ---- our devices ----------------------------------------------------------
     def own_device_list(self) -> bytes:
-        """Our signed device list, to publish (made the first time: this device
-        alone, its identity the account's)."""
+        """Our signed device list, to publish. Made the first time (an account from
+        before lists: this device alone, its identity the account's, so no safety
+        number changes) and then sent to every contact we have a session with, who
+        would otherwise learn it only with a new session."""
         with self.store.transaction():
-            return self.devices.own().signed
+            first = self.store.device_lists.get(self.username) is None
+            signed = self.devices.own().signed
+            if first:
+                self._announce_device_list(signed)
+            return signed
 
     def relay_device_list(self, signed: bytes) -> bytes | None:
         """The relay refused our list as not newer than its own, `signed`. Taken when
@@ -289,6 +301,32 @@ class Messenger:
     def still_listed(self) -> bool:
         """False once our newest list no longer names this device (unlinked)."""
         return self.device_id in self.listed_devices()
+
+    def owed_restore_notices(self) -> list[str]:
+        """Contacts this restored profile has not told yet (docs/protocol.md,
+        "Restore"), blocked ones left out."""
+        with self.store.transaction():
+            return [
+                name
+                for name in self.store.sessions.owed_restore_notices()
+                if not self.store.contacts.is_blocked(name)
+            ]
+
+    def send_owed_restore_notices(self) -> None:
+        """Tells every contact with a fresh session at once (it also carries this
+        device's list first), rather than at the next message to each."""
+        with self.store.transaction():
+            for name in self.store.sessions.owed_restore_notices():
+                if self._sending_devices(name) and not self.store.contacts.is_blocked(name):
+                    self._send_restore_notice(name)
+
+    def take_own_list(self, signed: bytes) -> IncomingResult:
+        """Our list as the relay now serves it (another of our devices published it:
+        the relay's push said so)."""
+        result = IncomingResult()
+        with self.store.transaction():
+            self._take_device_list(self.username, DeviceListUpdate(signed), result)
+        return result
 
     def link_sync_state(self) -> bytes:
         """The contacts, device lists and groups a device being linked is given."""
@@ -571,7 +609,9 @@ class Messenger:
                 except StaleDeviceList:
                     pass  # the relay served an older list than one held: keep ours
                 except (DeviceListError, ValueError) as error:
-                    raise ServiceError(f"{username}'s device list is invalid: {error}") from None
+                    # Signed by no one (a relay's junk): as if none were served; a
+                    # list held from before goes on being used.
+                    log.warning("ignored %s's device list (%s)", username, type(error).__name__)
                 else:
                     if change.identity_changed:
                         warnings.append(username)
@@ -1057,6 +1097,41 @@ class Messenger:
             )
         return self.message_view(message)
 
+    def _record_history_chunk(self, chunk: HistoryChunk, sender_device: int) -> bool:
+        row = HistoryChunkRow(
+            transfer_id=chunk.transfer_id,
+            index=chunk.index,
+            last=chunk.last,
+            messages=chunk.messages,
+            total=chunk.total,
+            blob_id=chunk.blob_id,
+            key=chunk.key,
+            digest=chunk.digest,
+            size=chunk.size,
+            sender_device=sender_device,
+            state="pending",
+        )
+        return record_announcement(self.store, row, now=self.clock())
+
+    def reaches_own_device(self, device_id: int) -> bool:
+        """Whether this device has a session with that device of our account, and
+        our list names it (what a history transfer needs before it announces)."""
+        return device_id != self.device_id and device_id in self._sending_devices(self.username)
+
+    def announce_history_chunk(
+        self, device_id: int, chunk: HistoryChunk, transfer: OutgoingTransfer
+    ) -> bool:
+        """Queues `chunk`'s announcement to our device `device_id` and keeps where
+        the transfer stands, in one transaction: a crash leaves both or neither, so
+        a resumed transfer never skips a chunk. False (nothing changed) without a
+        session with that device."""
+        with self.store.transaction():
+            if not self.reaches_own_device(device_id):
+                return False
+            self._encrypt_to_device(self.username, device_id, encode_content(chunk), None)
+            save_outgoing(self.store, transfer)
+        return True
+
     def _sync_own(self, content: Content) -> None:
         """To our other devices (those our list names that we have a session with)."""
         devices = self._sending_devices(self.username)
@@ -1247,6 +1322,8 @@ class Messenger:
         for member in sorted(set(members) | set(extra or [])):
             if member != self.username:
                 self._encrypt_for(member, payload, None)
+        # Our other devices hold the group as this one does.
+        self._sync_own(GroupChangeContent(change))
         self._system_message(conversation.id, system_text)
 
     def _hold_group_state(self, change: gs.GroupChange, previous: gs.GroupState | None) -> None:
@@ -1274,6 +1351,8 @@ class Messenger:
         )
 
     def _identity_of(self, username: str) -> PublicIdentity | None:
+        if username == self.username:
+            return self.account_identity.public  # a change made on another of our devices
         contact = self.store.contacts.get(username)
         if contact is None or contact.identity_key is None:
             return None
@@ -1400,6 +1479,12 @@ class Messenger:
                 # From our own devices only, over a pairwise session.
                 if sender == self.username and group_id is None:
                     self._apply_sync(content, result, server_time)
+                return result
+            if isinstance(content, HistoryChunk):
+                # Our history, from another of our devices over a pairwise session
+                # only: what anyone else sends as one is dropped.
+                if sender == self.username and group_id is None and sender_device != self.device_id:
+                    result.history_chunks = self._record_history_chunk(content, sender_device)
                 return result
             if isinstance(content, DeviceListUpdate):
                 # Only over the pairwise session: a list comes from the account.

@@ -631,6 +631,10 @@ class SessionRepository(_Repository):
         ).fetchone()
         return row is not None
 
+    def owed_restore_notices(self) -> list[str]:
+        rows = self._execute("SELECT username FROM restore_notices ORDER BY username").fetchall()
+        return [str(r[0]) for r in rows]
+
     def restore_notice_sent(self, username: str) -> None:
         self._execute("DELETE FROM restore_notices WHERE username = ?", (username,))
 
@@ -1301,6 +1305,13 @@ class GroupRepository(_Repository):
         return [bytes(r[0]) for r in rows]
 
 
+# A profile restored from a backup and not yet settled as a device of its own
+# (app/services/account.py, `settle_restored_device`): what the user chose.
+RESTORED_DEVICE_SETTING = "device.restored"
+RESTORED_ADD = "add"  # a new device of the account; the original keeps working
+RESTORED_TAKE_OVER = "take_over"  # takes the original's place; it is signed out
+
+
 class SettingsRepository(_Repository):
     def get(self, key: str, default: Any = None) -> Any:
         row = self._execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
@@ -1312,6 +1323,9 @@ class SettingsRepository(_Repository):
             " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             (key, json.dumps(value)),
         )
+
+    def delete(self, key: str) -> None:
+        self._execute("DELETE FROM settings WHERE key = ?", (key,))
 
 
 class BackupStateRepository(_Repository):
@@ -1738,6 +1752,189 @@ class SealedChannelRepository(_Repository):
         self._execute("DELETE FROM sealed_receive_channels WHERE expires <= ?", (now,))
 
 
+@dataclass(frozen=True)
+class HistoryChunkRow:
+    """A history chunk another of our devices announced (schema.py, migration 15)."""
+
+    transfer_id: bytes = field(repr=False)
+    index: int
+    last: bool
+    messages: int
+    total: int
+    blob_id: str
+    key: bytes | None = field(repr=False)
+    digest: bytes | None = field(repr=False)
+    size: int
+    sender_device: int
+    state: str
+
+
+# What a history transfer reads of a message: the message, its chat, and its
+# attachment's pointer (NULLs for none). app/services/history.py names the fields.
+_HISTORY_EXPORT = (
+    "SELECT m.id, c.kind, c.peer, c.group_id, m.uuid, m.sender, m.outgoing, m.kind, m.body,"
+    " m.sent_at, m.received_at, m.status, m.expires_at, m.quote_uuid, m.quote_author,"
+    " m.quote_text, m.reactions, m.edited_at, a.id, a.filename, a.mime, a.size, a.blob_id,"
+    " a.key, a.digest, a.caption, a.thumbnail, a.thumbnail_width, a.thumbnail_height"
+    " FROM messages m JOIN conversations c ON c.id = m.conversation_id"
+    " LEFT JOIN attachments a ON a.message_id = m.id"
+    " WHERE m.id > ? AND m.id <= ? ORDER BY m.id, a.id LIMIT ?"
+)
+# SQLite's bound on variables is far above this; batches keep statements small.
+_IN_BATCH = 500
+
+
+class HistoryRepository(_Repository):
+    """History transfer to a linked device (app/services/history.py): what the
+    sending device reads in bulk, what the receiving device writes in bulk, and the
+    receiving device's chunk announcements (schema.py, migration 15). Every method
+    runs inside the caller's transaction."""
+
+    _CHUNK_COLUMNS = (
+        "transfer_id, chunk_index, last, messages, total, blob_id, key, digest, size,"
+        " sender_device, state"
+    )
+
+    # ---- the sending device -----------------------------------------------------
+    def newest_message_id(self) -> int:
+        return int(self._execute("SELECT COALESCE(MAX(id), 0) FROM messages").fetchone()[0])
+
+    def count_messages(self, after_id: int, until_id: int) -> int:
+        row = self._execute(
+            "SELECT COUNT(*) FROM messages WHERE id > ? AND id <= ?", (after_id, until_id)
+        ).fetchone()
+        return int(row[0])
+
+    def export_rows(self, after_id: int, until_id: int, limit: int) -> list[tuple[Any, ...]]:
+        """Messages with `after_id` < id <= `until_id`, by id, with their chat and
+        attachment (a message with several attachments comes once per attachment)."""
+        return list(self._execute(_HISTORY_EXPORT, (after_id, until_id, limit)).fetchall())
+
+    # ---- the receiving device ---------------------------------------------------
+    def existing_uuids(self, uuids: list[str]) -> set[str]:
+        found: set[str] = set()
+        for start in range(0, len(uuids), _IN_BATCH):
+            batch = uuids[start : start + _IN_BATCH]
+            marks = ", ".join("?" for _ in batch)
+            rows = self._execute(
+                f"SELECT uuid FROM messages WHERE uuid IN ({marks})",  # noqa: S608
+                tuple(batch),
+            ).fetchall()
+            found.update(str(r[0]) for r in rows)
+        return found
+
+    def ids_of(self, uuids: list[str]) -> dict[str, int]:
+        ids: dict[str, int] = {}
+        for start in range(0, len(uuids), _IN_BATCH):
+            batch = uuids[start : start + _IN_BATCH]
+            marks = ", ".join("?" for _ in batch)
+            rows = self._execute(
+                f"SELECT uuid, id FROM messages WHERE uuid IN ({marks})",  # noqa: S608
+                tuple(batch),
+            ).fetchall()
+            ids.update((str(r[0]), int(r[1])) for r in rows)
+        return ids
+
+    def add_messages(self, rows: list[tuple[Any, ...]]) -> None:
+        """Bulk insert (conversation id, uuid, sender, outgoing, kind, body, sent_at,
+        received_at, status, expires_at, quote uuid, quote author, quote text,
+        reactions, edited_at); the FTS trigger indexes each row as it goes in."""
+        self._store.executemany(
+            "INSERT INTO messages (conversation_id, uuid, sender, outgoing, kind, body, sent_at,"
+            " received_at, status, expires_at, quote_uuid, quote_author, quote_text, reactions,"
+            " edited_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+
+    def add_attachments(self, rows: list[tuple[Any, ...]]) -> None:
+        """Bulk insert (message id, filename, mime, size, blob id, key, digest, state,
+        caption, thumbnail, thumbnail width, thumbnail height), none downloaded."""
+        self._store.executemany(
+            "INSERT INTO attachments (message_id, filename, mime, size, blob_id, key, digest,"
+            " local_path, state, caption, thumbnail, thumbnail_width, thumbnail_height)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?, ?, ?)",
+            rows,
+        )
+
+    def announce(self, chunk: HistoryChunkRow, *, now: int) -> bool:
+        """Records an announced chunk; False if it was announced before (a replay)."""
+        cursor = self._execute(
+            f"INSERT OR IGNORE INTO history_chunks ({self._CHUNK_COLUMNS}, announced_at)"  # noqa: S608
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?)",
+            (
+                chunk.transfer_id,
+                chunk.index,
+                int(chunk.last),
+                chunk.messages,
+                chunk.total,
+                chunk.blob_id,
+                chunk.key,
+                chunk.digest,
+                chunk.size,
+                chunk.sender_device,
+                now,
+            ),
+        )
+        return bool(cursor.rowcount)
+
+    def pending(self) -> list[HistoryChunkRow]:
+        rows = self._execute(
+            f"SELECT {self._CHUNK_COLUMNS} FROM history_chunks"  # noqa: S608
+            " WHERE state = 'pending' ORDER BY announced_at, transfer_id, chunk_index"
+        ).fetchall()
+        return [self._chunk(row) for row in rows]
+
+    def get(self, transfer_id: bytes, index: int) -> HistoryChunkRow | None:
+        row = self._execute(
+            f"SELECT {self._CHUNK_COLUMNS} FROM history_chunks"  # noqa: S608
+            " WHERE transfer_id = ? AND chunk_index = ?",
+            (transfer_id, index),
+        ).fetchone()
+        return self._chunk(row) if row else None
+
+    def settle(self, transfer_id: bytes, index: int, state: str) -> None:
+        """Imported or failed for good: its key and digest are no longer kept."""
+        self._execute(
+            "UPDATE history_chunks SET state = ?, key = NULL, digest = NULL"
+            " WHERE transfer_id = ? AND chunk_index = ?",
+            (state, transfer_id, index),
+        )
+
+    def latest_transfer(self) -> bytes | None:
+        row = self._execute(
+            "SELECT transfer_id FROM history_chunks ORDER BY announced_at DESC LIMIT 1"
+        ).fetchone()
+        return bytes(row[0]) if row else None
+
+    def progress(self, transfer_id: bytes) -> tuple[int, int, bool]:
+        """(messages settled, messages in the transfer, every chunk settled)."""
+        row = self._execute(
+            "SELECT COALESCE(SUM(CASE WHEN state != 'pending' THEN messages END), 0),"
+            " COALESCE(MAX(total), 0), MAX(CASE WHEN last = 1 THEN chunk_index END),"
+            " COALESCE(SUM(CASE WHEN state != 'pending' THEN 1 END), 0)"
+            " FROM history_chunks WHERE transfer_id = ?",
+            (transfer_id,),
+        ).fetchone()
+        done, total, last_index, settled = int(row[0]), int(row[1]), row[2], int(row[3])
+        return done, total, last_index is not None and settled == int(last_index) + 1
+
+    @staticmethod
+    def _chunk(row: tuple[Any, ...]) -> HistoryChunkRow:
+        return HistoryChunkRow(
+            transfer_id=bytes(row[0]),
+            index=int(row[1]),
+            last=bool(row[2]),
+            messages=int(row[3]),
+            total=int(row[4]),
+            blob_id=str(row[5]),
+            key=bytes(row[6]) if row[6] is not None else None,
+            digest=bytes(row[7]) if row[7] is not None else None,
+            size=int(row[8]),
+            sender_device=int(row[9]),
+            state=str(row[10]),
+        )
+
+
 class Store:
     """One profile's encrypted database. Thread-safe by one lock; the services use it
     from a single worker thread, the lock only guards against mistakes."""
@@ -1768,6 +1965,8 @@ class Store:
         self.held_sends = HeldSendRepository(self)
         # Sealed channels' keys and tags (app/services/sealing.py).
         self.sealed_channels = SealedChannelRepository(self)
+        # History transfer to a linked device (app/services/history.py).
+        self.history = HistoryRepository(self)
 
     # ---- opening --------------------------------------------------------------
     @staticmethod

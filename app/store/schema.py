@@ -379,4 +379,28 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX sealed_channel_tags_by_channel ON sealed_channel_tags (channel_id);
     """,
+    # 15: history transfer to a linked device (issue #19; docs/protocol.md §14,
+    # "History transfer"). history_chunks: on the new device, every chunk another of
+    #   our devices announced (content type 20): where its blob waits on the relay
+    #   and the key and digest to open it, until it is imported ('imported': the key
+    #   and digest are cleared) or cannot be ('failed': expired or damaged). Kept
+    #   here so a restart or a dropped connection resumes the download; announced
+    #   twice (a replay), a chunk is still one row.
+    """
+    CREATE TABLE history_chunks (
+        transfer_id BLOB NOT NULL,
+        chunk_index INTEGER NOT NULL,
+        last INTEGER NOT NULL,
+        messages INTEGER NOT NULL,
+        total INTEGER NOT NULL,
+        blob_id TEXT NOT NULL,
+        key BLOB,
+        digest BLOB,
+        size INTEGER NOT NULL,
+        sender_device INTEGER NOT NULL,
+        state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'imported', 'failed')),
+        announced_at INTEGER NOT NULL,
+        PRIMARY KEY (transfer_id, chunk_index)
+    ) WITHOUT ROWID;
+    """,
 ]

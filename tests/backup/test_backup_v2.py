@@ -20,7 +20,7 @@ from app.backup import engine
 from app.backup import format as fmt
 from app.backup.errors import BackupCancelled, CorruptBackup
 from app.store import Store
-from app.store.database import IMAGE_HMAC, IMAGE_PREFIX
+from app.store.database import IMAGE_HMAC, IMAGE_PREFIX, RESTORED_ADD, RESTORED_DEVICE_SETTING
 from tests.backup.conftest import SECRET_TEXT
 from tests.store.conftest import protector
 
@@ -109,8 +109,13 @@ def test_the_restored_store_has_its_own_key_and_no_outbox(
     try:
         assert restored.outbox.pending() == []
         assert restored.messages.search("eagle")
-        # Counted from the image during the copy: the same as the store it became.
-        assert report.counts == restored.table_counts()
+        # Counted from the image during the copy: the same as the store it became,
+        # but for the marker that makes the copy a device of its own at its first
+        # start (app/services/account.py, `settle_restored_device`).
+        assert restored.settings.get(RESTORED_DEVICE_SETTING) == RESTORED_ADD
+        counts = restored.table_counts()
+        counts["settings"] -= 1
+        assert report.counts == counts
         assert report.counts["messages"] == store.table_counts()["messages"] > 0
     finally:
         restored.close()

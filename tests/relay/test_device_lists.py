@@ -58,7 +58,7 @@ def push(relay: RelayProcess, token: str) -> ClientConnection:
         relay.url.replace("https://", "wss://") + "/v1/push",
         additional_headers={"Authorization": f"Bearer {token}"},
         ssl=context,
-        open_timeout=10,
+        open_timeout=30,  # generous: a loaded machine is slow to hand shake
     )
 
 

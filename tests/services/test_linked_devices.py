@@ -9,6 +9,7 @@ believed."""
 from __future__ import annotations
 
 import base64
+import sqlite3
 import time
 import uuid
 from collections.abc import Iterator
@@ -27,6 +28,7 @@ from app.protocol.content import (
 from app.protocol.device_list import open_device_list, sign_device_list
 from app.protocol.identity import DeviceIdentity, LocalPrekeys, RemoteBundle
 from app.protocol.session import Session
+from app.services.account import open_messenger
 from app.services.events import DeviceUnlinked, IdentityChanged
 from app.services.messenger import IdentityNotAccepted
 from tests.services.helpers import Person, on_core, wait_for
@@ -319,3 +321,58 @@ def test_every_device_of_a_member_reads_and_writes_in_a_group(
     finally:
         for someone in everyone:
             someone.stop()
+
+
+def test_a_group_made_on_one_device_is_on_the_others(
+    people: dict[str, Person], tmp_path: Path, relay: RelayProcess
+) -> None:
+    alice, bob = people["alice"], people["bob"]
+    _talking(alice, bob)
+    phone = alice.add_device(tmp_path, relay)
+    people["alice-phone"] = phone
+    group = alice.client.create_group("Made on the laptop", ["bob"]).result(20)
+    wait_for(lambda: _has_chat(phone, "Made on the laptop"), what="the phone has the group")
+    alice.client.send_text(group.conversation_id, "first").result(20)
+    wait_for(lambda: "first" in _bodies(bob, "Made on the laptop"), what="bob reads it")
+    bob.client.send_text(_chat(bob, "Made on the laptop"), "hi both").result(20)
+    wait_for(lambda: "hi both" in _bodies(phone, "Made on the laptop"), what="the phone reads")
+    assert phone.client.undecryptable == 0
+
+
+def _has_chat(person: Person, title: str) -> bool:
+    return any(c.title == title for c in person.client.conversations().result())
+
+
+def test_an_account_from_before_lists_keeps_its_safety_number_and_verification(
+    people: dict[str, Person], relay: RelayProcess
+) -> None:
+    """Made by the previous version: no list in its store nor at the relay. Its
+    contacts hold no list for it either. At its next start it makes one (its one
+    device, its identity the account's) and sends it to them: nothing changes for
+    them but that they now hold the list."""
+    alice, bob = people["alice"], people["bob"]
+    _talking(alice, bob)
+    on_core(bob, lambda: bob.client.messenger.set_verified("alice", True))
+    number = bob.client.safety_number("alice").result().digits
+    # Back to how the previous version left things.
+    store = alice.client.messenger.store
+    on_core(alice, lambda: store.device_lists.delete("alice"))
+    alice.stop()
+    bob_store = bob.client.messenger.store
+    on_core(bob, lambda: bob_store.device_lists.delete("alice"))
+    with sqlite3.connect(relay.data_dir / "relay.sqlite3") as connection:
+        connection.execute("DELETE FROM device_lists")
+    assert on_core(bob, lambda: bob.client.messenger.devices.held("alice")) is None
+
+    messenger = open_messenger(alice.profile, "alice passphrase")
+    restarted = Person(alice.profile.path, "alice", relay, linked=(alice.profile, messenger))
+    people["alice"] = restarted
+    wait_for(
+        lambda: on_core(bob, lambda: bob.client.messenger.devices.held("alice")) is not None,
+        what="bob gets alice's first list",
+    )
+    assert bob.client.safety_number("alice").result().digits == number
+    assert bob.client.safety_number("alice").result().verified
+    assert not any(isinstance(e, IdentityChanged) for e in bob.events)
+    bob.client.send_text(_chat(bob, "alice"), "still you").result(20)
+    wait_for(lambda: "still you" in _bodies(restarted, "bob"), what="alice receives")
