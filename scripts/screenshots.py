@@ -1,7 +1,7 @@
 """Runs the real app on a virtual X display (Xvfb) and saves screenshots of its
 main screens: onboarding, a 1:1 chat, a group, the safety number, search,
-settings, the lock screen, and a restore at first run that ends in the main
-window with the history.
+settings, linking a second computer (both sides) and removing it, the lock
+screen, and a restore at first run that ends in the main window with the history.
 
     .venv/bin/python -m scripts.screenshots [--out build/screenshots]
 
@@ -45,10 +45,14 @@ def _shoot(out: Path, work: Path, relay: RelayProcess) -> int:
 
     from app.ui.application import Launcher
     from app.ui.dialogs import OnboardingDialog
+    from app.ui.garbage import collect_on_gui_thread
     from tests.services.helpers import FAST_KDF, Person, make_profile
 
     app = QApplication(sys.argv[:1])
     app.setApplicationName("Cipherline")
+    # As the app does (app/ui/garbage.py): a cycle holding a widget collected on
+    # a worker thread crashed this script now and then.
+    collect_on_gui_thread(app)
 
     def pump(seconds: float) -> None:
         deadline = time.monotonic() + seconds
@@ -178,6 +182,10 @@ def _shoot(out: Path, work: Path, relay: RelayProcess) -> int:
     pump(0.5)
     shot(window.settings_dialog, "20-settings-about")
     window.settings_dialog.close()
+
+    # Before the backup screens: their split-vault relay's CA is written into
+    # alice's profile folder, after which her client cannot reach her relay.
+    _link_screens(window, work, relay, shot, until=until)
 
     key = _backup_screens(window, work, shot, until, pump)
 
@@ -318,6 +326,81 @@ def _contact_screens(
     group_dialog.member_list.item(0).setCheckState(Qt.CheckState.Checked)
     shot(group_dialog, "23-new-group")
     group_dialog.reject()
+
+
+def _link_screens(window: Any, work: Path, relay: RelayProcess, shot: Any, *, until: Any) -> None:
+    """Issue #19: alice links a desktop to her account. The new computer's setup,
+    code and confirmation screens, the laptop's side (code, confirmation, done),
+    then the desktop removed again from Settings → Devices and signed out."""
+    from app.ui.application import Launcher
+    from app.ui.dialogs import OnboardingDialog
+    from tests.services.helpers import FAST_KDF, make_profile
+
+    make_profile(work, "alice-desktop", relay, sealed=True)
+    desktop = Launcher(work / "profiles" / "alice-desktop", kdf=FAST_KDF)
+    desktop.start()
+    dialogs: list[Any] = []
+    try:
+        first_run = desktop.dialog
+        assert isinstance(first_run, OnboardingDialog)
+        first_run.link_button.click()
+        new = desktop.link_dialog
+        assert new is not None
+        dialogs.append(new)
+        until(new.isVisible)
+        new.device_edit.setText("Alice's desktop")
+        new.protection.passphrase_choice.setChecked(True)
+        new.protection.passphrase_edit.setText("the desktop passphrase")
+        new.protection.passphrase_repeat.setText("the desktop passphrase")
+        shot(new, "29-link-new-device-setup")
+        new.continue_button.click()
+        until(new.short_code_label.text)
+        shot(new, "30-link-new-device-code")
+
+        window.show_settings()
+        settings = window.settings_dialog
+        settings.tabs.setCurrentIndex(1)
+        until(lambda: settings.devices.count() >= 1)
+        settings.link_button.click()
+        existing = window.link_dialog
+        dialogs.append(existing)
+        until(existing.isVisible)
+        existing.code_edit.setText(new.short_code)
+        shot(existing, "31-link-existing-device-code")
+        existing.continue_button.click()
+        until(lambda: existing.pages.currentIndex() == existing.CONFIRM, 30)
+        until(lambda: new.pages.currentIndex() == new.CONFIRM, 30)
+        shot(new, "32-link-new-device-confirm")
+        shot(existing, "33-link-existing-device-confirm")
+        existing.approve_button.click()
+        until(lambda: desktop.window is not None, 60)
+        until(lambda: existing.pages.currentIndex() == existing.DONE, 30)
+        shot(existing, "34-link-existing-device-done")
+        existing.close()
+        until(lambda: settings.devices.count() == 2)
+        shot(settings, "35-settings-devices-linked")
+        labels = [settings.devices.item(row).text() for row in range(settings.devices.count())]
+        desktop_row = next(r for r, text in enumerate(labels) if "desktop" in text)
+        settings.devices.setCurrentRow(desktop_row)
+        settings.remove_button.click()
+        confirm = settings.remove_confirm
+        until(confirm.isVisible)
+        shot(confirm, "36-remove-device-confirm")
+        next(button for button in confirm.buttons() if button.text() == "Remove").click()
+        unlinked = desktop.window
+        until(lambda: unlinked.unlinked, 30)
+        unlinked.resize(1100, 720)
+        shot(unlinked, "37-device-removed")
+    finally:
+        # A link left waiting (a step above failed) would keep polling the relay
+        # and hold the process at exit: cancel it as closing the dialog does.
+        for dialog in dialogs:
+            dialog.reject()
+        if getattr(window, "settings_dialog", None) is not None:
+            window.settings_dialog.close()
+        desktop.shutdown()
+        if desktop.window is not None:
+            desktop.window.close()
 
 
 def _backup_screens(window: object, work: Path, shot: Any, until: Any, pump: Any) -> bytes:

@@ -7,6 +7,7 @@ import os
 import socket
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QObject, QTimer, Signal
 from PySide6.QtGui import QIcon
@@ -39,6 +40,9 @@ from app.ui.main_window import MainWindow
 from app.ui.tray import TrayController
 from app.ui.workers import run_in_pool
 
+if TYPE_CHECKING:
+    from app.ui.linking import LinkApproval, LinkNewDeviceDialog
+
 RESOURCES = Path(__file__).resolve().parent / "resources"
 log = logging.getLogger("cipherline.ui")
 
@@ -62,6 +66,7 @@ class Launcher(QObject):
         self.client: Client | None = None
         self.dialog: QWidget | None = None
         self.tray: TrayController | None = None
+        self.link_dialog: LinkNewDeviceDialog | None = None
         self._kdf = kdf
 
     def start(self) -> None:
@@ -94,6 +99,7 @@ class Launcher(QObject):
         dialog.relay_edit.setReadOnly(True)
         dialog.relay_edit.setToolTip("The relay comes from this profile's server config.")
         dialog.create_requested.connect(self._create)
+        dialog.link_requested.connect(lambda: self._link(problem))
         dialog.restore_requested.connect(self._restore)
         self.dialog = dialog
         dialog.show()
@@ -121,6 +127,50 @@ class Launcher(QObject):
 
         run_in_pool(work, self._opened, lambda error: dialog.show_error(str(error)))
 
+    def _link(self, keyring_problem: str | None) -> None:
+        """The first-run screen's "Link to an existing account": the linking dialog
+        over that screen, which stays up behind it (so closing the dialog goes back
+        to it, and some window is always shown until the main window opens)."""
+        # Deferred like the wizards: zxing-cpp and the dialogs load on first use.
+        from app.ui.linking import LinkNewDeviceDialog
+
+        dialog = LinkNewDeviceDialog(
+            self.profile,
+            socket.gethostname(),
+            keyring_available=keyring_problem is None,
+            keyring_problem=keyring_problem,
+            parent=self.dialog,
+        )
+        dialog.approved.connect(self._finish_link)
+        self.link_dialog = dialog
+        dialog.open()
+
+    def _finish_link(self, approval: LinkApproval) -> None:
+        """The other computer approved: the profile is made from what it sent, on a
+        worker, then opened exactly as after "Create account"."""
+        dialog = self.link_dialog
+        assert dialog is not None
+        kdf = self._kdf
+
+        def work() -> Messenger:
+            if kdf is not None:
+                messenger = approval.linking.finish(approval.passphrase, kdf=kdf)  # type: ignore[arg-type]
+            else:
+                messenger = approval.linking.finish(approval.passphrase)
+            self._after_open(messenger)
+            return messenger
+
+        def opened(messenger: Messenger) -> None:
+            dialog.mark_linked()
+            self._opened(messenger)
+            dialog.close()
+
+        def failed(error: BaseException) -> None:
+            # Nothing was made (create_linked_account is all or nothing).
+            dialog.show_failure(error)
+
+        run_in_pool(work, opened, failed)
+
     def _restore(self) -> None:
         from app.store import KeyringProtector
         from app.ui.backup_wizards import RestoreWizard, vault_access_for
@@ -145,7 +195,9 @@ class Launcher(QObject):
             if self.dialog is not None:
                 self.dialog.setEnabled(False)
             passphrase = None if use_keyring else wizard.secret_page.passphrase_edit.text()
-            self._open(passphrase)
+            # What this computer becomes (issue #19): another device of the
+            # account, or the original's replacement; settled as it opens.
+            self._open(passphrase, take_over=wizard.run_page.takes_over())
 
         wizard.finished.connect(finished)
         self.restore_wizard = wizard
@@ -175,9 +227,9 @@ class Launcher(QObject):
             # Only the error's text: nothing in it is key material.
             log.warning("could not update the store's recovery file: %s", error)
 
-    def _open(self, passphrase: str | None) -> None:
+    def _open(self, passphrase: str | None, *, take_over: bool | None = None) -> None:
         def work() -> Messenger:
-            messenger = open_messenger(self.profile, passphrase)
+            messenger = open_messenger(self.profile, passphrase, take_over=take_over)
             self._after_open(messenger)
             return messenger
 
@@ -302,6 +354,7 @@ class Launcher(QObject):
 
         self.scheduler = BackupScheduler(messenger.store, messenger.profile)
         window.tray = self.tray
+        window.device_unlinked.connect(self._unlinked)
         self.client.start()
         # The window shows before the dialog closes, so there is always a window
         # and the last-window rule cannot quit the app in between.
@@ -350,6 +403,21 @@ class Launcher(QObject):
             log.info("split vault repair did not run: %s", type(error).__name__)
 
         run_in_pool(lambda: service.repair_split_vault(store, access), repaired, failed)
+
+    def _unlinked(self, _reason: str) -> None:
+        """Another device removed this one: the profile is closed (its client
+        stopped, its store closed, no more backups) while the window says why.
+        Stopping waits for the client's threads, so it runs on a worker."""
+        scheduler = getattr(self, "scheduler", None)
+        if scheduler is not None:
+            scheduler.stop()
+        client, self.client = self.client, None
+        if client is not None:
+            run_in_pool(client.stop, lambda _none: None, self._stop_failed)
+
+    @staticmethod
+    def _stop_failed(error: BaseException) -> None:
+        log.warning("closing the removed device's profile: %s", type(error).__name__)
 
     def shutdown(self) -> None:
         scheduler = getattr(self, "scheduler", None)

@@ -18,6 +18,7 @@ from PySide6.QtWidgets import (
     QComboBox,
     QFileDialog,
     QFormLayout,
+    QGroupBox,
     QHBoxLayout,
     QLabel,
     QLineEdit,
@@ -939,9 +940,29 @@ class RestoreRunPage(QWizardPage):
         self.status.setWordWrap(True)
         self.panel = ProgressPanel("Stop restoring")
         self.error = _error_label()
+        # Never a silent clone of the original device (issue #19): the user says
+        # what this computer becomes once the history is back.
+        self.device_choice = QGroupBox("What should this computer be?")
+        choice_layout = QVBoxLayout(self.device_choice)
+        self.add_device = QRadioButton("Use this computer as well")
+        self.take_over = QRadioButton("Move my account to this computer")
+        explanations = (
+            "Your other computer keeps working; this one becomes another device of your account.",
+            "Your other computer is signed out and told why. Choose this if you replaced"
+            " or lost it.",
+        )
+        for choice, words in zip((self.add_device, self.take_over), explanations, strict=True):
+            explanation = QLabel(words)
+            explanation.setWordWrap(True)
+            explanation.setIndent(24)  # under the button's text, not its circle
+            choice_layout.addWidget(choice)
+            choice_layout.addWidget(explanation)
+        self.add_device.setChecked(True)
+        self.device_choice.hide()
         layout.addWidget(self.status)
         layout.addWidget(self.panel)
         layout.addWidget(self.error)
+        layout.addWidget(self.device_choice)
         layout.addStretch(1)
         self.done = False
         self.running = False
@@ -990,8 +1011,10 @@ class RestoreRunPage(QWizardPage):
         chats = report.counts.get("conversations", 0)
         self.status.setText(
             f"Restored {messages:,} messages in {chats:,} chats and {report.files:,} "
-            f"attachments.\n\n{RESTORED_BACKUPS_NOTICE}\n\nClick Finish to open Cipherline."
+            f"attachments.\n\n{RESTORED_BACKUPS_NOTICE}\n\nChoose below, then click Finish"
+            " to open Cipherline."
         )
+        self.device_choice.show()
         self.completeChanged.emit()
         self.owner.restored.emit(report)
 
@@ -1004,6 +1027,10 @@ class RestoreRunPage(QWizardPage):
 
     def isComplete(self) -> bool:
         return self.done
+
+    def takes_over(self) -> bool:
+        """The user's answer: this computer takes the original device's place."""
+        return self.take_over.isChecked()
 
 
 class RestoreWizard(QWizard):

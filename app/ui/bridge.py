@@ -18,6 +18,7 @@ from app.services.client import Client, Closing
 from app.services.events import (
     ConnectionChanged,
     ConversationsChanged,
+    DeviceUnlinked,
     Event,
     IdentityChanged,
     IncomingMessage,
@@ -46,6 +47,7 @@ class ClientBridge(QObject):
     blocked_listed = Signal(list)  # usernames
     typing_changed = Signal(int, str, bool)  # conversation id, who, started
     typing_setting_loaded = Signal(bool)
+    device_unlinked = Signal(str)  # why; this device no longer belongs to the account
 
     _event_arrived = Signal(object)
     _call_finished = Signal(object, object)  # callback, result
@@ -91,6 +93,8 @@ class ClientBridge(QObject):
                 self.identity_changed.emit(peer)
             case TypingChanged(conversation_id, sender, started):
                 self.typing_changed.emit(conversation_id, sender, started)
+            case DeviceUnlinked(reason):
+                self.device_unlinked.emit(reason)
             case ServiceError(text):
                 self.error.emit(text)
 

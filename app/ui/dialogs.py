@@ -61,10 +61,78 @@ class AccountRequest:
     passphrase: str | None  # None: the OS keyring protects the store key
 
 
+class HistoryProtection:
+    """How this computer's history is protected: the system keyring or a passphrase.
+
+    One set of fields and one rule for the create-account page and for linking this
+    computer to an existing account (app/ui/linking.py); the rows go into `form`."""
+
+    def __init__(
+        self,
+        form: QFormLayout,
+        owner: QWidget,
+        *,
+        keyring_available: bool,
+        keyring_problem: str | None = None,
+    ) -> None:
+        self.keyring_choice = QRadioButton("Protect my history with the system keyring")
+        self.passphrase_choice = QRadioButton("Protect my history with a passphrase")
+        choices = QButtonGroup(owner)
+        choices.addButton(self.keyring_choice)
+        choices.addButton(self.passphrase_choice)
+        self.keyring_choice.setEnabled(keyring_available)
+        (self.keyring_choice if keyring_available else self.passphrase_choice).setChecked(True)
+        # A greyed-out choice with no reason looks like a bug; say why it is off.
+        self.keyring_note = QLabel()
+        self.keyring_note.setWordWrap(True)
+        self.keyring_note.setStyleSheet(NOTE_STYLE)
+        if not keyring_available:
+            why = keyring_problem or "no system keyring was found on this computer"
+            self.keyring_choice.setToolTip(why[:1].upper() + why[1:] + ".")
+            self.keyring_note.setText(
+                f"The system keyring option is off: {why}. Your history will be "
+                "protected with a passphrase you choose instead."
+            )
+        self.keyring_note.setVisible(not keyring_available)
+        form.addRow(self.keyring_choice)
+        form.addRow(self.keyring_note)
+        form.addRow(self.passphrase_choice)
+        self.passphrase_edit = QLineEdit()
+        self.passphrase_edit.setEchoMode(QLineEdit.EchoMode.Password)
+        self.passphrase_edit.setPlaceholderText("at least 8 characters")
+        self.passphrase_repeat = QLineEdit()
+        self.passphrase_repeat.setEchoMode(QLineEdit.EchoMode.Password)
+        form.addRow("Passphrase", self.passphrase_edit)
+        form.addRow("Repeat", self.passphrase_repeat)
+        self.passphrase_choice.toggled.connect(self._update_fields)
+        self._update_fields()
+
+    def _update_fields(self) -> None:
+        enabled = self.passphrase_choice.isChecked()
+        self.passphrase_edit.setEnabled(enabled)
+        self.passphrase_repeat.setEnabled(enabled)
+
+    def problem(self) -> str:
+        """What is wrong with the choice as a sentence, or "" when it can be used."""
+        if not self.passphrase_choice.isChecked():
+            return ""
+        if len(self.passphrase_edit.text()) < 8:
+            return "The passphrase needs at least 8 characters."
+        if self.passphrase_edit.text() != self.passphrase_repeat.text():
+            return "The two passphrases differ."
+        return ""
+
+    def passphrase(self) -> str | None:
+        """The chosen passphrase; None when the system keyring protects the store key."""
+        return self.passphrase_edit.text() if self.passphrase_choice.isChecked() else None
+
+
 class OnboardingDialog(QDialog):
-    """First run: create an account or restore from a backup."""
+    """First run: create an account, link this computer to an existing account, or
+    restore from a backup."""
 
     create_requested = Signal(object)  # AccountRequest
+    link_requested = Signal()
     restore_requested = Signal()
 
     def __init__(
@@ -92,11 +160,16 @@ class OnboardingDialog(QDialog):
         subtitle.setWordWrap(True)
         self.create_button = QPushButton("Create account")
         self.create_button.setDefault(True)
+        self.link_button = QPushButton("Link to an existing account")
+        self.link_button.setToolTip(
+            "Use the account you already have on another computer here too."
+        )
         self.restore_button = QPushButton("Restore from a backup")
         welcome_layout.addWidget(title)
         welcome_layout.addWidget(subtitle)
         welcome_layout.addStretch(1)
         welcome_layout.addWidget(self.create_button)
+        welcome_layout.addWidget(self.link_button)
         welcome_layout.addWidget(self.restore_button)
         self.pages.addWidget(welcome)
 
@@ -115,35 +188,14 @@ class OnboardingDialog(QDialog):
         form.addRow("Username", self.username_edit)
         form.addRow("", self.username_hint)
         form.addRow("This device", self.device_edit)
-        self.keyring_choice = QRadioButton("Protect my history with the system keyring")
-        self.passphrase_choice = QRadioButton("Protect my history with a passphrase")
-        choices = QButtonGroup(self)
-        choices.addButton(self.keyring_choice)
-        choices.addButton(self.passphrase_choice)
-        self.keyring_choice.setEnabled(keyring_available)
-        (self.keyring_choice if keyring_available else self.passphrase_choice).setChecked(True)
-        # A greyed-out choice with no reason looks like a bug; say why it is off.
-        self.keyring_note = QLabel()
-        self.keyring_note.setWordWrap(True)
-        self.keyring_note.setStyleSheet(NOTE_STYLE)
-        if not keyring_available:
-            why = keyring_problem or "no system keyring was found on this computer"
-            self.keyring_choice.setToolTip(why[:1].upper() + why[1:] + ".")
-            self.keyring_note.setText(
-                f"The system keyring option is off: {why}. Your history will be "
-                "protected with a passphrase you choose instead."
-            )
-        self.keyring_note.setVisible(not keyring_available)
-        form.addRow(self.keyring_choice)
-        form.addRow(self.keyring_note)
-        form.addRow(self.passphrase_choice)
-        self.passphrase_edit = QLineEdit()
-        self.passphrase_edit.setEchoMode(QLineEdit.EchoMode.Password)
-        self.passphrase_edit.setPlaceholderText("at least 8 characters")
-        self.passphrase_repeat = QLineEdit()
-        self.passphrase_repeat.setEchoMode(QLineEdit.EchoMode.Password)
-        form.addRow("Passphrase", self.passphrase_edit)
-        form.addRow("Repeat", self.passphrase_repeat)
+        self.protection = HistoryProtection(
+            form, self, keyring_available=keyring_available, keyring_problem=keyring_problem
+        )
+        self.keyring_choice = self.protection.keyring_choice
+        self.keyring_note = self.protection.keyring_note
+        self.passphrase_choice = self.protection.passphrase_choice
+        self.passphrase_edit = self.protection.passphrase_edit
+        self.passphrase_repeat = self.protection.passphrase_repeat
         self.error_label = QLabel()
         self.error_label.setStyleSheet("color: #b3261e;")
         self.error_label.setWordWrap(True)
@@ -157,29 +209,22 @@ class OnboardingDialog(QDialog):
         self.pages.addWidget(form_page)
 
         self.create_button.clicked.connect(lambda: self.pages.setCurrentIndex(1))
+        self.link_button.clicked.connect(self.link_requested)
         self.restore_button.clicked.connect(self.restore_requested)
         self.back_button.clicked.connect(lambda: self.pages.setCurrentIndex(0))
         self.submit_button.clicked.connect(self._submit)
-        self.passphrase_choice.toggled.connect(self._update_passphrase_fields)
         self.username_edit.textChanged.connect(self._update_username_hint)
-        self._update_passphrase_fields()
 
     def _update_username_hint(self, text: str) -> None:
         hint, problem = username_hint(text)
         self.username_hint.setText(hint)
         self.username_hint.setStyleSheet(ERROR_STYLE if problem else NOTE_STYLE)
 
-    def _update_passphrase_fields(self) -> None:
-        enabled = self.passphrase_choice.isChecked()
-        self.passphrase_edit.setEnabled(enabled)
-        self.passphrase_repeat.setEnabled(enabled)
-
     def _submit(self) -> None:
         typed = self.username_edit.text()
         username = typed.strip().lower()
         device = self.device_edit.text().strip()
         relay = self.relay_edit.text().strip()
-        passphrase: str | None = None
         if not relay.startswith("https://"):
             self.show_error("The relay address must start with https://.")
             return
@@ -193,17 +238,15 @@ class OnboardingDialog(QDialog):
         if not device:
             self.show_error("Name this device, for example “Laptop”.")
             return
-        if self.passphrase_choice.isChecked():
-            passphrase = self.passphrase_edit.text()
-            if len(passphrase) < 8:
-                self.show_error("The passphrase needs at least 8 characters.")
-                return
-            if passphrase != self.passphrase_repeat.text():
-                self.show_error("The two passphrases differ.")
-                return
+        unusable = self.protection.problem()
+        if unusable:
+            self.show_error(unusable)
+            return
         self.error_label.clear()
         self.set_busy(True)
-        self.create_requested.emit(AccountRequest(relay, username, device, passphrase))
+        self.create_requested.emit(
+            AccountRequest(relay, username, device, self.protection.passphrase())
+        )
 
     def set_busy(self, busy: bool) -> None:
         self.submit_button.setEnabled(not busy)

@@ -12,6 +12,7 @@ from PySide6.QtWidgets import (
     QAbstractItemView,
     QApplication,
     QComboBox,
+    QDialog,
     QFileDialog,
     QHBoxLayout,
     QLabel,
@@ -71,6 +72,9 @@ TIMER_CHOICES = [
 
 class MainWindow(QMainWindow):
     connection_state_changed = Signal(str)
+    # Another device removed this one: the window shows why and the launcher
+    # closes the profile (app/ui/application.py).
+    device_unlinked = Signal(str)
 
     def __init__(self, bridge: ClientBridge, *, profile_name: str = "") -> None:
         super().__init__()
@@ -113,6 +117,7 @@ class MainWindow(QMainWindow):
         self.lock_screen = LockScreen()
         self.lock_screen.unlock_requested.connect(self._try_unlock)
         self.locked = False
+        self.unlinked = False
         self._unlocked_widget: QWidget | None = None
         # The tray controller (app.ui.tray) attaches itself here; it imports this module.
         self.tray: Any = None
@@ -389,6 +394,7 @@ class MainWindow(QMainWindow):
         bridge.safety_number_ready.connect(self._safety_number_ready)
         bridge.connection_changed.connect(self._connection_changed)
         bridge.error.connect(self.show_error)
+        bridge.device_unlinked.connect(self.show_unlinked)
 
     # ---- bridge events ------------------------------------------------------
     def _conversations_changed(self, rows: list[ConversationView]) -> None:
@@ -488,6 +494,8 @@ class MainWindow(QMainWindow):
         dialog.show()
 
     def _connection_changed(self, connected: bool) -> None:
+        if self.unlinked:
+            return  # signed out for good; "Connecting…" would promise otherwise
         text = "Connected" if connected else "Connecting…"
         if self.connection_label.text() != text:
             self.connection_label.setText(text)
@@ -848,6 +856,7 @@ class MainWindow(QMainWindow):
             dialog.lock_changed.connect(tray.set_lock_after)
         dialog.typing_indicators_changed.connect(self.set_typing_indicators)
         dialog.remove_device.connect(self.bridge.remove_device)
+        dialog.link_requested.connect(lambda: self.link_device(dialog))
         self.bridge.devices_listed.connect(dialog.set_devices)
         self.bridge.list_devices()
         dialog.unblock_requested.connect(lambda name: self.bridge.set_blocked(name, False))
@@ -855,6 +864,42 @@ class MainWindow(QMainWindow):
         self.bridge.list_blocked()
         self.settings_dialog = dialog
         dialog.show()
+
+    def link_device(self, parent: QWidget | None = None) -> None:
+        """Settings → Devices → Link a new device (app/ui/linking.py); the list of
+        devices is read again once one is linked."""
+        from app.ui.linking import LinkExistingDeviceDialog
+
+        dialog = LinkExistingDeviceDialog(self.bridge.client, parent or self)
+        dialog.linked.connect(lambda _name: self.bridge.list_devices())
+        self.link_dialog = dialog
+        dialog.show()
+
+    def show_unlinked(self, reason: str) -> None:
+        """This device was removed from the account: unlike the app lock, nothing
+        opens it again (it is signed out of the relay), so the window says so,
+        offers Quit, and the launcher closes the profile."""
+        from app.ui.linking import UnlinkedScreen
+
+        if self.unlinked:
+            return
+        self.unlinked = True
+        self.locked = True  # keeps the idle lock and focus handling away
+        for action in self.unlocked_actions:
+            action.setEnabled(False)
+        for dialog in self.findChildren(QDialog):
+            dialog.close()
+        taken = self.takeCentralWidget()
+        if self._unlocked_widget is None:
+            self._unlocked_widget = taken
+        else:  # the app lock's screen was showing; kept so Qt does not delete it
+            self.lock_screen = taken  # type: ignore[assignment]
+        screen = UnlinkedScreen(reason)
+        screen.quit_requested.connect(self.quit_app)
+        self.setCentralWidget(screen)
+        self.unlinked_screen = screen
+        self.connection_label.setText("Signed out")
+        self.device_unlinked.emit(reason)
 
     def _backups_tab(self) -> QWidget:
         from app.ui.backup_wizards import BackupsTab, vault_access_for

@@ -9,8 +9,10 @@ from PySide6.QtWidgets import (
     QDialog,
     QDialogButtonBox,
     QFormLayout,
+    QHBoxLayout,
     QLabel,
     QListWidget,
+    QMessageBox,
     QPushButton,
     QTabWidget,
     QVBoxLayout,
@@ -38,6 +40,7 @@ class SettingsDialog(QDialog):
     previews_changed = Signal(bool)
     lock_changed = Signal(int)
     remove_device = Signal(int)
+    link_requested = Signal()  # "Link a new device" (app/ui/linking.py)
     unblock_requested = Signal(str)
     typing_indicators_changed = Signal(bool)
 
@@ -74,8 +77,22 @@ class SettingsDialog(QDialog):
         self.devices = QListWidget()
         self.devices.setAccessibleName("Devices on this account")
         devices_layout.addWidget(self.devices)
+        device_buttons = QHBoxLayout()
+        self.link_button = QPushButton("Link a new device")
+        self.link_button.setToolTip("Use this account on another computer too")
         self.remove_button = QPushButton("Remove selected device")
-        devices_layout.addWidget(self.remove_button)
+        # Enabled for another device only: this one cannot remove itself here.
+        self.remove_button.setEnabled(False)
+        device_buttons.addWidget(self.link_button)
+        device_buttons.addStretch(1)
+        device_buttons.addWidget(self.remove_button)
+        devices_layout.addLayout(device_buttons)
+        self.remove_confirm: QMessageBox | None = None
+        self._device_ids: list[int] = []
+        self._device_names: list[str] = []
+        self._current_ids: set[int] = set()
+        self.devices.currentRowChanged.connect(self._update_remove)
+        self.link_button.clicked.connect(self.link_requested)
         self.remove_button.clicked.connect(self._remove)
         tabs.addTab(devices, "Devices")
 
@@ -165,15 +182,27 @@ class SettingsDialog(QDialog):
     def set_devices(self, devices: list[dict[str, object]]) -> None:
         self.devices.clear()
         self._device_ids = []
+        self._device_names = []
+        self._current_ids = set()
         for device in devices:
+            device_id = int(str(device["device_id"]))
             # Client.devices opened the names; None is one sealed by another
             # device's identity, which this device cannot read.
-            name = device["name"] if device.get("name") is not None else "Name readable there only"
-            label = f"{name} (#{device['device_id']})"
+            readable = device.get("name") is not None
+            name = str(device["name"]) if readable else "Name readable there only"
+            label = f"{name} (#{device_id})"
             if device.get("current"):
                 label += " — this device"
+                self._current_ids.add(device_id)
             self.devices.addItem(label)
-            self._device_ids.append(int(str(device["device_id"])))
+            self._device_ids.append(device_id)
+            self._device_names.append(name if readable else f"device #{device_id}")
+        self._update_remove(self.devices.currentRow())
+
+    def _update_remove(self, row: int) -> None:
+        self.remove_button.setEnabled(
+            0 <= row < len(self._device_ids) and self._device_ids[row] not in self._current_ids
+        )
 
     def set_blocked(self, usernames: list[str]) -> None:
         self.blocked_list.clear()
@@ -187,8 +216,32 @@ class SettingsDialog(QDialog):
             self.unblock_requested.emit(item.text())
 
     def _remove(self) -> None:
+        """Asks first, in plain words: removing is immediate and cannot be undone
+        from here (the device would have to be linked again)."""
         row = self.devices.currentRow()
-        if 0 <= row < len(getattr(self, "_device_ids", [])):
-            self.remove_device.emit(self._device_ids[row])
-            self.devices.takeItem(row)
-            del self._device_ids[row]
+        if not 0 <= row < len(self._device_ids) or self._device_ids[row] in self._current_ids:
+            return
+        device_id, name = self._device_ids[row], self._device_names[row]
+        box = QMessageBox(self)
+        box.setIcon(QMessageBox.Icon.Warning)
+        box.setWindowTitle("Remove device")
+        box.setText(f"Remove “{name}”?")
+        box.setInformativeText(
+            "It will stop receiving your messages at once and will be signed out."
+        )
+        remove = box.addButton("Remove", QMessageBox.ButtonRole.DestructiveRole)
+        box.addButton(QMessageBox.StandardButton.Cancel)
+        box.setDefaultButton(QMessageBox.StandardButton.Cancel)
+
+        def answered() -> None:
+            if box.clickedButton() is not remove or device_id not in self._device_ids:
+                return
+            index = self._device_ids.index(device_id)
+            self.remove_device.emit(device_id)
+            self.devices.takeItem(index)
+            del self._device_ids[index]
+            del self._device_names[index]
+
+        box.finished.connect(lambda _result: answered())
+        self.remove_confirm = box
+        box.open()

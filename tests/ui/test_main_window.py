@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -170,6 +171,7 @@ def test_chat_verify_search_restart_and_offline_queue(
 def test_identity_change_shows_a_banner(
     qtbot: QtBot, tmp_path: Path, relay: RelayProcess, bob: Person
 ) -> None:
+    from app.protocol.device_list import sign_device_list
     from app.protocol.identity import DeviceIdentity, LocalPrekeys
 
     launcher = _onboard(qtbot, tmp_path, relay)
@@ -177,9 +179,17 @@ def test_identity_change_shows_a_banner(
     assert window is not None
     window.bridge.start_direct("bob")
     qtbot.waitUntil(lambda: window.chat_title.text() == "bob", timeout=15_000)
+    # Bob sets up afresh: a new identity, which publishes a device list of its own
+    # past the relay's version (docs/protocol.md §13).
     bob_relay = bob.profile.relay(token=bob.client.messenger.relay_token)
-    fresh = bob.profile.relay(token=bob_relay.add_device("new laptop")["token"])
-    fresh.upload_keys(LocalPrekeys.generate(batch=2).upload_json(DeviceIdentity.generate()))
+    added = bob_relay.add_device("new laptop")
+    fresh = bob.profile.relay(token=added["token"])
+    reinstalled = DeviceIdentity.generate()
+    fresh.upload_keys(LocalPrekeys.generate(batch=2).upload_json(reinstalled))
+    device_id = int(added["device_id"])
+    fresh.publish_device_list(
+        sign_device_list(reinstalled, 2, [(device_id, reinstalled.public)], int(time.time() * 1000))
+    )
     bob_relay.remove_device(1)
     window.bridge.start_direct("bob")
     qtbot.waitUntil(window.banner.isVisible, timeout=15_000)
