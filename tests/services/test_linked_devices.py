@@ -298,26 +298,45 @@ def test_sent_messages_reads_and_verification_follow_to_every_device(
 def test_every_device_of_a_member_reads_and_writes_in_a_group(
     tmp_path: Path, relay: RelayProcess, sealed: bool
 ) -> None:
+    """Three people, four devices: Alice on two."""
     alice = Person(tmp_path, "alice", relay, sealed=sealed)
     bob = Person(tmp_path, "bob", relay, sealed=sealed)
-    everyone = [alice, bob]
+    carol = Person(tmp_path, "carol", relay, sealed=sealed)
+    everyone = [alice, bob, carol]
     try:
         _talking(alice, bob)
         phone = alice.add_device(tmp_path, relay, sealed=sealed)
         everyone.append(phone)
-        group = bob.client.create_group("Trip", ["alice"]).result(20)
+        group = bob.client.create_group("Trip", ["alice", "carol"]).result(20)
         bob.client.send_text(group.conversation_id, "hello trip").result(20)
-        wait_for(lambda: "hello trip" in _bodies(alice, "Trip"), what="the laptop in the group")
-        wait_for(lambda: "hello trip" in _bodies(phone, "Trip"), what="the phone in the group")
+        for member in (alice, phone, carol):
+            wait_for(
+                lambda member=member: "hello trip" in _bodies(member, "Trip"),
+                what="every device in the group",
+            )
+        carol.client.accept_request(_chat(carol, "Trip")).result(20)
         # Each of Alice's devices sends on a sender key chain of its own.
         phone.client.send_text(_chat(phone, "Trip"), "from the phone").result(20)
         alice.client.send_text(_chat(alice, "Trip"), "from the laptop").result(20)
         for text in ("from the phone", "from the laptop"):
-            wait_for(lambda text=text: text in _bodies(bob, "Trip"), what=f"bob reads {text}")
+            for reader in (bob, carol):
+                wait_for(
+                    lambda text=text, reader=reader: text in _bodies(reader, "Trip"),
+                    what=f"{reader.name} reads {text}",
+                )
+        carol.client.send_text(_chat(carol, "Trip"), "carol here").result(20)
+        for member in (alice, phone, bob):
+            wait_for(
+                lambda member=member: "carol here" in _bodies(member, "Trip"),
+                what="carol reaches every device",
+            )
         wait_for(
             lambda: "from the phone" in _outgoing(alice, "Trip"), what="the laptop's transcript"
         )
-        assert bob.client.undecryptable == 0
+        assert bob.client.undecryptable == carol.client.undecryptable == 0
+        assert phone.client.undecryptable == alice.client.undecryptable == 0
+        time.sleep(1)
+        assert _bodies(carol, "Trip").count("from the phone") == 1
     finally:
         for someone in everyone:
             someone.stop()
