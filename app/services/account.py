@@ -11,7 +11,12 @@ from pathlib import Path
 from app.config import SERVER_CONFIG_NAME, ServerConfig, write_ca_file
 from app.crypto import RFC9106_SECOND_RECOMMENDED, Argon2Params
 from app.net import Conflict, NotFound, RelayClient, RelayError
-from app.protocol.device_list import DeviceListError, initial_device_list, open_device_list
+from app.protocol.device_list import (
+    DeviceList,
+    DeviceListError,
+    initial_device_list,
+    open_device_list,
+)
 from app.protocol.device_names import MAX_NAME_CHARACTERS, seal_device_name
 from app.protocol.identity import DeviceIdentity, LocalPrekeys
 from app.services.devices import DeviceLists
@@ -87,7 +92,8 @@ def create_account(
         device_list = initial_device_list(identity, device_id, now)
         relay.publish_device_list(device_list)
         with store.transaction():
-            store.account.save(
+            _save_device(
+                store,
                 Account(
                     username=str(registered["username"]),
                     device_id=device_id,
@@ -96,13 +102,8 @@ def create_account(
                     identity=identity.to_bytes(),
                     prekeys=prekeys.to_bytes(),
                 ),
-                now=now,
-            )
-            store.device_lists.save(
-                str(registered["username"]),
-                identity.public.to_bytes(),
-                1,
-                device_list,
+                open_device_list(device_list, identity.public),
+                account_identity=None,
                 now=now,
             )
     except Conflict:
@@ -164,7 +165,8 @@ def create_linked_account(
         prekeys.mark_published()
         now = int(time.time() * 1000)
         with store.transaction():
-            store.account.save(
+            _save_device(
+                store,
                 Account(
                     username=linked.username,
                     device_id=linked.device_id,
@@ -173,14 +175,8 @@ def create_linked_account(
                     identity=identity.to_bytes(),
                     prekeys=prekeys.to_bytes(),
                 ),
-                now=now,
-            )
-            store.account.set_account_identity(linked.account_identity)
-            store.device_lists.save(
-                linked.username,
-                account_identity.public.to_bytes(),
-                listed.version,
-                linked.device_list,
+                listed,
+                account_identity=linked.account_identity,
                 now=now,
             )
             import_sync_state(store, linked.sync_state, now=now)
@@ -196,6 +192,28 @@ def create_linked_account(
     finally:
         relay.close()
     return Messenger(store, profile.path)
+
+
+def _save_device(
+    store: Store,
+    account: Account,
+    device_list: DeviceList | None,
+    *,
+    account_identity: bytes | None,
+    now: int,
+) -> None:
+    """This device's account row, the account identity's keys where they are not
+    this device's own (None: they are), and the account's list naming this device."""
+    store.account.save(account, now=now)
+    store.account.set_account_identity(account_identity)
+    if device_list is not None:
+        store.device_lists.save(
+            account.username,
+            device_list.account.to_bytes(),
+            device_list.version,
+            device_list.signed,
+            now=now,
+        )
 
 
 def _discard(store: Store, path: Path) -> None:
@@ -274,7 +292,9 @@ def settle_restored_device(profile: Profile, store: Store) -> None:
         ]
         with store.transaction():
             signed = own.sign_own([*kept, (device_id, identity.public)]).signed
-            store.account.save(
+            # This device's identity is new; the account's stays what it was.
+            _save_device(
+                store,
                 Account(
                     username=account.username,
                     device_id=device_id,
@@ -283,10 +303,10 @@ def settle_restored_device(profile: Profile, store: Store) -> None:
                     identity=identity.to_bytes(),
                     prekeys=prekeys.to_bytes(),
                 ),
+                None,  # signed and kept above
+                account_identity=account_identity.to_bytes(),
                 now=now,
             )
-            # This device's identity is new; the account's stays what it was.
-            store.account.set_account_identity(account_identity.to_bytes())
             store.settings.delete(RESTORED_DEVICE_SETTING)
         relay.publish_device_list(signed)
         if choice == RESTORED_TAKE_OVER:

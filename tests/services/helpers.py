@@ -122,6 +122,33 @@ def _reinstalled_device(profile: Profile, old: Person) -> Messenger:
     return Messenger(store, profile.path)
 
 
+def chat_id(person: Person, title: str) -> int:
+    """The id of the person's chat called `title` (a peer's name or a group's)."""
+    conversations = person.client.conversations().result(20)
+    return next(c.conversation_id for c in conversations if c.title == title)
+
+
+def has_chat(person: Person, title: str) -> bool:
+    return any(c.title == title for c in person.client.conversations().result(20))
+
+
+def texts(
+    person: Person, title: str, *, system: bool = False, outgoing: bool | None = None
+) -> list[str]:
+    """The bodies shown in the person's chat `title`, oldest first: its messages
+    (or, with `system`, its system rows), only the person's own with `outgoing`."""
+    conversations = person.client.conversations().result(20)
+    match = [c for c in conversations if c.title == title]
+    if not match:
+        return []
+    _view, messages = person.client.open_conversation(match[0].conversation_id).result(20)
+    return [
+        m.body
+        for m in messages
+        if m.system == system and (outgoing is None or m.outgoing == outgoing)
+    ]
+
+
 def wait_for(condition: Callable[[], object], timeout: float = 20, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from app.services.account import open_messenger
 from app.services.client import Client, HistoryTransferCancelled
 from app.services.events import HistoryProgress
 from app.services.linking import ExistingDeviceLinking, NewDeviceLinking
-from tests.services.helpers import FAST_KDF, Person, make_profile, on_core, wait_for
+from tests.services.helpers import FAST_KDF, Person, chat_id, make_profile, on_core, texts, wait_for
 from tests.support.components import RelayProcess
 from tests.support.mailbox_adversary import RecordingMailbox
 
@@ -36,33 +35,11 @@ HISTORY_QUERY = (
 )
 
 
-@pytest.fixture
-def people(tmp_path: Path, relay: RelayProcess) -> Iterator[dict[str, Person]]:
-    created = {name: Person(tmp_path, name, relay) for name in ("alice", "bob")}
-    yield created
-    for someone in created.values():
-        someone.stop()
-
-
-def _chat(person: Person, title: str) -> int:
-    conversations = person.client.conversations().result(20)
-    return next(c.conversation_id for c in conversations if c.title == title)
-
-
-def _bodies(person: Person, title: str) -> list[str]:
-    conversations = person.client.conversations().result(20)
-    match = [c for c in conversations if c.title == title]
-    if not match:
-        return []
-    _view, messages = person.client.open_conversation(match[0].conversation_id).result(20)
-    return [m.body for m in messages if not m.system]
-
-
 def _fill(alice: Person, count: int) -> None:
     """A long history, written straight into the laptop's store (on its core
     thread): a direct chat with Bob, one with a stranger, and a group."""
     store = alice.client.messenger.store
-    bob, group = _chat(alice, "bob"), _chat(alice, "Trip")
+    bob, group = chat_id(alice, "bob"), chat_id(alice, "Trip")
 
     def run() -> None:
         stranger = store.conversations.direct("dave", now=1).id
@@ -106,8 +83,8 @@ def test_history_follows_a_linked_device_through_a_relay_crash(
     alice, bob = people["alice"], people["bob"]
     chat = alice.client.start_direct("bob").result(20)
     alice.client.send_text(chat.conversation_id, "hello bob").result(20)
-    wait_for(lambda: _bodies(bob, "alice") == ["hello bob"], what="bob receives")
-    bob.client.accept_request(_chat(bob, "alice")).result(20)
+    wait_for(lambda: texts(bob, "alice") == ["hello bob"], what="bob receives")
+    bob.client.accept_request(chat_id(bob, "alice")).result(20)
     alice.client.create_group("Trip", ["bob"]).result(20)
     picture = tmp_path / "harbour.png"
     picture.write_bytes(b"\x89PNG harbour at dusk " * 500)
@@ -165,8 +142,8 @@ def test_history_follows_a_linked_device_through_a_relay_crash(
     for envelope in mailbox.recorded(recipient="alice"):
         if envelope.device_id == device_id:
             mailbox.replay(envelope)
-    bob.client.send_text(_chat(bob, "alice"), "after the replays").result(20)
-    wait_for(lambda: "after the replays" in _bodies(phone, "bob"), what="the phone hears bob")
+    bob.client.send_text(chat_id(bob, "alice"), "after the replays").result(20)
+    wait_for(lambda: "after the replays" in texts(phone, "bob"), what="the phone hears bob")
     time.sleep(1)
     after = _history(phone)
     assert {k: after[k] for k in arrived} == arrived
@@ -177,13 +154,13 @@ def test_history_follows_a_linked_device_through_a_relay_crash(
     bob_messenger = bob.client.messenger
     on_core(bob, lambda: bob_messenger._encrypt_for("alice", encode_content(forged), None))
     bob.client.request_flush()
-    bob.client.send_text(_chat(bob, "alice"), "after the forgery").result(20)
-    wait_for(lambda: "after the forgery" in _bodies(phone, "bob"), what="the phone hears bob")
+    bob.client.send_text(chat_id(bob, "alice"), "after the forgery").result(20)
+    wait_for(lambda: "after the forgery" in texts(phone, "bob"), what="the phone hears bob")
     phone_store = phone.client.messenger.store
     assert on_core(phone, lambda: phone_store.history.get(b"\x42" * 16, 0)) is None
 
     # The picture came as a pointer: fetched when clicked, the same bytes.
-    _view, messages = phone.client.open_conversation(_chat(phone, "bob")).result(20)
+    _view, messages = phone.client.open_conversation(chat_id(phone, "bob")).result(20)
     pointer = next(m for m in messages if m.attachment is not None).attachment
     assert pointer is not None
     assert not pointer.ready
@@ -191,7 +168,7 @@ def test_history_follows_a_linked_device_through_a_relay_crash(
     assert phone.client.download_attachment(pointer.attachment_id).result(20)
 
     def fetched() -> bool:
-        _v, shown = phone.client.open_conversation(_chat(phone, "bob")).result(20)
+        _v, shown = phone.client.open_conversation(chat_id(phone, "bob")).result(20)
         found = next(m for m in shown if m.attachment is not None).attachment
         return found is not None and found.ready
 
@@ -208,7 +185,7 @@ def test_approving_with_history_offers_it_and_sends_it(
     chat = alice.client.start_direct("bob").result(20)
     for number in range(5):
         alice.client.send_text(chat.conversation_id, f"before the link {number}").result(20)
-    wait_for(lambda: len(_bodies(bob, "alice")) == 5, what="bob receives")
+    wait_for(lambda: len(texts(bob, "alice")) == 5, what="bob receives")
 
     new = NewDeviceLinking(make_profile(tmp_path, "alice-desktop", relay), "Desktop")
     request = new.open()
@@ -230,7 +207,7 @@ def test_approving_with_history_offers_it_and_sends_it(
     wait_for(
         lambda: any(p.finished for p in _progress(desktop)), timeout=60, what="history arrives"
     )
-    assert _bodies(desktop, "bob") == [f"before the link {n}" for n in range(5)]
+    assert texts(desktop, "bob") == [f"before the link {n}" for n in range(5)]
     assert desktop.client.history_progress().result(20) == _progress(desktop)[-1]
 
 

@@ -12,7 +12,6 @@ import base64
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,41 +30,19 @@ from app.protocol.session import Session
 from app.services.account import open_messenger
 from app.services.events import DeviceUnlinked, IdentityChanged
 from app.services.messenger import IdentityNotAccepted
-from tests.services.helpers import Person, on_core, wait_for
+from tests.services.helpers import Person, chat_id, has_chat, on_core, texts, wait_for
 from tests.support.components import RelayProcess
-
-
-@pytest.fixture
-def people(tmp_path: Path, relay: RelayProcess) -> Iterator[dict[str, Person]]:
-    created = {name: Person(tmp_path, name, relay) for name in ("alice", "bob")}
-    yield created
-    for someone in created.values():
-        someone.stop()
-
-
-def _chat(person: Person, title: str) -> int:
-    conversations = person.client.conversations().result()
-    return next(c.conversation_id for c in conversations if c.title == title)
-
-
-def _bodies(person: Person, title: str, *, system: bool = False) -> list[str]:
-    conversations = person.client.conversations().result()
-    match = [c for c in conversations if c.title == title]
-    if not match:
-        return []
-    _view, messages = person.client.open_conversation(match[0].conversation_id).result()
-    return [m.body for m in messages if m.system == system]
 
 
 def _talking(alice: Person, bob: Person) -> None:
     """Alice and Bob have written to each other (each holds the other's list)."""
     chat = alice.client.start_direct("bob").result(20)
     alice.client.send_text(chat.conversation_id, "hi bob").result(20)
-    wait_for(lambda: _bodies(bob, "alice") == ["hi bob"], what="bob receives")
-    bob_chat = _chat(bob, "alice")
+    wait_for(lambda: texts(bob, "alice") == ["hi bob"], what="bob receives")
+    bob_chat = chat_id(bob, "alice")
     bob.client.accept_request(bob_chat).result(20)
     bob.client.send_text(bob_chat, "hi alice").result(20)
-    wait_for(lambda: "hi alice" in _bodies(alice, "bob"), what="alice receives")
+    wait_for(lambda: "hi alice" in texts(alice, "bob"), what="alice receives")
 
 
 def _ghost(relay: RelayProcess, owner: Person) -> tuple[str, int, DeviceIdentity]:
@@ -104,7 +81,7 @@ def test_a_linked_device_reads_and_writes_as_the_account(
     people["alice-phone"] = phone
     # Bob is told, in the chat, by Alice's laptop.
     wait_for(
-        lambda: "alice linked a new device" in _bodies(bob, "alice", system=True),
+        lambda: "alice linked a new device" in texts(bob, "alice", system=True),
         what="bob sees the new device",
     )
     assert not any(isinstance(e, IdentityChanged) for e in bob.events)
@@ -115,15 +92,15 @@ def test_a_linked_device_reads_and_writes_as_the_account(
     assert phone.client.safety_number("bob").result().digits == number.digits
     assert phone.client.safety_number("bob").result().verified
 
-    bob.client.send_text(_chat(bob, "alice"), "to both of you").result(20)
-    wait_for(lambda: "to both of you" in _bodies(phone, "bob"), what="the phone receives")
-    wait_for(lambda: "to both of you" in _bodies(alice, "bob"), what="the laptop receives")
-    phone.client.send_text(_chat(phone, "bob"), "from alice's phone").result(20)
-    wait_for(lambda: "from alice's phone" in _bodies(bob, "alice"), what="bob hears the phone")
+    bob.client.send_text(chat_id(bob, "alice"), "to both of you").result(20)
+    wait_for(lambda: "to both of you" in texts(phone, "bob"), what="the phone receives")
+    wait_for(lambda: "to both of you" in texts(alice, "bob"), what="the laptop receives")
+    phone.client.send_text(chat_id(phone, "bob"), "from alice's phone").result(20)
+    wait_for(lambda: "from alice's phone" in texts(bob, "alice"), what="bob hears the phone")
     time.sleep(1)  # anything duplicated would have arrived by now
-    assert _bodies(phone, "bob").count("to both of you") == 1
-    assert _bodies(alice, "bob").count("to both of you") == 1
-    assert _bodies(bob, "alice").count("from alice's phone") == 1
+    assert texts(phone, "bob").count("to both of you") == 1
+    assert texts(alice, "bob").count("to both of you") == 1
+    assert texts(bob, "alice").count("from alice's phone") == 1
     assert not any(isinstance(e, IdentityChanged) for e in bob.events)
 
 
@@ -140,8 +117,8 @@ def test_a_device_the_relay_adds_is_never_encrypted_to_nor_believed(
     bob.client.start_direct("alice").result(20)
     bob_sessions = bob.client.messenger.store.sessions
     assert on_core(bob, lambda: bob_sessions.devices("alice")) == [1]
-    bob.client.send_text(_chat(bob, "alice"), "for alice only").result(20)
-    wait_for(lambda: "for alice only" in _bodies(alice, "bob"), what="alice receives")
+    bob.client.send_text(chat_id(bob, "alice"), "for alice only").result(20)
+    wait_for(lambda: "for alice only" in texts(alice, "bob"), what="alice receives")
     assert _mailbox(alice, ghost_token) == []
 
     # The relay's device writes to Bob, first replaying Alice's real device list
@@ -169,7 +146,7 @@ def test_a_device_the_relay_adds_is_never_encrypted_to_nor_believed(
     wait_for(lambda: bob.client.undecryptable >= 2, what="bob refuses both")
     quarantined = on_core(bob, bob.client.messenger.store.quarantine.all)
     assert {q.reason for q in quarantined} == {"UnlistedDevice"}
-    assert "ghost says hi" not in _bodies(bob, "alice")
+    assert "ghost says hi" not in texts(bob, "alice")
     assert bob.client.safety_number("alice").result().verified
     assert not any(isinstance(e, IdentityChanged) for e in bob.events)
     assert ghost_device not in on_core(bob, lambda: bob_sessions.devices("alice"))
@@ -202,7 +179,7 @@ def test_a_relay_made_account_identity_is_an_identity_change_that_blocks_sending
     assert not number.verified and number.unaccepted
     assert number.digits != alice.client.safety_number("bob").result().digits
     with pytest.raises(IdentityNotAccepted):
-        bob.client.send_text(_chat(bob, "alice"), "are you there?").result(20)
+        bob.client.send_text(chat_id(bob, "alice"), "are you there?").result(20)
     assert _mailbox(alice, ghost_token) == []
 
 
@@ -213,24 +190,24 @@ def test_unlinking_stops_delivery_to_the_removed_device_within_one_message(
     _talking(alice, bob)
     phone = alice.add_device(tmp_path, relay)
     people["alice-phone"] = phone
-    bob.client.send_text(_chat(bob, "alice"), "before").result(20)
-    wait_for(lambda: "before" in _bodies(phone, "bob"), what="the phone receives")
+    bob.client.send_text(chat_id(bob, "alice"), "before").result(20)
+    wait_for(lambda: "before" in texts(phone, "bob"), what="the phone receives")
     old_list = on_core(alice, alice.client.messenger.own_device_list)
 
     phone_id = phone.client.messenger.device_id
     alice.client.remove_device(phone_id).result(20)
     wait_for(
-        lambda: "alice removed a device" in _bodies(bob, "alice", system=True),
+        lambda: "alice removed a device" in texts(bob, "alice", system=True),
         what="bob sees the removal",
     )
-    bob.client.send_text(_chat(bob, "alice"), "after").result(20)
-    wait_for(lambda: "after" in _bodies(alice, "bob"), what="the laptop receives")
+    bob.client.send_text(chat_id(bob, "alice"), "after").result(20)
+    wait_for(lambda: "after" in texts(alice, "bob"), what="the laptop receives")
     assert on_core(bob, lambda: bob.client.messenger.store.sessions.devices("alice")) == [1]
     wait_for(
         lambda: any(isinstance(e, DeviceUnlinked) for e in phone.events),
         what="the phone is told",
     )
-    assert "after" not in _bodies(phone, "bob")
+    assert "after" not in texts(phone, "bob")
 
     # A relay serving the older list (naming the phone) brings nothing back.
     account = on_core(alice, lambda: alice.client.messenger.account_identity.public)
@@ -242,15 +219,6 @@ def test_unlinking_stops_delivery_to_the_removed_device_within_one_message(
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
-
-
-def _outgoing(person: Person, title: str) -> list[str]:
-    conversations = person.client.conversations().result()
-    match = [c for c in conversations if c.title == title]
-    if not match:
-        return []
-    _view, messages = person.client.open_conversation(match[0].conversation_id).result()
-    return [m.body for m in messages if m.outgoing and not m.system]
 
 
 def _unread(person: Person, title: str) -> int:
@@ -267,22 +235,24 @@ def test_sent_messages_reads_and_verification_follow_to_every_device(
     people["alice-phone"] = phone
 
     # Sent on the laptop: on the phone too, as Alice's own message, once.
-    alice.client.send_text(_chat(alice, "bob"), "sent from the laptop").result(20)
+    alice.client.send_text(chat_id(alice, "bob"), "sent from the laptop").result(20)
     wait_for(
-        lambda: "sent from the laptop" in _outgoing(phone, "bob"), what="the phone's transcript"
+        lambda: "sent from the laptop" in texts(phone, "bob", outgoing=True),
+        what="the phone's transcript",
     )
-    phone.client.send_text(_chat(phone, "bob"), "sent from the phone").result(20)
+    phone.client.send_text(chat_id(phone, "bob"), "sent from the phone").result(20)
     wait_for(
-        lambda: "sent from the phone" in _outgoing(alice, "bob"), what="the laptop's transcript"
+        lambda: "sent from the phone" in texts(alice, "bob", outgoing=True),
+        what="the laptop's transcript",
     )
-    wait_for(lambda: "sent from the phone" in _bodies(bob, "alice"), what="bob receives")
+    wait_for(lambda: "sent from the phone" in texts(bob, "alice"), what="bob receives")
 
     # Read on the phone: read on the laptop.
-    bob.client.send_text(_chat(bob, "alice"), "read me once").result(20)
-    wait_for(lambda: "read me once" in _bodies(alice, "bob"), what="the laptop receives")
-    wait_for(lambda: "read me once" in _bodies(phone, "bob"), what="the phone receives")
+    bob.client.send_text(chat_id(bob, "alice"), "read me once").result(20)
+    wait_for(lambda: "read me once" in texts(alice, "bob"), what="the laptop receives")
+    wait_for(lambda: "read me once" in texts(phone, "bob"), what="the phone receives")
     assert _unread(alice, "bob") >= 1
-    phone.client.mark_read(_chat(phone, "bob")).result(20)
+    phone.client.mark_read(chat_id(phone, "bob")).result(20)
     wait_for(lambda: _unread(alice, "bob") == 0, what="the laptop sees it read")
 
     # Verified on the laptop: verified on the phone.
@@ -290,8 +260,8 @@ def test_sent_messages_reads_and_verification_follow_to_every_device(
     alice.client.set_verified("bob", True).result(20)
     wait_for(lambda: phone.client.safety_number("bob").result().verified, what="phone verifies")
     time.sleep(1)
-    assert _outgoing(phone, "bob").count("sent from the laptop") == 1
-    assert _bodies(bob, "alice").count("sent from the phone") == 1
+    assert texts(phone, "bob", outgoing=True).count("sent from the laptop") == 1
+    assert texts(bob, "alice").count("sent from the phone") == 1
 
 
 @pytest.mark.parametrize("sealed", [False, True], ids=["authenticated", "sealed"])
@@ -311,32 +281,33 @@ def test_every_device_of_a_member_reads_and_writes_in_a_group(
         bob.client.send_text(group.conversation_id, "hello trip").result(20)
         for member in (alice, phone, carol):
             wait_for(
-                lambda member=member: "hello trip" in _bodies(member, "Trip"),
+                lambda member=member: "hello trip" in texts(member, "Trip"),
                 what="every device in the group",
             )
-        carol.client.accept_request(_chat(carol, "Trip")).result(20)
+        carol.client.accept_request(chat_id(carol, "Trip")).result(20)
         # Each of Alice's devices sends on a sender key chain of its own.
-        phone.client.send_text(_chat(phone, "Trip"), "from the phone").result(20)
-        alice.client.send_text(_chat(alice, "Trip"), "from the laptop").result(20)
+        phone.client.send_text(chat_id(phone, "Trip"), "from the phone").result(20)
+        alice.client.send_text(chat_id(alice, "Trip"), "from the laptop").result(20)
         for text in ("from the phone", "from the laptop"):
             for reader in (bob, carol):
                 wait_for(
-                    lambda text=text, reader=reader: text in _bodies(reader, "Trip"),
+                    lambda text=text, reader=reader: text in texts(reader, "Trip"),
                     what=f"{reader.name} reads {text}",
                 )
-        carol.client.send_text(_chat(carol, "Trip"), "carol here").result(20)
+        carol.client.send_text(chat_id(carol, "Trip"), "carol here").result(20)
         for member in (alice, phone, bob):
             wait_for(
-                lambda member=member: "carol here" in _bodies(member, "Trip"),
+                lambda member=member: "carol here" in texts(member, "Trip"),
                 what="carol reaches every device",
             )
         wait_for(
-            lambda: "from the phone" in _outgoing(alice, "Trip"), what="the laptop's transcript"
+            lambda: "from the phone" in texts(alice, "Trip", outgoing=True),
+            what="the laptop's transcript",
         )
         assert bob.client.undecryptable == carol.client.undecryptable == 0
         assert phone.client.undecryptable == alice.client.undecryptable == 0
         time.sleep(1)
-        assert _bodies(carol, "Trip").count("from the phone") == 1
+        assert texts(carol, "Trip").count("from the phone") == 1
     finally:
         for someone in everyone:
             someone.stop()
@@ -350,16 +321,12 @@ def test_a_group_made_on_one_device_is_on_the_others(
     phone = alice.add_device(tmp_path, relay)
     people["alice-phone"] = phone
     group = alice.client.create_group("Made on the laptop", ["bob"]).result(20)
-    wait_for(lambda: _has_chat(phone, "Made on the laptop"), what="the phone has the group")
+    wait_for(lambda: has_chat(phone, "Made on the laptop"), what="the phone has the group")
     alice.client.send_text(group.conversation_id, "first").result(20)
-    wait_for(lambda: "first" in _bodies(bob, "Made on the laptop"), what="bob reads it")
-    bob.client.send_text(_chat(bob, "Made on the laptop"), "hi both").result(20)
-    wait_for(lambda: "hi both" in _bodies(phone, "Made on the laptop"), what="the phone reads")
+    wait_for(lambda: "first" in texts(bob, "Made on the laptop"), what="bob reads it")
+    bob.client.send_text(chat_id(bob, "Made on the laptop"), "hi both").result(20)
+    wait_for(lambda: "hi both" in texts(phone, "Made on the laptop"), what="the phone reads")
     assert phone.client.undecryptable == 0
-
-
-def _has_chat(person: Person, title: str) -> bool:
-    return any(c.title == title for c in person.client.conversations().result())
 
 
 def test_an_account_from_before_lists_keeps_its_safety_number_and_verification(
@@ -393,5 +360,5 @@ def test_an_account_from_before_lists_keeps_its_safety_number_and_verification(
     assert bob.client.safety_number("alice").result().digits == number
     assert bob.client.safety_number("alice").result().verified
     assert not any(isinstance(e, IdentityChanged) for e in bob.events)
-    bob.client.send_text(_chat(bob, "alice"), "still you").result(20)
-    wait_for(lambda: "still you" in _bodies(restarted, "bob"), what="alice receives")
+    bob.client.send_text(chat_id(bob, "alice"), "still you").result(20)
+    wait_for(lambda: "still you" in texts(restarted, "bob"), what="alice receives")

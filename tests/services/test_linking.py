@@ -18,18 +18,10 @@ from app.crypto import DhPrivateKey
 from app.protocol.linking import LinkInvite
 from app.services.linking import ExistingDeviceLinking, NewDeviceLinking
 from app.services.messenger import ServiceError
-from tests.services.helpers import FAST_KDF, Person, make_profile, on_core, wait_for
+from tests.services.helpers import FAST_KDF, Person, make_profile, on_core, texts, wait_for
 from tests.support.components import RelayProcess
 
 T = TypeVar("T")
-
-
-@pytest.fixture
-def people(tmp_path: Path, relay: RelayProcess) -> Iterator[dict[str, Person]]:
-    created = {name: Person(tmp_path, name, relay) for name in ("alice", "bob")}
-    yield created
-    for someone in created.values():
-        someone.stop()
 
 
 @pytest.fixture
@@ -69,15 +61,6 @@ def _link(
     return desktop
 
 
-def _bodies(person: Person, title: str) -> list[str]:
-    conversations = person.client.conversations().result()
-    match = [c for c in conversations if c.title == title]
-    if not match:
-        return []
-    _view, messages = person.client.open_conversation(match[0].conversation_id).result()
-    return [m.body for m in messages if not m.system]
-
-
 @pytest.mark.parametrize("typed", [False, True], ids=["qr", "short-code"])
 def test_a_linked_computer_gets_the_account_and_its_messages(
     people: dict[str, Person],
@@ -89,7 +72,7 @@ def test_a_linked_computer_gets_the_account_and_its_messages(
     alice, bob = people["alice"], people["bob"]
     chat = alice.client.start_direct("bob").result(20)
     alice.client.send_text(chat.conversation_id, "hello").result(20)
-    wait_for(lambda: _bodies(bob, "alice") == ["hello"], what="bob receives")
+    wait_for(lambda: texts(bob, "alice") == ["hello"], what="bob receives")
     on_core(alice, lambda: alice.client.messenger.set_verified("bob", True))
 
     desktop = _link(people, tmp_path, relay, pool, typed=typed)
@@ -101,8 +84,8 @@ def test_a_linked_computer_gets_the_account_and_its_messages(
     )
     bob_chat = next(c for c in bob.client.conversations().result() if c.title == "alice")
     bob.client.send_text(bob_chat.conversation_id, "to every alice").result(20)
-    wait_for(lambda: "to every alice" in _bodies(desktop, "bob"), what="the desktop receives")
-    wait_for(lambda: "to every alice" in _bodies(alice, "bob"), what="the laptop receives")
+    wait_for(lambda: "to every alice" in texts(desktop, "bob"), what="the desktop receives")
+    wait_for(lambda: "to every alice" in texts(alice, "bob"), what="the laptop receives")
     # The relay saw the device's name sealed, never in the clear.
     listed = alice.client.devices().result()
     assert sorted(str(d["name"]) for d in listed) == ["Desktop", "laptop"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,31 +19,8 @@ from app.services.events import DeviceUnlinked, IdentityChanged
 from app.services.messenger import ServiceError
 from app.store import Store
 from app.store.database import RESTORED_DEVICE_SETTING
-from tests.services.helpers import Person, make_profile, on_core, wait_for
+from tests.services.helpers import Person, chat_id, make_profile, on_core, texts, wait_for
 from tests.support.components import RelayProcess
-
-
-@pytest.fixture
-def people(tmp_path: Path, relay: RelayProcess) -> Iterator[dict[str, Person]]:
-    created = {name: Person(tmp_path, name, relay) for name in ("alice", "bob")}
-    yield created
-    for someone in created.values():
-        someone.stop()
-
-
-def _bodies(person: Person, title: str) -> list[str]:
-    conversations = person.client.conversations().result()
-    match = [c for c in conversations if c.title == title]
-    if not match:
-        return []
-    _view, messages = person.client.open_conversation(match[0].conversation_id).result()
-    return [m.body for m in messages if not m.system]
-
-
-def _chat(person: Person, title: str) -> int:
-    return next(
-        c.conversation_id for c in person.client.conversations().result() if c.title == title
-    )
 
 
 def _restored_copy(
@@ -53,10 +29,10 @@ def _restored_copy(
     alice, bob = people["alice"], people["bob"]
     chat = alice.client.start_direct("bob").result(20)
     alice.client.send_text(chat.conversation_id, "before the backup").result(20)
-    wait_for(lambda: _bodies(bob, "alice") == ["before the backup"], what="bob receives")
-    bob.client.accept_request(_chat(bob, "alice")).result(20)
-    bob.client.send_text(_chat(bob, "alice"), "hello").result(20)
-    wait_for(lambda: "hello" in _bodies(alice, "bob"), what="alice receives")
+    wait_for(lambda: texts(bob, "alice") == ["before the backup"], what="bob receives")
+    bob.client.accept_request(chat_id(bob, "alice")).result(20)
+    bob.client.send_text(chat_id(bob, "alice"), "hello").result(20)
+    wait_for(lambda: "hello" in texts(alice, "bob"), what="alice receives")
     store = alice.client.messenger.store
     folder = tmp_path / "Dropbox"
     key = on_core(alice, lambda: service.set_up_with_key(store, folder, schedule="off", keep=2))
@@ -100,7 +76,7 @@ def test_a_restored_computer_becomes_a_device_of_its_own(
     copy = Person(tmp_path, "alice", relay, linked=(profile, messenger))
     people["alice-restored"] = copy
     assert copy.client.safety_number("bob").result().digits == number_before
-    assert "before the backup" in _bodies(copy, "bob")  # the history is back
+    assert "before the backup" in texts(copy, "bob")  # the history is back
 
     # The copy greets its contacts at its first start: its list reaches Bob.
     wait_for(
@@ -110,10 +86,10 @@ def test_a_restored_computer_becomes_a_device_of_its_own(
         ),
         what="bob learns of the restored device",
     )
-    bob.client.send_text(_chat(bob, "alice"), "after the restore").result(20)
-    wait_for(lambda: "after the restore" in _bodies(copy, "bob"), what="the copy receives")
-    copy.client.send_text(_chat(copy, "bob"), "from the restored one").result(20)
-    wait_for(lambda: "from the restored one" in _bodies(bob, "alice"), what="bob receives")
+    bob.client.send_text(chat_id(bob, "alice"), "after the restore").result(20)
+    wait_for(lambda: "after the restore" in texts(copy, "bob"), what="the copy receives")
+    copy.client.send_text(chat_id(copy, "bob"), "from the restored one").result(20)
+    wait_for(lambda: "from the restored one" in texts(bob, "alice"), what="bob receives")
     assert not any(isinstance(e, IdentityChanged) for e in bob.events)
     if take_over:
         wait_for(
@@ -121,15 +97,15 @@ def test_a_restored_computer_becomes_a_device_of_its_own(
             what="the original is signed out and told",
         )
         time.sleep(1)
-        assert "after the restore" not in _bodies(alice, "bob")
+        assert "after the restore" not in texts(alice, "bob")
         listed = on_core(copy, copy.client.messenger.listed_devices)
         assert alice.client.messenger.device_id not in listed
     else:
         # Both are devices of the account, and each gets its own copy, once.
-        wait_for(lambda: "after the restore" in _bodies(alice, "bob"), what="the original too")
+        wait_for(lambda: "after the restore" in texts(alice, "bob"), what="the original too")
         time.sleep(1)
-        assert _bodies(alice, "bob").count("after the restore") == 1
-        assert _bodies(copy, "bob").count("after the restore") == 1
+        assert texts(alice, "bob").count("after the restore") == 1
+        assert texts(copy, "bob").count("after the restore") == 1
         assert not any(isinstance(e, DeviceUnlinked) for e in alice.events)
 
 
