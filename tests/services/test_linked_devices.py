@@ -45,6 +45,16 @@ def _talking(alice: Person, bob: Person) -> None:
     wait_for(lambda: "hi alice" in texts(alice, "bob"), what="alice receives")
 
 
+def _alice_with_a_phone(
+    people: dict[str, Person], tmp_path: Path, relay: RelayProcess
+) -> tuple[Person, Person, Person]:
+    """Alice and Bob have talked; then Alice links a phone (stopped with them)."""
+    alice, bob = people["alice"], people["bob"]
+    _talking(alice, bob)
+    people["alice-phone"] = alice.add_device(tmp_path, relay)
+    return alice, bob, people["alice-phone"]
+
+
 def _ghost(relay: RelayProcess, owner: Person) -> tuple[str, int, DeviceIdentity]:
     """What a malicious relay can do with an account: register a device with keys
     of its own (it holds every token; here it uses the owner's)."""
@@ -186,10 +196,7 @@ def test_a_relay_made_account_identity_is_an_identity_change_that_blocks_sending
 def test_unlinking_stops_delivery_to_the_removed_device_within_one_message(
     people: dict[str, Person], tmp_path: Path, relay: RelayProcess
 ) -> None:
-    alice, bob = people["alice"], people["bob"]
-    _talking(alice, bob)
-    phone = alice.add_device(tmp_path, relay)
-    people["alice-phone"] = phone
+    alice, bob, phone = _alice_with_a_phone(people, tmp_path, relay)
     bob.client.send_text(chat_id(bob, "alice"), "before").result(20)
     wait_for(lambda: "before" in texts(phone, "bob"), what="the phone receives")
     old_list = on_core(alice, alice.client.messenger.own_device_list)
@@ -229,10 +236,7 @@ def _unread(person: Person, title: str) -> int:
 def test_sent_messages_reads_and_verification_follow_to_every_device(
     people: dict[str, Person], tmp_path: Path, relay: RelayProcess
 ) -> None:
-    alice, bob = people["alice"], people["bob"]
-    _talking(alice, bob)
-    phone = alice.add_device(tmp_path, relay)
-    people["alice-phone"] = phone
+    alice, bob, phone = _alice_with_a_phone(people, tmp_path, relay)
 
     # Sent on the laptop: on the phone too, as Alice's own message, once.
     alice.client.send_text(chat_id(alice, "bob"), "sent from the laptop").result(20)
@@ -316,10 +320,7 @@ def test_every_device_of_a_member_reads_and_writes_in_a_group(
 def test_a_group_made_on_one_device_is_on_the_others(
     people: dict[str, Person], tmp_path: Path, relay: RelayProcess
 ) -> None:
-    alice, bob = people["alice"], people["bob"]
-    _talking(alice, bob)
-    phone = alice.add_device(tmp_path, relay)
-    people["alice-phone"] = phone
+    alice, bob, phone = _alice_with_a_phone(people, tmp_path, relay)
     group = alice.client.create_group("Made on the laptop", ["bob"]).result(20)
     wait_for(lambda: has_chat(phone, "Made on the laptop"), what="the phone has the group")
     alice.client.send_text(group.conversation_id, "first").result(20)
