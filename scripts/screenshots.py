@@ -1,7 +1,9 @@
 """Runs the real app on a virtual X display (Xvfb) and saves screenshots of its
 main screens: onboarding, a 1:1 chat, a group, the safety number, search,
-settings, linking a second computer (both sides) and removing it, the lock
-screen, and a restore at first run that ends in the main window with the history.
+settings, linking a second computer (both sides, its message history following
+with progress on both screens) and removing it, the lock screen, and a restore
+at first run that asks what the computer becomes and ends in the main window
+with the history.
 
     .venv/bin/python -m scripts.screenshots [--out build/screenshots]
 
@@ -195,8 +197,8 @@ def _shoot(out: Path, work: Path, relay: RelayProcess) -> int:
     shot(window, "09-locked")
     launcher.shutdown()
     window.close()
-    # Alice's first device is gone (the restored copy is the same device to the
-    # relay); her new laptop restores the key backup at first run.
+    # Alice's new laptop restores the key backup at first run and becomes a
+    # device of its own (the wizard's last page asks).
     _restore_journey_screens(
         work, relay, work / "fake-home" / "Dropbox", key, shot=shot, until=until
     )
@@ -328,14 +330,87 @@ def _contact_screens(
     group_dialog.reject()
 
 
+# Alice's older history for the link screens: enough that its transfer has a
+# middle to show, sent in chunks small enough for the counts to move.
+OLD_MESSAGES = 40_000
+OLD_CHUNK = 1_000
+OLD_HOLD_AT = 13_000
+OLD_LINES = (
+    "Did you see the harbour this morning?",
+    "The ferry was late again.",
+    "Photos from the weekend are in the shared folder.",
+    "Happy birthday! 🎉",
+    "Can you send me the address?",
+    "Running a bit late, start without me.",
+)
+
+
+def _old_history(client: Any) -> None:
+    """OLD_MESSAGES messages in alice's chat with bob, written straight into her
+    store, dated years back: the chat's latest messages (and every other
+    screenshot of it) stay as they were, only its history grows."""
+    store = client.messenger.store
+    insert = (
+        "INSERT INTO messages (conversation_id, uuid, sender, outgoing, kind, body, sent_at,"
+        " received_at, status) VALUES (?, ?, ?, ?, 'text', ?, ?, ?, ?)"
+    )
+    chat = next(c.conversation_id for c in client.conversations().result(20) if c.title == "bob")
+
+    def run() -> None:
+        rows = []
+        for number in range(OLD_MESSAGES):
+            outgoing = number % 2 == 0
+            when = 1_500_000_000_000 + number * 600_000
+            rows.append(
+                (
+                    chat,
+                    f"old-{number:06d}",
+                    "alice" if outgoing else "bob",
+                    int(outgoing),
+                    OLD_LINES[number % len(OLD_LINES)],
+                    when,
+                    when + 500,
+                    "delivered" if outgoing else "read",
+                )
+            )
+        with store.transaction():
+            store.executemany(insert, rows)
+
+    client.core(run).result(120)
+
+
+def _hold_history_midway(client: Any) -> Any:
+    """Alice's client sends its history in OLD_CHUNK chunks and waits, once
+    OLD_HOLD_AT messages are out, until the returned event is set: both screens
+    can then be shot halfway, however fast the transfer really is."""
+    import threading
+
+    release = threading.Event()
+    original = client.transfer_history
+
+    def progress(done: int, _total: int) -> None:
+        if done >= OLD_HOLD_AT:
+            release.wait(60)
+
+    def transfer(device_id: int, **_given: Any) -> Any:
+        return original(device_id, chunk_messages=OLD_CHUNK, progress=progress)
+
+    client.transfer_history = transfer
+    return release
+
+
 def _link_screens(window: Any, work: Path, relay: RelayProcess, shot: Any, *, until: Any) -> None:
     """Issue #19: alice links a desktop to her account. The new computer's setup,
     code and confirmation screens, the laptop's side (code, confirmation, done),
-    then the desktop removed again from Settings → Devices and signed out."""
+    her history sent over (the laptop's count, the desktop's banner, Settings →
+    Devices), then the desktop removed again from Settings → Devices and signed out."""
     from app.ui.application import Launcher
     from app.ui.dialogs import OnboardingDialog
+    from app.ui.main_window import HistoryBanner
     from tests.services.helpers import FAST_KDF, make_profile
 
+    _old_history(window.bridge.client)
+    release = _hold_history_midway(window.bridge.client)
     make_profile(work, "alice-desktop", relay, sealed=True)
     desktop = Launcher(work / "profiles" / "alice-desktop", kdf=FAST_KDF)
     desktop.start()
@@ -375,9 +450,33 @@ def _link_screens(window: Any, work: Path, relay: RelayProcess, shot: Any, *, un
         existing.approve_button.click()
         until(lambda: desktop.window is not None, 60)
         until(lambda: existing.pages.currentIndex() == existing.DONE, 30)
-        shot(existing, "34-link-existing-device-done")
-        existing.close()
+        # Halfway through the history: the laptop's count, the desktop's banner.
+        # Held at OLD_HOLD_AT: the laptop shows the chunk before it, and the
+        # desktop, which lags by the chunk in flight, catches up to about as far.
+        held_at = f"{OLD_HOLD_AT - OLD_CHUNK:,} of"
+        until(lambda: held_at in existing.history_label.text(), 60)
+        shot(existing, "34-link-existing-device-sending-history")
+        receiving = desktop.window
+        receiving.resize(1100, 720)
+        share = (OLD_HOLD_AT - OLD_CHUNK) * 100 // OLD_MESSAGES
+        until(
+            lambda: (
+                receiving.history_banner.state == HistoryBanner.RECEIVING
+                and receiving.history_banner.bar.value() >= share
+            ),
+            60,
+        )
+        until(lambda: receiving.conversations.rowCount() >= 2, 30)
+        shot(receiving, "34b-link-new-device-receiving-history")
         until(lambda: settings.devices.count() == 2)
+        until(settings.history_line.isVisible)
+        shot(settings, "34c-settings-devices-sending-history")
+        release.set()
+        until(lambda: existing.history_label.text().startswith("Done"), 60)
+        shot(existing, "34d-link-existing-device-history-sent")
+        until(lambda: receiving.history_banner.state == HistoryBanner.ARRIVED, 60)
+        shot(receiving, "34e-link-new-device-history-arrived")
+        existing.close()
         shot(settings, "35-settings-devices-linked")
         labels = [settings.devices.item(row).text() for row in range(settings.devices.count())]
         desktop_row = next(r for r, text in enumerate(labels) if "desktop" in text)
@@ -392,6 +491,7 @@ def _link_screens(window: Any, work: Path, relay: RelayProcess, shot: Any, *, un
         unlinked.resize(1100, 720)
         shot(unlinked, "37-device-removed")
     finally:
+        release.set()
         # A link left waiting (a step above failed) would keep polling the relay
         # and hold the process at exit: cancel it as closing the dialog does.
         for dialog in dialogs:
@@ -549,6 +649,9 @@ def _restore_journey_screens(
     shot(wizard, "26-restore-journey-secret")
     wizard.button(QWizard.WizardButton.NextButton).click()
     until(lambda: wizard.run_page.done, 60)
+    # The last page asks what this computer becomes (issue #19); it stays
+    # "as well", so the laptop is not signed out by the screenshots.
+    until(wizard.run_page.device_choice.isVisible)
     shot(wizard, "27-restore-journey-done")
     wizard.button(QWizard.WizardButton.FinishButton).click()
     until(lambda: launcher.window is not None, 60)

@@ -163,6 +163,9 @@ class Launcher(QObject):
         def opened(messenger: Messenger) -> None:
             dialog.mark_linked()
             self._opened(messenger)
+            if approval.linking.history_offered and self.window is not None:
+                # The other computer sends its history next (issue #19).
+                self.window.expect_history()
             dialog.close()
 
         def failed(error: BaseException) -> None:

@@ -1004,6 +1004,7 @@ class RestoreRunPage(QWizardPage):
     def _finished(self, report: engine.RestoreReport) -> None:
         self.running = False
         self.done = True
+        self.setTitle("Restored")  # the page now asks a question; "Restoring" is over
         info = self.owner.choose_page.selected()
         self.panel.finish(info.size if info is not None else None)
         finish_only(self.owner)

@@ -20,6 +20,7 @@ from app.services.events import (
     ConversationsChanged,
     DeviceUnlinked,
     Event,
+    HistoryProgress,
     IdentityChanged,
     IncomingMessage,
     MessagesChanged,
@@ -48,6 +49,9 @@ class ClientBridge(QObject):
     typing_changed = Signal(int, str, bool)  # conversation id, who, started
     typing_setting_loaded = Signal(bool)
     device_unlinked = Signal(str)  # why; this device no longer belongs to the account
+    # A history transfer moved on (issue #19): HistoryProgress, `sending` on the
+    # device giving its history, not on the one receiving it.
+    history_progress = Signal(object)
 
     _event_arrived = Signal(object)
     _call_finished = Signal(object, object)  # callback, result
@@ -95,6 +99,8 @@ class ClientBridge(QObject):
                 self.typing_changed.emit(conversation_id, sender, started)
             case DeviceUnlinked(reason):
                 self.device_unlinked.emit(reason)
+            case HistoryProgress():
+                self.history_progress.emit(event)
             case ServiceError(text):
                 self.error.emit(text)
 
@@ -246,6 +252,14 @@ class ClientBridge(QObject):
     # ---- devices and the app lock -------------------------------------------------
     def list_devices(self) -> None:
         self._when_done(self.client.devices(), self.devices_listed.emit)
+
+    def history_state(
+        self, callback: Callable[[HistoryProgress | None], None], *, sending: bool = False
+    ) -> None:
+        """Where the newest history transfer stands (to this device, or `sending`
+        from it), for a screen that opens while one may be running: events only
+        say what changes from then on."""
+        self._when_done(self.client.history_progress(sending=sending), callback)
 
     def remove_device(self, device_id: int) -> None:
         self._when_done(self.client.remove_device(device_id), self._ignore)

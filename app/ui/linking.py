@@ -6,7 +6,8 @@
   code, and the wait for approval. The launcher makes the profile once approved.
 - `LinkExistingDeviceDialog`, in Settings → Devices on a computer of the account:
   the code pasted, typed or read from a picture, the new computer's name and the
-  confirmation code, then Approve or Decline.
+  confirmation code, then Approve (with or without the message history) or
+  Decline; once approved, how far the history has been sent.
 - `UnlinkedScreen`, what the main window shows once this device was removed.
 
 Every step that waits on the relay runs in a worker (app/ui/workers.py). Closing a
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ import zxingcpp
 from PySide6.QtCore import QCoreApplication, QStandardPaths, Qt, QTimer, Signal, Slot
 from PySide6.QtGui import QGuiApplication, QImage
 from PySide6.QtWidgets import (
+    QCheckBox,
     QDialog,
     QFileDialog,
     QFormLayout,
@@ -42,7 +45,8 @@ from PySide6.QtWidgets import (
 
 from app.net import RelayClient
 from app.services.account import Profile
-from app.services.client import Client
+from app.services.client import Client, HistoryTransferCancelled
+from app.services.events import HistoryProgress
 from app.services.linking import (
     ExistingDeviceLinking,
     LinkCancelled,
@@ -274,7 +278,8 @@ class LinkNewDeviceDialog(_Steps):
             _text(
                 "Use the account you already have on another computer here too. Your "
                 "contacts and groups come over from it, and from then on your messages "
-                "arrive on both computers. Earlier messages stay on the other computer."
+                "arrive on both computers. Your earlier messages can follow, if you "
+                "choose to send them when you approve there."
             )
         )
         self.device_edit = QLineEdit(default_device)
@@ -544,9 +549,16 @@ class LinkNewDeviceDialog(_Steps):
 class LinkExistingDeviceDialog(_Steps):
     """Settings → Devices → Link a new device: the code from the new computer, its
     name and the confirmation code, then Approve (it gets the account) or Decline.
-    Emits `linked` with the new device's name once it is part of the account."""
+    Emits `linked` with the new device's name once it is part of the account.
+
+    Approving with "Also send my message history" checked starts the transfer in
+    the client; the done page follows it through `show_history_progress` (fed the
+    bridge's `history_progress` signal by the main window). The transfer belongs
+    to the client, not to this dialog: closing the dialog leaves it running."""
 
     linked = Signal(str)
+    # The transfer's future settled, on a client thread: its count, or the error.
+    _history_ended = Signal(object)
 
     ENTER, WAITING, CONFIRM, WORKING, DONE, FAILED = range(6)
 
@@ -637,6 +649,16 @@ class LinkExistingDeviceDialog(_Steps):
                 style=NOTE_STYLE,
             )
         )
+        confirm.addSpacing(6)
+        # Checked by default (issue #19): a new computer with empty chats is what
+        # people least expect. Its text names the device once it is known.
+        self.history_box = QCheckBox("Also send my message history")
+        self.history_box.setChecked(True)
+        self.history_box.setToolTip(
+            "Your earlier messages, end-to-end encrypted to the new computer; it goes on "
+            "in the background and picks up again after a dropped connection."
+        )
+        confirm.addWidget(self.history_box)
         confirm.addStretch(1)
         decide = QHBoxLayout()
         self.decline_button = QPushButton("Decline")
@@ -660,6 +682,28 @@ class LinkExistingDeviceDialog(_Steps):
         done.addWidget(self.done_title)
         self.done_label = _text()
         done.addWidget(self.done_label)
+        # The history transfer, when one was asked for (hidden otherwise).
+        self.history_panel = QWidget()
+        history = QVBoxLayout(self.history_panel)
+        history.setContentsMargins(0, 12, 0, 0)
+        self.history_label = _text("Sending your message history…")
+        history.addWidget(self.history_label)
+        self.history_bar = QProgressBar()
+        self.history_bar.setRange(0, 0)  # until the first count arrives
+        self.history_bar.setTextVisible(False)
+        self.history_bar.setMaximumHeight(10)
+        self.history_bar.setAccessibleName("Message history sent")
+        history.addWidget(self.history_bar)
+        self.history_note = _text(
+            "You can close this window: the history keeps being sent in the background.",
+            style=NOTE_STYLE,
+        )
+        history.addWidget(self.history_note)
+        self.history_panel.hide()
+        done.addWidget(self.history_panel)
+        self.history_transfer: Future[int] | None = None
+        self.history_state: HistoryProgress | None = None
+        self._history_wanted = False
         done.addStretch(1)
         self.close_button = QPushButton("Close")
         done_row = QHBoxLayout()
@@ -683,6 +727,7 @@ class LinkExistingDeviceDialog(_Steps):
         failed.addLayout(failed_buttons)
 
         self._progress.connect(self.progress_label.setText)
+        self._history_ended.connect(self._history_settled)
         self.enter_cancel.clicked.connect(self.reject)
         self.failed_cancel.clicked.connect(self.reject)
         self.close_button.clicked.connect(self.accept)
@@ -776,6 +821,7 @@ class LinkExistingDeviceDialog(_Steps):
         self.device_name, self.confirmation_code = result
         self.confirm_title.setText(f"Link {_quoted(self.device_name)}?")
         self.confirmation_label.setText(self.confirmation_code)
+        self.history_box.setText(f"Also send my message history to {_quoted(self.device_name)}")
         self.pages.setCurrentIndex(self.CONFIRM)
         self.decline_button.setDefault(False)
         self.approve_button.setDefault(True)
@@ -788,16 +834,87 @@ class LinkExistingDeviceDialog(_Steps):
         self.progress_label.setText("Adding the device to your account…")
         self.pages.setCurrentIndex(self.WORKING)
         name = self.device_name
+        send_history = self.history_box.isChecked()
+        # From here on: the transfer starts inside `approve`, on the client's
+        # threads, so its first counts can arrive before `linked` runs.
+        self._history_wanted = send_history
 
         def linked(_result: object) -> None:
             self._release()
             self.done_title.setText("<h2>Linked</h2>")
             self.done_label.setText(f"Linked. {_quoted(name)} now receives your messages.")
+            if linking.history_transfer is not None:
+                self._follow_history(linking.history_transfer)
             self.pages.setCurrentIndex(self.DONE)
             self.close_button.setDefault(True)
             self.linked.emit(name)
 
-        self._run(lambda: linking.approve(progress=self._progress.emit), linked, self.show_failure)
+        self._run(
+            lambda: linking.approve(progress=self._progress.emit, transfer_history=send_history),
+            linked,
+            self.show_failure,
+        )
+
+    # ---- the history transfer -------------------------------------------------------
+    def _follow_history(self, transfer: Future[int]) -> None:
+        self.history_transfer = transfer
+        self.history_panel.show()
+        if self.history_state is not None:
+            self._show_history(self.history_state)
+
+        def settled(finished: Future[int]) -> None:
+            # On a client thread; the signal takes it to the UI thread.
+            outcome: object = (
+                finished.exception() if finished.exception() is not None else finished.result()
+            )
+            if shiboken6.isValid(self):
+                self._history_ended.emit(outcome)
+
+        transfer.add_done_callback(settled)
+
+    @Slot(object)
+    def show_history_progress(self, progress: HistoryProgress) -> None:
+        """A `HistoryProgress` event from the client (the bridge's signal)."""
+        if not progress.sending or not self._history_wanted:
+            return
+        self.history_state = progress
+        if self.history_transfer is not None:
+            self._show_history(progress)
+
+    def _show_history(self, progress: HistoryProgress) -> None:
+        if progress.finished:
+            self.history_label.setText(f"Done: {progress.done_messages:,} messages sent.")
+            self.history_bar.setRange(0, 1)
+            self.history_bar.setValue(1)
+            self.history_note.hide()
+            return
+        self.history_label.setText(
+            f"Sending your message history… {progress.done_messages:,} of "
+            f"{progress.total_messages:,} messages"
+        )
+        if progress.total_messages > 0:
+            self.history_bar.setRange(0, progress.total_messages)
+            self.history_bar.setValue(progress.done_messages)
+
+    @Slot(object)
+    def _history_settled(self, outcome: object) -> None:
+        """The transfer's end as its future tells it: the count when no final event
+        came through, else why it stopped."""
+        if isinstance(outcome, int):
+            if self.history_state is None or not self.history_state.finished:
+                self._show_history(HistoryProgress(outcome, outcome, True, True))
+            return
+        self.history_note.hide()
+        self.history_bar.setRange(0, 1)
+        self.history_bar.setValue(0)
+        if isinstance(outcome, HistoryTransferCancelled):
+            # Stopped by the app closing: the client resumes it at its next start.
+            self.history_label.setText(
+                "Sending your message history stopped; it carries on the next time "
+                "Cipherline starts here."
+            )
+        elif isinstance(outcome, BaseException):
+            self.history_label.setText(f"Your message history was not sent: {describe(outcome)}")
 
     def decline(self) -> None:
         linking = self.linking

@@ -7,19 +7,21 @@ from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import QEvent, QModelIndex, QPoint, QStandardPaths, Qt, QTimer, Signal
-from PySide6.QtGui import QAction, QKeySequence, QTextCursor
+from PySide6.QtGui import QAction, QKeySequence, QMouseEvent, QTextCursor
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QApplication,
     QComboBox,
     QDialog,
     QFileDialog,
+    QFrame,
     QHBoxLayout,
     QLabel,
     QLineEdit,
     QListView,
     QMainWindow,
     QMessageBox,
+    QProgressBar,
     QPushButton,
     QSplitter,
     QStackedWidget,
@@ -30,6 +32,7 @@ from PySide6.QtWidgets import (
 )
 
 from app import __version__
+from app.services.events import HistoryProgress
 from app.services.views import (
     ConversationKind,
     ConversationView,
@@ -68,6 +71,84 @@ TIMER_CHOICES = [
     ("1 day", 86400),
     ("1 week", 604800),
 ]
+
+
+class HistoryBanner(QFrame):
+    """A slim strip over the chat list while this device receives its history
+    from another of the account's devices (issue #19), then a line saying it
+    arrived, which goes by itself after `ARRIVED_MS` or at a click."""
+
+    ARRIVED_MS = 8000
+    HIDDEN, WAITING, RECEIVING, ARRIVED = range(4)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setObjectName("historyBanner")
+        self.setStyleSheet(
+            "#historyBanner { background: #e7f0fb; border: 1px solid #b9d0ee;"
+            " border-radius: 4px; }"
+            "#historyBanner QLabel { color: #17324f; }"
+        )
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(8, 5, 8, 6)
+        layout.setSpacing(4)
+        self.text = QLabel()
+        self.text.setWordWrap(True)
+        layout.addWidget(self.text)
+        self.bar = QProgressBar()
+        self.bar.setTextVisible(False)
+        self.bar.setMaximumHeight(4)
+        self.bar.setAccessibleName("Message history received")
+        layout.addWidget(self.bar)
+        self.state = self.HIDDEN
+        self._fade = QTimer(self)
+        self._fade.setSingleShot(True)
+        self._fade.timeout.connect(self.dismiss)
+        self.hide()
+
+    def waiting(self) -> None:
+        """History is on its way but no count has come yet."""
+        self._fade.stop()
+        self.state = self.WAITING
+        self.text.setText("Receiving your message history from your other computer…")
+        self.bar.setRange(0, 0)
+        self.bar.show()
+        self.setToolTip("It keeps arriving while Cipherline is open on both computers.")
+        self.show()
+
+    def receiving(self, done: int, total: int) -> None:
+        self._fade.stop()
+        self.state = self.RECEIVING
+        percent = min(100, done * 100 // total) if total > 0 else 0
+        self.text.setText(f"Receiving your message history from your other computer… {percent}%")
+        self.bar.setRange(0, 100)
+        self.bar.setValue(percent)
+        self.bar.show()
+        self.setToolTip(
+            f"{done:,} of {total:,} messages so far. It keeps arriving while Cipherline is "
+            "open on both computers."
+        )
+        self.show()
+
+    def arrived(self, count: int) -> None:
+        self.state = self.ARRIVED
+        self.text.setText(f"Your message history arrived: {count:,} messages.")
+        self.bar.hide()
+        self.setToolTip("Click to hide")
+        self.show()
+        self._fade.start(self.ARRIVED_MS)
+
+    def dismiss(self) -> None:
+        self._fade.stop()
+        self.state = self.HIDDEN
+        self.hide()
+
+    def mousePressEvent(self, event: QMouseEvent) -> None:
+        # Only the "arrived" line goes at a click: a transfer still running
+        # would come back with its next chunk anyway.
+        if self.state == self.ARRIVED:
+            self.dismiss()
+        super().mousePressEvent(event)
 
 
 class MainWindow(QMainWindow):
@@ -203,6 +284,8 @@ class MainWindow(QMainWindow):
         top.addWidget(self.new_group_button)
         top.addWidget(self.settings_button)
         layout.addLayout(top)
+        self.history_banner = HistoryBanner()
+        layout.addWidget(self.history_banner)
         self.sidebar_stack = QStackedWidget()
         self.conversation_view = QListView()
         self.conversation_view.setAccessibleName("Chats")
@@ -395,8 +478,36 @@ class MainWindow(QMainWindow):
         bridge.connection_changed.connect(self._connection_changed)
         bridge.error.connect(self.show_error)
         bridge.device_unlinked.connect(self.show_unlinked)
+        bridge.history_progress.connect(self._history_progressed)
+        # History still arriving when the app last closed resumes by itself.
+        bridge.history_state(self._history_state_loaded)
 
     # ---- bridge events ------------------------------------------------------
+    def expect_history(self) -> None:
+        """Just linked, with the other computer sending its history: the banner
+        shows before the first chunk comes (the sender waits for our keys first)."""
+        if self.history_banner.state == HistoryBanner.HIDDEN:
+            self.history_banner.waiting()
+
+    def _history_state_loaded(self, progress: HistoryProgress | None) -> None:
+        banner = self.history_banner
+        if progress is None or progress.finished:
+            return  # nothing coming, or it all came in an earlier session
+        if banner.state in (HistoryBanner.HIDDEN, HistoryBanner.WAITING):
+            banner.receiving(progress.done_messages, progress.total_messages)
+
+    def _history_progressed(self, progress: HistoryProgress) -> None:
+        if progress.sending:
+            return  # this device gives its history: the link dialog and Settings say so
+        if not progress.finished:
+            self.history_banner.receiving(progress.done_messages, progress.total_messages)
+            return
+        self.history_banner.arrived(progress.done_messages)
+        # The chat list follows each chunk (ConversationsChanged); an open chat
+        # is read again once, so its earlier messages show without a click.
+        if self._current is not None and self.chat_stack.currentIndex() == 1:
+            self.bridge.open_conversation(self._current.conversation_id)
+
     def _conversations_changed(self, rows: list[ConversationView]) -> None:
         selected = self._current.conversation_id if self._current else None
         self.conversations.set_conversations(rows)
@@ -859,6 +970,9 @@ class MainWindow(QMainWindow):
         dialog.link_requested.connect(lambda: self.link_device(dialog))
         self.bridge.devices_listed.connect(dialog.set_devices)
         self.bridge.list_devices()
+        # A history transfer started from an earlier link dialog may still run.
+        self.bridge.history_progress.connect(dialog.set_history_progress)
+        self.bridge.history_state(dialog.set_history_progress, sending=True)
         dialog.unblock_requested.connect(lambda name: self.bridge.set_blocked(name, False))
         self.bridge.blocked_listed.connect(dialog.set_blocked)
         self.bridge.list_blocked()
@@ -872,6 +986,7 @@ class MainWindow(QMainWindow):
 
         dialog = LinkExistingDeviceDialog(self.bridge.client, parent or self)
         dialog.linked.connect(lambda _name: self.bridge.list_devices())
+        self.bridge.history_progress.connect(dialog.show_history_progress)
         self.link_dialog = dialog
         dialog.show()
 

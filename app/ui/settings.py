@@ -13,6 +13,7 @@ from PySide6.QtWidgets import (
     QLabel,
     QListWidget,
     QMessageBox,
+    QProgressBar,
     QPushButton,
     QTabWidget,
     QVBoxLayout,
@@ -20,6 +21,7 @@ from PySide6.QtWidgets import (
 )
 
 from app import __version__
+from app.services.events import HistoryProgress
 
 
 def about_text() -> str:
@@ -77,6 +79,18 @@ class SettingsDialog(QDialog):
         self.devices = QListWidget()
         self.devices.setAccessibleName("Devices on this account")
         devices_layout.addWidget(self.devices)
+        # A history transfer to a linked device (issue #19) outlives the link
+        # dialog: while one runs, this is where to see how far it got.
+        self.history_line = QLabel()
+        self.history_line.setWordWrap(True)
+        self.history_bar = QProgressBar()
+        self.history_bar.setTextVisible(False)
+        self.history_bar.setMaximumHeight(8)
+        self.history_bar.setAccessibleName("Message history sent")
+        self.history_line.hide()
+        self.history_bar.hide()
+        devices_layout.addWidget(self.history_line)
+        devices_layout.addWidget(self.history_bar)
         device_buttons = QHBoxLayout()
         self.link_button = QPushButton("Link a new device")
         self.link_button.setToolTip("Use this account on another computer too")
@@ -198,6 +212,29 @@ class SettingsDialog(QDialog):
             self._device_ids.append(device_id)
             self._device_names.append(name if readable else f"device #{device_id}")
         self._update_remove(self.devices.currentRow())
+
+    def set_history_progress(self, progress: HistoryProgress | None) -> None:
+        """The outgoing history transfer's state (`Client.history_progress(sending=True)`
+        when the dialog opens, then each event): a line while it runs, "Done" once
+        it ends under our eyes, nothing for one that ended before."""
+        if progress is None or not progress.sending:
+            return
+        if progress.finished:
+            if self.history_line.isHidden():
+                return
+            self.history_line.setText(
+                f"Your message history was sent: {progress.done_messages:,} messages."
+            )
+            self.history_bar.hide()
+            return
+        self.history_line.setText(
+            f"Sending your message history to your new device… "
+            f"{progress.done_messages:,} of {progress.total_messages:,} messages"
+        )
+        self.history_bar.setRange(0, max(progress.total_messages, 1))
+        self.history_bar.setValue(progress.done_messages)
+        self.history_line.show()
+        self.history_bar.show()
 
     def _update_remove(self, row: int) -> None:
         self.remove_button.setEnabled(

@@ -5,10 +5,17 @@ account"), the existing device's from a running account's Settings → Devices.
 Approving opens the new profile's main window with the account's contacts;
 declining, a mistyped code and a picture without a code each end in a sentence;
 a QR code drawn by segno is read back by zxing-cpp, an independent decoder; and
-removing the linked computer from Settings signs it out and covers its window."""
+removing the linked computer from Settings signs it out and covers its window.
+
+With "Also send my message history" checked, the laptop's history follows the
+link: the laptop's dialog counts the messages sent, the desktop's chat list shows
+a banner with the share received and fills in chunk by chunk, and closing the
+laptop's dialog halfway leaves the transfer running (Settings → Devices follows it)."""
 
 from __future__ import annotations
 
+import re
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,19 +25,30 @@ from PySide6.QtGui import QColor, QImage, QPainter
 from PySide6.QtWidgets import QMessageBox
 from pytestqt.qtbot import QtBot
 
+from app.services.client import Client
+from app.services.events import HistoryProgress
 from app.ui.application import Launcher
 from app.ui.bridge import ClientBridge
 from app.ui.dialogs import OnboardingDialog
 from app.ui.linking import LinkExistingDeviceDialog, LinkNewDeviceDialog, read_qr_code
-from app.ui.main_window import MainWindow
+from app.ui.main_window import HistoryBanner, MainWindow
 from app.ui.settings import SettingsDialog
-from tests.services.helpers import FAST_KDF, Person, make_profile, wait_for
+from tests.services.helpers import FAST_KDF, Person, make_profile, on_core, wait_for
 from tests.support.components import RelayProcess
 from tests.ui.test_accessibility import unnamed_controls
 
 PASSPHRASE = "the desktop's own passphrase"
 # Generous: a link step waits on the relay's long poll (five seconds a round).
 STEP_MS = 30_000
+# The laptop's history for the transfer tests: a few hundred messages, sent in
+# chunks small enough that both screens have a middle to show.
+HISTORY = 600
+CHUNK = 100
+HOLD_AT = 300
+INSERT = (
+    "INSERT INTO messages (conversation_id, uuid, sender, outgoing, kind, body, sent_at,"
+    " received_at, status) VALUES (?, ?, ?, ?, 'text', ?, ?, ?, ?)"
+)
 
 
 @pytest.fixture
@@ -275,3 +293,263 @@ def test_cancelling_the_new_computer_goes_back_to_the_first_run_screen(
         assert launcher.dialog.isVisible()
     finally:
         _finish(launcher)
+
+
+# ---- the history follows the link --------------------------------------------------
+
+
+def _fill(alice: Person) -> None:
+    """HISTORY messages written straight into the laptop's store on its core
+    thread: half in the chat with bob, half with dave, a chat the desktop gets
+    only through the history (contacts come with the link, chats do not)."""
+    store = alice.client.messenger.store
+    bob = next(c.conversation_id for c in alice.client.conversations().result(20))
+
+    def run() -> None:
+        dave = store.conversations.direct("dave", now=1).id
+        rows = []
+        for number in range(HISTORY):
+            chat = (bob, dave)[number % 2]
+            outgoing = number % 3 == 0
+            rows.append(
+                (
+                    chat,
+                    f"history-{number:06d}",
+                    "alice" if outgoing else ("bob" if chat == bob else "dave"),
+                    int(outgoing),
+                    f"old message {number} about the harbour",
+                    1_600_000_000_000 + number * 60_000,
+                    1_600_000_000_500 + number * 60_000,
+                    "delivered" if outgoing else "read",
+                )
+            )
+        with store.transaction():
+            store.executemany(INSERT, rows)
+
+    on_core(alice, run)
+
+
+class HeldTransfer:
+    """The laptop's client sends its history in CHUNK-message chunks and holds
+    the transfer once HOLD_AT messages are out until `release`, so the test can
+    look at both screens (and close a dialog) in the middle, deterministically."""
+
+    def __init__(self, client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.reached = threading.Event()
+        self.released = threading.Event()
+        original = client.transfer_history
+
+        def transfer(device_id: int, **_given: object) -> object:
+            return original(device_id, chunk_messages=CHUNK, progress=self._progress)
+
+        monkeypatch.setattr(client, "transfer_history", transfer)
+
+    def _progress(self, done: int, _total: int) -> None:
+        # On the client's history thread, before the count goes out as an event.
+        if done >= HOLD_AT and not self.released.is_set():
+            self.reached.set()
+            self.released.wait(STEP_MS / 1000)
+
+    def release(self) -> None:
+        self.released.set()
+
+
+def _linked_with_history(
+    qtbot: QtBot, tmp_path: Path, relay: RelayProcess, laptop: Laptop
+) -> tuple[Launcher, LinkExistingDeviceDialog, list[HistoryProgress]]:
+    """Links the desktop with the history box left checked; returns once its main
+    window is open, with every HistoryProgress its bridge heard."""
+    launcher, new = _new_computer(qtbot, tmp_path, relay)
+    existing = laptop.link_dialog(qtbot)
+    qtbot.keyClicks(existing.code_edit, new.short_code)
+    qtbot.mouseClick(existing.continue_button, Qt.MouseButton.LeftButton)
+    _both_confirming(qtbot, new, existing)
+    assert existing.history_box.isChecked()
+    assert existing.history_box.isVisible()
+    assert existing.history_box.text() == "Also send my message history to “Desktop”"
+    received: list[HistoryProgress] = []
+
+    def record(window: MainWindow) -> None:
+        # Connected as the window opens, before its first event is delivered.
+        window.bridge.history_progress.connect(received.append)
+
+    launcher.ready.connect(record)
+    with qtbot.waitSignal(launcher.ready, timeout=60_000):
+        qtbot.mouseClick(existing.approve_button, Qt.MouseButton.LeftButton)
+    assert isinstance(launcher.window, MainWindow)
+    qtbot.addWidget(launcher.window)
+    return launcher, existing, received
+
+
+def _new_device_messages(window: MainWindow) -> int:
+    client = window.bridge.client
+    store = client.messenger.store
+    query = "SELECT count(*) FROM messages WHERE uuid LIKE 'history-%'"
+    return int(client.core(lambda: store.execute(query).fetchone()[0]).result(20))
+
+
+def _titles(window: MainWindow) -> list[str]:
+    rows = range(window.conversations.rowCount())
+    return [view.title for r in rows if (view := window.conversations.conversation_at(r))]
+
+
+def test_the_history_follows_the_link_with_progress_on_both_screens(
+    qtbot: QtBot,
+    tmp_path: Path,
+    relay: RelayProcess,
+    people: dict[str, Person],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    alice = people["alice"]
+    _fill(alice)
+    held = HeldTransfer(alice.client, monkeypatch)
+    laptop = Laptop(qtbot, alice)
+    sent: list[HistoryProgress] = []
+    laptop.window.bridge.history_progress.connect(sent.append)
+    launcher, existing, received = _linked_with_history(qtbot, tmp_path, relay, laptop)
+    try:
+        window = launcher.window
+        assert isinstance(window, MainWindow)
+        banner = window.history_banner
+        # At once, before the first chunk: the other computer waits for our keys.
+        assert banner.state in (HistoryBanner.WAITING, HistoryBanner.RECEIVING)
+        assert banner.isVisible()
+        assert banner.text.text().startswith(
+            "Receiving your message history from your other computer…"
+        )
+        qtbot.waitUntil(lambda: existing.pages.currentIndex() == existing.DONE, timeout=STEP_MS)
+        assert existing.history_panel.isVisible()
+        assert existing.history_note.text() == (
+            "You can close this window: the history keeps being sent in the background."
+        )
+
+        # Halfway: the laptop counts messages, the desktop shows a share, and its
+        # chat list already has the chat that only the history brings.
+        assert held.reached.wait(STEP_MS / 1000), "the transfer never got halfway"
+        qtbot.waitUntil(lambda: "dave" in _titles(window), timeout=STEP_MS)
+        qtbot.waitUntil(lambda: banner.state == HistoryBanner.RECEIVING, timeout=STEP_MS)
+        middle = re.fullmatch(
+            r"Receiving your message history from your other computer… (\d+)%",
+            banner.text.text(),
+        )
+        assert middle is not None, banner.text.text()
+        assert 0 < int(middle.group(1)) < 100
+        sending = re.fullmatch(
+            r"Sending your message history… ([\d,]+) of ([\d,]+) messages",
+            existing.history_label.text(),
+        )
+        assert sending is not None, existing.history_label.text()
+        done, total = (int(group.replace(",", "")) for group in sending.groups())
+        assert 0 < done < total
+        assert existing.history_bar.value() == done
+        assert existing.history_bar.maximum() == total
+        held.release()
+
+        # The end, on both screens.
+        transfer = existing.history_transfer
+        assert transfer is not None
+        count = transfer.result(timeout=STEP_MS / 1000)
+        assert count == total >= HISTORY
+        qtbot.waitUntil(
+            lambda: existing.history_label.text() == f"Done: {count:,} messages sent.",
+            timeout=STEP_MS,
+        )
+        assert existing.history_bar.value() == existing.history_bar.maximum()
+        assert not existing.history_note.isVisible()
+        qtbot.waitUntil(lambda: banner.state == HistoryBanner.ARRIVED, timeout=STEP_MS)
+        assert banner.text.text() == f"Your message history arrived: {count:,} messages."
+        assert not banner.bar.isVisible()
+        # Each side reported a middle, chunk by chunk, then the end.
+        assert any(0 < e.done_messages < e.total_messages for e in sent if e.sending)
+        assert any(not e.finished and not e.sending for e in received)
+        assert received[-1] == HistoryProgress(count, count, True, False)
+        assert _new_device_messages(window) == HISTORY
+
+        # The chat list has both chats, and a chat opened shows the old messages.
+        assert {"bob", "dave"} <= set(_titles(window))
+        dave = next(
+            view
+            for r in range(window.conversations.rowCount())
+            if (view := window.conversations.conversation_at(r)) and view.title == "dave"
+        )
+        window.open_conversation(dave.conversation_id)
+        qtbot.waitUntil(lambda: window.messages.rowCount() > 0, timeout=STEP_MS)
+        newest = window.messages.message_at(window.messages.rowCount() - 1)
+        assert newest is not None
+        assert newest.body == f"old message {HISTORY - 1} about the harbour"
+
+        # The "arrived" line goes at a click (else by itself, after a few seconds).
+        qtbot.mouseClick(banner, Qt.MouseButton.LeftButton)
+        assert not banner.isVisible()
+        assert banner.state == HistoryBanner.HIDDEN
+    finally:
+        held.release()
+        _finish(launcher)
+
+
+def test_closing_the_laptops_dialog_halfway_leaves_the_history_going(
+    qtbot: QtBot,
+    tmp_path: Path,
+    relay: RelayProcess,
+    people: dict[str, Person],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    alice = people["alice"]
+    _fill(alice)
+    held = HeldTransfer(alice.client, monkeypatch)
+    laptop = Laptop(qtbot, alice)
+    launcher, existing, _received = _linked_with_history(qtbot, tmp_path, relay, laptop)
+    try:
+        window = launcher.window
+        assert isinstance(window, MainWindow)
+        qtbot.waitUntil(lambda: existing.pages.currentIndex() == existing.DONE, timeout=STEP_MS)
+        assert held.reached.wait(STEP_MS / 1000), "the transfer never got halfway"
+        qtbot.waitUntil(
+            lambda: existing.history_label.text().startswith("Sending your message history…"),
+            timeout=STEP_MS,
+        )
+        qtbot.mouseClick(existing.close_button, Qt.MouseButton.LeftButton)
+        assert not existing.isVisible()
+        transfer = existing.history_transfer
+        assert transfer is not None
+        assert not transfer.done()
+
+        # Settings → Devices, open all along, follows the transfer; so does a
+        # Settings opened now (it asks the client where the transfer stands).
+        for settings in (laptop.settings, _reopened_settings(qtbot, laptop)):
+            qtbot.waitUntil(settings.history_line.isVisible, timeout=STEP_MS)
+            assert re.fullmatch(
+                r"Sending your message history to your new device… [\d,]+ of [\d,]+ messages",
+                settings.history_line.text(),
+            ), settings.history_line.text()
+            assert settings.history_bar.isVisible()
+
+        held.release()
+        count = transfer.result(timeout=STEP_MS / 1000)
+        qtbot.waitUntil(
+            lambda: window.history_banner.state == HistoryBanner.ARRIVED, timeout=STEP_MS
+        )
+        assert _new_device_messages(window) == HISTORY
+        qtbot.waitUntil(
+            lambda: (
+                laptop.settings.history_line.text()
+                == f"Your message history was sent: {count:,} messages."
+            ),
+            timeout=STEP_MS,
+        )
+        assert not laptop.settings.history_bar.isVisible()
+        # The closed dialog heard the end too: it would say so if opened again.
+        assert existing.history_label.text() == f"Done: {count:,} messages sent."
+    finally:
+        held.release()
+        _finish(launcher)
+
+
+def _reopened_settings(qtbot: QtBot, laptop: Laptop) -> SettingsDialog:
+    laptop.window.show_settings()
+    settings = laptop.window.settings_dialog
+    assert isinstance(settings, SettingsDialog)
+    assert settings is not laptop.settings
+    settings.tabs.setCurrentIndex(1)
+    qtbot.waitExposed(settings)
+    return settings
