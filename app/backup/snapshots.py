@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import mmap
 import os
 import queue
 import shutil
@@ -64,6 +65,12 @@ CDC_MIN = 256 << 10
 CDC_MAX = 4 << 20
 READ_PAGES = 256
 WRITE_PIECE = 2 << 20
+# A pack closes once it reaches PACK_TARGET, so its buffer holds at most that,
+# one more chunk (up to MAX_CHUNK) sealed, and the header.
+PACK_CAPACITY = v3.MAX_HEADER_LENGTH + v3.PACK_TARGET + v3.MAX_CHUNK + v3.TAG_LENGTH
+# One pack being sealed, one being written, one being read back: the pipeline's
+# depth, and its memory (anonymous maps, touched only as far as packs fill them).
+PACK_BUFFERS = 3
 LOCK_NAME = "lock"
 LOCK_STALE_SECONDS = 15 * 60
 LOCK_REFRESH_SECONDS = 60
@@ -128,10 +135,14 @@ class Repository:
             found.update(bytes.fromhex(p.name) for p in _named_files(folder))
         return found
 
-    def write_file(self, folder: Path, data: bytes) -> Path:
-        """`data` under its SHA-256 name: temp, fsync, rename, fsync the folder."""
+    def write_file(self, folder: Path, data: bytes | memoryview, *, fan_out: bool = False) -> Path:
+        """`data` under its SHA-256 name: temp, fsync, rename, fsync the folder.
+        With `fan_out`, in the subfolder named by the name's first 2 hex digits."""
+        name = hashlib.sha256(data).hexdigest()
+        if fan_out:
+            folder = folder / name[:2]
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        target = folder / hashlib.sha256(data).hexdigest()
+        target = folder / name
         temp = folder / f".{random_bytes(8).hex()}{TMP_SUFFIX}"
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
@@ -149,6 +160,13 @@ class Repository:
                 finally:
                     pacer.close()
                 os.fsync(handle.fileno())
+                with contextlib.suppress(OSError, AttributeError):
+                    # Clean once fsync'd, so dropped at once: the next file's
+                    # writes then recycle these pages (taking fresh page-cache
+                    # pages ran at a third of the speed here), and a backup's
+                    # gigabytes do not evict the user's cached files. A read-back
+                    # reads the disk either way.
+                    os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
             os.replace(temp, target)
         except BaseException:
             temp.unlink(missing_ok=True)
@@ -401,15 +419,30 @@ class PackReader:
 # ---- writing ---------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _SealedPack:
+    """A pack sealed in memory, on its way to the disk."""
+
+    buffer: mmap.mmap
+    length: int
+    header: bytes
+    blobs: tuple[v3.BlobEntry, ...]
+    aead: ReusableAead
+
+
 class _PackWriter:
     """Seals new chunks into packs of about PACK_TARGET bytes.
 
-    With `write_behind`, a thread of its own names, writes, fsyncs and reads back
-    (page cache dropped, every blob authenticated) each pack while the caller goes
-    on chunking and sealing the next: hashing and the disk release the GIL, so on
-    two cores the first backup of a large history takes the time of its slowest
-    part instead of the sum. At most two packs wait for it (bounded memory).
-    `finish()` waits and raises what went wrong; packs keep their order."""
+    Each blob is sealed straight into a reused pack buffer (no copy, no fresh
+    memory: on a virtual machine first-touch pages cost more than the cipher).
+    With `write_behind`, two threads of its own take each finished pack: one
+    names, writes and fsyncs it, the other reads it back from the disk (page
+    cache dropped) and authenticates every blob, while the caller goes on
+    chunking and sealing the next. Hashing, the cipher and the disk release the
+    GIL, so on two cores the first backup of a large history takes the time of
+    its slowest part instead of the sum. PACK_BUFFERS bound the memory and how
+    far the caller runs ahead. `finish()` waits and raises what went wrong;
+    packs keep their order."""
 
     def __init__(
         self,
@@ -426,56 +459,76 @@ class _PackWriter:
         self.written: list[v3.PackEntry] = []
         self.bytes = 0
         self._failure: BaseException | None = None
-        self._queue: queue.Queue[tuple[bytes, tuple[v3.BlobEntry, ...]] | None] | None = None
-        self._thread: threading.Thread | None = None
+        self._free: queue.Queue[mmap.mmap] = queue.Queue()
+        for _ in range(PACK_BUFFERS if write_behind else 1):
+            self._free.put(mmap.mmap(-1, PACK_CAPACITY))
+        self._to_write: queue.Queue[_SealedPack | None] | None = None
+        self._to_check: queue.Queue[tuple[bytes, _SealedPack] | None] | None = None
+        self._threads: list[threading.Thread] = []
         if write_behind:
-            self._queue = queue.Queue(maxsize=2)
-            self._thread = threading.Thread(
-                target=self._write_behind, name="pack-writer", daemon=True
-            )
-            self._thread.start()
+            self._to_write, self._to_check = queue.Queue(), queue.Queue()
+            self._threads = [
+                threading.Thread(target=self._write_behind, name="pack-writer", daemon=True),
+                threading.Thread(target=self._check_behind, name="pack-checker", daemon=True),
+            ]
+            for thread in self._threads:
+                thread.start()
         self._reset()
 
     def _reset(self) -> None:
-        self._header: v3.Header | None = None
-        self._parts: list[bytes] = []
+        self._header: bytes | None = None
+        self._buffer: mmap.mmap | None = None
+        self._view: memoryview | None = None
         self._blobs: list[v3.BlobEntry] = []
         self._size = 0
         self._aead: ReusableAead | None = None
 
     def add(self, chunk_id: bytes, plain: bytes | memoryview) -> None:
         if self._header is None:
-            self._header = v3.new_header(
+            header = v3.new_header(
                 self.key,
                 v3.KIND_PACK,
                 self.method,
                 record_id=self.record_id,
                 created_ns=self.clock(),
             )
-            head = self._header.to_bytes()
-            self._parts.append(head)
-            self._size = len(head)
-            self._aead = ReusableAead(self._header.file_key(self.key))
+            self._header = header.to_bytes()
+            self._aead = ReusableAead(header.file_key(self.key))
+            self._buffer = self._take_buffer()
+            self._view = memoryview(self._buffer)
+            self._size = len(self._header)
+            self._view[: self._size] = self._header
         assert self._aead is not None
-        sealed = self._aead.seal(v3.blob_nonce(len(self._blobs)), plain, chunk_id)
-        self._blobs.append(v3.BlobEntry(chunk_id, self._size, len(sealed)))
-        self._parts.append(sealed)
-        self._size += len(sealed)
+        assert self._view is not None
+        # A pack is closed once it reaches PACK_TARGET, so the buffer
+        # (PACK_CAPACITY) always has room for one more chunk of up to MAX_CHUNK.
+        end = self._size + len(plain) + v3.TAG_LENGTH
+        self._aead.seal_into(
+            v3.blob_nonce(len(self._blobs)), plain, chunk_id, self._view[self._size : end]
+        )
+        self._blobs.append(v3.BlobEntry(chunk_id, self._size, end - self._size))
+        self._size = end
         if self._size >= v3.PACK_TARGET:
             self.flush()
 
     def flush(self) -> None:
         if self._header is None:
             return
-        data = b"".join(self._parts)
-        blobs = tuple(self._blobs)
-        self.bytes += len(data)
+        assert self._buffer is not None
+        assert self._aead is not None
+        assert self._view is not None
+        self._view.release()
+        sealed = _SealedPack(self._buffer, self._size, self._header, tuple(self._blobs), self._aead)
+        self.bytes += sealed.length
         self._reset()
-        if self._queue is None:
-            self._store(data, blobs, read_back=False)
+        if self._to_write is None:
+            try:
+                self.written.append(v3.PackEntry(self._write(sealed), sealed.blobs))
+            finally:
+                self._free.put(sealed.buffer)
             return
         self._raise_failure()
-        self._queue.put((data, blobs))
+        self._to_write.put(sealed)
 
     def finish(self) -> None:
         """Every pack written (and, written behind, read back); raises a failure."""
@@ -483,41 +536,172 @@ class _PackWriter:
         self._raise_failure()
 
     def close(self) -> None:
-        """Stops the writer thread, if any, once what it was given is done."""
-        if self._thread is not None and self._queue is not None:
-            self._queue.put(None)
-            self._thread.join()
-            self._thread = None
+        """Stops the threads, if any, once what they were given is done."""
+        if self._threads and self._to_write is not None:
+            self._to_write.put(None)
+            for thread in self._threads:
+                thread.join()
+            self._threads = []
+        if self._view is not None:
+            self._view.release()
+            self._view = None
+        while True:
+            try:
+                buffer = self._free.get_nowait()
+            except queue.Empty:
+                break
+            # A failure's traceback may still hold a view of it; then the
+            # collector unmaps it once that is gone.
+            with contextlib.suppress(BufferError):
+                buffer.close()
 
     @property
     def read_back(self) -> bool:
         """Whether each pack was already read back from the disk as it was written."""
-        return self._queue is not None
+        return self._to_write is not None
 
     def _raise_failure(self) -> None:
         if self._failure is not None:
             raise self._failure
 
-    def _store(self, data: bytes, blobs: tuple[v3.BlobEntry, ...], *, read_back: bool) -> None:
-        pack_id = hashlib.sha256(data).digest()
-        self.repo.write_file(self.repo.pack_path(pack_id).parent, data)
-        entry = v3.PackEntry(pack_id, blobs)
-        if read_back:
-            # The tags (each blob's id is its AD) cover what the disk could change;
-            # the ids were computed from the plaintext moments ago.
-            wanted = {blob.chunk_id for blob in blobs}
-            _check_pack(self.repo, self.key, pack_id, wanted, entry, check_ids=False)
-        self.written.append(entry)
+    def _take_buffer(self) -> mmap.mmap:
+        # The threads hand every buffer back, even after a failure, so this
+        # never waits for ever; a failure is raised here rather than after it.
+        while True:
+            self._raise_failure()
+            try:
+                return self._free.get(timeout=0.5)
+            except queue.Empty:
+                continue
+
+    def _write(self, sealed: _SealedPack) -> bytes:
+        with memoryview(sealed.buffer) as view:
+            path = self.repo.write_file(
+                self.repo.root / "data", view[: sealed.length], fan_out=True
+            )
+        return bytes.fromhex(path.name)
 
     def _write_behind(self) -> None:
-        assert self._queue is not None
-        while (item := self._queue.get()) is not None:
-            if self._failure is not None:
-                continue  # after a failure, what is still queued is dropped
+        assert self._to_write is not None
+        assert self._to_check is not None
+        while (sealed := self._to_write.get()) is not None:
             try:
-                self._store(*item, read_back=True)
+                if self._failure is None:
+                    self._to_check.put((self._write(sealed), sealed))
+                    continue
             except BaseException as error:  # noqa: BLE001 - raised on the caller's thread
                 self._failure = error
+            self._free.put(sealed.buffer)
+        self._to_check.put(None)
+
+    def _check_behind(self) -> None:
+        assert self._to_check is not None
+        scratch = mmap.mmap(-1, PACK_CAPACITY + v3.MAX_CHUNK)
+        while (item := self._to_check.get()) is not None:
+            pack_id, sealed = item
+            try:
+                if self._failure is None:
+                    _read_back_pack(self.repo, pack_id, sealed, scratch)
+                    self.written.append(v3.PackEntry(pack_id, sealed.blobs))
+            except BaseException as error:  # noqa: BLE001 - raised on the caller's thread
+                self._failure = error
+            finally:
+                # Only now: the read-back compares the disk with the header in it.
+                self._free.put(sealed.buffer)
+        # A failure's traceback may still hold a view of it; then the collector
+        # unmaps it once that is gone.
+        with contextlib.suppress(BufferError):
+            scratch.close()
+
+
+def _read_back_pack(
+    repo: Repository, pack_id: bytes, sealed: _SealedPack, scratch: mmap.mmap
+) -> None:
+    """A pack just written, read back from the disk (page cache dropped): it is
+    exactly what was written, byte for byte, hence its SHA-256 is its name,
+    without hashing it again: its length matches, its clear header equals the
+    one written, and every blob, which with the header covers every byte in
+    turn, authenticates under the pack's key (its id is the AD, so a blob moved
+    or given another id fails too). The ids were computed from the plaintext
+    moments ago."""
+    name = f"pack {pack_id.hex()[:12]}…"
+    length = sealed.length
+    with memoryview(scratch) as view:
+        # The file is read into the scratch buffer's first PACK_CAPACITY bytes (one
+        # byte more than written, so a longer file shows), the blobs open after it.
+        data, plain = view[:PACK_CAPACITY], view[PACK_CAPACITY:]
+        got = _read_from_disk(repo.pack_path(pack_id), data, length + 1)
+        if got != length:
+            raise CorruptBackup(0, f"{name} does not read back as written (length)")
+        head = len(sealed.header)
+        if data[:head] != sealed.header:
+            raise CorruptBackup(0, f"{name} does not read back as written (header)")
+        end = head
+        for number, blob in enumerate(sealed.blobs):
+            if blob.offset != end:
+                raise CorruptBackup(blob.offset, f"{name} does not hold what its index says")
+            end = blob.offset + blob.length
+            try:
+                sealed.aead.open_into(
+                    v3.blob_nonce(number),
+                    data[blob.offset : end],
+                    blob.chunk_id,
+                    plain[: blob.length - v3.TAG_LENGTH],
+                )
+            except DecryptionError:
+                raise CorruptBackup(
+                    blob.offset, f"a chunk in {name} fails authentication when read back"
+                ) from None
+        if end != length:
+            raise CorruptBackup(end, f"{name} has bytes its index does not name")
+
+
+_DIRECT_BLOCK = 4096
+
+
+def _read_from_disk(path: Path, into: memoryview, limit: int) -> int:
+    """Up to `limit` bytes of `path` from the disk, not the page cache, into
+    `into` (page-aligned, with room for `limit` rounded up to 4 KiB); the count.
+    O_DIRECT where the file system takes it: the disk's bytes straight into
+    `into`, with none of the page cache's copying (a third of a read-back's CPU);
+    elsewhere the cached pages are dropped first, and again after."""
+    flags = os.O_RDONLY | getattr(os, "O_DIRECT", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        if flags == os.O_RDONLY:
+            raise
+        fd, flags = os.open(path, os.O_RDONLY), os.O_RDONLY
+    try:
+        if flags != os.O_RDONLY:
+            with contextlib.suppress(OSError):
+                return _read_all(
+                    fd, into[: -(-limit // _DIRECT_BLOCK) * _DIRECT_BLOCK], direct=True
+                )
+            # EINVAL: this file system opened it O_DIRECT but cannot read so.
+            os.close(fd)
+            fd = os.open(path, os.O_RDONLY)
+        with contextlib.suppress(OSError, AttributeError):
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        got = _read_all(fd, into[:limit])
+        with contextlib.suppress(OSError, AttributeError):
+            # Read once, not to be kept: the user's files keep the page cache.
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        return got
+    finally:
+        os.close(fd)
+
+
+def _read_all(fd: int, into: memoryview, *, direct: bool = False) -> int:
+    got = 0
+    while got < len(into):
+        count = os.readv(fd, [into[got:]])
+        got += count
+        # An O_DIRECT read that ends off a block boundary reached the end of the
+        # file (and the next one would be refused as unaligned).
+        if count == 0 or (direct and count % _DIRECT_BLOCK):
+            break
+    return got
 
 
 def _image_pages(image: DatabaseImageFile) -> Iterator[tuple[int, bytes]]:
@@ -753,7 +937,13 @@ def write_snapshot(
         verified_at = int(time.time())
         if cache is not None:
             cache.save(store.path.parent / CACHE_NAME, key)
-        _prune_locked(repo, key, rule, clock=clock, lock=lock)
+        # What the folder's indexes now hold, as load_index would read it (the
+        # lock keeps it so): the prune need not read and decode every index again.
+        index_files = dict(index.files)
+        if new_index is not None:
+            index_files[new_index] = packs.written
+        loaded = LoadedIndex(locations, dict(sorted(index_files.items())))
+        _prune_locked(repo, key, rule, clock=clock, lock=lock, index=loaded)
     finally:
         if packs is not None:
             packs.close()
@@ -1157,8 +1347,12 @@ def _prune_locked(
     clock: Clock = time.time_ns,
     tz: tzinfo | None = None,
     lock: Lock | None = None,
+    index: LoadedIndex | None = None,
 ) -> PruneReport:
-    """Snapshots first (each deletion leaves the others whole), then new packs for
+    """`index`: the folder's indexes as `load_index` reads them, if the caller
+    has them (read anew otherwise).
+
+    Snapshots first (each deletion leaves the others whole), then new packs for
     the still-used chunks of mostly unused packs, then one new index of the packs
     still used, then the old indexes, then the unused packs: killed anywhere, every
     kept snapshot still finds each of its chunks in a pack that exists (no pack is
@@ -1183,7 +1377,8 @@ def _prune_locked(
         used |= read_snapshot(path, key)[1].chunk_ids()
     existing = repo.pack_ids()
     before = _folder_bytes(repo)
-    index = load_index(repo, key, existing=existing)
+    if index is None:
+        index = load_index(repo, key, existing=existing)
     # Each used chunk counts in one pack only (the one the index lookup finds), so
     # copies a killed repack left behind are dropped rather than kept twice.
     owner = {chunk: where.pack_id for chunk, where in index.chunks.items() if chunk in used}

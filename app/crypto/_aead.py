@@ -57,5 +57,30 @@ class ReusableAead:
         except InvalidTag:
             raise DecryptionError("ciphertext failed authentication") from None
 
+    def seal_into(
+        self,
+        nonce: bytes,
+        plaintext: bytes | memoryview,
+        associated_data: bytes,
+        out: bytearray | memoryview,
+    ) -> int:
+        """`seal`, written into `out` (exactly len(plaintext) + 16 bytes): a writer
+        filling one large buffer then makes no copy and takes no fresh memory."""
+        return self._cipher.encrypt_into(nonce, plaintext, associated_data, out)
+
+    def open_into(
+        self,
+        nonce: bytes,
+        ciphertext: bytes | memoryview,
+        associated_data: bytes,
+        out: bytearray | memoryview,
+    ) -> int:
+        """`open`, the plaintext written into `out` (exactly len(ciphertext) - 16
+        bytes); on failure `out` holds nothing to be used."""
+        try:
+            return self._cipher.decrypt_into(nonce, ciphertext, associated_data, out)
+        except InvalidTag:
+            raise DecryptionError("ciphertext failed authentication") from None
+
     def __repr__(self) -> str:
         return "ReusableAead(<key hidden>)"
