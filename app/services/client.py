@@ -1231,11 +1231,13 @@ class Client:
                 transfer = history.load_outgoing(store)
                 if transfer is None:
                     return None
-                if not transfer.finished and (
+                # Cancelled by the user, or its device unlinked: not running.
+                stopped = not transfer.finished and (
                     transfer.cancelled or transfer.device_id not in self.messenger.listed_devices()
-                ):
-                    return None  # stopped by the user, or its device unlinked: not running
-                return HistoryProgress(transfer.done, transfer.total, transfer.finished, True)
+                )
+                return HistoryProgress(
+                    transfer.done, transfer.total, transfer.finished, True, stopped=stopped
+                )
             found = history.incoming_progress(store)
             return None if found is None else HistoryProgress(*found)
 

@@ -69,12 +69,15 @@ class HistoryProgress:
     """A history transfer between two of the account's devices moved on
     (docs/protocol.md §14, "History transfer"): on the new device as chunks are
     imported (`sending` False), on the existing one as they are sent (`sending`
-    True). Counts are messages; `finished` once every chunk is through."""
+    True). Counts are messages; `finished` once every chunk is through;
+    `stopped` for one that is not running and will not resume by itself (the user
+    cancelled it, or its device was unlinked)."""
 
     done_messages: int
     total_messages: int
     finished: bool
     sending: bool = False
+    stopped: bool = False
 
 
 @dataclass(frozen=True)

@@ -217,7 +217,7 @@ class SettingsDialog(QDialog):
         """The outgoing history transfer's state (`Client.history_progress(sending=True)`
         when the dialog opens, then each event): a line while it runs, "Done" once
         it ends under our eyes, nothing for one that ended before."""
-        if progress is None or not progress.sending:
+        if progress is None or not progress.sending or progress.stopped:
             return
         if progress.finished:
             if self.history_line.isHidden():

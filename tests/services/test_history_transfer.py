@@ -243,6 +243,7 @@ def test_a_cancelled_transfer_resumes_when_asked_and_a_closed_app_by_itself(
     assert stopped_at is not None
     assert 200 <= stopped_at.done_messages < len(expected)
     assert not stopped_at.finished
+    assert stopped_at.stopped  # not shown as running (Settings → Devices)
     # Cancelled by the user: a restart does not resume it unasked.
     _restart(alice)
     time.sleep(1)
