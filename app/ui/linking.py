@@ -188,6 +188,31 @@ class _Steps(QDialog):
         self.pages.addWidget(page)
         return page, layout
 
+    def _cancel_row(self) -> QHBoxLayout:
+        row = QHBoxLayout()
+        row.addStretch(1)
+        button = QPushButton("Cancel")
+        button.clicked.connect(self.reject)
+        row.addWidget(button)
+        return row
+
+    def _failed_page(self, title: str, close_text: str) -> None:
+        """FAILED: the sentence for what went wrong (`failure_label`), and a way to
+        close (`failed_cancel`) or start again (`start_again_button`)."""
+        _page, failed = self._page()
+        failed.addWidget(_title(title))
+        self.failure_label = _text()
+        self.failure_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        failed.addWidget(self.failure_label)
+        failed.addStretch(1)
+        failed_buttons = QHBoxLayout()
+        self.failed_cancel = QPushButton(close_text)
+        self.start_again_button = QPushButton("Start again")
+        failed_buttons.addStretch(1)
+        failed_buttons.addWidget(self.failed_cancel)
+        failed_buttons.addWidget(self.start_again_button)
+        failed.addLayout(failed_buttons)
+
     def _run(
         self,
         work: Callable[[], Any],
@@ -374,20 +399,7 @@ class LinkNewDeviceDialog(_Steps):
         finishing.addWidget(_busy_bar("Setting up this computer"))
         finishing.addStretch(1)
 
-        # FAILED: the sentence, and a way to start again.
-        _page, failed = self._page()
-        failed.addWidget(_title("This computer was not linked"))
-        self.failure_label = _text()
-        self.failure_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        failed.addWidget(self.failure_label)
-        failed.addStretch(1)
-        failed_buttons = QHBoxLayout()
-        self.failed_cancel = QPushButton("Cancel")
-        self.start_again_button = QPushButton("Start again")
-        failed_buttons.addStretch(1)
-        failed_buttons.addWidget(self.failed_cancel)
-        failed_buttons.addWidget(self.start_again_button)
-        failed.addLayout(failed_buttons)
+        self._failed_page("This computer was not linked", "Cancel")
 
         self._countdown = QTimer(self)
         self._countdown.setInterval(1000)
@@ -398,14 +410,6 @@ class LinkNewDeviceDialog(_Steps):
         self.device_edit.returnPressed.connect(self._continue)
         self.start_again_button.clicked.connect(self.start_again)
         self.copy_button.clicked.connect(self._copy)
-
-    def _cancel_row(self) -> QHBoxLayout:
-        row = QHBoxLayout()
-        row.addStretch(1)
-        button = QPushButton("Cancel")
-        button.clicked.connect(self.reject)
-        row.addWidget(button)
-        return row
 
     # ---- steps ------------------------------------------------------------------
     def _continue(self) -> None:
@@ -711,20 +715,7 @@ class LinkExistingDeviceDialog(_Steps):
         done_row.addWidget(self.close_button)
         done.addLayout(done_row)
 
-        # FAILED: the sentence, and a way to start again.
-        _page, failed = self._page()
-        failed.addWidget(_title("The device was not linked"))
-        self.failure_label = _text()
-        self.failure_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        failed.addWidget(self.failure_label)
-        failed.addStretch(1)
-        failed_buttons = QHBoxLayout()
-        self.failed_cancel = QPushButton("Close")
-        self.start_again_button = QPushButton("Start again")
-        failed_buttons.addStretch(1)
-        failed_buttons.addWidget(self.failed_cancel)
-        failed_buttons.addWidget(self.start_again_button)
-        failed.addLayout(failed_buttons)
+        self._failed_page("The device was not linked", "Close")
 
         self._progress.connect(self.progress_label.setText)
         self._history_ended.connect(self._history_settled)
@@ -737,14 +728,6 @@ class LinkExistingDeviceDialog(_Steps):
         self.approve_button.clicked.connect(self.approve)
         self.decline_button.clicked.connect(self.decline)
         self.start_again_button.clicked.connect(self.start_again)
-
-    def _cancel_row(self) -> QHBoxLayout:
-        row = QHBoxLayout()
-        row.addStretch(1)
-        button = QPushButton("Cancel")
-        button.clicked.connect(self.reject)
-        row.addWidget(button)
-        return row
 
     # ---- the code -----------------------------------------------------------------
     def _choose_picture(self) -> None:
