@@ -16,7 +16,7 @@ device of its own; taking over also signs the original out of the account.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,8 +28,8 @@ from PySide6.QtWidgets import QApplication, QLabel, QRadioButton, QWidget, QWiza
 from app.backup import engine, service
 from app.backup.keys import format_key
 from app.services.events import DeviceUnlinked
-from app.ui.application import configure_application, launch
-from app.ui.backup_wizards import RESTORED_BACKUPS_NOTICE, RestoreRunPage
+from app.ui.application import Launcher, configure_application, launch
+from app.ui.backup_wizards import RESTORED_BACKUPS_NOTICE, RestoreRunPage, RestoreWizard
 from app.ui.dialogs import OnboardingDialog
 from app.ui.main_window import MainWindow
 from tests.services.helpers import FAST_KDF, Person, make_profile, wait_for
@@ -145,23 +145,7 @@ def test_restore_from_first_run_opens_the_main_window_and_the_app_keeps_running(
     state: dict[str, object] = {}
 
     def script() -> Iterator[Wait]:
-        yield Wait("the first-run screen", lambda: isinstance(launcher.dialog, OnboardingDialog))
-        dialog = launcher.dialog
-        assert isinstance(dialog, OnboardingDialog)
-        yield Wait("the first-run screen to show", dialog.isVisible)
-        QTest.mouseClick(dialog.restore_button, Qt.MouseButton.LeftButton)
-        yield Wait("the restore wizard", lambda: getattr(launcher, "restore_wizard", None))
-        wizard = launcher.restore_wizard
-        yield Wait("the restore wizard to show", wizard.isVisible)
-        wizard.choose_page.folder.set_path(folder)
-        assert wizard.choose_page.backups.topLevelItemCount() == 1
-        _button(wizard, QWizard.WizardButton.NextButton)
-        secret = wizard.secret_page
-        if wizard.protector_factory is None:
-            QTest.keyClicks(secret.passphrase_edit, "new machine passphrase")
-            QTest.keyClicks(secret.passphrase_repeat, "new machine passphrase")
-        QTest.keyClicks(secret.key_edit, format_key(key))
-        _button(wizard, QWizard.WizardButton.NextButton)
+        wizard = yield from _restore_from_first_run(launcher, folder, key)
         yield Wait("the restore to finish", lambda: wizard.run_page.done, 60)
         state["wizard_text"] = wizard.run_page.status.text()
         _button(wizard, QWizard.WizardButton.FinishButton)
@@ -254,22 +238,7 @@ def test_the_restored_computer_becomes_what_the_last_page_says(
     state: dict[str, object] = {}
 
     def script() -> Iterator[Wait]:
-        yield Wait("the first-run screen", lambda: isinstance(launcher.dialog, OnboardingDialog))
-        dialog = launcher.dialog
-        assert isinstance(dialog, OnboardingDialog)
-        yield Wait("the first-run screen to show", dialog.isVisible)
-        QTest.mouseClick(dialog.restore_button, Qt.MouseButton.LeftButton)
-        yield Wait("the restore wizard", lambda: getattr(launcher, "restore_wizard", None))
-        wizard = launcher.restore_wizard
-        yield Wait("the restore wizard to show", wizard.isVisible)
-        wizard.choose_page.folder.set_path(folder)
-        _button(wizard, QWizard.WizardButton.NextButton)
-        secret = wizard.secret_page
-        if wizard.protector_factory is None:
-            QTest.keyClicks(secret.passphrase_edit, "new machine passphrase")
-            QTest.keyClicks(secret.passphrase_repeat, "new machine passphrase")
-        QTest.keyClicks(secret.key_edit, format_key(key))
-        _button(wizard, QWizard.WizardButton.NextButton)
+        wizard = yield from _restore_from_first_run(launcher, folder, key)
         page = wizard.run_page
         yield Wait("the restore to finish", lambda: page.done, 60)
         yield Wait("the choice to show", page.device_choice.isVisible)
@@ -337,3 +306,28 @@ def test_the_restored_computer_becomes_what_the_last_page_says(
         assert original in listed
         assert original in on_relay
         assert not any(isinstance(e, DeviceUnlinked) for e in alice.events)
+
+
+def _restore_from_first_run(
+    launcher: Launcher, folder: Path, key: bytes
+) -> Generator[Wait, None, RestoreWizard]:
+    """As a person does: "Restore from a backup" on the first-run screen, the
+    folder with its one backup, the key (and a passphrase without a keyring), Next."""
+    yield Wait("the first-run screen", lambda: isinstance(launcher.dialog, OnboardingDialog))
+    dialog = launcher.dialog
+    assert isinstance(dialog, OnboardingDialog)
+    yield Wait("the first-run screen to show", dialog.isVisible)
+    QTest.mouseClick(dialog.restore_button, Qt.MouseButton.LeftButton)
+    yield Wait("the restore wizard", lambda: getattr(launcher, "restore_wizard", None))
+    wizard = launcher.restore_wizard
+    yield Wait("the restore wizard to show", wizard.isVisible)
+    wizard.choose_page.folder.set_path(folder)
+    assert wizard.choose_page.backups.topLevelItemCount() == 1
+    _button(wizard, QWizard.WizardButton.NextButton)
+    secret = wizard.secret_page
+    if wizard.protector_factory is None:
+        QTest.keyClicks(secret.passphrase_edit, "new machine passphrase")
+        QTest.keyClicks(secret.passphrase_repeat, "new machine passphrase")
+    QTest.keyClicks(secret.key_edit, format_key(key))
+    _button(wizard, QWizard.WizardButton.NextButton)
+    return wizard
