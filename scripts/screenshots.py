@@ -165,8 +165,10 @@ def _shoot(out: Path, work: Path, relay: RelayProcess) -> int:
     open_titled("bob")
     window.show_details()
     until(lambda: getattr(window, "safety_dialog", None) is not None)
-    shot(window.safety_dialog, "05-safety-number")
-    window.safety_dialog.close()
+    safety = window.safety_dialog
+    assert safety is not None
+    shot(safety, "05-safety-number")
+    safety.close()
 
     window.search_edit.setText("lunch")
     until(lambda: window.search_results.rowCount() >= 1)
@@ -457,6 +459,7 @@ def _link_screens(window: Any, work: Path, relay: RelayProcess, shot: Any, *, un
         until(lambda: held_at in existing.history_label.text(), 60)
         shot(existing, "34-link-existing-device-sending-history")
         receiving = desktop.window
+        assert receiving is not None
         receiving.resize(1100, 720)
         share = (OLD_HOLD_AT - OLD_CHUNK) * 100 // OLD_MESSAGES
         until(
@@ -487,6 +490,7 @@ def _link_screens(window: Any, work: Path, relay: RelayProcess, shot: Any, *, un
         shot(confirm, "36-remove-device-confirm")
         next(button for button in confirm.buttons() if button.text() == "Remove").click()
         unlinked = desktop.window
+        assert unlinked is not None
         until(lambda: unlinked.unlinked, 30)
         unlinked.resize(1100, 720)
         shot(unlinked, "37-device-removed")

@@ -439,13 +439,16 @@ class Client:
             if self._stop.is_set():
                 return
             self._flush_wanted.clear()
-            self._flush()
-            if time.monotonic() >= next_key_check:
-                next_key_check = time.monotonic() + KEY_CHECK_SECONDS
-                self.check_prekeys()
-            if time.monotonic() >= next_catch_up:
-                next_catch_up = time.monotonic() + self._fetch_every
-                self.net(self._catch_up)
+            try:
+                self._flush()
+                if time.monotonic() >= next_key_check:
+                    next_key_check = time.monotonic() + KEY_CHECK_SECONDS
+                    self.check_prekeys()
+                if time.monotonic() >= next_catch_up:
+                    next_catch_up = time.monotonic() + self._fetch_every
+                    self.net(self._catch_up)
+            except Closing:
+                return  # stop() shut the pools between the check above and here
             count += 1
             if count % expire_every == 0:
                 with contextlib.suppress(Exception):
