@@ -20,6 +20,7 @@ ciphertext and cannot finish a link on its own.
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -45,6 +46,8 @@ from app.protocol.linking import (
 from app.services.account import LinkedAccount, Profile, create_linked_account
 from app.services.client import Client
 from app.services.messenger import Messenger, ServiceError
+
+log = logging.getLogger("cipherline.linking")
 
 NEW = "new"
 EXISTING = "existing"
@@ -310,8 +313,9 @@ class ExistingDeviceLinking:
         try:
             chunks = self._link.refuse("the link was declined on your other device")
             _post_all(self._relay, self._link.mailbox_id, EXISTING, chunks)
-        except (ServiceError, LinkError):
-            pass
+        except (ServiceError, LinkError) as error:
+            # The new device then hears nothing and its code expires on its own.
+            log.info("the refusal did not reach the new device (%s)", type(error).__name__)
         finally:
             self._link.close()
 

@@ -959,7 +959,7 @@ class LinkExistingDeviceDialog(_Steps):
 
 
 def _ignore(_value: object) -> None:
-    pass
+    """For a worker's result that nobody uses."""
 
 
 def _in_background(step: Callable[[], object]) -> None:

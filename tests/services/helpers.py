@@ -149,6 +149,46 @@ def texts(
     ]
 
 
+OLD_MESSAGE = (
+    "INSERT INTO messages (conversation_id, uuid, sender, outgoing, kind, body, sent_at,"
+    " received_at, status) VALUES (?, ?, ?, ?, 'text', ?, ?, ?, ?)"
+)
+
+
+def write_old_history(person: Person, chats: list[tuple[str, str]], count: int) -> None:
+    """`count` old messages written straight into the person's store on its core
+    thread, in turn over `chats` (title, the peer who writes there), every other
+    one the person's own. A chat titled as a peer that does not exist yet is made
+    (direct). Ids are "history-000000" on, dated years back."""
+    store = person.client.messenger.store
+
+    def run() -> None:
+        ids = []
+        for title, peer in chats:
+            existing = [c for c in store.conversations.all() if c.title == title]
+            ids.append(existing[0].id if existing else store.conversations.direct(peer, now=1).id)
+        rows = []
+        for number in range(count):
+            index = number % len(chats)
+            outgoing = number % 2 == 0
+            rows.append(
+                (
+                    ids[index],
+                    f"history-{number:06d}",
+                    person.name if outgoing else chats[index][1],
+                    int(outgoing),
+                    f"old message {number} about the harbour",
+                    1_600_000_000_000 + number * 60_000,
+                    1_600_000_000_500 + number * 60_000,
+                    "delivered" if outgoing else "read",
+                )
+            )
+        with store.transaction():
+            store.executemany(OLD_MESSAGE, rows)
+
+    on_core(person, run)
+
+
 def wait_for(condition: Callable[[], object], timeout: float = 20, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

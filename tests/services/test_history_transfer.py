@@ -19,16 +19,21 @@ from app.services.account import open_messenger
 from app.services.client import Client, HistoryTransferCancelled
 from app.services.events import HistoryProgress
 from app.services.linking import ExistingDeviceLinking, NewDeviceLinking
-from tests.services.helpers import FAST_KDF, Person, chat_id, make_profile, on_core, texts, wait_for
+from tests.services.helpers import (
+    FAST_KDF,
+    Person,
+    chat_id,
+    make_profile,
+    on_core,
+    texts,
+    wait_for,
+    write_old_history,
+)
 from tests.support.components import RelayProcess
 from tests.support.mailbox_adversary import RecordingMailbox
 
 HISTORY = 3_000
 CHUNK = 250
-INSERT = (
-    "INSERT INTO messages (conversation_id, uuid, sender, outgoing, kind, body, sent_at,"
-    " received_at, status) VALUES (?, ?, ?, ?, 'text', ?, ?, ?, ?)"
-)
 HISTORY_QUERY = (
     "SELECT m.uuid, c.kind, COALESCE(c.peer, hex(c.group_id)) FROM messages m"
     " JOIN conversations c ON c.id = m.conversation_id"
@@ -36,33 +41,9 @@ HISTORY_QUERY = (
 
 
 def _fill(alice: Person, count: int) -> None:
-    """A long history, written straight into the laptop's store (on its core
-    thread): a direct chat with Bob, one with a stranger, and a group."""
-    store = alice.client.messenger.store
-    bob, group = chat_id(alice, "bob"), chat_id(alice, "Trip")
-
-    def run() -> None:
-        stranger = store.conversations.direct("dave", now=1).id
-        rows = []
-        for number in range(count):
-            chat = (bob, stranger, group)[number % 3]
-            outgoing = number % 2 == 0
-            rows.append(
-                (
-                    chat,
-                    f"history-{number:06d}",
-                    "alice" if outgoing else ("dave" if chat == stranger else "bob"),
-                    int(outgoing),
-                    f"old message {number} about the harbour",
-                    1_600_000_000_000 + number * 60_000,
-                    1_600_000_000_500 + number * 60_000,
-                    "delivered" if outgoing else "read",
-                )
-            )
-        with store.transaction():
-            store.executemany(INSERT, rows)
-
-    on_core(alice, run)
+    """A long history in the laptop's store: a direct chat with Bob, one with a
+    stranger, and a group."""
+    write_old_history(alice, [("bob", "bob"), ("dave", "dave"), ("Trip", "bob")], count)
 
 
 def _history(person: Person, *, system: bool = True) -> dict[str, tuple[str, str]]:

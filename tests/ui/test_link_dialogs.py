@@ -33,7 +33,13 @@ from app.ui.dialogs import OnboardingDialog
 from app.ui.linking import LinkExistingDeviceDialog, LinkNewDeviceDialog, read_qr_code
 from app.ui.main_window import HistoryBanner, MainWindow
 from app.ui.settings import SettingsDialog
-from tests.services.helpers import FAST_KDF, Person, make_profile, on_core, wait_for
+from tests.services.helpers import (
+    FAST_KDF,
+    Person,
+    make_profile,
+    wait_for,
+    write_old_history,
+)
 from tests.support.components import RelayProcess
 from tests.ui.test_accessibility import unnamed_controls
 
@@ -45,10 +51,6 @@ STEP_MS = 30_000
 HISTORY = 600
 CHUNK = 100
 HOLD_AT = 300
-INSERT = (
-    "INSERT INTO messages (conversation_id, uuid, sender, outgoing, kind, body, sent_at,"
-    " received_at, status) VALUES (?, ?, ?, ?, 'text', ?, ?, ?, ?)"
-)
 
 
 @pytest.fixture
@@ -299,34 +301,10 @@ def test_cancelling_the_new_computer_goes_back_to_the_first_run_screen(
 
 
 def _fill(alice: Person) -> None:
-    """HISTORY messages written straight into the laptop's store on its core
-    thread: half in the chat with bob, half with dave, a chat the desktop gets
-    only through the history (contacts come with the link, chats do not)."""
-    store = alice.client.messenger.store
-    bob = next(c.conversation_id for c in alice.client.conversations().result(20))
-
-    def run() -> None:
-        dave = store.conversations.direct("dave", now=1).id
-        rows = []
-        for number in range(HISTORY):
-            chat = (bob, dave)[number % 2]
-            outgoing = number % 3 == 0
-            rows.append(
-                (
-                    chat,
-                    f"history-{number:06d}",
-                    "alice" if outgoing else ("bob" if chat == bob else "dave"),
-                    int(outgoing),
-                    f"old message {number} about the harbour",
-                    1_600_000_000_000 + number * 60_000,
-                    1_600_000_000_500 + number * 60_000,
-                    "delivered" if outgoing else "read",
-                )
-            )
-        with store.transaction():
-            store.executemany(INSERT, rows)
-
-    on_core(alice, run)
+    """HISTORY old messages in the laptop's store: half in the chat with bob, half
+    with dave, a chat the desktop gets only through the history (contacts come
+    with the link, chats do not)."""
+    write_old_history(alice, [("bob", "bob"), ("dave", "dave")], HISTORY)
 
 
 class HeldTransfer:
