@@ -183,20 +183,7 @@ def test_restore_from_first_run_opens_the_main_window_and_the_app_keeps_running(
         state["schedule"] = restored.schedule
         state["due"] = service.is_due(client.messenger.store)
 
-    journey = Journey(qapp, script())
-    journey.start()
-    try:
-        code = qapp.exec()
-    finally:
-        journey.timer.stop()
-        qapp.aboutToQuit.disconnect(launcher.shutdown)
-        launcher.shutdown()
-        for widget in (launcher.window, launcher.dialog, getattr(launcher, "restore_wizard", None)):
-            if widget is not None:
-                widget.close()
-    if journey.error is not None:
-        raise journey.error
-    assert journey.done, f"the application quit (exec() returned {code}) at: {journey.step}"
+    _travel(qapp, launcher, script())
     # Item 2 of the issue: the copy does not carry on the original's schedule, and says so.
     assert RESTORED_BACKUPS_NOTICE in str(state["wizard_text"])
     assert state["schedule"] == "off"
@@ -271,21 +258,10 @@ def test_the_restored_computer_becomes_what_the_last_page_says(
             # The original keeps working: it still reaches bob.
             alice.client.send_text(chat.conversation_id, "still here").result(20)
 
-    journey = Journey(qapp, script())
-    journey.start()
     try:
-        code = qapp.exec()
+        _travel(qapp, launcher, script())
     finally:
-        journey.timer.stop()
-        qapp.aboutToQuit.disconnect(launcher.shutdown)
-        launcher.shutdown()
-        for widget in (launcher.window, launcher.dialog, getattr(launcher, "restore_wizard", None)):
-            if widget is not None:
-                widget.close()
         alice.stop()
-    if journey.error is not None:
-        raise journey.error
-    assert journey.done, f"the application quit (exec() returned {code}) at: {journey.step}"
     assert state["shown"] == [
         "What should this computer be?",
         "Use this computer as well",
@@ -331,3 +307,22 @@ def _restore_from_first_run(
     QTest.keyClicks(secret.key_edit, format_key(key))
     _button(wizard, QWizard.WizardButton.NextButton)
     return wizard
+
+
+def _travel(qapp: QApplication, launcher: Launcher, script: Iterator[Wait]) -> None:
+    """Runs `script` inside the real event loop (qapp.exec()), then shuts the app
+    down; fails with the script's error, or if the app quit before it ended."""
+    journey = Journey(qapp, script)
+    journey.start()
+    try:
+        code = qapp.exec()
+    finally:
+        journey.timer.stop()
+        qapp.aboutToQuit.disconnect(launcher.shutdown)
+        launcher.shutdown()
+        for widget in (launcher.window, launcher.dialog, getattr(launcher, "restore_wizard", None)):
+            if widget is not None:
+                widget.close()
+    if journey.error is not None:
+        raise journey.error
+    assert journey.done, f"the application quit (exec() returned {code}) at: {journey.step}"
