@@ -44,7 +44,16 @@ class SqlcipherPages:
     """Decrypts and encrypts the pages of one SQLCipher 4 file under a raw key;
     `hmac` is "sha256" (our scratch images) or "sha512" (SQLCipher 4's default)."""
 
-    __slots__ = ("_aes", "_hmac", "_mac_key", "_mac_length", "page_size", "reserve", "salt")
+    __slots__ = (
+        "_aes",
+        "_hmac",
+        "_mac_base",
+        "_mac_key",
+        "_mac_length",
+        "page_size",
+        "reserve",
+        "salt",
+    )
 
     def __init__(
         self, raw_key: bytes, salt: bytes, page_size: int, *, hmac: str = "sha256"
@@ -58,6 +67,8 @@ class SqlcipherPages:
         self._aes = algorithms.AES(raw_key)
         mac_salt = bytes(b ^ 0x3A for b in salt)
         self._mac_key = hashlib.pbkdf2_hmac("sha512", raw_key, mac_salt, 2, 32)
+        # Keyed once; each page's MAC starts from a copy (no key schedule per page).
+        self._mac_base = _stdlib_hmac.new(self._mac_key, digestmod=hmac)
         self.page_size = page_size
         self.salt = salt
         self._hmac = hmac
@@ -69,22 +80,28 @@ class SqlcipherPages:
 
     def decrypt(self, number: int, page: bytes | memoryview) -> bytes:
         """Page `number` (from 1) as SQLite wrote it; the reserve comes back as zeros."""
+        head = SQLITE_HEADER if number == 1 else b""
+        return head + self.decrypt_body(number, page) + bytes(self.reserve)
+
+    def decrypt_body(self, number: int, page: bytes | memoryview) -> bytes:
+        """The encrypted part of page `number` in plaintext: the page without its
+        reserve (and, for page 1, without the salt where SQLite's header goes).
+        A backup's page chunks are exactly this for every page but the first."""
         size = self.page_size
         if len(page) != size:
             raise DecryptionError("an SQLCipher page has the wrong length")
         start = SQLCIPHER_SALT_LENGTH if number == 1 else 0
         end = size - self.reserve
-        iv = page[end : end + _IV]
-        mac = _stdlib_hmac.digest(
-            self._mac_key, bytes(page[start : end + _IV]) + number.to_bytes(4, "little"), self._hmac
-        )
-        stored = bytes(page[end + _IV : end + _IV + self._mac_length])
-        if not _stdlib_hmac.compare_digest(mac, stored):
-            raise DecryptionError("an SQLCipher page failed authentication")
-        decryptor = Cipher(self._aes, modes.CBC(bytes(iv))).decryptor()
-        plain = decryptor.update(page[start:end]) + decryptor.finalize()
-        head = SQLITE_HEADER if number == 1 else b""
-        return head + plain + bytes(self.reserve)
+        with memoryview(page) as view:
+            mac = self._mac_base.copy()
+            mac.update(view[start : end + _IV])
+            mac.update(number.to_bytes(4, "little"))
+            if not _stdlib_hmac.compare_digest(
+                mac.digest(), view[end + _IV : end + _IV + self._mac_length]
+            ):
+                raise DecryptionError("an SQLCipher page failed authentication")
+            decryptor = Cipher(self._aes, modes.CBC(view[end : end + _IV])).decryptor()
+            return decryptor.update(view[start:end]) + decryptor.finalize()
 
     def encrypt(self, number: int, plain: bytes | memoryview) -> bytes:
         """Page `number` (from 1) as SQLCipher stores it, under a fresh random IV."""

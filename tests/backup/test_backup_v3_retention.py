@@ -99,12 +99,13 @@ def test_a_prune_by_days_and_weeks_keeps_those_snapshots_and_they_restore(
 
 
 def _mostly_unused_pack(store: Store, profile: Path, folder: Path) -> tuple[Path, bytes]:
-    """A snapshot whose one pack is then mostly a file the next snapshot lacks."""
+    """A snapshot whose attachments' pack (the store's pages have packs of their
+    own) is then mostly a file the next snapshot lacks."""
     big = profile / "attachments" / "big.bin"
     big.write_bytes(os.urandom(3_000_000))
     _write(store, profile, folder, _at(2026, 4, 1), keep=100)
     repo = snapshots.Repository.for_key(folder, KEY)
-    (first_pack,) = repo.pack_ids()
+    first_pack = max(repo.pack_ids(), key=lambda pack: repo.pack_path(pack).stat().st_size)
     big.unlink()
     add_message(store, "after the big file went")
     second = _write(store, profile, folder, _at(2026, 4, 2), keep=100)

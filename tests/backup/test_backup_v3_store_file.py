@@ -28,13 +28,13 @@ OTHER_KEY = bytes(range(1, 33))
 def decrypted_pages(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The page numbers the backup decrypted, in order."""
     numbers: list[int] = []
-    real = SqlcipherPages.decrypt
+    real = SqlcipherPages.decrypt_body
 
     def counting(self: SqlcipherPages, number: int, page: bytes | memoryview) -> bytes:
         numbers.append(number)
         return real(self, number, page)
 
-    monkeypatch.setattr(SqlcipherPages, "decrypt", counting)
+    monkeypatch.setattr(SqlcipherPages, "decrypt_body", counting)
     return numbers
 
 
