@@ -17,6 +17,7 @@ from __future__ import annotations
 import hmac as _stdlib_hmac
 import struct
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from app.backup.errors import CorruptBackup, NotABackup, WrongKey
 from app.backup.format import METHOD_KEY, METHOD_NAMES, METHOD_PASSWORD
@@ -213,8 +214,9 @@ def open_body(key: bytes, data: bytes, kind: int) -> tuple[Header, bytes]:
     return header, plain
 
 
-@dataclass(frozen=True)
-class BlobEntry:
+class BlobEntry(NamedTuple):
+    """A tuple: an index holds one per chunk, and every backup reads them all."""
+
     chunk_id: bytes
     offset: int
     length: int  # sealed bytes in the pack: plaintext + 16
@@ -259,16 +261,15 @@ def decode_index(plain: bytes) -> list[PackEntry]:
             stop = position + blob_count * _BLOB.size
             if stop > end:
                 raise CorruptBackup(0, "an index file is malformed")
-            blobs = tuple(
-                BlobEntry(chunk, offset, length)
-                for chunk, offset, length in _BLOB.iter_unpack(plain[position:stop])
-            )
+            blobs = tuple(map(BlobEntry._make, _BLOB.iter_unpack(plain[position:stop])))
             position = stop
-            for number, blob in enumerate(blobs):
-                if not TAG_LENGTH < blob.length <= MAX_CHUNK + TAG_LENGTH:
+            following = blobs[0].offset if blobs else 0
+            for _chunk, offset, length in blobs:
+                if not TAG_LENGTH < length <= MAX_CHUNK + TAG_LENGTH:
                     raise CorruptBackup(0, "an index entry has an impossible length")
-                if number and blob.offset != blobs[number - 1].offset + blobs[number - 1].length:
+                if offset != following:
                     raise CorruptBackup(0, "an index lists a pack's chunks out of order")
+                following = offset + length
             packs.append(PackEntry(pack_id, blobs))
     except struct.error:
         raise CorruptBackup(0, "an index file is malformed") from None

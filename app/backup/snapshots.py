@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
 from pathlib import Path
+from typing import NamedTuple
 
 from app.backup import engine
 from app.backup import format_v3 as v3
@@ -334,8 +335,9 @@ def kept_times(created_ns: Iterable[int], rule: Retention, tz: tzinfo | None = N
 # ---- reading what the folder holds ----------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Location:
+class Location(NamedTuple):
+    """Where a chunk is. A tuple: every backup makes one per chunk of the folder."""
+
     pack_id: bytes
     number: int  # blob number in the pack: its nonce
     offset: int
@@ -360,12 +362,12 @@ def load_index(repo: Repository, key: bytes, *, existing: set[bytes] | None = No
             raise CorruptBackup(error.offset, f"index file {path.name[:12]}…: {error}") from None
         files[path] = packs
         for pack in packs:
-            if existing is not None and pack.pack_id not in existing:
+            pack_id = pack.pack_id
+            if existing is not None and pack_id not in existing:
                 continue
-            for number, blob in enumerate(pack.blobs):
-                chunks.setdefault(
-                    blob.chunk_id, Location(pack.pack_id, number, blob.offset, blob.length)
-                )
+            for number, (chunk, offset, length) in enumerate(pack.blobs):
+                if chunk not in chunks:
+                    chunks[chunk] = Location(pack_id, number, offset, length)
     return LoadedIndex(chunks, files)
 
 
@@ -753,10 +755,10 @@ def _file_pages(
             with memoryview(block) as view:
                 for start in range(0, len(block), size):
                     number += 1
-                    page = view[start : start + size]
-                    mark = bytes(page[mark_at : mark_at + MARK_LENGTH])
+                    mark = block[start + mark_at : start + mark_at + MARK_LENGTH]
                     chunk = cache.chunk_for(number, mark) if number > 1 else None
                     if chunk is None or not reuse(chunk, size - reserve):
+                        page = view[start : start + size]
                         if number == 1:
                             plain = _usable_plaintext(codec, number, page, reserve)
                             reserve = size - len(plain)
@@ -864,7 +866,8 @@ def write_snapshot(
         repo.remove_temporaries()
         existing = repo.pack_ids()
         index = load_index(repo, key, existing=existing)
-        parent = _newest_snapshot(repo, key)
+        newest = _newest_snapshot(repo, key)
+        parent = newest[1] if newest else None
         created_ns = clock()
         id_key = v3.chunk_id_key(key)
         # The store's pages and the attachment files go into packs of their own,
@@ -879,17 +882,17 @@ def write_snapshot(
         new: set[bytes] = set()
         new_lock = threading.Lock()
         expected = engine.estimate_size(store, files)
-        done = 0
+        # Bytes done, per thread (each counts its own: no lock, no lost update).
+        done = {"pages": 0, "files": 0}
 
-        def putter(writer: _PackWriter) -> Callable[[bytes | memoryview], bytes]:
+        def putter(writer: _PackWriter, part: str) -> Callable[[bytes | memoryview], bytes]:
             def put(plain: bytes | memoryview) -> bytes:
-                nonlocal done
                 chunk = v3.chunk_id(id_key, plain)
                 with new_lock:
                     fresh = chunk not in known and chunk not in new
                     if fresh:
                         new.add(chunk)
-                    done += len(plain)
+                done[part] += len(plain)
                 if fresh:
                     writer.add(chunk, plain)
                 return chunk
@@ -897,35 +900,36 @@ def write_snapshot(
             return put
 
         def reuse(chunk: bytes, length: int) -> bool:
-            nonlocal done
-            with new_lock:
-                if chunk not in known and chunk not in new:
-                    return False
-                done += length
+            # Only pages are reused this way; `new` only grows, and a chunk the
+            # other thread is adding right now just means this page is put too.
+            if chunk not in known and chunk not in new:
+                return False
+            done["pages"] += length
             return True
 
         def tick() -> None:
-            _tick(progress, cancelled, lock, done, expected)
+            _tick(progress, cancelled, lock, sum(done.values()), expected)
 
         previous = {entry.path: entry for entry in parent.files} if parent else {}
         assert attachments_dir is not None or not files
         relatives = [path.relative_to(attachments_dir).as_posix() for path in files]  # type: ignore[arg-type]
         for relative in relatives:
             v3.check_path(relative)
-        put_file = putter(file_packs)
+        put_file = putter(file_packs, "files")
         file_job = _Background(
             lambda stop: _file_entries(
                 files, relatives, previous, known=known, put=put_file, stop=stop
             )
         )
+        put_page = putter(packs, "pages")
         try:
             cache: PageCache | None = None
             with store.frozen_file() as frozen:
                 if frozen is not None:
-                    cache, pages, reserve = _file_pages(frozen, key, putter(packs), reuse, tick)
+                    cache, pages, reserve = _file_pages(frozen, key, put_page, reuse, tick)
                     schema, page_size = frozen.schema, frozen.page_size
             if cache is None:
-                pages, reserve, schema, page_size = _image_pages_of(store, putter(packs), tick)
+                pages, reserve, schema, page_size = _image_pages_of(store, put_page, tick)
             packs.flush()
             while not file_job.wait(0.25):
                 tick()
@@ -966,7 +970,7 @@ def write_snapshot(
             added=added + len(body) + v3.MAX_HEADER_LENGTH,
         )
         path = repo.write_file(repo.root / "snapshots", v3.seal_body(key, head, body))
-        progress(done, done)
+        progress(sum(done.values()), sum(done.values()))
         # Read back what this run wrote, from the disk, and authenticate all of it.
         verify_written(
             repo,
@@ -986,7 +990,9 @@ def write_snapshot(
         if new_index is not None:
             index_files[new_index] = packs.written
         loaded = LoadedIndex(locations, dict(sorted(index_files.items())))
-        _prune_locked(repo, key, rule, clock=clock, lock=lock, index=loaded)
+        # The new snapshot and its parent need not be read and decoded again either.
+        decoded = {path: snapshot} | (dict([newest]) if newest else {})
+        _prune_locked(repo, key, rule, clock=clock, lock=lock, index=loaded, decoded=decoded)
     finally:
         for writer in (packs, file_packs):
             if writer is not None:
@@ -1110,7 +1116,7 @@ def _referenced_bytes(repo: Repository, snapshot: v3.Snapshot, where: dict[bytes
     return total
 
 
-def _newest_snapshot(repo: Repository, key: bytes) -> v3.Snapshot | None:
+def _newest_snapshot(repo: Repository, key: bytes) -> tuple[Path, v3.Snapshot] | None:
     newest: tuple[int, Path] | None = None
     for path in repo.snapshot_paths():
         try:
@@ -1122,7 +1128,7 @@ def _newest_snapshot(repo: Repository, key: bytes) -> v3.Snapshot | None:
     if newest is None:
         return None
     try:
-        return read_snapshot(newest[1], key)[1]
+        return newest[1], read_snapshot(newest[1], key)[1]
     except BackupError:
         return None  # a damaged parent only costs re-reading the attachments
 
@@ -1461,9 +1467,10 @@ def _prune_locked(
     tz: tzinfo | None = None,
     lock: Lock | None = None,
     index: LoadedIndex | None = None,
+    decoded: dict[Path, v3.Snapshot] | None = None,
 ) -> PruneReport:
     """`index`: the folder's indexes as `load_index` reads them, if the caller
-    has them (read anew otherwise).
+    has them (read anew otherwise); `decoded`: snapshots the caller has read.
 
     Snapshots first (each deletion leaves the others whole), then new packs for
     the still-used chunks of mostly unused packs, then one new index of the packs
@@ -1487,7 +1494,8 @@ def _prune_locked(
             removed += 1
     used: set[bytes] = set()
     for _created, path in kept_snapshots:
-        used |= read_snapshot(path, key)[1].chunk_ids()
+        known_snapshot = (decoded or {}).get(path)
+        used |= (known_snapshot or read_snapshot(path, key)[1]).chunk_ids()
     existing = repo.pack_ids()
     before = _folder_bytes(repo)
     if index is None:
