@@ -38,7 +38,15 @@ def _cut(path: Path) -> None:
     os.truncate(path, path.stat().st_size - 1)
 
 
-def _write_packs(root: Path, damage: Callable[[Path], None] | None) -> snapshots._PackWriter:
+# Forty small chunks, or three of 4 MiB: a pack over twice READ_PIECE is read back
+# in two halves at once (the second on a helper thread).
+SMALL = [4000 + number for number in range(40)]
+LARGE = [4 << 20, 4 << 20, 4 << 20]
+
+
+def _write_packs(
+    root: Path, damage: Callable[[Path], None] | None, sizes: list[int] = SMALL
+) -> snapshots._PackWriter:
     damaged: list[Path] = []
 
     def checkpoint(what: str) -> None:
@@ -52,15 +60,18 @@ def _write_packs(root: Path, damage: Callable[[Path], None] | None) -> snapshots
     repo.create()
     writer = snapshots._PackWriter(repo, KEY, fmt.METHOD_KEY, b"", write_behind=True)
     id_key = v3.chunk_id_key(KEY)
-    for number in range(40):
-        plain = os.urandom(4000 + number)
+    for size in sizes:
+        plain = os.urandom(size)
         writer.add(v3.chunk_id(id_key, plain), plain)
     writer.flush()
     return writer
 
 
-def test_an_undamaged_pack_reads_back_and_its_name_is_its_sha256(tmp_path: Path) -> None:
-    writer = _write_packs(tmp_path, None)
+@pytest.mark.parametrize("sizes", [SMALL, LARGE], ids=["small", "large"])
+def test_an_undamaged_pack_reads_back_and_its_name_is_its_sha256(
+    tmp_path: Path, sizes: list[int]
+) -> None:
+    writer = _write_packs(tmp_path, None, sizes)
     writer.finish()
     (entry,) = writer.written
     path = snapshots.Repository(tmp_path).pack_path(entry.pack_id)
@@ -82,12 +93,16 @@ def test_an_undamaged_pack_reads_back_and_its_name_is_its_sha256(tmp_path: Path)
         pytest.param(_flip(lambda length: length - 1), id="last-tag-byte"),
         pytest.param(_append, id="byte-appended"),
         pytest.param(_cut, id="byte-cut"),
+        # Either side of where a large pack's second half starts.
+        pytest.param(_flip(lambda length: min(snapshots.READ_PIECE, length) - 1), id="piece-end"),
+        pytest.param(_flip(lambda length: min(snapshots.READ_PIECE, length - 1)), id="piece-next"),
     ],
 )
+@pytest.mark.parametrize("sizes", [SMALL, LARGE], ids=["small", "large"])
 def test_a_pack_the_disk_changed_fails_the_read_back(
-    tmp_path: Path, damage: Callable[[Path], None]
+    tmp_path: Path, damage: Callable[[Path], None], sizes: list[int]
 ) -> None:
-    writer = _write_packs(tmp_path, damage)
+    writer = _write_packs(tmp_path, damage, sizes)
     with pytest.raises(CorruptBackup, match=r"read back|fails authentication|does not"):
         writer.finish()
     assert writer.written == []
