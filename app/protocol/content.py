@@ -47,6 +47,8 @@ VERIFIED_SYNC = 19
 # One chunk of a history transfer to a newly linked device (docs/protocol.md §14,
 # "History transfer"): from our own devices only, like types 17-19.
 HISTORY_CHUNK = 20
+# Everyone the user blocked, to our own devices when it changes (like 17-19).
+BLOCKED_SYNC = 21
 # What a sent transcript may carry: a text or reply, or an attachment.
 TRANSCRIBED = (TEXT, REPLY, ATTACHMENT, ATTACHMENT_THUMBNAIL)
 # A signed device list is at most 32 devices of about 100 bytes each.
@@ -58,6 +60,8 @@ HISTORY_TRANSFER_ID_LENGTH = 16
 MAX_HISTORY_CHUNK_MESSAGES = 50_000
 MAX_HISTORY_CHUNK_BYTES = 64 * 1024 * 1024
 MAX_BLOB_ID = 128
+# A blocked list names at most this many accounts (Signal caps its own lower).
+MAX_BLOCKED = 4096
 
 RECEIPT_DELIVERED = 1
 RECEIPT_READ = 2
@@ -201,6 +205,17 @@ class VerifiedSync:
 
 
 @dataclass(frozen=True)
+class BlockedSync:
+    """Everyone the user has blocked, as one of the account's devices held it when
+    the user changed it there at `changed_at` (milliseconds, that device's clock).
+    The whole list rather than the change, so a lost or late one is repaired by
+    the next; the newest `changed_at` wins."""
+
+    usernames: tuple[str, ...]
+    changed_at: int
+
+
+@dataclass(frozen=True)
 class HistoryChunk:
     """One chunk of the history another of our devices transfers to this one
     (docs/protocol.md §14, "History transfer"): where its encrypted blob waits on
@@ -315,6 +330,7 @@ Content = (
     | SentTranscript
     | ReadSync
     | VerifiedSync
+    | BlockedSync
     | HistoryChunk
 )
 
@@ -388,6 +404,11 @@ def encode_content(content: Content) -> bytes:
         case VerifiedSync():
             writer.u8(VERIFIED_SYNC).text16(content.username).bytes16(content.identity)
             writer.u8(1 if content.verified else 0)
+        case BlockedSync():
+            _check_blocked(content, ValueError)
+            writer.u8(BLOCKED_SYNC).u64(content.changed_at).u16(len(content.usernames))
+            for username in content.usernames:
+                writer.text16(username)
         case HistoryChunk():
             _check_history_chunk(content, ValueError)
             writer.u8(HISTORY_CHUNK).raw(content.transfer_id).u32(content.index)
@@ -495,6 +516,10 @@ def decode_content(data: bytes) -> Content:
             transfer_id, index, last == 1, messages, total, blob_id, key, digest, size
         )
         _check_history_chunk(content, MalformedMessage)
+    elif kind == BLOCKED_SYNC:
+        changed_at = reader.u64()
+        content = BlockedSync(tuple(reader.text16() for _ in range(reader.u16())), changed_at)
+        _check_blocked(content, MalformedMessage)
     elif kind == DEVICE_LIST:
         content = DeviceListUpdate(reader.bytes16())
         if len(content.signed) > MAX_DEVICE_LIST:
@@ -513,6 +538,13 @@ def _check_thumbnail(content: AttachmentPointer, error: type[Exception]) -> None
     sides = (content.thumbnail_width, content.thumbnail_height)
     if not all(1 <= side <= MAX_THUMBNAIL_SIDE for side in sides):
         raise error("the thumbnail's size is out of range")
+
+
+def _check_blocked(content: BlockedSync, error: type[Exception]) -> None:
+    if len(content.usernames) > MAX_BLOCKED:
+        raise error(f"a blocked list names at most {MAX_BLOCKED} accounts")
+    if len(set(content.usernames)) != len(content.usernames) or not all(content.usernames):
+        raise error("a blocked list names each account once")
 
 
 def _check_history_chunk(content: HistoryChunk, error: type[Exception]) -> None:

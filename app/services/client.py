@@ -1078,7 +1078,19 @@ class Client:
             self._conversations_event()
             self.request_flush()  # verifying accepts a changed identity: held sends go
 
-        return self.core(run)
+        return self._synced(run)
+
+    def _synced(self, change: Callable[[], None]) -> Future[None]:
+        """`change` (which syncs itself to our other devices) on the core thread,
+        once there are sessions with those devices to carry the sync; offline, it
+        is made here alone."""
+
+        def run() -> None:
+            with contextlib.suppress(RelayError):
+                self._own_sessions()
+            self.core(change).result()
+
+        return self.action(run)
 
     def accept_identity(self, peer: str, *, verified: bool = False) -> Future[int]:
         """The "Accept new safety number" action: unblocks sending to `peer` and
@@ -1116,14 +1128,14 @@ class Client:
             self.messenger.block_request(conversation_id)
             self._after_request_change()
 
-        return self.core(run)
+        return self._synced(run)
 
     def set_blocked(self, username: str, blocked: bool) -> Future[None]:
         def run() -> None:
             self.messenger.set_blocked(username, blocked)
             self._after_request_change()
 
-        return self.core(run)
+        return self._synced(run)
 
     def delete_conversation(self, conversation_id: int) -> Future[None]:
         def run() -> None:

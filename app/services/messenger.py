@@ -33,6 +33,7 @@ from app.protocol.content import (
     RECEIPT_DELIVERED,
     RECEIPT_READ,
     AttachmentPointer,
+    BlockedSync,
     Content,
     Delete,
     DeviceListUpdate,
@@ -107,6 +108,9 @@ REACTION_CHOICES = ("👍", "❤️", "😂", "😮", "😢", "🙏")
 # A typing indicator that waited this long (the recipient was offline) is old news.
 TYPING_STALE_MS = 20_000
 TYPING_SETTING = "typing_indicators"
+# When the blocked list last changed here, or was last taken from another of our
+# devices (docs/protocol.md §13, "Own devices").
+BLOCKED_CHANGED_SETTING = "sync.blocked_changed_at"
 
 
 class ServiceError(Exception):
@@ -434,7 +438,14 @@ class Messenger:
         if username == self.username:
             raise ServiceError("you cannot block yourself")
         with self.store.transaction():
-            self.store.contacts.set_blocked(username, blocked, now=self.clock())
+            now = self.clock()
+            self.store.contacts.set_blocked(username, blocked, now=now)
+            # Our other devices take the whole list if it is newer than theirs; past
+            # the newest change seen, so a device whose clock is behind still wins
+            # with the change its user just made.
+            changed_at = max(now, int(self.store.settings.get(BLOCKED_CHANGED_SETTING, 0)) + 1)
+            self.store.settings.set(BLOCKED_CHANGED_SETTING, changed_at)
+            self._sync_own(BlockedSync(tuple(self.store.contacts.blocked()), changed_at))
 
     def block_request(self, conversation_id: int) -> None:
         """The request bar's "Block": blocks the peer; for a group, also the member
@@ -1475,7 +1486,7 @@ class Messenger:
             ):
                 result.blocked = True
                 return result
-            if isinstance(content, SentTranscript | ReadSync | VerifiedSync):
+            if isinstance(content, SentTranscript | ReadSync | VerifiedSync | BlockedSync):
                 # From our own devices only, over a pairwise session.
                 if sender == self.username and group_id is None:
                     self._apply_sync(content, result, server_time)
@@ -1522,14 +1533,16 @@ class Messenger:
 
     def _apply_sync(
         self,
-        content: SentTranscript | ReadSync | VerifiedSync,
+        content: SentTranscript | ReadSync | VerifiedSync | BlockedSync,
         result: IncomingResult,
         server_time: int,
     ) -> None:
         """What another of our devices did: a message it sent, messages it read, a
-        contact it verified."""
+        contact it verified, whom it blocked."""
         if isinstance(content, SentTranscript):
             self._apply_transcript(content, result, server_time)
+        elif isinstance(content, BlockedSync):
+            self._apply_blocked(content, result)
         elif isinstance(content, ReadSync):
             # Reading a message on one device reads it and everything before it in
             # that chat (what the other device showed), as Signal's read sync does.
@@ -1567,6 +1580,22 @@ class Messenger:
                 conversation = self.store.conversations.by_peer(content.username)
                 if conversation is not None:
                     result.changed_conversations.add(conversation.id)
+
+    def _apply_blocked(self, content: BlockedSync, result: IncomingResult) -> None:
+        """Another of our devices' blocked list, if newer than the last change this
+        device made or took: a list that arrives late (the relay may hold one back)
+        does not undo a later one."""
+        if content.changed_at <= int(self.store.settings.get(BLOCKED_CHANGED_SETTING, 0)):
+            return
+        wanted = set(content.usernames) - {self.username}
+        held = set(self.store.contacts.blocked())
+        now = self.clock()
+        for username in sorted(wanted ^ held):
+            self.store.contacts.set_blocked(username, username in wanted, now=now)
+            conversation = self.store.conversations.by_peer(username)
+            if conversation is not None:
+                result.changed_conversations.add(conversation.id)
+        self.store.settings.set(BLOCKED_CHANGED_SETTING, content.changed_at)
 
     def _apply_transcript(
         self, transcript: SentTranscript, result: IncomingResult, server_time: int

@@ -19,6 +19,7 @@ import pytest
 from app.net import OutgoingEnvelope
 from app.protocol.content import (
     FRAME_PAIRWISE,
+    BlockedSync,
     DeviceListUpdate,
     Text,
     encode_content,
@@ -29,7 +30,7 @@ from app.protocol.identity import DeviceIdentity, LocalPrekeys, RemoteBundle
 from app.protocol.session import Session
 from app.services.account import open_messenger
 from app.services.events import DeviceUnlinked, IdentityChanged
-from app.services.messenger import IdentityNotAccepted
+from app.services.messenger import BLOCKED_CHANGED_SETTING, IdentityNotAccepted, IncomingResult
 from tests.services.helpers import Person, chat_id, has_chat, on_core, texts, wait_for
 from tests.support.components import RelayProcess
 
@@ -266,6 +267,45 @@ def test_sent_messages_reads_and_verification_follow_to_every_device(
     time.sleep(1)
     assert texts(phone, "bob", outgoing=True).count("sent from the laptop") == 1
     assert texts(bob, "alice").count("sent from the phone") == 1
+
+
+def test_blocking_follows_to_every_device_and_a_late_list_undoes_nothing(
+    people: dict[str, Person], tmp_path: Path, relay: RelayProcess
+) -> None:
+    alice, bob, phone = _alice_with_a_phone(people, tmp_path, relay)
+
+    def blocked(person: Person) -> list[str]:
+        return person.client.blocked_contacts().result(20)
+
+    # Blocked on the laptop: blocked on the phone.
+    alice.client.set_blocked("bob", True).result(20)
+    wait_for(lambda: blocked(phone) == ["bob"], what="the phone blocks bob")
+    blocked_at = on_core(
+        alice, lambda: alice.client.messenger.store.settings.get(BLOCKED_CHANGED_SETTING)
+    )
+    # Unblocked on the phone: unblocked on the laptop.
+    phone.client.set_blocked("bob", False).result(20)
+    wait_for(lambda: blocked(alice) == [], what="the laptop unblocks bob")
+    bob.client.send_text(chat_id(bob, "alice"), "after the unblock").result(20)
+    for device in (alice, phone):
+        wait_for(
+            lambda device=device: "after the unblock" in texts(device, "bob"),
+            what=f"{device.name} reads bob again",
+        )
+
+    # The laptop's "blocked" list, held back by the relay and delivered now, is
+    # older than the phone's unblock: it changes nothing on either device.
+    late = BlockedSync(("bob",), int(blocked_at))
+    for device in (alice, phone):
+        on_core(
+            device,
+            lambda device=device: device.client.messenger._apply_sync(late, IncomingResult(), 0),
+        )
+        assert blocked(device) == []
+    # A device whose clock is behind still dates its change past the newest it saw.
+    on_core(phone, lambda: setattr(phone.client.messenger, "clock", lambda: 1))
+    phone.client.set_blocked("bob", True).result(20)
+    wait_for(lambda: blocked(alice) == ["bob"], what="the laptop takes the phone's block")
 
 
 @pytest.mark.parametrize("sealed", [False, True], ids=["authenticated", "sealed"])
