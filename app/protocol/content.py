@@ -49,6 +49,9 @@ VERIFIED_SYNC = 19
 HISTORY_CHUNK = 20
 # Everyone the user blocked, to our own devices when it changes (like 17-19).
 BLOCKED_SYNC = 21
+# A person or group the user accepted (a request answered, a chat started), to our
+# own devices (like 17-19).
+ACCEPTED_SYNC = 22
 # What a sent transcript may carry: a text or reply, or an attachment.
 TRANSCRIBED = (TEXT, REPLY, ATTACHMENT, ATTACHMENT_THUMBNAIL)
 # A signed device list is at most 32 devices of about 100 bytes each.
@@ -216,6 +219,16 @@ class BlockedSync:
 
 
 @dataclass(frozen=True)
+class AcceptedSync:
+    """The user accepted a person (`username`) or a group (`group_id`) on another of
+    the account's devices: a request answered, or a chat started. Exactly one of
+    the two is set. Accepting only ever goes one way, so order does not matter."""
+
+    username: str
+    group_id: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
 class HistoryChunk:
     """One chunk of the history another of our devices transfers to this one
     (docs/protocol.md §14, "History transfer"): where its encrypted blob waits on
@@ -331,6 +344,7 @@ Content = (
     | ReadSync
     | VerifiedSync
     | BlockedSync
+    | AcceptedSync
     | HistoryChunk
 )
 
@@ -409,6 +423,10 @@ def encode_content(content: Content) -> bytes:
             writer.u8(BLOCKED_SYNC).u64(content.changed_at).u16(len(content.usernames))
             for username in content.usernames:
                 writer.text16(username)
+        case AcceptedSync():
+            if bool(content.username) == bool(content.group_id):
+                raise ValueError("an accepted sync names a person or a group")
+            writer.u8(ACCEPTED_SYNC).text16(content.username).bytes16(content.group_id)
         case HistoryChunk():
             _check_history_chunk(content, ValueError)
             writer.u8(HISTORY_CHUNK).raw(content.transfer_id).u32(content.index)
@@ -520,6 +538,10 @@ def decode_content(data: bytes) -> Content:
         changed_at = reader.u64()
         content = BlockedSync(tuple(reader.text16() for _ in range(reader.u16())), changed_at)
         _check_blocked(content, MalformedMessage)
+    elif kind == ACCEPTED_SYNC:
+        content = AcceptedSync(reader.text16(), reader.bytes16())
+        if bool(content.username) == bool(content.group_id):
+            raise MalformedMessage("an accepted sync names a person or a group")
     elif kind == DEVICE_LIST:
         content = DeviceListUpdate(reader.bytes16())
         if len(content.signed) > MAX_DEVICE_LIST:

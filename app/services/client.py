@@ -1019,6 +1019,8 @@ class Client:
             if name == self.messenger.username:
                 raise ServiceError("You cannot start a chat with yourself.")
             self._ensure_sessions([name])
+            with contextlib.suppress(RelayError):
+                self._own_sessions()  # they become a contact on our other devices too
             view = self.core(self.messenger.direct_conversation, name).result()
             self.core(self._conversations_event).result()
             return view
@@ -1080,15 +1082,15 @@ class Client:
 
         return self._synced(run)
 
-    def _synced(self, change: Callable[[], None]) -> Future[None]:
+    def _synced(self, change: Callable[[], T]) -> Future[T]:
         """`change` (which syncs itself to our other devices) on the core thread,
         once there are sessions with those devices to carry the sync; offline, it
         is made here alone."""
 
-        def run() -> None:
+        def run() -> T:
             with contextlib.suppress(RelayError):
                 self._own_sessions()
-            self.core(change).result()
+            return self.core(change).result()
 
         return self.action(run)
 
@@ -1121,7 +1123,7 @@ class Client:
             self._after_request_change()  # the read receipts held back go now
             return view
 
-        return self.core(run)
+        return self._synced(run)
 
     def block_request(self, conversation_id: int) -> Future[None]:
         def run() -> None:

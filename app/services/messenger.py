@@ -32,6 +32,7 @@ from app.protocol.content import (
     MAX_QUOTE_SNIPPET,
     RECEIPT_DELIVERED,
     RECEIPT_READ,
+    AcceptedSync,
     AttachmentPointer,
     BlockedSync,
     Content,
@@ -407,8 +408,11 @@ class Messenger:
         with self.store.transaction():
             if conversation.peer is not None:
                 self.store.contacts.accept(conversation.peer, now=self.clock())
+                self._sync_own(AcceptedSync(conversation.peer, b""))
             else:
+                assert conversation.group_id is not None
                 self.store.conversations.set_request(conversation_id, False)
+                self._sync_own(AcceptedSync("", conversation.group_id))
             self._send_read_receipts(conversation, self._already_read(conversation_id))
         return self.conversation_view(self._conversation(conversation_id))
 
@@ -628,6 +632,7 @@ class Messenger:
                         warnings.append(username)
                     self._device_list_notices(username, change)
             listed = self.devices.held(username)
+            hold_first = False
             if listed is None:
                 # No list (an account from before lists): one device, as then, whose
                 # identity is the account's.
@@ -659,12 +664,16 @@ class Messenger:
                 )
                 # The session's first message is our device list: the contact then
                 # knows this device is the account's before anything else arrives.
-                self._encrypt_to_device(
-                    username,
-                    bundle.device_id,
-                    encode_content(DeviceListUpdate(self.devices.own().signed)),
-                    None,
-                )
+                # To an identity the user has not accepted (a verified contact's
+                # changed one, which may be the relay's), not even that goes: it
+                # waits with the other held sends until the user accepts.
+                first = encode_content(DeviceListUpdate(self.devices.own().signed))
+                if self.store.contacts.unaccepted([username]):
+                    hold_first = True
+                else:
+                    self._encrypt_to_device(username, bundle.device_id, first, None)
+            if hold_first:
+                self.store.held_sends.add(username, first, now=self.clock())
         return warnings
 
     def _encrypt_for(
@@ -786,8 +795,10 @@ class Messenger:
             raise ServiceError("you cannot start a chat with yourself")
         with self.store.transaction():
             conversation = self.store.conversations.direct(username, now=self.clock())
-            # Starting a chat is choosing the person: they are a contact now.
-            self.store.contacts.accept(username, now=self.clock())
+            # Starting a chat is choosing the person: they are a contact now, on
+            # our other devices too.
+            if self.store.contacts.accept(username, now=self.clock()):
+                self._sync_own(AcceptedSync(username, b""))
         return self.conversation_view(conversation)
 
     def recipients(self, conversation_id: int) -> list[str]:
@@ -1486,7 +1497,9 @@ class Messenger:
             ):
                 result.blocked = True
                 return result
-            if isinstance(content, SentTranscript | ReadSync | VerifiedSync | BlockedSync):
+            if isinstance(
+                content, SentTranscript | ReadSync | VerifiedSync | BlockedSync | AcceptedSync
+            ):
                 # From our own devices only, over a pairwise session.
                 if sender == self.username and group_id is None:
                     self._apply_sync(content, result, server_time)
@@ -1533,16 +1546,18 @@ class Messenger:
 
     def _apply_sync(
         self,
-        content: SentTranscript | ReadSync | VerifiedSync | BlockedSync,
+        content: SentTranscript | ReadSync | VerifiedSync | BlockedSync | AcceptedSync,
         result: IncomingResult,
         server_time: int,
     ) -> None:
         """What another of our devices did: a message it sent, messages it read, a
-        contact it verified, whom it blocked."""
+        contact it verified, whom it blocked or accepted."""
         if isinstance(content, SentTranscript):
             self._apply_transcript(content, result, server_time)
         elif isinstance(content, BlockedSync):
             self._apply_blocked(content, result)
+        elif isinstance(content, AcceptedSync):
+            self._apply_accepted(content, result)
         elif isinstance(content, ReadSync):
             # Reading a message on one device reads it and everything before it in
             # that chat (what the other device showed), as Signal's read sync does.
@@ -1596,6 +1611,23 @@ class Messenger:
             if conversation is not None:
                 result.changed_conversations.add(conversation.id)
         self.store.settings.set(BLOCKED_CHANGED_SETTING, content.changed_at)
+
+    def _apply_accepted(self, content: AcceptedSync, result: IncomingResult) -> None:
+        """A person accepted elsewhere is a contact here, with their chat (as a
+        sent transcript would make it); a group accepted elsewhere stops being a
+        request here. Read receipts are the accepting device's to send."""
+        if content.username:
+            if content.username == self.username:
+                return
+            conversation = self.store.conversations.direct(content.username, now=self.clock())
+            self.store.contacts.accept(content.username, now=self.clock())
+        else:
+            found = self.store.conversations.by_group(content.group_id)
+            if found is None:
+                return
+            conversation = found
+            self.store.conversations.set_request(conversation.id, False)
+        result.changed_conversations.add(conversation.id)
 
     def _apply_transcript(
         self, transcript: SentTranscript, result: IncomingResult, server_time: int

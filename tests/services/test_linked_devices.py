@@ -31,6 +31,7 @@ from app.protocol.session import Session
 from app.services.account import open_messenger
 from app.services.events import DeviceUnlinked, IdentityChanged
 from app.services.messenger import BLOCKED_CHANGED_SETTING, IdentityNotAccepted, IncomingResult
+from app.services.views import ConversationView
 from tests.services.helpers import Person, chat_id, has_chat, on_core, texts, wait_for
 from tests.support.components import RelayProcess
 
@@ -191,6 +192,13 @@ def test_a_relay_made_account_identity_is_an_identity_change_that_blocks_sending
     assert number.digits != alice.client.safety_number("bob").result().digits
     with pytest.raises(IdentityNotAccepted):
         bob.client.send_text(chat_id(bob, "alice"), "are you there?").result(20)
+    # Not even the first message of the session bob started with the relay's
+    # device (his own device list) went: everything queued is sent, none to it.
+    bob.client.request_flush()
+    wait_for(
+        lambda: on_core(bob, bob.client.messenger.store.outbox.pending) == [],
+        what="bob's outbox is sent",
+    )
     assert _mailbox(alice, ghost_token) == []
 
 
@@ -306,6 +314,50 @@ def test_blocking_follows_to_every_device_and_a_late_list_undoes_nothing(
     on_core(phone, lambda: setattr(phone.client.messenger, "clock", lambda: 1))
     phone.client.set_blocked("bob", True).result(20)
     wait_for(lambda: blocked(alice) == ["bob"], what="the laptop takes the phone's block")
+
+
+def test_requests_answered_and_chats_started_on_one_device_are_so_on_the_others(
+    people: dict[str, Person], tmp_path: Path, relay: RelayProcess
+) -> None:
+    alice, _bob, phone = _alice_with_a_phone(people, tmp_path, relay)
+    carol = people["carol"] = Person(tmp_path, "carol", relay)
+    dave = people["dave"] = Person(tmp_path, "dave", relay)
+
+    def view(person: Person, title: str) -> ConversationView | None:
+        found = [c for c in person.client.conversations().result() if c.title == title]
+        return found[0] if found else None
+
+    # A stranger writes: a request on both devices; accepted on the phone, the
+    # laptop's is answered too.
+    chat = carol.client.start_direct("alice").result(20)
+    carol.client.send_text(chat.conversation_id, "hi").result(20)
+    for device in (alice, phone):
+        wait_for(
+            lambda device=device: (found := view(device, "carol")) is not None and found.request,
+            what=f"{device.name} shows carol's request",
+        )
+    phone.client.accept_request(chat_id(phone, "carol")).result(20)
+    wait_for(
+        lambda: (found := view(alice, "carol")) is not None and not found.request,
+        what="the laptop takes the phone's answer",
+    )
+    # A group a stranger adds Alice to: accepted on the laptop, on the phone too.
+    dave.client.create_group("Dave's club", ["alice"]).result(20)
+    for device in (alice, phone):
+        wait_for(
+            lambda device=device: view(device, "Dave's club") is not None,
+            what=f"{device.name} is in dave's group",
+        )
+    assert view(phone, "Dave's club").request  # type: ignore[union-attr]
+    alice.client.accept_request(chat_id(alice, "Dave's club")).result(20)
+    wait_for(
+        lambda: not view(phone, "Dave's club").request,  # type: ignore[union-attr]
+        what="the phone takes the laptop's answer",
+    )
+    # A chat started on the laptop, before any message: on the phone, a contact.
+    alice.client.start_direct("dave").result(20)
+    wait_for(lambda: view(phone, "dave") is not None, what="the phone has the chat with dave")
+    assert not view(phone, "dave").request  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize("sealed", [False, True], ids=["authenticated", "sealed"])

@@ -1,6 +1,6 @@
-"""Content type 21, the blocked list our own devices share (docs/protocol.md §5
-and §13, "Own devices"): its bytes as the spec lays them out, and every way a
-crafted one is refused."""
+"""Content types 21 (the blocked list) and 22 (a person or group accepted), which
+our own devices share (docs/protocol.md §5 and §13, "Own devices"): their bytes as
+the spec lays them out, and every way a crafted one is refused."""
 
 from __future__ import annotations
 
@@ -8,7 +8,13 @@ import struct
 
 import pytest
 
-from app.protocol.content import MAX_BLOCKED, BlockedSync, decode_content, encode_content
+from app.protocol.content import (
+    MAX_BLOCKED,
+    AcceptedSync,
+    BlockedSync,
+    decode_content,
+    encode_content,
+)
 from app.protocol.errors import MalformedMessage
 
 
@@ -51,3 +57,24 @@ def test_a_crafted_blocked_list_is_refused(data: bytes, says: str | None) -> Non
 def test_a_blocked_list_too_long_to_send_is_not_encoded() -> None:
     with pytest.raises(ValueError, match="at most"):
         encode_content(BlockedSync(tuple(f"u{n}" for n in range(MAX_BLOCKED + 1)), 1))
+
+
+def test_an_accepted_sync_is_the_bytes_the_spec_lays_out() -> None:
+    person = AcceptedSync("carol", b"")
+    assert encode_content(person) == struct.pack(">BB", 1, 22) + _text16("carol") + bytes(2)
+    group = AcceptedSync("", b"\x07" * 32)
+    assert encode_content(group) == struct.pack(">BBHH", 1, 22, 0, 32) + b"\x07" * 32
+    for content in (person, group):
+        assert decode_content(encode_content(content)) == content
+
+
+@pytest.mark.parametrize("group_id", [b"", b"\x07" * 32], ids=["neither", "both"])
+def test_an_accepted_sync_names_a_person_or_a_group(group_id: bytes) -> None:
+    username = "carol" if group_id else ""
+    crafted = (
+        struct.pack(">BB", 1, 22) + _text16(username) + struct.pack(">H", len(group_id)) + group_id
+    )
+    with pytest.raises(MalformedMessage, match="a person or a group"):
+        decode_content(crafted)
+    with pytest.raises(ValueError, match="a person or a group"):
+        encode_content(AcceptedSync(username, group_id))
