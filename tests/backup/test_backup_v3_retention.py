@@ -11,12 +11,11 @@ from pathlib import Path
 import pytest
 
 from app.backup import engine, service, snapshots
-from app.backup import format as fmt
 from app.backup.keys import format_key
 from app.cli import main
 from app.store import Store
 from tests.backup.conftest import add_message
-from tests.backup.test_backup_v3 import KEY, _bodies, _Crash, _crash_at
+from tests.backup.test_backup_v3 import KEY, _bodies, _Crash, _crash_at, _snapshot
 from tests.store.conftest import protector
 
 NS = 1_000_000_000
@@ -56,15 +55,7 @@ def test_keep_rules_keep_the_newest_of_each_period_as_restic_does() -> None:
 
 
 def _write(store: Store, profile: Path, folder: Path, when: int, **kwargs: object) -> Path:
-    return snapshots.write_snapshot(
-        store,
-        folder,
-        KEY,
-        method=fmt.METHOD_KEY,
-        attachments_dir=profile / "attachments",
-        clock=lambda: when,
-        **kwargs,  # type: ignore[arg-type]
-    ).path
+    return _snapshot(store, profile, folder, clock=lambda: when, **kwargs)
 
 
 def test_a_prune_by_days_and_weeks_keeps_those_snapshots_and_they_restore(

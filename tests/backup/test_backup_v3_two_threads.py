@@ -13,29 +13,28 @@ from pathlib import Path
 import pytest
 
 from app.backup import engine, snapshots
-from app.backup import format as fmt
 from app.backup.errors import BackupCancelled, BackupError
 from app.store import Store
 from tests.backup.conftest import add_message
 from tests.backup.test_backup_v3 import KEY, _bodies
+from tests.backup.test_backup_v3 import _snapshot as _backup
 from tests.store.conftest import protector
 
 BACKUP_THREADS = {"backup-files", "pack-writer", "pack-checker"}
 
 
-def _backup(store: Store, profile: Path, folder: Path, **kwargs: object) -> Path:
-    return snapshots.write_snapshot(
-        store,
-        folder,
-        KEY,
-        method=fmt.METHOD_KEY,
-        attachments_dir=profile / "attachments",
-        **kwargs,  # type: ignore[arg-type]
-    ).path
-
-
 def _threads_left() -> set[str]:
     return {thread.name for thread in threading.enumerate()} & BACKUP_THREADS
+
+
+def _as_before_the_failed_run(folder: Path, earlier: Path) -> None:
+    """No backup thread left, the lock released, the earlier snapshot the only
+    one and whole."""
+    assert _threads_left() == set()
+    repo = snapshots.Repository.for_key(folder, KEY)
+    assert not (repo.root / snapshots.LOCK_NAME).exists()
+    assert repo.snapshot_paths() == [earlier]
+    engine.verify_backup(earlier, KEY)
 
 
 @pytest.fixture
@@ -92,11 +91,7 @@ def test_a_cancel_while_a_file_is_half_read_stops_both_threads_and_keeps_the_fol
     with pytest.raises(BackupCancelled):
         _backup(store, profile, folder, cancelled=cancelled)
     assert reached.is_set() and release.is_set()
-    assert _threads_left() == set()
-    repo = snapshots.Repository.for_key(folder, KEY)
-    assert not (repo.root / snapshots.LOCK_NAME).exists()
-    assert repo.snapshot_paths() == [earlier]
-    engine.verify_backup(earlier, KEY)
+    _as_before_the_failed_run(folder, earlier)
 
     monkeypatch.undo()
     latest = _backup(store, profile, folder)
@@ -126,11 +121,7 @@ def test_a_file_that_grows_while_it_is_read_fails_the_backup_and_nothing_else(
     _on_the_file_thread_first(monkeypatch, release, grow)
     with pytest.raises(BackupError, match=r"late\.bin changed while it was being backed up"):
         _backup(store, profile, folder, keep=5)
-    assert _threads_left() == set()
-    repo = snapshots.Repository.for_key(folder, KEY)
-    assert not (repo.root / snapshots.LOCK_NAME).exists()
-    assert repo.snapshot_paths() == [earlier]
-    engine.verify_backup(earlier, KEY)
+    _as_before_the_failed_run(folder, earlier)
 
 
 def test_pages_and_files_are_sealed_into_packs_of_their_own(
