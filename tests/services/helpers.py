@@ -8,7 +8,13 @@ from typing import TypeVar
 
 from app.config import SERVER_CONFIG_NAME, ServerConfig
 from app.crypto import Argon2Params
-from app.services.account import Profile, create_account, create_linked_account, protector_for
+from app.services.account import (
+    Profile,
+    create_account,
+    create_linked_account,
+    open_messenger,
+    protector_for,
+)
 from app.services.client import Client
 from app.services.events import Event
 from app.services.messenger import Messenger
@@ -69,6 +75,13 @@ class Person:
 
     def stop(self) -> None:
         self.client.stop()
+
+    def restart(self) -> None:
+        """Opens the same profile again after `stop`, as the app's next start."""
+        messenger = open_messenger(self.profile, f"{self.name} passphrase")
+        self.client = Client(messenger, self.profile.relay(timeout=3), tick_seconds=0.2)
+        self.client.set_listener(self.events.append)
+        self.client.start()
 
     def reinstall(self, root: Path, relay: RelayProcess) -> Person:
         """The same username on a fresh profile with a new identity key, as after a

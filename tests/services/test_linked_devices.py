@@ -19,7 +19,6 @@ import pytest
 from app.net import OutgoingEnvelope
 from app.protocol.content import (
     FRAME_PAIRWISE,
-    BlockedSync,
     DeviceListUpdate,
     Text,
     encode_content,
@@ -30,10 +29,11 @@ from app.protocol.identity import DeviceIdentity, LocalPrekeys, RemoteBundle
 from app.protocol.session import Session
 from app.services.account import open_messenger
 from app.services.events import DeviceUnlinked, IdentityChanged
-from app.services.messenger import BLOCKED_CHANGED_SETTING, IdentityNotAccepted, IncomingResult
+from app.services.messenger import IdentityNotAccepted
 from app.services.views import ConversationView
 from tests.services.helpers import Person, chat_id, has_chat, on_core, texts, wait_for
 from tests.support.components import RelayProcess
+from tests.support.mailbox_adversary import RecordedEnvelope, RecordingMailbox
 
 
 def _talking(alice: Person, bob: Person) -> None:
@@ -278,9 +278,10 @@ def test_sent_messages_reads_and_verification_follow_to_every_device(
 
 
 def test_blocking_follows_to_every_device_and_a_late_list_undoes_nothing(
-    people: dict[str, Person], tmp_path: Path, relay: RelayProcess
+    people: dict[str, Person], tmp_path: Path, relay: RelayProcess, mailbox: RecordingMailbox
 ) -> None:
     alice, bob, phone = _alice_with_a_phone(people, tmp_path, relay)
+    phone_device = phone.client.messenger.device_id
 
     def blocked(person: Person) -> list[str]:
         return person.client.blocked_contacts().result(20)
@@ -288,9 +289,6 @@ def test_blocking_follows_to_every_device_and_a_late_list_undoes_nothing(
     # Blocked on the laptop: blocked on the phone.
     alice.client.set_blocked("bob", True).result(20)
     wait_for(lambda: blocked(phone) == ["bob"], what="the phone blocks bob")
-    blocked_at = on_core(
-        alice, lambda: alice.client.messenger.store.settings.get(BLOCKED_CHANGED_SETTING)
-    )
     # Unblocked on the phone: unblocked on the laptop.
     phone.client.set_blocked("bob", False).result(20)
     wait_for(lambda: blocked(alice) == [], what="the laptop unblocks bob")
@@ -301,15 +299,31 @@ def test_blocking_follows_to_every_device_and_a_late_list_undoes_nothing(
             what=f"{device.name} reads bob again",
         )
 
-    # The laptop's "blocked" list, held back by the relay and delivered now, is
-    # older than the phone's unblock: it changes nothing on either device.
-    late = BlockedSync(("bob",), int(blocked_at))
-    for device in (alice, phone):
-        on_core(
-            device,
-            lambda device=device: device.client.messenger._apply_sync(late, IncomingResult(), 0),
-        )
-        assert blocked(device) == []
+    # The relay holds the laptop's next list (bob blocked again) back from the
+    # phone, lets the one after it (bob unblocked) through, then delivers the
+    # held one: older than what the phone holds, it changes nothing.
+    phone.stop()
+    mark = mailbox.mark()
+
+    def to_the_phone() -> list[RecordedEnvelope]:
+        return [
+            e
+            for e in mailbox.recorded(sender="alice", recipient="alice", since=mark)
+            if e.device_id == phone_device
+        ]
+
+    alice.client.set_blocked("bob", True).result(20)
+    wait_for(lambda: len(to_the_phone()) == 1, what="the laptop's block queued for the phone")
+    (held,) = to_the_phone()
+    mailbox.withhold(held)
+    alice.client.set_blocked("bob", False).result(20)
+    wait_for(lambda: len(to_the_phone()) == 2, what="the laptop's unblock queued")
+    phone.restart()
+    wait_for(lambda: mailbox.pending("alice") == 0, what="the phone takes the unblock")
+    mailbox.replay(held)
+    wait_for(lambda: mailbox.pending("alice") == 0, what="the phone takes the held list")
+    assert blocked(phone) == [] and blocked(alice) == []
+
     # A device whose clock is behind still dates its change past the newest it saw.
     on_core(phone, lambda: setattr(phone.client.messenger, "clock", lambda: 1))
     phone.client.set_blocked("bob", True).result(20)

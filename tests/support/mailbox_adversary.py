@@ -157,6 +157,12 @@ class RecordingMailbox:
             )
             return int(cursor.lastrowid or 0)
 
+    def withhold(self, envelope: RecordedEnvelope) -> None:
+        """Takes a queued envelope out of its mailbox before it is fetched (a relay
+        holding it back; `replay` delivers it later)."""
+        with self._connect() as db:
+            db.execute("DELETE FROM envelopes WHERE seq = ?", (envelope.seq,))
+
     def replay(self, envelope: RecordedEnvelope, *, to: str | None = None) -> int:
         """Delivers a recorded envelope again (to its recipient, or to `to`)."""
         return self.queue(
